@@ -1,0 +1,62 @@
+//! Devices and dtypes, as users name them on the command line.
+
+use tch::{Device, Kind};
+
+use crate::{Error, Result};
+
+/// Parses `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available, else CPU).
+pub fn parse_device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available()),
+        "cuda" => Ok(Device::Cuda(0)),
+        _ => name
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| Error::UnknownName {
+                what: "device",
+                value: name.into(),
+                expected: "cpu, cuda, cuda:N, auto",
+            }),
+    }
+}
+
+/// Parses a dtype name: `f32`/`float32`, `bf16`/`bfloat16`, `f16`/`float16`.
+pub fn parse_kind(name: &str) -> Result<Kind> {
+    match name {
+        "f32" | "float32" | "float" => Ok(Kind::Float),
+        "bf16" | "bfloat16" => Ok(Kind::BFloat16),
+        "f16" | "float16" | "half" => Ok(Kind::Half),
+        _ => Err(Error::UnknownName {
+            what: "dtype",
+            value: name.into(),
+            expected: "f32, bf16, f16",
+        }),
+    }
+}
+
+/// The compute dtype we use by default on `device`: bf16 on CUDA, f32 on CPU (where bf16 matmuls
+/// are slow and gain nothing).
+pub fn default_kind(device: Device) -> Kind {
+    if device.is_cuda() {
+        Kind::BFloat16
+    } else {
+        Kind::Float
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse() {
+        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
+        assert_eq!(parse_device("cuda:1").unwrap(), Device::Cuda(1));
+        assert!(parse_device("tpu").unwrap_err().to_string().contains("tpu"));
+        assert_eq!(parse_kind("bf16").unwrap(), Kind::BFloat16);
+        assert!(parse_kind("int4").is_err());
+        assert_eq!(default_kind(Device::Cpu), Kind::Float);
+    }
+}

@@ -1,0 +1,107 @@
+//! Layers shared by the models, with Hugging Face's parameter names and initialisation.
+
+use tch::nn::{Init, Path};
+use tch::{Kind, Tensor};
+
+/// A linear layer `y = x W^T + b` with `weight: [out, in]` and an optional `bias: [out]`, as in
+/// `torch.nn.Linear`. Weights start from N(0, `std`), biases from zero, as HF's `_init_weights` does.
+#[derive(Debug)]
+pub struct Linear {
+    /// `[out, in]`.
+    pub weight: Tensor,
+    /// `[out]`, when the layer has one.
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Creates `path.weight` (and `path.bias` when `bias`).
+    pub fn new(path: &Path, in_dim: i64, out_dim: i64, bias: bool, std: f64) -> Self {
+        let weight = path.var("weight", &[out_dim, in_dim], Init::Randn { mean: 0.0, stdev: std });
+        let bias = bias.then(|| path.var("bias", &[out_dim], Init::Const(0.0)));
+        Linear { weight, bias }
+    }
+
+    /// Applies the layer to the last dimension of `x`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+/// A lookup table `weight: [num, dim]`, as `torch.nn.Embedding`, initialised from N(0, `std`).
+#[derive(Debug)]
+pub struct Embedding {
+    /// `[num, dim]`.
+    pub weight: Tensor,
+}
+
+impl Embedding {
+    /// Creates `path.weight`.
+    pub fn new(path: &Path, num: i64, dim: i64, std: f64) -> Self {
+        let weight = path.var("weight", &[num, dim], Init::Randn { mean: 0.0, stdev: std });
+        Embedding { weight }
+    }
+
+    /// Looks up the rows for the integer ids in `ids`.
+    pub fn forward(&self, ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.weight, ids, -1, false, false)
+    }
+}
+
+/// Layer normalisation over the last dimension with `weight` and `bias`, as `torch.nn.LayerNorm`.
+#[derive(Debug)]
+pub struct LayerNorm {
+    /// `[dim]`, initialised to one.
+    pub weight: Tensor,
+    /// `[dim]`, initialised to zero.
+    pub bias: Tensor,
+    /// Added to the variance.
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    /// Creates `path.weight` and `path.bias`.
+    pub fn new(path: &Path, dim: i64, eps: f64) -> Self {
+        LayerNorm {
+            weight: path.var("weight", &[dim], Init::Const(1.0)),
+            bias: path.var("bias", &[dim], Init::Const(0.0)),
+            eps,
+        }
+    }
+
+    /// Normalises the last dimension of `x`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let dim = *x.size().last().expect("layer norm of a scalar");
+        x.layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, true)
+    }
+}
+
+/// Largest absolute difference between two tensors of the same shape, in f64.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    if a.numel() == 0 {
+        return 0.0;
+    }
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, nn::VarStore};
+
+    #[test]
+    fn names_and_shapes_follow_torch_nn() {
+        let vs = VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let lin = Linear::new(&root.sub("proj"), 3, 5, true, 0.02);
+        let _ = Embedding::new(&root.sub("embed"), 7, 3, 0.02);
+        let _ = LayerNorm::new(&root.sub("norm"), 3, 1e-5);
+        let mut names: Vec<_> = vs.variables().into_keys().collect();
+        names.sort();
+        assert_eq!(names, ["embed.weight", "norm.bias", "norm.weight", "proj.bias", "proj.weight"]);
+        let y = lin.forward(&Tensor::ones([2, 3], (Kind::Float, Device::Cpu)));
+        assert_eq!(y.size(), [2, 5]);
+    }
+}

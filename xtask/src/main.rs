@@ -1,0 +1,127 @@
+//! `cargo xtask`: the project's automation, in Rust, with no dependency on libtorch.
+//!
+//! Every command first makes sure a libtorch for PyTorch 2.11.0 is available (see [`setup`]), then runs
+//! cargo or the `llava` binary with it. Run `cargo xtask help` for the list.
+
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const HELP: &str = "\
+cargo xtask <command> [args]
+
+Commands:
+  setup                 find or install libtorch (PyTorch 2.11.0) and wire the build to it
+  test [cargo args]     run the whole test suite, then the HF parity fixtures in fixtures/hf-parity
+  parity <DIR>...       compare our models with Hugging Face outputs stored in parity fixtures
+  demo                  the embedded default: generate text with the tiny Gemma checkpoint on CPU
+  bench [cargo args]    run the criterion benchmarks in benches/
+  llava [args]          run the `llava` command with libtorch wired in
+  help                  this text
+
+Environment:
+  LIBTORCH              use this libtorch (a libtorch directory or site-packages/torch)
+  LLAVA_GEMMA_CACHE     where the cached PyTorch virtual environment lives
+                        (default: $XDG_CACHE_HOME/llava-gemma-rs or ~/.cache/llava-gemma-rs)
+";
+
+/// The fixtures whose kinds the project supports; `cargo xtask test` checks all of them.
+const PARITY_FIXTURES: &[&str] = &["tokenizer", "gemma"];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (command, rest) = match args.split_first() {
+        Some((c, rest)) => (c.as_str(), rest),
+        None => ("help", &[][..]),
+    };
+    let result = match command {
+        "setup" => setup::ensure_libtorch(&root()).map(|dir| {
+            println!("libtorch: {}", dir.display());
+        }),
+        "test" => test(rest),
+        "parity" => with_libtorch(|| llava(&prepend("parity", rest))),
+        "demo" => with_libtorch(demo),
+        "bench" => with_libtorch(|| {
+            cargo(&[&["bench", "--package", "llava-benches"], strs(rest).as_slice()].concat())
+        }),
+        "llava" => with_libtorch(|| llava(rest)),
+        "help" | "--help" | "-h" => {
+            print!("{HELP}");
+            Ok(())
+        }
+        other => Err(format!("unknown command `{other}`\n\n{HELP}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+fn with_libtorch(job: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    setup::ensure_libtorch(&root())?;
+    job()
+}
+
+fn test(extra: &[String]) -> Result<(), String> {
+    setup::ensure_libtorch(&root())?;
+    cargo(&[&["test", "--workspace"], strs(extra).as_slice()].concat())?;
+    let fixtures: Vec<String> = PARITY_FIXTURES
+        .iter()
+        .map(|name| format!("fixtures/hf-parity/{name}"))
+        .collect();
+    llava(&prepend("parity", &fixtures))
+}
+
+fn demo() -> Result<(), String> {
+    llava(&[
+        "generate-text".into(),
+        "--model".into(),
+        "fixtures/tiny-gemma".into(),
+        "--prompt".into(),
+        "What is the color of the circle?".into(),
+        "--max-new-tokens".into(),
+        "24".into(),
+    ])
+}
+
+/// Runs the `llava` binary (built on demand) from the workspace root.
+fn llava(args: &[String]) -> Result<(), String> {
+    let run = ["run", "--quiet", "--package", "llava", "--bin", "llava", "--"];
+    cargo(&[&run[..], strs(args).as_slice()].concat())
+}
+
+fn cargo(args: &[&str]) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+    }
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+fn prepend(first: &str, rest: &[String]) -> Vec<String> {
+    std::iter::once(first.to_string())
+        .chain(rest.iter().cloned())
+        .collect()
+}
