@@ -43,7 +43,13 @@ fn main() -> ExitCode {
         "parity" => with_libtorch(|| llava(&prepend("parity", rest))),
         "demo" => with_libtorch(demo),
         "bench" => with_libtorch(|| {
-            cargo(&[&["bench", "--package", "llava-benches"], strs(rest).as_slice()].concat())
+            cargo(
+                &[
+                    &["bench", "--package", "llava-benches"],
+                    strs(rest).as_slice(),
+                ]
+                .concat(),
+            )
         }),
         "llava" => with_libtorch(|| llava(rest)),
         "help" | "--help" | "-h" => {
@@ -98,7 +104,15 @@ fn demo() -> Result<(), String> {
 
 /// Runs the `llava` binary (built on demand) from the workspace root.
 fn llava(args: &[String]) -> Result<(), String> {
-    let run = ["run", "--quiet", "--package", "llava", "--bin", "llava", "--"];
+    let run = [
+        "run",
+        "--quiet",
+        "--package",
+        "llava",
+        "--bin",
+        "llava",
+        "--",
+    ];
     cargo(&[&run[..], strs(args).as_slice()].concat())
 }
 

@@ -34,7 +34,9 @@ pub fn ensure_libtorch(root: &Path) -> Result<PathBuf, String> {
         return Ok(dir);
     }
     if check_libtorch(&link).is_ok() {
-        return link.canonicalize().map_err(|e| format!("{}: {e}", link.display()));
+        return link
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", link.display()));
     }
     let dir = match python_torch(&python()) {
         Some(dir) => dir,
@@ -79,7 +81,8 @@ fn python() -> String {
 
 /// The `torch` package directory of `python`, when it has PyTorch 2.11.
 fn python_torch(python: &str) -> Option<PathBuf> {
-    let script = "import torch, os; print(torch.__version__); print(os.path.dirname(torch.__file__))";
+    let script =
+        "import torch, os; print(torch.__version__); print(os.path.dirname(torch.__file__))";
     let out = Command::new(python).args(["-c", script]).output().ok()?;
     if !out.status.success() {
         return None;
@@ -115,7 +118,10 @@ fn cached_venv_torch() -> Result<PathBuf, String> {
     std::fs::create_dir_all(&cache).map_err(|e| format!("{}: {e}", cache.display()))?;
     // Install into a private directory and rename it into place, so that an interrupted install
     // never leaves a half-populated environment where the next run would look.
-    let partial = cache.join(format!("torch-{TORCH_VERSION}.partial-{}", std::process::id()));
+    let partial = cache.join(format!(
+        "torch-{TORCH_VERSION}.partial-{}",
+        std::process::id()
+    ));
     eprintln!(
         "xtask: installing torch=={TORCH_VERSION} from PyPI into {} (about 4.6 GB, once per machine)",
         venv.display()

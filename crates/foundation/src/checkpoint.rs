@@ -288,9 +288,15 @@ mod tests {
 
     fn sample() -> Vec<(String, Tensor)> {
         vec![
-            ("a.weight".into(), Tensor::arange(6, (Kind::Float, tch::Device::Cpu)).reshape([2, 3])),
+            (
+                "a.weight".into(),
+                Tensor::arange(6, (Kind::Float, tch::Device::Cpu)).reshape([2, 3]),
+            ),
             ("b.bias".into(), Tensor::from_slice(&[1i64, 2, 3])),
-            ("c".into(), Tensor::ones([4], (Kind::BFloat16, tch::Device::Cpu))),
+            (
+                "c".into(),
+                Tensor::ones([4], (Kind::BFloat16, tch::Device::Cpu)),
+            ),
         ]
     }
 
@@ -300,7 +306,10 @@ mod tests {
         let path = dir.path().join("model.safetensors");
         save_safetensors(&path, &sample(), None).unwrap();
         let ckpt = Checkpoint::open(dir.path()).unwrap();
-        assert_eq!(ckpt.names().collect::<Vec<_>>(), ["a.weight", "b.bias", "c"]);
+        assert_eq!(
+            ckpt.names().collect::<Vec<_>>(),
+            ["a.weight", "b.bias", "c"]
+        );
         for (name, expected) in sample() {
             let got = ckpt.tensor(&name).unwrap();
             assert_eq!(got.kind(), expected.kind(), "{name}");
@@ -312,10 +321,18 @@ mod tests {
     fn sharded_checkpoint_is_read_through_its_index() {
         let dir = tempfile::tempdir().unwrap();
         let tensors = sample();
-        save_safetensors(dir.path().join("model-00001-of-00002.safetensors"), &tensors[..2], None)
-            .unwrap();
-        save_safetensors(dir.path().join("model-00002-of-00002.safetensors"), &tensors[2..], None)
-            .unwrap();
+        save_safetensors(
+            dir.path().join("model-00001-of-00002.safetensors"),
+            &tensors[..2],
+            None,
+        )
+        .unwrap();
+        save_safetensors(
+            dir.path().join("model-00002-of-00002.safetensors"),
+            &tensors[2..],
+            None,
+        )
+        .unwrap();
         let index = serde_json::json!({
             "metadata": {"total_size": 0},
             "weight_map": {
@@ -324,10 +341,18 @@ mod tests {
                 "c": "model-00002-of-00002.safetensors",
             }
         });
-        std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+        std::fs::write(
+            dir.path().join("model.safetensors.index.json"),
+            index.to_string(),
+        )
+        .unwrap();
         let ckpt = Checkpoint::open(dir.path()).unwrap();
         assert_eq!(ckpt.names().count(), 3);
-        assert!(ckpt.file_of("c").unwrap().ends_with("model-00002-of-00002.safetensors"));
+        assert!(
+            ckpt.file_of("c")
+                .unwrap()
+                .ends_with("model-00002-of-00002.safetensors")
+        );
         assert!(ckpt.tensor("c").unwrap().equal(&tensors[2].1));
     }
 
@@ -346,14 +371,26 @@ mod tests {
 
         let vs = VarStore::new(tch::Device::Cpu);
         let _ = vs.root().sub("a").zeros("weight", &[3, 2]);
-        let err = ckpt.load_into(&vs, |n| vec![n.to_string()]).unwrap_err().to_string();
-        assert!(err.contains("a.weight") && err.contains("[2, 3]") && err.contains("[3, 2]"), "{err}");
+        let err = ckpt
+            .load_into(&vs, |n| vec![n.to_string()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("a.weight") && err.contains("[2, 3]") && err.contains("[3, 2]"),
+            "{err}"
+        );
         assert!(err.contains("model.safetensors"), "{err}");
 
         let vs = VarStore::new(tch::Device::Cpu);
         let _ = vs.root().sub("z").zeros("weight", &[1]);
-        let err = ckpt.load_into(&vs, |n| vec![format!("x.{n}"), n.into()]).unwrap_err().to_string();
-        assert!(err.contains("z.weight") && err.contains("x.z.weight"), "{err}");
+        let err = ckpt
+            .load_into(&vs, |n| vec![format!("x.{n}"), n.into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("z.weight") && err.contains("x.z.weight"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -362,12 +399,18 @@ mod tests {
         let path = dir.path().join("x.safetensors");
         let t = Tensor::zeros([1], (Kind::Float, tch::Device::Cpu));
         let tensors = vec![
-            ("language_model.model.embed_tokens.weight".to_string(), t.shallow_clone()),
+            (
+                "language_model.model.embed_tokens.weight".to_string(),
+                t.shallow_clone(),
+            ),
             ("vision_tower.embed_tokens.weightx".to_string(), t),
         ];
         save_safetensors(&path, &tensors, None).unwrap();
         let ckpt = Checkpoint::open(&path).unwrap();
-        assert_eq!(ckpt.prefix_of("embed_tokens.weight").as_deref(), Some("language_model.model."));
+        assert_eq!(
+            ckpt.prefix_of("embed_tokens.weight").as_deref(),
+            Some("language_model.model.")
+        );
         assert_eq!(ckpt.prefix_of("norm.weight"), None);
     }
 
@@ -379,6 +422,9 @@ mod tests {
         let bad = dir.path().join("model.safetensors");
         std::fs::write(&bad, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json").unwrap();
         let err = Checkpoint::open(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("model.safetensors") && err.contains("not a valid"), "{err}");
+        assert!(
+            err.contains("model.safetensors") && err.contains("not a valid"),
+            "{err}"
+        );
     }
 }

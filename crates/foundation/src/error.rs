@@ -44,7 +44,9 @@ pub enum Error {
         tried: String,
     },
     /// A tensor exists but has the wrong shape for the model's configuration.
-    #[error("tensor `{name}` in {file}: the checkpoint has shape {found:?}, the model expects {expected:?}")]
+    #[error(
+        "tensor `{name}` in {file}: the checkpoint has shape {found:?}, the model expects {expected:?}"
+    )]
     ShapeMismatch {
         /// The checkpoint's name for the tensor.
         name: String,

@@ -112,7 +112,9 @@ mod tests {
 
     #[test]
     fn atomic_write_into_missing_directory_names_the_file() {
-        let err = write_atomic("/nonexistent-dir/x.bin", b"x").unwrap_err().to_string();
+        let err = write_atomic("/nonexistent-dir/x.bin", b"x")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent-dir/x.bin"), "{err}");
     }
 }

@@ -16,7 +16,14 @@ pub struct Linear {
 impl Linear {
     /// Creates `path.weight` (and `path.bias` when `bias`).
     pub fn new(path: &Path, in_dim: i64, out_dim: i64, bias: bool, std: f64) -> Self {
-        let weight = path.var("weight", &[out_dim, in_dim], Init::Randn { mean: 0.0, stdev: std });
+        let weight = path.var(
+            "weight",
+            &[out_dim, in_dim],
+            Init::Randn {
+                mean: 0.0,
+                stdev: std,
+            },
+        );
         let bias = bias.then(|| path.var("bias", &[out_dim], Init::Const(0.0)));
         Linear { weight, bias }
     }
@@ -37,7 +44,14 @@ pub struct Embedding {
 impl Embedding {
     /// Creates `path.weight`.
     pub fn new(path: &Path, num: i64, dim: i64, std: f64) -> Self {
-        let weight = path.var("weight", &[num, dim], Init::Randn { mean: 0.0, stdev: std });
+        let weight = path.var(
+            "weight",
+            &[num, dim],
+            Init::Randn {
+                mean: 0.0,
+                stdev: std,
+            },
+        );
         Embedding { weight }
     }
 
@@ -100,7 +114,16 @@ mod tests {
         let _ = LayerNorm::new(&root.sub("norm"), 3, 1e-5);
         let mut names: Vec<_> = vs.variables().into_keys().collect();
         names.sort();
-        assert_eq!(names, ["embed.weight", "norm.bias", "norm.weight", "proj.bias", "proj.weight"]);
+        assert_eq!(
+            names,
+            [
+                "embed.weight",
+                "norm.bias",
+                "norm.weight",
+                "proj.bias",
+                "proj.weight"
+            ]
+        );
         let y = lin.forward(&Tensor::ones([2, 3], (Kind::Float, Device::Cpu)));
         assert_eq!(y.size(), [2, 5]);
     }

@@ -1,0 +1,35 @@
+//! Gemma, the language model of LLaVA-Gemma, on libtorch and exact to Hugging Face `transformers`.
+//!
+//! * [`GemmaConfig`]: `config.json` field for field, with [`GemmaConfig::gemma_2b`] and
+//!   [`GemmaConfig::gemma_7b`];
+//! * [`Gemma`]: the decoder and its tied head, loaded from one or sharded safetensors files, in f32,
+//!   bf16 or f16, on CPU or CUDA; [`Gemma::loss`] computes logits only where labels are;
+//! * [`generate`]: greedy or sampled decoding with a preallocated [`KvCache`], batched prompts and
+//!   stop tokens;
+//! * [`GemmaTokenizer`] and [`apply_chat_template`]: `tokenizer.json` and the Gemma chat format.
+//!
+//! ```no_run
+//! use gemma_lm::{Gemma, GemmaTokenizer, GenerationConfig, Message, generate};
+//! # fn main() -> gemma_lm::Result<()> {
+//! let (_vs, model) = Gemma::from_pretrained("gemma-2b-it", tch::Device::Cpu, tch::Kind::Float)?;
+//! let tokenizer = GemmaTokenizer::from_file("gemma-2b-it")?;
+//! let prompt = tokenizer.encode_chat(&[Message::user("Why is the sky blue?")], true)?;
+//! let config = GenerationConfig { stop_tokens: tokenizer.chat_stop_tokens(), ..Default::default() };
+//! let answer = generate(&model, &[prompt], &config, |_, _| {})?;
+//! println!("{}", tokenizer.decode(&answer[0], true)?);
+//! # Ok(()) }
+//! ```
+
+pub mod cache;
+pub mod config;
+mod error;
+pub mod generation;
+pub mod model;
+pub mod tokenizer;
+
+pub use cache::KvCache;
+pub use config::{Activation, GemmaConfig, TokenIds};
+pub use error::{Error, Result};
+pub use generation::{GenerationConfig, Sampler, generate, generate_from_embeds};
+pub use model::{AttentionPlan, Gemma, IGNORE_INDEX, ModelOutput};
+pub use tokenizer::{GemmaTokenizer, Message, Role, TextStreamer, apply_chat_template};

@@ -40,7 +40,9 @@ pub fn link_args(lib: &Path) -> Vec<String> {
     let lib = lib.display();
     let mut args = vec![format!("-Wl,-rpath,{lib}")];
     if Path::new(&format!("{lib}/libtorch_cuda.so")).exists() {
-        args.push(format!("-Wl,--no-as-needed,-L{lib},-ltorch_cuda,--as-needed"));
+        args.push(format!(
+            "-Wl,--no-as-needed,-L{lib},-ltorch_cuda,--as-needed"
+        ));
     }
     args
 }

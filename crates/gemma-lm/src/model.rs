@@ -1,0 +1,603 @@
+//! The Gemma decoder (Gemma Team, 2024), module for module as `transformers.GemmaForCausalLM`.
+//!
+//! ```text
+//! x = embed_tokens(ids) * sqrt(hidden_size)
+//! for each layer:
+//!     x = x + o_proj(attention(rope(q_proj(norm(x))), rope(k_proj(norm(x))), v_proj(norm(x))))
+//!     x = x + down_proj(gelu_tanh(gate_proj(norm(x))) * up_proj(norm(x)))
+//! logits = norm(x) @ embed_tokens^T
+//! ```
+//! with `norm(x) = x / rms(x) * (1 + w)` computed in f32. Variable names are built from the module
+//! tree (`model.layers.3.self_attn.q_proj.weight`), so they are the Hugging Face names.
+
+use std::path::Path;
+
+use foundation::Checkpoint;
+use foundation::layers::{Embedding, Linear};
+use tch::nn::{Init, VarStore};
+use tch::{Device, Kind, Tensor};
+
+use crate::cache::KvCache;
+use crate::config::{Activation, GemmaConfig};
+use crate::{Error, Result};
+
+/// Label value that carries no loss, as in PyTorch's `CrossEntropyLoss`.
+pub const IGNORE_INDEX: i64 = -100;
+
+/// Gemma's RMS norm: computed in f32, scaled by `(1 + weight)`; the weight starts at zero.
+#[derive(Debug)]
+pub struct RmsNorm {
+    /// `[dim]`, stored as the offset from one.
+    pub weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn new(path: &tch::nn::Path, dim: i64, eps: f64) -> Self {
+        RmsNorm {
+            weight: path.var("weight", &[dim], Init::Const(0.0)),
+            eps,
+        }
+    }
+
+    /// Normalises the last dimension of `x`, returning `x`'s dtype.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let xf = x.to_kind(Kind::Float);
+        let rms = (xf.square().mean_dim(-1, true, Kind::Float) + self.eps).rsqrt();
+        ((xf * rms) * (self.weight.to_kind(Kind::Float) + 1.0)).to_kind(x.kind())
+    }
+}
+
+/// Rotary position embedding in the rotate-half layout.
+#[derive(Debug)]
+struct Rotary {
+    /// `[head_dim / 2]`, f32.
+    inv_freq: Tensor,
+}
+
+impl Rotary {
+    fn new(config: &GemmaConfig, device: Device) -> Self {
+        let dim = config.head_dim;
+        let exponents = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, device))
+            .to_kind(Kind::Float)
+            / dim as f64;
+        let inv_freq = Tensor::from(config.rope_theta() as f32)
+            .to_device(device)
+            .pow(&exponents)
+            .reciprocal();
+        Rotary { inv_freq }
+    }
+
+    /// `cos` and `sin` of shape `[batch, 1, len, head_dim]` in `kind` for positions `[batch, len]`,
+    /// computed in f32 as transformers does.
+    fn cos_sin(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
+        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
+        (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+    }
+}
+
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x
+        .size()
+        .last()
+        .copied()
+        .expect("rotary input has a last dimension")
+        / 2;
+    let x1 = x.narrow(-1, 0, half);
+    let x2 = x.narrow(-1, half, half);
+    Tensor::cat(&[&x2.neg(), &x1], -1)
+}
+
+fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    x * cos + rotate_half(x) * sin
+}
+
+/// How queries may attend, prepared once per forward and shared by every layer.
+#[derive(Debug)]
+pub struct AttentionPlan {
+    /// Positions `[batch, len]` of the new tokens, for the rotary embedding.
+    positions: Tensor,
+    /// Additive mask `[batch, 1, len, past + len]`, or `None` for plain causal attention.
+    mask: Option<Tensor>,
+    /// Whether to let the kernel apply the causal mask itself (no past, no explicit mask).
+    is_causal: bool,
+}
+
+impl AttentionPlan {
+    /// Plans attention for `len` new tokens after `past` cached ones.
+    ///
+    /// `padding` is the `[batch, past + len]` mask of real tokens (1) and padding (0) over the whole
+    /// sequence. Pass `None` when no row has padding, or when padding is only on the right and
+    /// outputs at padded positions are ignored (training batches): causal attention alone is then
+    /// exact at every real position, and the fast fused kernels apply. With a padding mask,
+    /// positions count real tokens only, as transformers' `generate` does for left padding.
+    pub fn new(
+        padding: Option<&Tensor>,
+        batch: i64,
+        len: i64,
+        past: i64,
+        device: Device,
+        kind: Kind,
+    ) -> Self {
+        match padding {
+            None => {
+                let positions = Tensor::arange_start(past, past + len, (Kind::Int64, device))
+                    .unsqueeze(0)
+                    .expand([batch, len], false);
+                let mask = (past > 0 && len > 1).then(|| {
+                    let keep = causal(len, past, device).unsqueeze(0).unsqueeze(0);
+                    additive(&keep, kind)
+                });
+                AttentionPlan {
+                    positions,
+                    is_causal: past == 0 && len > 1,
+                    mask,
+                }
+            }
+            Some(padding) => {
+                let padding = padding.to_device(device).to_kind(Kind::Int64);
+                let positions = (padding.cumsum(-1, Kind::Int64) - 1)
+                    .clamp_min(0)
+                    .narrow(-1, past, len);
+                let keys = padding.ne(0).unsqueeze(1).unsqueeze(1); // [b, 1, 1, past + len]
+                let keep = causal(len, past, device)
+                    .unsqueeze(0)
+                    .unsqueeze(0)
+                    .logical_and(&keys);
+                AttentionPlan {
+                    positions,
+                    mask: Some(additive(&keep, kind)),
+                    is_causal: false,
+                }
+            }
+        }
+    }
+}
+
+/// `[len, past + len]`: query `i` (at absolute position `past + i`) sees keys `0..=past + i`.
+fn causal(len: i64, past: i64, device: Device) -> Tensor {
+    Tensor::ones([len, past + len], (Kind::Bool, device)).tril(past)
+}
+
+/// A boolean keep-mask as an additive mask: 0 where kept, the dtype's lowest finite value elsewhere
+/// (finite, so a fully masked row of padding yields numbers rather than NaN).
+fn additive(keep: &Tensor, kind: Kind) -> Tensor {
+    let lowest = match kind {
+        Kind::BFloat16 => -3.389_531_389_251_535_5e38,
+        Kind::Half => -65504.0,
+        Kind::Double => f64::MIN,
+        _ => f32::MIN as f64,
+    };
+    Tensor::zeros(keep.size(), (kind, keep.device())).masked_fill(&keep.logical_not(), lowest)
+}
+
+/// Multi-head attention with grouped (or multi-query) key/value heads and rotary positions.
+#[derive(Debug)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    heads: i64,
+    kv_heads: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    fn new(path: &tch::nn::Path, c: &GemmaConfig) -> Self {
+        let (h, d, std) = (c.hidden_size, c.head_dim, c.initializer_range);
+        let bias = c.attention_bias;
+        Attention {
+            q_proj: Linear::new(&path.sub("q_proj"), h, c.num_attention_heads * d, bias, std),
+            k_proj: Linear::new(&path.sub("k_proj"), h, c.num_key_value_heads * d, bias, std),
+            v_proj: Linear::new(&path.sub("v_proj"), h, c.num_key_value_heads * d, bias, std),
+            o_proj: Linear::new(&path.sub("o_proj"), c.num_attention_heads * d, h, bias, std),
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: d,
+        }
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos_sin: &(Tensor, Tensor),
+        plan: &AttentionPlan,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor {
+        let (b, l) = (x.size()[0], x.size()[1]);
+        let split = |t: Tensor, n: i64| t.view([b, l, n, self.head_dim]).transpose(1, 2);
+        let q = split(self.q_proj.forward(x), self.heads);
+        let k = split(self.k_proj.forward(x), self.kv_heads);
+        let v = split(self.v_proj.forward(x), self.kv_heads);
+        let q = apply_rotary(&q, &cos_sin.0, &cos_sin.1);
+        let k = apply_rotary(&k, &cos_sin.0, &cos_sin.1);
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.update(layer, &k, &v),
+            None => (k, v),
+        };
+        let (k, v) = (self.repeat_kv(&k), self.repeat_kv(&v));
+        let out = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            plan.mask.as_ref(),
+            0.0,
+            plan.is_causal,
+            None,
+            false,
+        );
+        let out = out
+            .transpose(1, 2)
+            .reshape([b, l, self.heads * self.head_dim]);
+        self.o_proj.forward(&out)
+    }
+
+    /// Repeats each key/value head for the query heads that share it.
+    fn repeat_kv(&self, x: &Tensor) -> Tensor {
+        let groups = self.heads / self.kv_heads;
+        if groups == 1 {
+            return x.shallow_clone();
+        }
+        let s = x.size();
+        x.unsqueeze(2)
+            .expand([s[0], s[1], groups, s[2], s[3]], false)
+            .reshape([s[0], s[1] * groups, s[2], s[3]])
+    }
+}
+
+/// The gated MLP: `down(act(gate(x)) * up(x))`.
+#[derive(Debug)]
+pub struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    activation: Activation,
+}
+
+impl Mlp {
+    fn new(path: &tch::nn::Path, c: &GemmaConfig, activation: Activation) -> Self {
+        let (h, m, std) = (c.hidden_size, c.intermediate_size, c.initializer_range);
+        Mlp {
+            gate_proj: Linear::new(&path.sub("gate_proj"), h, m, false, std),
+            up_proj: Linear::new(&path.sub("up_proj"), h, m, false, std),
+            down_proj: Linear::new(&path.sub("down_proj"), m, h, false, std),
+            activation,
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let approximate = match self.activation {
+            Activation::GeluTanh => "tanh",
+            Activation::Gelu => "none",
+        };
+        let gate = self.gate_proj.forward(x).gelu(approximate);
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)))
+    }
+}
+
+/// One pre-norm decoder layer.
+#[derive(Debug)]
+pub struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn new(path: &tch::nn::Path, c: &GemmaConfig, activation: Activation) -> Self {
+        DecoderLayer {
+            input_layernorm: RmsNorm::new(
+                &path.sub("input_layernorm"),
+                c.hidden_size,
+                c.rms_norm_eps,
+            ),
+            self_attn: Attention::new(&path.sub("self_attn"), c),
+            post_attention_layernorm: RmsNorm::new(
+                &path.sub("post_attention_layernorm"),
+                c.hidden_size,
+                c.rms_norm_eps,
+            ),
+            mlp: Mlp::new(&path.sub("mlp"), c, activation),
+        }
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos_sin: &(Tensor, Tensor),
+        plan: &AttentionPlan,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor {
+        let h = x + self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x), cos_sin, plan, cache);
+        &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
+    }
+}
+
+/// What a forward pass returns.
+#[derive(Debug)]
+pub struct ModelOutput {
+    /// `[batch, len, hidden]` after the final norm.
+    pub last_hidden_state: Tensor,
+    /// When asked for: the embeddings, the output of each layer but the last, and the final
+    /// normed output, as transformers' `hidden_states` (`num_hidden_layers + 1` tensors).
+    pub hidden_states: Vec<Tensor>,
+}
+
+/// The Gemma decoder with its language-model head (`GemmaForCausalLM`).
+#[derive(Debug)]
+pub struct Gemma {
+    config: GemmaConfig,
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    /// `[vocab, hidden]` when the head is not tied to the embedding.
+    lm_head: Option<Linear>,
+    rotary: Rotary,
+    device: Device,
+}
+
+impl Gemma {
+    /// Builds a randomly initialised model under `root` (variables `model.*` and, when untied,
+    /// `lm_head.weight`), initialised as transformers initialises Gemma.
+    pub fn new(root: &tch::nn::Path, config: &GemmaConfig) -> Result<Self> {
+        config.validate()?;
+        let activation = config.activation()?;
+        let model = root.sub("model");
+        let embed_tokens = Embedding::new(
+            &model.sub("embed_tokens"),
+            config.vocab_size,
+            config.hidden_size,
+            config.initializer_range,
+        );
+        if let Some(pad) = config
+            .pad_token_id
+            .filter(|&p| (0..config.vocab_size).contains(&p))
+        {
+            tch::no_grad(|| {
+                let _ = embed_tokens.weight.get(pad).zero_();
+            });
+        }
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| DecoderLayer::new(&model.sub("layers").sub(i), config, activation))
+            .collect();
+        let norm = RmsNorm::new(&model.sub("norm"), config.hidden_size, config.rms_norm_eps);
+        let lm_head = (!config.tie_word_embeddings).then(|| {
+            Linear::new(
+                &root.sub("lm_head"),
+                config.hidden_size,
+                config.vocab_size,
+                false,
+                config.initializer_range,
+            )
+        });
+        Ok(Gemma {
+            config: config.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary: Rotary::new(config, root.device()),
+            device: root.device(),
+        })
+    }
+
+    /// Loads a Hugging Face Gemma directory (`config.json` plus one or sharded safetensors files)
+    /// onto `device`, with weights converted to `kind`.
+    pub fn from_pretrained(
+        dir: impl AsRef<Path>,
+        device: Device,
+        kind: Kind,
+    ) -> Result<(VarStore, Self)> {
+        let dir = dir.as_ref();
+        let config = GemmaConfig::from_file(dir)?;
+        let checkpoint = Checkpoint::open(dir)?;
+        Self::from_checkpoint(&config, &checkpoint, device, kind)
+    }
+
+    /// Builds a model for `config` from `checkpoint`, wherever in it the language model sits.
+    pub fn from_checkpoint(
+        config: &GemmaConfig,
+        checkpoint: &Checkpoint,
+        device: Device,
+        kind: Kind,
+    ) -> Result<(VarStore, Self)> {
+        let mut vs = VarStore::new(device);
+        let model = Self::new(&vs.root(), config)?;
+        vs.set_kind(kind);
+        model.load(&vs, checkpoint)?;
+        Ok((vs, model))
+    }
+
+    /// Fills this model's variables in `vs` from `checkpoint`. The language model may sit under any
+    /// prefix: `model.` (GemmaForCausalLM), none (GemmaModel), `language_model.model.` or
+    /// `model.language_model.` (LLaVA checkpoints).
+    pub fn load(&self, vs: &VarStore, checkpoint: &Checkpoint) -> Result<()> {
+        let prefix = checkpoint.prefix_of("embed_tokens.weight").ok_or_else(|| {
+            foundation::Error::MissingTensor {
+                name: "model.embed_tokens.weight".into(),
+                location: checkpoint.location().to_path_buf(),
+                tried: "any name ending in `embed_tokens.weight`".into(),
+            }
+        })?;
+        // Where an untied head sits next to the decoder: `lm_head.weight` beside `model.`, or
+        // `language_model.lm_head.weight` beside `language_model.model.`.
+        let outer = prefix.strip_suffix("model.").unwrap_or("");
+        checkpoint.load_into(vs, |name| match name.strip_prefix("model.") {
+            Some(rest) => vec![format!("{prefix}{rest}")],
+            None => vec![format!("{outer}{name}"), name.to_string()],
+        })?;
+        Ok(())
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GemmaConfig {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The dtype of the weights (and of the computation).
+    pub fn kind(&self) -> Kind {
+        self.embed_tokens.weight.kind()
+    }
+
+    /// Token embeddings scaled by `sqrt(hidden_size)` (the scale rounded to the weights' dtype, as
+    /// transformers does). This is where LLaVA inserts image features.
+    pub fn embed(&self, input_ids: &Tensor) -> Tensor {
+        let scale = Tensor::from((self.config.hidden_size as f64).sqrt())
+            .to_kind(self.kind())
+            .to_device(self.device);
+        self.embed_tokens.forward(&input_ids.to_device(self.device)) * scale
+    }
+
+    /// Runs the decoder on input embeddings `[batch, len, hidden]` (already scaled, see
+    /// [`embed`](Self::embed)). With a cache, the new tokens follow the cached ones and the cache
+    /// grows by `len`. See [`AttentionPlan::new`] for `padding`.
+    pub fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        padding: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+        output_hidden_states: bool,
+    ) -> Result<ModelOutput> {
+        let size = embeds.size();
+        if size.len() != 3 || size[2] != self.config.hidden_size {
+            return Err(Error::Input(format!(
+                "embeddings must be [batch, len, {}], got {size:?}",
+                self.config.hidden_size
+            )));
+        }
+        let (b, l) = (size[0], size[1]);
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        if let Some(c) = &cache
+            && past + l > c.capacity()
+        {
+            return Err(Error::Input(format!(
+                "{} cached + {l} new tokens exceed the cache's {} positions",
+                past,
+                c.capacity()
+            )));
+        }
+        if let Some(p) = padding
+            && p.size() != [b, past + l]
+        {
+            return Err(Error::Input(format!(
+                "padding mask must be [{b}, {}], got {:?}",
+                past + l,
+                p.size()
+            )));
+        }
+        let plan = AttentionPlan::new(padding, b, l, past, self.device, self.kind());
+        let cos_sin = self.rotary.cos_sin(&plan.positions, self.kind());
+        let mut hidden_states = Vec::new();
+        let mut x = embeds.to_device(self.device).to_kind(self.kind());
+        for (i, layer) in self.layers.iter().enumerate() {
+            if output_hidden_states {
+                hidden_states.push(x.shallow_clone());
+            }
+            x = layer.forward(&x, &cos_sin, &plan, cache.as_deref_mut().map(|c| (c, i)));
+        }
+        let last_hidden_state = self.norm.forward(&x);
+        if output_hidden_states {
+            hidden_states.push(last_hidden_state.shallow_clone());
+        }
+        if let Some(c) = cache {
+            c.advance(l);
+        }
+        Ok(ModelOutput {
+            last_hidden_state,
+            hidden_states,
+        })
+    }
+
+    /// Runs the model on token ids `[batch, len]`.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        padding: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        output_hidden_states: bool,
+    ) -> Result<ModelOutput> {
+        self.check_ids(input_ids)?;
+        self.forward_embeds(&self.embed(input_ids), padding, cache, output_hidden_states)
+    }
+
+    /// The language-model head: logits over the vocabulary for hidden states `[..., hidden]`.
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => hidden.matmul(&self.embed_tokens.weight.tr()),
+        }
+    }
+
+    /// The causal-LM loss for `hidden` `[batch, len, hidden]` and `labels` `[batch, len]` aligned
+    /// with the inputs: position `t` predicts `labels[t + 1]`; [`IGNORE_INDEX`] carries no loss; the
+    /// mean is over the labelled positions. Logits are computed only at those positions (in f32):
+    /// with a 256k vocabulary the full logits would be the largest tensor of a training step.
+    ///
+    /// Returns the loss and the number of labelled positions. With none, the loss is a zero that
+    /// still carries a gradient path, so a step over it is a no-op rather than NaN.
+    pub fn loss(&self, hidden: &Tensor, labels: &Tensor) -> Result<(Tensor, i64)> {
+        let (hs, ls) = (hidden.size(), labels.size());
+        if hs.len() != 3 || ls.len() != 2 || hs[..2] != ls[..] {
+            return Err(Error::Input(format!(
+                "labels {ls:?} do not match hidden states {hs:?}"
+            )));
+        }
+        let (b, l, h) = (hs[0], hs[1], hs[2]);
+        if l < 2 {
+            return Ok((hidden.sum(Kind::Float) * 0.0, 0));
+        }
+        let targets = labels
+            .to_device(self.device)
+            .narrow(1, 1, l - 1)
+            .reshape([-1]);
+        let keep = targets.ne(IGNORE_INDEX).nonzero().squeeze_dim(1);
+        let count = keep.size()[0];
+        if count == 0 {
+            return Ok((hidden.sum(Kind::Float) * 0.0, 0));
+        }
+        let selected = hidden
+            .narrow(1, 0, l - 1)
+            .reshape([b * (l - 1), h])
+            .index_select(0, &keep);
+        let logits = self.logits(&selected).to_kind(Kind::Float);
+        let loss = logits.cross_entropy_loss::<Tensor>(
+            &targets.index_select(0, &keep),
+            None,
+            tch::Reduction::Mean,
+            IGNORE_INDEX,
+            0.0,
+        );
+        Ok((loss, count))
+    }
+
+    fn check_ids(&self, ids: &Tensor) -> Result<()> {
+        if ids.dim() != 2 || ids.kind() != Kind::Int64 {
+            return Err(Error::Input(format!(
+                "input ids must be an int64 [batch, len] tensor, got {:?} {:?}",
+                ids.kind(),
+                ids.size()
+            )));
+        }
+        if ids.numel() > 0 {
+            let (min, max) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
+            if min < 0 || max >= self.config.vocab_size {
+                return Err(Error::Input(format!(
+                    "token id {} is outside the vocabulary of {}",
+                    if min < 0 { min } else { max },
+                    self.config.vocab_size
+                )));
+            }
+        }
+        Ok(())
+    }
+}

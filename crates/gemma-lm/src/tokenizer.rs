@@ -1,0 +1,266 @@
+//! The Gemma tokenizer (`tokenizer.json` through the `tokenizers` crate) and the Gemma chat template.
+
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// Who speaks a chat turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The person asking (`user`).
+    User,
+    /// The model answering (`model`; `assistant` in OpenAI-style messages).
+    Model,
+}
+
+impl Role {
+    /// The name the template writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Model => "model",
+        }
+    }
+
+    /// Parses `user`/`human` or `model`/`assistant`/`gpt`. Gemma has no system role.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "user" | "human" => Ok(Role::User),
+            "model" | "assistant" | "gpt" => Ok(Role::Model),
+            "system" => Err(Error::Chat(
+                "Gemma's chat template has no system role".into(),
+            )),
+            other => Err(Error::Chat(format!("unknown role `{other}`"))),
+        }
+    }
+}
+
+/// One turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The speaker.
+    pub role: Role,
+    /// What was said.
+    pub content: String,
+}
+
+impl Message {
+    /// A user turn.
+    pub fn user(content: impl Into<String>) -> Self {
+        Message {
+            role: Role::User,
+            content: content.into(),
+        }
+    }
+
+    /// A model turn.
+    pub fn model(content: impl Into<String>) -> Self {
+        Message {
+            role: Role::Model,
+            content: content.into(),
+        }
+    }
+}
+
+/// Renders `messages` with Gemma's chat template, exactly as its Jinja source does:
+///
+/// ```text
+/// <bos><start_of_turn>user\n{content|trim}<end_of_turn>\n<start_of_turn>model\n{content|trim}<end_of_turn>\n…
+/// ```
+/// followed by `<start_of_turn>model\n` when `add_generation_prompt`. Turns must alternate,
+/// starting with the user, as the template demands.
+pub fn apply_chat_template(messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+    let mut text = String::from("<bos>");
+    for (i, message) in messages.iter().enumerate() {
+        let expected = if i % 2 == 0 { Role::User } else { Role::Model };
+        if message.role != expected {
+            return Err(Error::Chat(format!(
+                "turn {} is `{}`, but turns must alternate user/model starting with user",
+                i + 1,
+                message.role.as_str()
+            )));
+        }
+        text.push_str("<start_of_turn>");
+        text.push_str(message.role.as_str());
+        text.push('\n');
+        text.push_str(message.content.trim());
+        text.push_str("<end_of_turn>\n");
+    }
+    if add_generation_prompt {
+        text.push_str("<start_of_turn>model\n");
+    }
+    Ok(text)
+}
+
+/// A Gemma tokenizer with its special tokens looked up by name (their ids differ between
+/// checkpoints: `<start_of_turn>` is 106 in Gemma, other ids in converted or tiny tokenizers).
+#[derive(Debug, Clone)]
+pub struct GemmaTokenizer {
+    inner: tokenizers::Tokenizer,
+    path: PathBuf,
+    /// `<bos>`.
+    pub bos: i64,
+    /// `<eos>`.
+    pub eos: i64,
+    /// `<pad>`.
+    pub pad: i64,
+    /// `<start_of_turn>`, if the vocabulary has it.
+    pub start_of_turn: Option<i64>,
+    /// `<end_of_turn>`, if the vocabulary has it.
+    pub end_of_turn: Option<i64>,
+}
+
+impl GemmaTokenizer {
+    /// Loads `tokenizer.json` (or a model directory holding one).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let mut path = path.as_ref().to_path_buf();
+        if path.is_dir() {
+            path = path.join("tokenizer.json");
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let id = |token: &str| inner.token_to_id(token).map(i64::from);
+        let required = |token: &str| {
+            id(token).ok_or_else(|| Error::Tokenizer {
+                path: path.clone(),
+                message: format!("the vocabulary has no `{token}` token"),
+            })
+        };
+        Ok(GemmaTokenizer {
+            bos: required("<bos>")?,
+            eos: required("<eos>")?,
+            pad: required("<pad>")?,
+            start_of_turn: id("<start_of_turn>"),
+            end_of_turn: id("<end_of_turn>"),
+            inner,
+            path,
+        })
+    }
+
+    /// The id of `token`, if the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<i64> {
+        self.inner.token_to_id(token).map(i64::from)
+    }
+
+    /// Number of tokens, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Encodes `text`; special tokens written in it (`<start_of_turn>`) become their ids. With
+    /// `add_bos`, `<bos>` comes first, as `tokenizer(text)` gives in transformers.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<i64>> {
+        let encoding = self.inner.encode(text, false).map_err(|e| self.error(e))?;
+        let mut ids = Vec::with_capacity(encoding.len() + 1);
+        if add_bos {
+            ids.push(self.bos);
+        }
+        ids.extend(encoding.get_ids().iter().map(|&id| i64::from(id)));
+        Ok(ids)
+    }
+
+    /// Decodes `ids`; with `skip_special_tokens`, `<bos>`, `<start_of_turn>` and the like vanish.
+    pub fn decode(&self, ids: &[i64], skip_special_tokens: bool) -> Result<String> {
+        let ids: Vec<u32> = ids
+            .iter()
+            .map(|&id| u32::try_from(id).map_err(|_| self.error(format!("invalid token id {id}"))))
+            .collect::<Result<_>>()?;
+        self.inner
+            .decode(&ids, skip_special_tokens)
+            .map_err(|e| self.error(e))
+    }
+
+    /// Renders and encodes a conversation with the chat template (its `<bos>` included).
+    pub fn encode_chat(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<i64>> {
+        self.encode(
+            &apply_chat_template(messages, add_generation_prompt)?,
+            false,
+        )
+    }
+
+    /// The tokens that end a model turn: `<end_of_turn>` and `<eos>`.
+    pub fn chat_stop_tokens(&self) -> Vec<i64> {
+        self.end_of_turn.into_iter().chain([self.eos]).collect()
+    }
+
+    fn error(&self, e: impl std::fmt::Display) -> Error {
+        Error::Tokenizer {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Turns a stream of token ids into a stream of text pieces, holding back bytes of a character that
+/// byte-fallback tokens have not completed yet.
+#[derive(Debug)]
+pub struct TextStreamer<'a> {
+    tokenizer: &'a GemmaTokenizer,
+    ids: Vec<i64>,
+    emitted: usize,
+}
+
+impl<'a> TextStreamer<'a> {
+    /// A streamer that skips special tokens.
+    pub fn new(tokenizer: &'a GemmaTokenizer) -> Self {
+        TextStreamer {
+            tokenizer,
+            ids: Vec::new(),
+            emitted: 0,
+        }
+    }
+
+    /// Adds a token; returns the new text it completes (possibly empty).
+    pub fn push(&mut self, id: i64) -> Result<String> {
+        self.ids.push(id);
+        let text = self.tokenizer.decode(&self.ids, true)?;
+        if text.ends_with('\u{FFFD}') || text.len() < self.emitted {
+            return Ok(String::new());
+        }
+        let piece = text[self.emitted..].to_string();
+        self.emitted = text.len();
+        Ok(piece)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_matches_gemma_jinja() {
+        let text = apply_chat_template(
+            &[
+                Message::user("  Hi\n"),
+                Message::model("Hello."),
+                Message::user("Bye"),
+            ],
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            text,
+            "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n\
+             <start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+        );
+    }
+
+    #[test]
+    fn template_rejects_what_gemma_rejects() {
+        assert!(apply_chat_template(&[Message::model("x")], false).is_err());
+        assert!(apply_chat_template(&[Message::user("a"), Message::user("b")], false).is_err());
+        assert!(
+            Role::parse("system")
+                .unwrap_err()
+                .to_string()
+                .contains("system")
+        );
+        assert_eq!(Role::parse("gpt").unwrap(), Role::Model);
+    }
+}

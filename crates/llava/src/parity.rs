@@ -1,0 +1,337 @@
+//! Parity with Hugging Face `transformers`: runs our models on fixtures that hold the reference
+//! outputs (`fixtures/hf-parity/README.md` describes the format) and reports, per output, the largest
+//! absolute difference against the fixture's tolerance.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use foundation::layers::max_abs_diff;
+use gemma_lm::{Gemma, GemmaTokenizer, GenerationConfig};
+use serde::Deserialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::{Error, Result};
+
+/// The fixture kinds this build can check.
+pub const SUPPORTED_KINDS: &[&str] = &["tokenizer", "gemma-causal-lm"];
+
+/// `meta.json` of a fixture: the fields every kind shares, the rest kept as JSON.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Meta {
+    /// What is being checked (`gemma-causal-lm`, `tokenizer`, …).
+    pub kind: String,
+    /// Model directory, relative to the fixture.
+    #[serde(default = "default_model_dir")]
+    pub model_dir: String,
+    /// Inputs file, relative to the fixture.
+    #[serde(default = "default_inputs")]
+    pub inputs: String,
+    /// Expected outputs file, relative to the fixture.
+    #[serde(default = "default_expected")]
+    pub expected: String,
+    /// Absolute tolerance.
+    #[serde(default)]
+    pub atol: f64,
+    /// Relative tolerance.
+    #[serde(default)]
+    pub rtol: f64,
+    /// Everything else (`cases`, `special_ids`, …).
+    #[serde(flatten)]
+    pub extra: HashMap<String, serde_json::Value>,
+}
+
+fn default_model_dir() -> String {
+    "model".into()
+}
+fn default_inputs() -> String {
+    "inputs.safetensors".into()
+}
+fn default_expected() -> String {
+    "expected.safetensors".into()
+}
+
+/// The result of comparing one output.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// The output's name (`logits`, `hidden_states[1]`, `case 2 ids`, …).
+    pub output: String,
+    /// Largest absolute difference (for token sequences: the number of tokens that differ).
+    pub max_abs_diff: f64,
+    /// Whether it is within tolerance.
+    pub passed: bool,
+    /// A short note shown when the check fails.
+    pub note: String,
+}
+
+/// All checks of one fixture.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The fixture directory.
+    pub fixture: PathBuf,
+    /// Its kind.
+    pub kind: String,
+    /// `atol` and `rtol`.
+    pub tolerance: (f64, f64),
+    /// One entry per output.
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    /// Whether every check passed.
+    pub fn passed(&self) -> bool {
+        !self.checks.is_empty() && self.checks.iter().all(|c| c.passed)
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.fixture.display();
+        let (atol, rtol) = self.tolerance;
+        writeln!(f, "{name} ({}, atol {atol:e}, rtol {rtol:e})", self.kind)?;
+        for c in &self.checks {
+            let verdict = if c.passed { "ok" } else { "FAIL" };
+            write!(
+                f,
+                "  {:<28} max|diff| {:<10.3e} {verdict}",
+                c.output, c.max_abs_diff
+            )?;
+            if !c.passed && !c.note.is_empty() {
+                write!(f, "  ({})", c.note)?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads `meta.json` of the fixture in `dir`.
+pub fn read_meta(dir: &Path) -> Result<Meta> {
+    let path = dir.join("meta.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Parse {
+        path,
+        message: e.to_string(),
+    })
+}
+
+/// Runs the fixture in `dir` and returns its report; an unsupported kind is an error.
+pub fn run(dir: &Path) -> Result<Report> {
+    let meta = read_meta(dir)?;
+    let checks = match meta.kind.as_str() {
+        "tokenizer" => tokenizer(dir, &meta)?,
+        "gemma-causal-lm" => gemma_causal_lm(dir, &meta)?,
+        other => {
+            return Err(Error::Unsupported(format!(
+                "{}: fixture kind `{other}` is not supported yet (supported: {})",
+                dir.display(),
+                SUPPORTED_KINDS.join(", ")
+            )));
+        }
+    };
+    Ok(Report {
+        fixture: dir.to_path_buf(),
+        kind: meta.kind,
+        tolerance: (meta.atol, meta.rtol),
+        checks,
+    })
+}
+
+fn tokenizer(dir: &Path, meta: &Meta) -> Result<Vec<Check>> {
+    let tokenizer = GemmaTokenizer::from_file(dir.join(&meta.model_dir))?;
+    let mut checks = Vec::new();
+    if let Some(specials) = meta.extra.get("special_ids").and_then(|v| v.as_object()) {
+        for (token, id) in specials {
+            let got = tokenizer.token_id(token);
+            checks.push(exact(
+                format!("special {token}"),
+                got == id.as_i64(),
+                format!("got {got:?}"),
+            ));
+        }
+    }
+    if let Some(size) = meta.extra.get("vocab_size").and_then(|v| v.as_u64()) {
+        let got = tokenizer.vocab_size();
+        checks.push(exact(
+            "vocab_size".into(),
+            got as u64 == size,
+            format!("got {got}"),
+        ));
+    }
+    let cases: Vec<TokenizerCase> = match meta.extra.get("cases") {
+        Some(cases) => serde_json::from_value(cases.clone()).map_err(|e| Error::Parse {
+            path: dir.join("meta.json"),
+            message: format!("`cases`: {e}"),
+        })?,
+        None => Vec::new(),
+    };
+    for (i, case) in cases.iter().enumerate() {
+        let ids = tokenizer.encode(&case.text, true)?;
+        let differ = count_differences(&ids, &case.ids);
+        checks.push(Check {
+            output: format!("case {i} ids"),
+            max_abs_diff: differ as f64,
+            passed: differ == 0,
+            note: format!("got {ids:?}"),
+        });
+        if let Some(decoded) = &case.decoded {
+            let got = tokenizer.decode(&case.ids, true)?;
+            checks.push(exact(
+                format!("case {i} decoded"),
+                &got == decoded,
+                format!("got {got:?}"),
+            ));
+        }
+    }
+    Ok(checks)
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenizerCase {
+    text: String,
+    ids: Vec<i64>,
+    decoded: Option<String>,
+}
+
+fn gemma_causal_lm(dir: &Path, meta: &Meta) -> Result<Vec<Check>> {
+    let (_vs, model) = Gemma::from_pretrained(dir.join(&meta.model_dir), Device::Cpu, Kind::Float)?;
+    let inputs = read_tensors(&dir.join(&meta.inputs))?;
+    let expected = read_tensors(&dir.join(&meta.expected))?;
+    let tol = (meta.atol, meta.rtol);
+    let mut checks = Vec::new();
+
+    let ids = need(&inputs, "input_ids", dir)?;
+    let mask = inputs.get("attention_mask");
+    let out = tch::no_grad(|| model.forward(ids, mask, None, true))?;
+    let rows = mask.map(|m| m.flatten(0, -1).nonzero().squeeze_dim(1));
+    let at_real = |t: &Tensor| -> Tensor {
+        let flat = t.flatten(0, 1);
+        match &rows {
+            Some(rows) => flat.index_select(0, rows),
+            None => flat,
+        }
+    };
+    let logits = model.logits(&out.last_hidden_state);
+    if let Some(want) = expected.get("logits") {
+        checks.push(close("logits", &at_real(&logits), &at_real(want), tol));
+    }
+    if let Some(want) = expected.get("hidden_states") {
+        for (i, got) in out.hidden_states.iter().enumerate() {
+            let want_i = want.get(i as i64);
+            checks.push(close(
+                &format!("hidden_states[{i}]"),
+                &at_real(got),
+                &at_real(&want_i),
+                tol,
+            ));
+        }
+        if want.size()[0] != out.hidden_states.len() as i64 {
+            checks.push(exact(
+                "hidden_states count".into(),
+                false,
+                format!(
+                    "expected {}, got {}",
+                    want.size()[0],
+                    out.hidden_states.len()
+                ),
+            ));
+        }
+    }
+    // The training path: causal attention without a mask, exact wherever the mask is 1.
+    if let (Some(want), Some(_)) = (expected.get("logits"), mask) {
+        let fast = tch::no_grad(|| model.forward(ids, None, None, false))?;
+        let got = model.logits(&fast.last_hidden_state);
+        checks.push(close(
+            "logits (causal, no mask)",
+            &at_real(&got),
+            &at_real(want),
+            tol,
+        ));
+    }
+    if let (Some(want), Some(labels)) = (expected.get("loss"), inputs.get("labels")) {
+        let (loss, _) = tch::no_grad(|| model.loss(&out.last_hidden_state, labels))?;
+        checks.push(close("loss", &loss.reshape([1]), &want.reshape([1]), tol));
+    }
+    if let (Some(want), Some(prompt)) = (expected.get("generated_ids"), inputs.get("prompt_ids")) {
+        checks.push(greedy_check(&model, prompt, want)?);
+    }
+    Ok(checks)
+}
+
+/// Greedy generation without early stop, compared token for token (prompt included).
+fn greedy_check(model: &Gemma, prompt: &Tensor, want: &Tensor) -> Result<Check> {
+    let prompts = Vec::<Vec<i64>>::try_from(prompt).map_err(gemma_lm::Error::from)?;
+    let want = Vec::<Vec<i64>>::try_from(want).map_err(gemma_lm::Error::from)?;
+    let new_tokens = want[0].len().saturating_sub(prompts[0].len());
+    let config = GenerationConfig {
+        max_new_tokens: new_tokens,
+        ..GenerationConfig::default()
+    };
+    let generated = gemma_lm::generate(model, &prompts, &config, |_, _| {})?;
+    let mut differ = 0;
+    let mut got_all = Vec::new();
+    for ((prompt, new), want) in prompts.iter().zip(&generated).zip(&want) {
+        let got: Vec<i64> = prompt.iter().chain(new).copied().collect();
+        differ += count_differences(&got, want);
+        got_all.push(got);
+    }
+    Ok(Check {
+        output: "generated_ids".into(),
+        max_abs_diff: differ as f64,
+        passed: differ == 0,
+        note: format!("got {got_all:?}"),
+    })
+}
+
+fn count_differences(a: &[i64], b: &[i64]) -> usize {
+    a.iter().zip(b).filter(|(x, y)| x != y).count() + a.len().abs_diff(b.len())
+}
+
+/// `torch.allclose`-style comparison: `|got - want| <= atol + rtol * |want|` everywhere.
+pub fn close(name: &str, got: &Tensor, want: &Tensor, (atol, rtol): (f64, f64)) -> Check {
+    if got.size() != want.size() {
+        return exact(
+            name.into(),
+            false,
+            format!("shape {:?}, expected {:?}", got.size(), want.size()),
+        );
+    }
+    let (g, w) = (got.to_kind(Kind::Double), want.to_kind(Kind::Double));
+    let within = (&g - &w)
+        .abs()
+        .le_tensor(&(w.abs() * rtol + atol))
+        .all()
+        .int64_value(&[])
+        == 1;
+    let finite = g.isfinite().all().int64_value(&[]) == 1;
+    Check {
+        output: name.into(),
+        max_abs_diff: max_abs_diff(&g, &w),
+        passed: within && finite,
+        note: if finite {
+            String::new()
+        } else {
+            "non-finite values".into()
+        },
+    }
+}
+
+fn exact(output: String, passed: bool, note: String) -> Check {
+    Check {
+        output,
+        max_abs_diff: if passed { 0.0 } else { f64::NAN },
+        passed,
+        note,
+    }
+}
+
+fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    Ok(foundation::checkpoint::read_all(path)?)
+}
+
+fn need<'a>(tensors: &'a HashMap<String, Tensor>, name: &str, dir: &Path) -> Result<&'a Tensor> {
+    tensors.get(name).ok_or_else(|| Error::Parse {
+        path: dir.to_path_buf(),
+        message: format!("the inputs have no `{name}` tensor"),
+    })
+}
