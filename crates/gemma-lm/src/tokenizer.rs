@@ -220,11 +220,14 @@ impl<'a> TextStreamer<'a> {
     pub fn push(&mut self, id: i64) -> Result<String> {
         self.ids.push(id);
         let text = self.tokenizer.decode(&self.ids, true)?;
-        if text.ends_with('\u{FFFD}') || text.len() < self.emitted {
+        if text.ends_with('\u{FFFD}') {
+            // An incomplete UTF-8 sequence from byte-fallback tokens: wait for its other bytes.
             return Ok(String::new());
         }
-        let piece = text[self.emitted..].to_string();
-        self.emitted = text.len();
+        // Decoding more tokens can rewrite a replacement character before the end; never split a
+        // character, and never print twice what was printed.
+        let piece = text.get(self.emitted..).unwrap_or_default().to_string();
+        self.emitted = self.emitted.max(text.len());
         Ok(piece)
     }
 }
