@@ -15,8 +15,9 @@ Commands:
   setup                 find or install libtorch (PyTorch 2.11.0) and wire the build to it
   test [cargo args]     run the whole test suite, then the HF parity fixtures in fixtures/hf-parity
   parity <DIR>...       compare our models with Hugging Face outputs stored in parity fixtures
-  demo                  the embedded default: generate text with the tiny Gemma checkpoint on CPU
+  demo                  the embedded default: chat with the tiny Gemma checkpoint on CPU
   bench [cargo args]    run the criterion benchmarks in benches/
+  lint                  cargo fmt --check and clippy with warnings as errors
   llava [args]          run the `llava` command with libtorch wired in
   help                  this text
 
@@ -52,6 +53,17 @@ fn main() -> ExitCode {
             )
         }),
         "llava" => with_libtorch(|| llava(rest)),
+        "lint" => with_libtorch(|| {
+            cargo(&["fmt", "--all", "--check"])?;
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])
+        }),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())
@@ -83,22 +95,31 @@ fn with_libtorch(job: impl FnOnce() -> Result<(), String>) -> Result<(), String>
 fn test(extra: &[String]) -> Result<(), String> {
     setup::ensure_libtorch(&root())?;
     cargo(&[&["test", "--workspace"], strs(extra).as_slice()].concat())?;
-    let fixtures: Vec<String> = PARITY_FIXTURES
-        .iter()
-        .map(|name| format!("fixtures/hf-parity/{name}"))
-        .collect();
-    llava(&prepend("parity", &fixtures))
+    llava(&prepend("parity", &parity_fixtures()))
 }
 
+fn parity_fixtures() -> Vec<String> {
+    PARITY_FIXTURES
+        .iter()
+        .map(|name| format!("fixtures/hf-parity/{name}"))
+        .collect()
+}
+
+/// The embedded default until the trainer lands: check the tiny Gemma against Hugging Face, then
+/// chat with it (its weights are random, so its words are noise; the point is the pipeline).
 fn demo() -> Result<(), String> {
+    llava(&prepend("parity", &parity_fixtures()))?;
+    eprintln!("\nGenerating with the tiny random-weight Gemma (expect noise, not English):");
     llava(&[
         "generate-text".into(),
         "--model".into(),
-        "fixtures/tiny-gemma".into(),
+        "fixtures/hf-parity/gemma/model".into(),
         "--prompt".into(),
         "What is the color of the circle?".into(),
         "--max-new-tokens".into(),
         "24".into(),
+        "--device".into(),
+        "cpu".into(),
     ])
 }
 
