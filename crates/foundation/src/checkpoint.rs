@@ -148,7 +148,8 @@ impl Checkpoint {
     }
 
     /// Fills every variable of `vs` from this checkpoint. `names` maps a variable's name (as built
-    /// from the module tree) to the checkpoint names to try, in order. Each tensor is converted to
+    /// from the module tree) to the checkpoint names to try, in order; an empty list marks a variable
+    /// the checkpoint may lack, which then keeps its value. Each tensor is converted to
     /// the variable's dtype and device. A variable that none of its names provides, or a tensor of
     /// the wrong shape, is an error naming the tensor, the file and both shapes.
     ///
@@ -164,6 +165,9 @@ impl Checkpoint {
         tch::no_grad(|| -> Result<()> {
             for (var_name, mut var) in variables {
                 let candidates = names(&var_name);
+                if candidates.is_empty() {
+                    continue;
+                }
                 let Some(found) = candidates.iter().find(|c| self.contains(c)) else {
                     return Err(Error::MissingTensor {
                         name: var_name,

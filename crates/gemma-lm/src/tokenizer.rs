@@ -102,7 +102,7 @@ pub struct GemmaTokenizer {
     pub bos: i64,
     /// `<eos>`.
     pub eos: i64,
-    /// `<pad>`.
+    /// `<pad>` (`<eos>` where the vocabulary has no `<pad>`).
     pub pad: i64,
     /// `<start_of_turn>`, if the vocabulary has it.
     pub start_of_turn: Option<i64>,
@@ -131,7 +131,11 @@ impl GemmaTokenizer {
         Ok(GemmaTokenizer {
             bos: required("<bos>")?,
             eos: required("<eos>")?,
-            pad: required("<pad>")?,
+            // Gemma always has `<pad>`; a tokenizer without one pads with `<eos>`.
+            pad: match id("<pad>") {
+                Some(pad) => pad,
+                None => required("<eos>")?,
+            },
             start_of_turn: id("<start_of_turn>"),
             end_of_turn: id("<end_of_turn>"),
             inner,
@@ -150,11 +154,16 @@ impl GemmaTokenizer {
     }
 
     /// Encodes `text`; special tokens written in it (`<start_of_turn>`) become their ids. With
-    /// `add_bos`, `<bos>` comes first, as `tokenizer(text)` gives in transformers.
-    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<i64>> {
-        let encoding = self.inner.encode(text, false).map_err(|e| self.error(e))?;
+    /// `add_special_tokens`, the tokenizer's post-processor adds what `tokenizer(text)` adds in
+    /// transformers (`<bos>` for Gemma); a `tokenizer.json` without a post-processor still gets the
+    /// `<bos>` that Gemma's tokenizer class adds by default.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<i64>> {
+        let encoding = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| self.error(e))?;
         let mut ids = Vec::with_capacity(encoding.len() + 1);
-        if add_bos {
+        if add_special_tokens && self.inner.get_post_processor().is_none() {
             ids.push(self.bos);
         }
         ids.extend(encoding.get_ids().iter().map(|&id| i64::from(id)));

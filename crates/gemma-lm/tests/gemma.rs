@@ -363,3 +363,22 @@ fn streamed_text_is_the_decoded_text_even_with_byte_fallback() {
         streamer.push(id).unwrap();
     }
 }
+
+#[test]
+fn bos_comes_first_with_or_without_a_post_processor() {
+    let with = gemma_lm::GemmaTokenizer::from_file(fixture_model()).unwrap();
+    let text = "What is the color of the circle?";
+    let ids = with.encode(text, true).unwrap();
+    assert_eq!(ids[0], with.bos);
+    assert_eq!(with.encode(text, false).unwrap(), ids[1..]);
+
+    let mut json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_model().join("tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    json["post_processor"] = serde_json::Value::Null;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("tokenizer.json"), json.to_string()).unwrap();
+    let without = gemma_lm::GemmaTokenizer::from_file(tmp.path()).unwrap();
+    assert_eq!(without.encode(text, true).unwrap(), ids);
+}

@@ -10,11 +10,12 @@ use foundation::layers::max_abs_diff;
 use gemma_lm::{Gemma, GemmaTokenizer, GenerationConfig};
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
+use vision_encoders::VisionTower;
 
 use crate::{Error, Result};
 
 /// The fixture kinds this build can check.
-pub const SUPPORTED_KINDS: &[&str] = &["tokenizer", "gemma-causal-lm"];
+pub const SUPPORTED_KINDS: &[&str] = &["tokenizer", "gemma-causal-lm", "clip-vision", "dinov2"];
 
 /// `meta.json` of a fixture: the fields every kind shares, the rest kept as JSON.
 #[derive(Debug, Clone, Deserialize)]
@@ -121,6 +122,7 @@ pub fn run(dir: &Path) -> Result<Report> {
     let checks = match meta.kind.as_str() {
         "tokenizer" => tokenizer(dir, &meta)?,
         "gemma-causal-lm" => gemma_causal_lm(dir, &meta)?,
+        "clip-vision" | "dinov2" => vision(dir, &meta)?,
         other => {
             return Err(Error::Unsupported(format!(
                 "{}: fixture kind `{other}` is not supported yet (supported: {})",
@@ -254,6 +256,55 @@ fn gemma_causal_lm(dir: &Path, meta: &Meta) -> Result<Vec<Check>> {
     }
     if let (Some(want), Some(prompt)) = (expected.get("generated_ids"), inputs.get("prompt_ids")) {
         checks.push(greedy_check(&model, prompt, want)?);
+    }
+    Ok(checks)
+}
+
+/// A vision tower: every hidden state, the last hidden state and the pooled output, for each set of
+/// pixel values in the inputs (`pixel_values`, and `pixel_values_interp` for a larger image).
+fn vision(dir: &Path, meta: &Meta) -> Result<Vec<Check>> {
+    let (_vs, tower) =
+        VisionTower::from_pretrained(dir.join(&meta.model_dir), Device::Cpu, Kind::Float)?;
+    let inputs = read_tensors(&dir.join(&meta.inputs))?;
+    let expected = read_tensors(&dir.join(&meta.expected))?;
+    let tol = (meta.atol, meta.rtol);
+    let mut checks = Vec::new();
+    for suffix in ["", "_interp"] {
+        let Some(pixels) = inputs.get(&format!("pixel_values{suffix}")) else {
+            continue;
+        };
+        let out = tch::no_grad(|| tower.forward(pixels))?;
+        if let Some(want) = expected.get(&format!("hidden_states{suffix}")) {
+            if want.size()[0] != out.hidden_states.len() as i64 {
+                checks.push(exact(
+                    format!("hidden_states{suffix} count"),
+                    false,
+                    format!(
+                        "expected {}, got {}",
+                        want.size()[0],
+                        out.hidden_states.len()
+                    ),
+                ));
+            }
+            for (i, got) in out
+                .hidden_states
+                .iter()
+                .enumerate()
+                .take(want.size()[0] as usize)
+            {
+                let name = format!("hidden_states{suffix}[{i}]");
+                checks.push(close(&name, got, &want.get(i as i64), tol));
+            }
+        }
+        for (name, got) in [
+            ("last_hidden_state", &out.last_hidden_state),
+            ("pooler_output", &out.pooler_output),
+        ] {
+            let name = format!("{name}{suffix}");
+            if let Some(want) = expected.get(&name) {
+                checks.push(close(&name, got, want, tol));
+            }
+        }
     }
     Ok(checks)
 }
