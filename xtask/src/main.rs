@@ -28,7 +28,13 @@ Environment:
 ";
 
 /// The fixtures whose kinds the project supports; `cargo xtask test` checks all of them.
-const PARITY_FIXTURES: &[&str] = &["tokenizer", "gemma", "clip-vision", "dinov2"];
+const PARITY_FIXTURES: &[&str] = &[
+    "tokenizer",
+    "gemma",
+    "clip-vision",
+    "dinov2",
+    "image-processing",
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

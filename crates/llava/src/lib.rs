@@ -20,6 +20,9 @@ pub enum Error {
     /// From the vision towers.
     #[error(transparent)]
     Vision(#[from] vision_encoders::Error),
+    /// From image decoding and preprocessing.
+    #[error(transparent)]
+    Image(#[from] vision_encoders::processing::Error),
     /// From checkpoint handling.
     #[error(transparent)]
     Foundation(#[from] foundation::Error),

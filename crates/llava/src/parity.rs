@@ -11,11 +11,18 @@ use gemma_lm::{Gemma, GemmaTokenizer, GenerationConfig};
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 use vision_encoders::VisionTower;
+use vision_encoders::processing::{self, ImageProcessor, ProcessorConfig, Resize};
 
 use crate::{Error, Result};
 
 /// The fixture kinds this build can check.
-pub const SUPPORTED_KINDS: &[&str] = &["tokenizer", "gemma-causal-lm", "clip-vision", "dinov2"];
+pub const SUPPORTED_KINDS: &[&str] = &[
+    "tokenizer",
+    "gemma-causal-lm",
+    "clip-vision",
+    "dinov2",
+    "image-processing",
+];
 
 /// `meta.json` of a fixture: the fields every kind shares, the rest kept as JSON.
 #[derive(Debug, Clone, Deserialize)]
@@ -123,6 +130,7 @@ pub fn run(dir: &Path) -> Result<Report> {
         "tokenizer" => tokenizer(dir, &meta)?,
         "gemma-causal-lm" => gemma_causal_lm(dir, &meta)?,
         "clip-vision" | "dinov2" => vision(dir, &meta)?,
+        "image-processing" => image_processing(dir, &meta)?,
         other => {
             return Err(Error::Unsupported(format!(
                 "{}: fixture kind `{other}` is not supported yet (supported: {})",
@@ -305,6 +313,89 @@ fn vision(dir: &Path, meta: &Meta) -> Result<Vec<Check>> {
                 checks.push(close(&name, got, want, tol));
             }
         }
+    }
+    Ok(checks)
+}
+
+/// The processor an image-processing output is named after: `clip_<N>` (shortest edge N, crop N,
+/// CLIP statistics), `dinov2_<N>` (shortest edge N * 256 / 224, crop N, ImageNet statistics, as
+/// `facebook/dinov2-*` ships), with `_pad` for LLaVA's `expand2square` first.
+pub fn processor_for_output(name: &str) -> Option<ProcessorConfig> {
+    let (base, pad) = match name.strip_suffix("_pad") {
+        Some(base) => (base, true),
+        None => (name, false),
+    };
+    let (family, size) = base.rsplit_once('_')?;
+    let size: u32 = size.parse().ok()?;
+    let config = match family {
+        "clip" => ProcessorConfig {
+            resize: Some(Resize::ShortestEdge(size)),
+            crop: Some((size, size)),
+            ..ProcessorConfig::clip_336()
+        },
+        "dinov2" => ProcessorConfig {
+            resize: Some(Resize::ShortestEdge(size * 256 / 224)),
+            crop: Some((size, size)),
+            ..ProcessorConfig::dinov2_224()
+        },
+        _ => return None,
+    };
+    Some(if pad {
+        config.with_pad_to_square()
+    } else {
+        config
+    })
+}
+
+/// Image processing: for every expected output, our pixels against PIL's, by the largest and the
+/// mean absolute difference (a Rust resize is compared within `atol` and `mean_abs_max`).
+fn image_processing(dir: &Path, meta: &Meta) -> Result<Vec<Check>> {
+    let image_name = meta
+        .extra
+        .get("image")
+        .and_then(|v| v.as_str())
+        .unwrap_or("model/image.png");
+    let image = processing::open(dir.join(image_name))?;
+    let expected = read_tensors(&dir.join(&meta.expected))?;
+    let mean_max = meta
+        .extra
+        .get("mean_abs_max")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(meta.atol);
+    let mut names: Vec<&String> = expected.keys().collect();
+    names.sort();
+    let mut checks = Vec::new();
+    for name in names {
+        let want = &expected[name];
+        let Some(config) = processor_for_output(name) else {
+            checks.push(exact(
+                name.clone(),
+                false,
+                "no processor is known for this output name".into(),
+            ));
+            continue;
+        };
+        let (pixels, h, w) = ImageProcessor::new(config).preprocess(&image);
+        let got = Tensor::from_slice(&pixels).view([1, 3, h as i64, w as i64]);
+        if got.size() != want.size() {
+            checks.push(close(name, &got, want, (meta.atol, 0.0)));
+            continue;
+        }
+        let diff = (got.to_kind(Kind::Double) - want.to_kind(Kind::Double)).abs();
+        let max = diff.max().double_value(&[]);
+        let mean = diff.mean(Kind::Double).double_value(&[]);
+        checks.push(Check {
+            output: name.clone(),
+            max_abs_diff: max,
+            passed: max <= meta.atol,
+            note: String::new(),
+        });
+        checks.push(Check {
+            output: format!("{name} (mean)"),
+            max_abs_diff: mean,
+            passed: mean <= mean_max,
+            note: format!("mean abs diff above {mean_max}"),
+        });
     }
     Ok(checks)
 }

@@ -143,3 +143,33 @@ fn generate_text_streams_from_a_checkpoint_and_rejects_a_missing_one() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/model"));
 }
+
+#[test]
+fn vision_and_image_processing_fixtures_pass() {
+    for name in ["clip-vision", "dinov2", "image-processing"] {
+        let report = parity::run(&fixtures().join(name)).unwrap();
+        assert!(report.passed(), "{report}");
+    }
+    let dinov2 = parity::run(&fixtures().join("dinov2")).unwrap();
+    assert!(
+        dinov2
+            .checks
+            .iter()
+            .any(|c| c.output == "last_hidden_state_interp"),
+        "the interpolated-position case is checked"
+    );
+}
+
+#[test]
+fn image_processing_output_names_map_to_processors() {
+    use llava::vision_encoders::processing::Resize;
+    let clip = parity::processor_for_output("clip_224_pad").unwrap();
+    assert_eq!(clip.resize, Some(Resize::ShortestEdge(224)));
+    assert!(clip.pad_to_square);
+    let dino = parity::processor_for_output("dinov2_224").unwrap();
+    assert_eq!(
+        (dino.resize, dino.crop),
+        (Some(Resize::ShortestEdge(256)), Some((224, 224)))
+    );
+    assert!(parity::processor_for_output("siglip_384").is_none());
+}

@@ -5,12 +5,15 @@
 //! * [`VisionTower`] and [`FeatureSelect`]: one interface over both, with LLaVA's feature selection
 //!   (a layer of `hidden_states`, with or without CLS), run without autograd.
 //!
-//! Weights load from vision-only, full CLIP and LLaVA checkpoints alike.
+//! Weights load from vision-only, full CLIP and LLaVA checkpoints alike. The image processing that
+//! feeds the towers is the pure-Rust [`processing`] crate (no libtorch), re-exported here.
 
 pub mod clip;
 pub mod dinov2;
 mod error;
 pub mod tower;
+
+pub use image_processing as processing;
 
 use tch::Tensor;
 
