@@ -53,7 +53,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The mean and standard deviation CLIP was trained with.
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-/// See [`CLIP_MEAN`].
+/// See [`CLIP_MEAN`]. (The published digits, kept even where f32 cannot hold them all.)
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 /// ImageNet's mean, used by DINOv2.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -250,6 +251,7 @@ pub fn decode(bytes: &[u8], name: &str) -> Result<RgbImage> {
             .map_err(|e| e.to_string())
     });
     match decoded {
+        Ok(Ok(image::DynamicImage::ImageRgb8(rgb))) => Ok(rgb),
         Ok(Ok(image)) => Ok(image.to_rgb8()),
         Ok(Err(message)) => Err(Error::Decode {
             name: name.to_string(),

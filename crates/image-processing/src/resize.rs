@@ -146,8 +146,11 @@ fn kernels(in_size: usize, out_size: usize, first: usize, count: usize, filter: 
     Kernels { starts, weights }
 }
 
+/// The rounding offset every accumulator starts from.
+const HALF: i32 = 1 << (PRECISION_BITS - 1);
+
 #[inline]
-fn clip8(acc: i64) -> u8 {
+fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
@@ -206,16 +209,17 @@ pub fn resize_rgb(
             let line = &src[(row_first + r) * width * 3..][..width * 3];
             let out = &mut mid[r * cols * 3..][..cols * 3];
             for (c, (start, weights)) in k.starts.iter().zip(&k.weights).enumerate() {
-                let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
-                for (i, &w) in weights.iter().enumerate() {
-                    let px = &line[(start + i) * 3..][..3];
-                    for ch in 0..3 {
-                        acc[ch] += px[ch] as i64 * w as i64;
-                    }
+                // Pillow accumulates in 32-bit integers; so do we (the sums cannot overflow).
+                let (mut r0, mut g0, mut b0) = (HALF, HALF, HALF);
+                let pixels = &line[start * 3..][..weights.len() * 3];
+                for (px, &w) in pixels.chunks_exact(3).zip(weights) {
+                    r0 += px[0] as i32 * w;
+                    g0 += px[1] as i32 * w;
+                    b0 += px[2] as i32 * w;
                 }
-                for ch in 0..3 {
-                    out[c * 3 + ch] = clip8(acc[ch]);
-                }
+                out[c * 3] = clip8(r0);
+                out[c * 3 + 1] = clip8(g0);
+                out[c * 3 + 2] = clip8(b0);
             }
         }
     } else {
@@ -229,15 +233,20 @@ pub fn resize_rgb(
     let Some(k) = vertical else {
         return mid;
     };
-    let mut out = vec![0u8; region.height * cols * 3];
+    let row_len = cols * 3;
+    let mut out = vec![0u8; region.height * row_len];
+    let mut acc = vec![0i32; row_len];
     for (r, (start, weights)) in k.starts.iter().zip(&k.weights).enumerate() {
-        let dst = &mut out[r * cols * 3..][..cols * 3];
-        for (x, d) in dst.iter_mut().enumerate() {
-            let mut acc = 1i64 << (PRECISION_BITS - 1);
-            for (i, &w) in weights.iter().enumerate() {
-                acc += mid[(start - row_first + i) * cols * 3 + x] as i64 * w as i64;
+        // Row by row, so that the inner loop runs over contiguous bytes and vectorises.
+        acc.fill(HALF);
+        for (i, &w) in weights.iter().enumerate() {
+            let src_row = &mid[(start - row_first + i) * row_len..][..row_len];
+            for (a, &v) in acc.iter_mut().zip(src_row) {
+                *a += v as i32 * w;
             }
-            *d = clip8(acc);
+        }
+        for (d, &a) in out[r * row_len..][..row_len].iter_mut().zip(&acc) {
+            *d = clip8(a);
         }
     }
     out
