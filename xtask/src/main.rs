@@ -34,6 +34,8 @@ const PARITY_FIXTURES: &[&str] = &[
     "clip-vision",
     "dinov2",
     "image-processing",
+    "llava-clip",
+    "llava-dinov2",
 ];
 
 fn main() -> ExitCode {

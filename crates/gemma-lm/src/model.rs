@@ -434,6 +434,35 @@ impl Gemma {
         Ok(())
     }
 
+    /// Grows the vocabulary to `size` tokens (for added tokens such as LLaVA's `<image>`): new
+    /// embedding rows (and head rows, when untied) start at the mean of the existing ones, as
+    /// transformers' `resize_token_embeddings` centres them.
+    pub fn resize_vocab(&mut self, size: i64) -> Result<()> {
+        let old = self.config.vocab_size;
+        if size < old {
+            return Err(Error::Input(format!(
+                "cannot shrink the vocabulary from {old} to {size}"
+            )));
+        }
+        if size == old {
+            return Ok(());
+        }
+        let grow = |weight: &mut Tensor| {
+            tch::no_grad(|| {
+                let mean = weight.mean_dim(0, true, weight.kind());
+                let extra = mean.expand([size - old, weight.size()[1]], false);
+                let grown = Tensor::cat(&[&*weight, &extra], 0);
+                weight.set_data(&grown);
+            })
+        };
+        grow(&mut self.embed_tokens.weight);
+        if let Some(head) = &mut self.lm_head {
+            grow(&mut head.weight);
+        }
+        self.config.vocab_size = size;
+        Ok(())
+    }
+
     /// The configuration.
     pub fn config(&self) -> &GemmaConfig {
         &self.config

@@ -198,6 +198,25 @@ impl GemmaTokenizer {
         self.end_of_turn.into_iter().chain([self.eos]).collect()
     }
 
+    /// Adds `token` as a special token unless the vocabulary has it; returns its id. LLaVA adds
+    /// `<image>` this way when it assembles a model from a plain Gemma.
+    pub fn add_special_token(&mut self, token: &str) -> i64 {
+        if let Some(id) = self.token_id(token) {
+            return id;
+        }
+        self.inner
+            .add_special_tokens(&[tokenizers::AddedToken::from(token.to_string(), true)]);
+        self.token_id(token).expect("a token just added has an id")
+    }
+
+    /// Writes `tokenizer.json` to `path` (atomically).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let json = self.inner.to_string(true).map_err(|e| self.error(e))?;
+        foundation::write_atomic(path, json.as_bytes())?;
+        Ok(())
+    }
+
     fn error(&self, e: impl std::fmt::Display) -> Error {
         Error::Tokenizer {
             path: self.path.clone(),

@@ -17,6 +17,9 @@ pub enum Error {
     /// From the language model.
     #[error(transparent)]
     Gemma(#[from] gemma_lm::Error),
+    /// From the composed LLaVA model.
+    #[error(transparent)]
+    Llava(#[from] llava_model::Error),
     /// From the vision towers.
     #[error(transparent)]
     Vision(#[from] vision_encoders::Error),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use foundation::layers::max_abs_diff;
 use gemma_lm::{Gemma, GemmaTokenizer, GenerationConfig};
+use llava_model::LlavaModel;
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 use vision_encoders::VisionTower;
@@ -131,6 +132,7 @@ pub fn run(dir: &Path) -> Result<Report> {
         "gemma-causal-lm" => gemma_causal_lm(dir, &meta)?,
         "clip-vision" | "dinov2" => vision(dir, &meta)?,
         "image-processing" => image_processing(dir, &meta)?,
+        "llava" => llava(dir, &meta)?,
         other => {
             return Err(Error::Unsupported(format!(
                 "{}: fixture kind `{other}` is not supported yet (supported: {})",
@@ -400,6 +402,69 @@ fn image_processing(dir: &Path, meta: &Meta) -> Result<Vec<Check>> {
     Ok(checks)
 }
 
+/// A LLaVA model: the projected image features, logits where the mask is 1 (with and without the
+/// mask), the loss, and greedy generation after a prompt with the first image.
+fn llava(dir: &Path, meta: &Meta) -> Result<Vec<Check>> {
+    let model = LlavaModel::from_pretrained(dir.join(&meta.model_dir), Device::Cpu, Kind::Float)?;
+    let inputs = read_tensors(&dir.join(&meta.inputs))?;
+    let expected = read_tensors(&dir.join(&meta.expected))?;
+    let tol = (meta.atol, meta.rtol);
+    let mut checks = Vec::new();
+    let ids = need(&inputs, "input_ids", dir)?;
+    let pixels = inputs.get("pixel_values");
+    let mask = inputs.get("attention_mask");
+    if let (Some(want), Some(px)) = (expected.get("image_features"), pixels) {
+        let got = tch::no_grad(|| model.image_features(px))?;
+        checks.push(close("image_features", &got, want, tol));
+    }
+    let hidden = tch::no_grad(|| model.forward(ids, pixels, mask))?;
+    let rows = mask.map(|m| m.flatten(0, -1).nonzero().squeeze_dim(1));
+    let at_real = |t: &Tensor| -> Tensor {
+        let flat = t.flatten(0, 1);
+        match &rows {
+            Some(rows) => flat.index_select(0, rows),
+            None => flat,
+        }
+    };
+    if let Some(want) = expected.get("logits") {
+        checks.push(close(
+            "logits",
+            &at_real(&model.logits(&hidden)),
+            &at_real(want),
+            tol,
+        ));
+        if mask.is_some() {
+            let fast = tch::no_grad(|| model.forward(ids, pixels, None))?;
+            checks.push(close(
+                "logits (causal, no mask)",
+                &at_real(&model.logits(&fast)),
+                &at_real(want),
+                tol,
+            ));
+        }
+    }
+    if let (Some(want), Some(labels)) = (expected.get("loss"), inputs.get("labels")) {
+        let (loss, _) = tch::no_grad(|| model.loss(&hidden, labels))?;
+        checks.push(close("loss", &loss.reshape([1]), &want.reshape([1]), tol));
+    }
+    if let (Some(want), Some(prompt), Some(px)) = (
+        expected.get("generated_ids"),
+        inputs.get("prompt_ids"),
+        pixels,
+    ) {
+        let prompts = Vec::<Vec<i64>>::try_from(prompt).map_err(gemma_lm::Error::from)?;
+        let want = Vec::<Vec<i64>>::try_from(want).map_err(gemma_lm::Error::from)?;
+        let images = px.narrow(0, 0, prompts.len() as i64);
+        let config = GenerationConfig {
+            max_new_tokens: want[0].len().saturating_sub(prompts[0].len()),
+            ..GenerationConfig::default()
+        };
+        let generated = model.generate(&prompts, Some(&images), &config, |_, _| {})?;
+        checks.push(token_check(&prompts, &generated, &want));
+    }
+    Ok(checks)
+}
+
 /// Greedy generation without early stop, compared token for token (prompt included).
 fn greedy_check(model: &Gemma, prompt: &Tensor, want: &Tensor) -> Result<Check> {
     let prompts = Vec::<Vec<i64>>::try_from(prompt).map_err(gemma_lm::Error::from)?;
@@ -410,19 +475,24 @@ fn greedy_check(model: &Gemma, prompt: &Tensor, want: &Tensor) -> Result<Check> 
         ..GenerationConfig::default()
     };
     let generated = gemma_lm::generate(model, &prompts, &config, |_, _| {})?;
+    Ok(token_check(&prompts, &generated, &want))
+}
+
+/// Prompt + generated tokens against the expected sequences, token for token.
+fn token_check(prompts: &[Vec<i64>], generated: &[Vec<i64>], want: &[Vec<i64>]) -> Check {
     let mut differ = 0;
     let mut got_all = Vec::new();
-    for ((prompt, new), want) in prompts.iter().zip(&generated).zip(&want) {
+    for ((prompt, new), want) in prompts.iter().zip(generated).zip(want) {
         let got: Vec<i64> = prompt.iter().chain(new).copied().collect();
         differ += count_differences(&got, want);
         got_all.push(got);
     }
-    Ok(Check {
+    Check {
         output: "generated_ids".into(),
         max_abs_diff: differ as f64,
         passed: differ == 0,
         note: format!("got {got_all:?}"),
-    })
+    }
 }
 
 fn count_differences(a: &[i64], b: &[i64]) -> usize {

@@ -1,0 +1,153 @@
+//! Loading and saving LLaVA models in the layouts people have.
+//!
+//! Loading reads every Hugging Face LLaVA layout in use, because each part finds its own prefix:
+//! `language_model.model.*` / `vision_tower.*` / `multi_modal_projector.*` (what transformers 5.17
+//! writes), `model.language_model.*` / `model.vision_tower.*` / `model.multi_modal_projector.*` /
+//! `lm_head.weight`, and `vision_tower.vision_model.*` (llava-hf's CLIP towers); original LLaVA
+//! connectors (`model.mm_projector.*`) too. Saving writes the layout transformers 5.17 itself writes,
+//! so `LlavaForConditionalGeneration.from_pretrained` loads what we train.
+
+use std::path::{Path, PathBuf};
+
+use foundation::{Checkpoint, save_safetensors, write_atomic};
+use gemma_lm::{GemmaConfig, GemmaTokenizer};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+use vision_encoders::VisionConfig;
+
+use crate::config::LlavaConfig;
+use crate::model::LlavaModel;
+use crate::{Error, Result};
+
+/// The tokens `<image>` is added as when a model is assembled from parts.
+pub const IMAGE_TOKEN: &str = "<image>";
+
+/// How to assemble a model from separately downloaded parts.
+#[derive(Debug, Clone)]
+pub struct Parts {
+    /// A Gemma directory (config.json, safetensors, tokenizer.json).
+    pub lm: PathBuf,
+    /// A CLIP or DINOv2 directory.
+    pub vision: PathBuf,
+    /// A connector file (stage 1's output); a seeded random connector when `None`.
+    pub connector: Option<PathBuf>,
+    /// Seed of the random connector.
+    pub seed: i64,
+    /// The connector architecture (`mlp2x_gelu`).
+    pub projector_type: String,
+    /// Input resolution of the tower in the assembled model (the tower's `image_size` when `None`;
+    /// DINOv2 is usually run at 224 rather than its 518).
+    pub image_size: Option<i64>,
+}
+
+impl LlavaModel {
+    /// Loads an HF LLaVA directory (config.json and one or sharded safetensors files) onto `device`
+    /// with weights in `kind`.
+    pub fn from_pretrained(dir: impl AsRef<Path>, device: Device, kind: Kind) -> Result<Self> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory"),
+            ));
+        }
+        let config = LlavaConfig::from_file(dir)?;
+        let checkpoint = Checkpoint::open(dir)?;
+        let model = LlavaModel::new(&config, device, kind)?;
+        model.tower.load(&model.vision_vs, &checkpoint)?;
+        model.connector.load(&model.connector_vs, &checkpoint)?;
+        model.lm.load(&model.lm_vs, &checkpoint)?;
+        Ok(model)
+    }
+
+    /// Assembles a model from a Gemma directory, a vision directory and an optional connector file,
+    /// adding `<image>` to the tokenizer (and growing the vocabulary) when it lacks one. Returns the
+    /// model and the tokenizer that goes with it.
+    pub fn from_parts(parts: &Parts, device: Device, kind: Kind) -> Result<(Self, GemmaTokenizer)> {
+        let mut tokenizer = GemmaTokenizer::from_file(&parts.lm)?;
+        let image_token = tokenizer.add_special_token(IMAGE_TOKEN);
+        let text = GemmaConfig::from_file(&parts.lm)?;
+        let vocab = text.vocab_size.max(image_token + 1);
+        let vision = VisionConfig::from_file(&parts.vision)?;
+        let (patch, native) = match &vision {
+            VisionConfig::Clip(c) => (c.patch_size, c.image_size),
+            VisionConfig::Dinov2(c) => (c.patch_size, c.image_size),
+        };
+        let size = parts.image_size.unwrap_or(native);
+        let tokens = (size / patch) * (size / patch);
+        let mut config = LlavaConfig::new(&vision, text, image_token, tokens);
+        config.projector_type = Some(parts.projector_type.clone());
+        config.projector()?;
+
+        tch::manual_seed(parts.seed);
+        let mut model = LlavaModel::new(&config, device, kind)?;
+        model
+            .tower
+            .load(&model.vision_vs, &Checkpoint::open(&parts.vision)?)?;
+        model.lm.load(&model.lm_vs, &Checkpoint::open(&parts.lm)?)?;
+        if let Some(file) = &parts.connector {
+            model
+                .connector
+                .load(&model.connector_vs, &Checkpoint::open(file)?)?;
+        }
+        model.lm.resize_vocab(vocab)?;
+        model.config.text_config.vocab_size = vocab;
+        Ok((model, tokenizer))
+    }
+
+    /// Saves the model as an HF LLaVA directory: `config.json`, `model.safetensors` in the layout
+    /// transformers 5.17 writes, and (when given) `tokenizer.json` and `generation_config.json`.
+    /// Each file is written atomically.
+    pub fn save_pretrained(
+        &self,
+        dir: impl AsRef<Path>,
+        tokenizer: Option<&GemmaTokenizer>,
+    ) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        let sorted = |vs: &VarStore| {
+            let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        for (name, t) in sorted(&self.lm_vs) {
+            tensors.push((format!("language_model.{name}"), t.detach()));
+        }
+        for (name, t) in sorted(&self.vision_vs) {
+            let rest = name.strip_prefix("vision_model.").unwrap_or(&name);
+            tensors.push((format!("vision_tower.{rest}"), t.detach()));
+        }
+        for (name, t) in sorted(&self.connector_vs) {
+            tensors.push((name, t.detach()));
+        }
+        let metadata = [("format".to_string(), "pt".to_string())]
+            .into_iter()
+            .collect();
+        save_safetensors(dir.join("model.safetensors"), &tensors, Some(metadata))?;
+
+        let mut config = self.config.clone();
+        let dtype = match self.lm.kind() {
+            Kind::BFloat16 => "bfloat16",
+            Kind::Half => "float16",
+            _ => "float32",
+        };
+        config.extra.insert("dtype".into(), dtype.into());
+        let json = serde_json::to_string_pretty(&config).expect("config serialises");
+        write_atomic(dir.join("config.json"), json.as_bytes())?;
+
+        if let Some(tokenizer) = tokenizer {
+            tokenizer.save(dir.join("tokenizer.json"))?;
+            let generation = serde_json::json!({
+                "bos_token_id": tokenizer.bos,
+                "eos_token_id": tokenizer.chat_stop_tokens(),
+                "pad_token_id": tokenizer.pad,
+            });
+            write_atomic(
+                dir.join("generation_config.json"),
+                generation.to_string().as_bytes(),
+            )?;
+        }
+        Ok(())
+    }
+}

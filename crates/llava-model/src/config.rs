@@ -1,0 +1,190 @@
+//! `LlavaConfig`: the Hugging Face `config.json` of `LlavaForConditionalGeneration`.
+
+use std::path::Path;
+
+use gemma_lm::GemmaConfig;
+use serde::{Deserialize, Serialize};
+use vision_encoders::{FeatureSelect, SelectStrategy, VisionConfig};
+
+use crate::{Error, Result};
+
+/// One layer or several (their features concatenated), as `vision_feature_layer` may be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FeatureLayers {
+    /// A single layer (LLaVA: -2).
+    One(i64),
+    /// Several layers, concatenated along the feature axis.
+    Many(Vec<i64>),
+}
+
+impl FeatureLayers {
+    /// The layers as a list.
+    pub fn to_vec(&self) -> Vec<i64> {
+        match self {
+            FeatureLayers::One(l) => vec![*l],
+            FeatureLayers::Many(ls) => ls.clone(),
+        }
+    }
+}
+
+/// The configuration of a LLaVA model, as transformers reads `config.json` (both the
+/// `image_token_index` and `image_token_id` spellings). Fields we do not use are kept in `extra`
+/// and written back unchanged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlavaConfig {
+    /// The vision tower's configuration (`model_type` picks CLIP or DINOv2).
+    pub vision_config: serde_json::Value,
+    /// The language model's configuration.
+    pub text_config: GemmaConfig,
+    /// The id of `<image>` (transformers 4 name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_token_index: Option<i64>,
+    /// The id of `<image>` (transformers 5 name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_token_id: Option<i64>,
+    /// How many tokens one image becomes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_seq_length: Option<i64>,
+    /// Which hidden state(s) of the tower feed the connector.
+    #[serde(default = "default_layer")]
+    pub vision_feature_layer: FeatureLayers,
+    /// `default` (drop CLS) or `full`.
+    #[serde(default = "default_strategy")]
+    pub vision_feature_select_strategy: String,
+    /// The connector's activation (`gelu`).
+    #[serde(default = "default_act")]
+    pub projector_hidden_act: String,
+    /// Whether the connector's linear layers have biases.
+    #[serde(default = "default_true")]
+    pub multimodal_projector_bias: bool,
+    /// The connector architecture in LLaVA's spelling; transformers' LLaVA is always `mlp2x_gelu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projector_type: Option<String>,
+    /// Whether projected image features are scaled by `sqrt(hidden_size)` like token embeddings,
+    /// as the original LLaVA-Gemma code did (and Intel's released checkpoints need). transformers 5
+    /// inserts them unscaled, the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_features_scaled: Option<bool>,
+    /// Everything else (`model_type`, `architectures`, `tie_word_embeddings`, …).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+fn default_layer() -> FeatureLayers {
+    FeatureLayers::One(-2)
+}
+fn default_strategy() -> String {
+    "default".into()
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+impl LlavaConfig {
+    /// A configuration for `vision` and `text` with LLaVA-1.5's choices (layer -2, CLS dropped,
+    /// `mlp2x_gelu`).
+    pub fn new(
+        vision: &VisionConfig,
+        text: GemmaConfig,
+        image_token: i64,
+        image_seq_length: i64,
+    ) -> Self {
+        let vision_config = match vision {
+            VisionConfig::Clip(c) => serde_json::to_value(c),
+            VisionConfig::Dinov2(c) => serde_json::to_value(c),
+        }
+        .expect("configs serialise");
+        let mut extra = serde_json::Map::new();
+        extra.insert("model_type".into(), "llava".into());
+        extra.insert(
+            "architectures".into(),
+            serde_json::json!(["LlavaForConditionalGeneration"]),
+        );
+        extra.insert(
+            "tie_word_embeddings".into(),
+            text.tie_word_embeddings.into(),
+        );
+        LlavaConfig {
+            vision_config,
+            text_config: text,
+            image_token_index: Some(image_token),
+            image_token_id: None,
+            image_seq_length: Some(image_seq_length),
+            vision_feature_layer: default_layer(),
+            vision_feature_select_strategy: default_strategy(),
+            projector_hidden_act: default_act(),
+            multimodal_projector_bias: true,
+            projector_type: None,
+            image_features_scaled: None,
+            extra,
+        }
+    }
+
+    /// Reads `config.json` (or a model directory holding one) and checks it.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let mut path = path.as_ref().to_path_buf();
+        if path.is_dir() {
+            path = path.join("config.json");
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let config: LlavaConfig = serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        config
+            .check()
+            .map_err(|message| Error::Config { path, message })?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        self.text_config.validate().map_err(|e| e.to_string())?;
+        self.vision().map_err(|e| e.to_string())?;
+        self.select().map_err(|e| e.to_string())?;
+        self.image_token()
+            .ok_or("no `image_token_index` or `image_token_id`")?;
+        if self.projector_hidden_act != "gelu" {
+            return Err(format!(
+                "projector_hidden_act `{}` is not supported (gelu)",
+                self.projector_hidden_act
+            ));
+        }
+        Ok(())
+    }
+
+    /// The id of `<image>`.
+    pub fn image_token(&self) -> Option<i64> {
+        self.image_token_id.or(self.image_token_index)
+    }
+
+    /// The vision tower's configuration.
+    pub fn vision(&self) -> Result<VisionConfig> {
+        Ok(VisionConfig::from_value(self.vision_config.clone())?)
+    }
+
+    /// The feature selection (for the first layer; see [`feature_layers`](Self::feature_layers)).
+    pub fn select(&self) -> Result<FeatureSelect> {
+        let strategy = SelectStrategy::parse(&self.vision_feature_select_strategy)?;
+        Ok(FeatureSelect {
+            layer: self.feature_layers()[0],
+            strategy,
+        })
+    }
+
+    /// The feature layers.
+    pub fn feature_layers(&self) -> Vec<i64> {
+        let layers = self.vision_feature_layer.to_vec();
+        if layers.is_empty() { vec![-2] } else { layers }
+    }
+
+    /// The connector architecture.
+    pub fn projector(&self) -> Result<connector::ProjectorType> {
+        Ok(connector::ProjectorType::parse(
+            self.projector_type.as_deref().unwrap_or("mlp2x_gelu"),
+        )?)
+    }
+}
