@@ -102,13 +102,14 @@ impl LlavaModel {
         }
         let features = Tensor::cat(&per_layer, -1);
         let kind = self.connector_kind();
-        let mut projected = self
+        let projected = self
             .connector
             .forward(&features.to_kind(kind).to_device(self.device()));
-        if self.config.image_features_scaled.unwrap_or(false) {
-            projected = projected * (self.config.text_config.hidden_size as f64).sqrt();
-        }
-        Ok(projected)
+        Ok(if self.config.image_features_scaled.unwrap_or(false) {
+            projected * (self.config.text_config.hidden_size as f64).sqrt()
+        } else {
+            projected
+        })
     }
 
     fn connector_kind(&self) -> Kind {
