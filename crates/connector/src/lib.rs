@@ -129,6 +129,25 @@ impl Connector {
         Ok(Connector { kind, layers })
     }
 
+    /// Re-initialises the weights from N(0, `std`) with a generator seeded by `seed` (biases zero):
+    /// a random connector that is the same on every machine, for stage 2 without stage 1.
+    pub fn reset_parameters(&self, std: f64, seed: u64) {
+        tch::no_grad(|| {
+            for (i, layer) in self.layers.iter().enumerate() {
+                let mut weight = layer.weight.shallow_clone();
+                let values = foundation::layers::seeded_normal(
+                    &weight.size(),
+                    std,
+                    seed.wrapping_add(i as u64),
+                );
+                weight.copy_(&values);
+                if let Some(bias) = &layer.bias {
+                    let _ = bias.shallow_clone().zero_();
+                }
+            }
+        });
+    }
+
     /// The architecture.
     pub fn kind(&self) -> ProjectorType {
         self.kind

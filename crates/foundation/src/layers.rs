@@ -89,6 +89,23 @@ impl LayerNorm {
     }
 }
 
+/// A `[shape]` f32 CPU tensor drawn from N(0, `std`) by a generator seeded with `seed`: the same
+/// numbers on every machine and device, whatever else used libtorch's global generator meanwhile.
+pub fn seeded_normal(shape: &[i64], std: f64, seed: u64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n: i64 = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            // Box-Muller: two uniforms to one standard normal.
+            let u1: f64 = 1.0 - rng.random::<f64>();
+            let u2: f64 = rng.random();
+            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
+        })
+        .collect();
+    Tensor::from_slice(&values).view(shape)
+}
+
 /// Largest absolute difference between two tensors of the same shape, in f64.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     if a.numel() == 0 {
@@ -104,6 +121,15 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 mod tests {
     use super::*;
     use tch::{Device, nn::VarStore};
+
+    #[test]
+    fn seeded_normal_is_reproducible_and_normal() {
+        let a = seeded_normal(&[200, 50], 0.5, 3);
+        assert!(a.equal(&seeded_normal(&[200, 50], 0.5, 3)));
+        assert!(!a.equal(&seeded_normal(&[200, 50], 0.5, 4)));
+        let std = a.std(true).double_value(&[]);
+        assert!((std - 0.5).abs() < 0.02, "{std}");
+    }
 
     #[test]
     fn names_and_shapes_follow_torch_nn() {

@@ -32,7 +32,7 @@ pub struct Parts {
     /// A connector file (stage 1's output); a seeded random connector when `None`.
     pub connector: Option<PathBuf>,
     /// Seed of the random connector.
-    pub seed: i64,
+    pub seed: u64,
     /// The connector architecture (`mlp2x_gelu`).
     pub projector_type: String,
     /// Input resolution of the tower in the assembled model (the tower's `image_size` when `None`;
@@ -79,8 +79,10 @@ impl LlavaModel {
         config.projector_type = Some(parts.projector_type.clone());
         config.projector()?;
 
-        tch::manual_seed(parts.seed);
         let mut model = LlavaModel::new(&config, device, kind)?;
+        model
+            .connector
+            .reset_parameters(model.config.text_config.initializer_range, parts.seed);
         model
             .tower
             .load(&model.vision_vs, &Checkpoint::open(&parts.vision)?)?;

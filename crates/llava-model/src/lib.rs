@@ -25,6 +25,9 @@ pub enum Error {
     /// From the vision tower.
     #[error(transparent)]
     Vision(#[from] vision_encoders::Error),
+    /// From image decoding and preprocessing.
+    #[error(transparent)]
+    Image(#[from] vision_encoders::processing::Error),
     /// From the connector.
     #[error(transparent)]
     Connector(#[from] connector::Error),

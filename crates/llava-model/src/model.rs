@@ -9,6 +9,7 @@
 use gemma_lm::{Gemma, GenerationConfig, generate_from_embeds};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
+use vision_encoders::processing::{ProcessorConfig, Resize};
 use vision_encoders::{FeatureSelect, VisionTower};
 
 use crate::config::LlavaConfig;
@@ -63,6 +64,56 @@ impl LlavaModel {
             connector,
             lm_vs,
             lm,
+        })
+    }
+
+    /// The image processor this model expects: `preprocessor_config.json` in `dir` when there is
+    /// one, else the tower's own (CLIP: shortest edge and crop at `image_size`, CLIP statistics;
+    /// DINOv2: a crop that gives `image_seq_length` tokens, the shortest edge at 256/224 of it,
+    /// ImageNet statistics). Images are padded to squares unless `config.json` says
+    /// `"image_aspect_ratio"` is something other than `pad` (LLaVA-1.5 pads).
+    pub fn image_processor(&self, dir: Option<&std::path::Path>) -> Result<ProcessorConfig> {
+        let pad = self
+            .config
+            .extra
+            .get("image_aspect_ratio")
+            .and_then(|v| v.as_str())
+            .is_none_or(|v| v == "pad");
+        if let Some(file) = dir
+            .map(|d| d.join("preprocessor_config.json"))
+            .filter(|f| f.exists())
+        {
+            let config = ProcessorConfig::from_file(&file)?;
+            return Ok(ProcessorConfig {
+                pad_to_square: pad,
+                ..config
+            });
+        }
+        let config = match &self.tower {
+            VisionTower::Clip(m) => {
+                let size = m.config().image_size as u32;
+                ProcessorConfig {
+                    resize: Some(Resize::ShortestEdge(size)),
+                    crop: Some((size, size)),
+                    ..ProcessorConfig::clip_336()
+                }
+            }
+            VisionTower::Dinov2(m) => {
+                let c = m.config();
+                let side = match self.config.image_seq_length {
+                    Some(n) if n > 0 => ((n as f64).sqrt() as i64) * c.patch_size,
+                    _ => c.image_size,
+                } as u32;
+                ProcessorConfig {
+                    resize: Some(Resize::ShortestEdge(side * 256 / 224)),
+                    crop: Some((side, side)),
+                    ..ProcessorConfig::dinov2_224()
+                }
+            }
+        };
+        Ok(ProcessorConfig {
+            pad_to_square: pad,
+            ..config
         })
     }
 

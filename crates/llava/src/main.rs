@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+use llava::chat::ImageChat;
 use llava::foundation::device::{parse_device, parse_kind};
 use llava::gemma_lm::{Gemma, GemmaTokenizer, GenerationConfig, Message, TextStreamer, generate};
 use llava::parity;
@@ -26,8 +27,124 @@ enum Command {
         #[arg(required = true)]
         fixtures: Vec<PathBuf>,
     },
+    /// Answer a question about an image with a LLaVA model (a Hugging Face model directory).
+    Generate(Generate),
+    /// A multi-turn conversation about one image (one user turn per line; /exit or EOF ends it).
+    Chat(Chat),
     /// Generate text with a Gemma checkpoint (a Hugging Face model directory).
     GenerateText(GenerateText),
+    /// Assemble a LLaVA model from a Gemma, a CLIP or DINOv2 tower and an optional connector file,
+    /// and save it as an HF LLaVA directory.
+    Assemble(Assemble),
+}
+
+#[derive(Debug, clap::Args)]
+struct Assemble {
+    /// Gemma directory (config.json, safetensors, tokenizer.json).
+    #[arg(long)]
+    lm: PathBuf,
+    /// CLIP or DINOv2 directory.
+    #[arg(long)]
+    vision: PathBuf,
+    /// Connector file (stage 1's output); a seeded random connector when absent.
+    #[arg(long)]
+    connector: Option<PathBuf>,
+    /// Seed of the random connector.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Connector architecture.
+    #[arg(long, default_value = "mlp2x_gelu")]
+    projector_type: String,
+    /// Tower input resolution (default: the tower's image_size; DINOv2 is usually run at 224).
+    #[arg(long)]
+    image_size: Option<i64>,
+    /// Where to write the LLaVA directory.
+    #[arg(long)]
+    output: PathBuf,
+    /// Weights dtype of the saved model: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+/// Sampling and device flags shared by the generating commands.
+#[derive(Debug, clap::Args)]
+struct Sampling {
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 (the default) decodes greedily.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Sample among the k most likely tokens.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Sample among the most likely tokens with cumulative probability p.
+    #[arg(long)]
+    top_p: Option<f64>,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Weights and compute dtype: f32, bf16 or f16 (default: bf16 on CUDA, f32 on CPU).
+    #[arg(long)]
+    dtype: Option<String>,
+}
+
+impl Sampling {
+    fn device_and_kind(&self) -> llava::Result<(tch::Device, tch::Kind)> {
+        let device = parse_device(&self.device)?;
+        let kind = match &self.dtype {
+            Some(name) => parse_kind(name)?,
+            None => llava::foundation::device::default_kind(device),
+        };
+        Ok((device, kind))
+    }
+
+    fn config(&self) -> GenerationConfig {
+        GenerationConfig {
+            max_new_tokens: self.max_new_tokens,
+            temperature: Some(self.temperature),
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+            ..GenerationConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct Generate {
+    /// LLaVA model directory: config.json, safetensors weights, tokenizer.json.
+    #[arg(long)]
+    model: PathBuf,
+    /// The image (JPEG, PNG, WebP or GIF).
+    #[arg(long)]
+    image: PathBuf,
+    /// The question.
+    #[arg(long)]
+    prompt: String,
+    /// Scale image features by sqrt(hidden) as the original LLaVA-Gemma code did (Intel's checkpoints).
+    #[arg(long)]
+    scale_image_features: bool,
+    #[command(flatten)]
+    sampling: Sampling,
+}
+
+#[derive(Debug, clap::Args)]
+struct Chat {
+    /// LLaVA model directory: config.json, safetensors weights, tokenizer.json.
+    #[arg(long)]
+    model: PathBuf,
+    /// The image to talk about.
+    #[arg(long)]
+    image: PathBuf,
+    /// Scale image features by sqrt(hidden) as the original LLaVA-Gemma code did (Intel's checkpoints).
+    #[arg(long)]
+    scale_image_features: bool,
+    #[command(flatten)]
+    sampling: Sampling,
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,7 +185,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Parity { fixtures } => run_parity(&fixtures),
+        Command::Generate(args) => generate_about_image(&args),
+        Command::Chat(args) => chat(&args),
         Command::GenerateText(args) => generate_text(&args),
+        Command::Assemble(args) => assemble(&args),
     };
     match result {
         Ok(code) => code,
@@ -103,6 +223,119 @@ fn run_parity(fixtures: &[PathBuf]) -> llava::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn open_chat(
+    model: &std::path::Path,
+    image: &std::path::Path,
+    scale: bool,
+    sampling: &Sampling,
+) -> llava::Result<ImageChat> {
+    let (device, kind) = sampling.device_and_kind()?;
+    let start = Instant::now();
+    let chat = ImageChat::open(model, image, device, kind, scale.then_some(true))?;
+    eprintln!(
+        "loaded {} on {device:?} as {kind:?} in {:.2}s",
+        model.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(chat)
+}
+
+fn generate_about_image(args: &Generate) -> llava::Result<ExitCode> {
+    let chat = open_chat(
+        &args.model,
+        &args.image,
+        args.scale_image_features,
+        &args.sampling,
+    )?;
+    let mut stdout = std::io::stdout().lock();
+    let start = Instant::now();
+    let (_, tokens) = chat.answer(
+        &[Message::user(args.prompt.as_str())],
+        &args.sampling.config(),
+        |piece| {
+            let _ = write!(stdout, "{piece}");
+            let _ = stdout.flush();
+        },
+    )?;
+    let _ = writeln!(stdout);
+    let seconds = start.elapsed().as_secs_f64();
+    eprintln!(
+        "{tokens} tokens in {seconds:.2}s ({:.1} tokens/s)",
+        tokens as f64 / seconds
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn chat(args: &Chat) -> llava::Result<ExitCode> {
+    let chat = open_chat(
+        &args.model,
+        &args.image,
+        args.scale_image_features,
+        &args.sampling,
+    )?;
+    let mut conversation: Vec<Message> = Vec::new();
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    let interactive = std::io::IsTerminal::is_terminal(&stdin);
+    loop {
+        if interactive {
+            let _ = write!(stdout, "you> ");
+            let _ = stdout.flush();
+        }
+        let mut line = String::new();
+        if stdin
+            .read_line(&mut line)
+            .map_err(|e| llava::Error::io("<stdin>", e))?
+            == 0
+        {
+            break;
+        }
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if line == "/exit" || line == "/quit" {
+            break;
+        }
+        conversation.push(Message::user(line));
+        let _ = write!(stdout, "model> ");
+        let (answer, _) = chat.answer(&conversation, &args.sampling.config(), |piece| {
+            let _ = write!(stdout, "{piece}");
+            let _ = stdout.flush();
+        })?;
+        let _ = writeln!(stdout);
+        conversation.push(Message::model(answer));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn assemble(args: &Assemble) -> llava::Result<ExitCode> {
+    let parts = llava::llava_model::Parts {
+        lm: args.lm.clone(),
+        vision: args.vision.clone(),
+        connector: args.connector.clone(),
+        seed: args.seed,
+        projector_type: args.projector_type.clone(),
+        image_size: args.image_size,
+    };
+    let kind = parse_kind(&args.dtype)?;
+    let (model, tokenizer) =
+        llava::llava_model::LlavaModel::from_parts(&parts, tch::Device::Cpu, kind)?;
+    model.save_pretrained(&args.output, Some(&tokenizer))?;
+    println!(
+        "wrote {} (image token {}, {} tokens per image, connector {})",
+        args.output.display(),
+        model.image_token(),
+        model.config.image_seq_length.unwrap_or_default(),
+        if args.connector.is_some() {
+            "from file"
+        } else {
+            "random"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn generate_text(args: &GenerateText) -> llava::Result<ExitCode> {

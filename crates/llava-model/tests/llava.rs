@@ -1,0 +1,272 @@
+//! LLaVA beyond the parity fixtures: checkpoint layouts, save and reload, assembly from parts, the
+//! image-token merge and its errors.
+
+use std::path::{Path, PathBuf};
+
+use foundation::{Checkpoint, save_safetensors};
+use gemma_lm::GenerationConfig;
+use llava_model::{LlavaModel, Parts};
+use tch::{Device, Kind, Tensor};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hf-parity")
+}
+
+fn inputs(name: &str) -> std::collections::HashMap<String, Tensor> {
+    foundation::checkpoint::read_all(fixtures().join(name).join("inputs.safetensors")).unwrap()
+}
+
+fn load(dir: &Path) -> LlavaModel {
+    LlavaModel::from_pretrained(dir, Device::Cpu, Kind::Float).unwrap()
+}
+
+fn logits(model: &LlavaModel, name: &str) -> Tensor {
+    let i = inputs(name);
+    tch::no_grad(|| {
+        model.logits(
+            &model
+                .forward(&i["input_ids"], Some(&i["pixel_values"]), None)
+                .unwrap(),
+        )
+    })
+}
+
+/// Copies a fixture model under new tensor names.
+fn relayout(name: &str, dir: &Path, rename: impl Fn(&str) -> String) {
+    let src = fixtures().join(name).join("model");
+    let ckpt = Checkpoint::open(&src).unwrap();
+    let tensors: Vec<(String, Tensor)> = ckpt
+        .names()
+        .map(|n| (rename(n), ckpt.tensor(n).unwrap()))
+        .collect();
+    save_safetensors(dir.join("model.safetensors"), &tensors, None).unwrap();
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+}
+
+#[test]
+fn every_hf_prefix_layout_loads_to_the_same_logits() {
+    let reference = logits(&load(&fixtures().join("llava-clip/model")), "llava-clip");
+    let layouts: [(&str, fn(&str) -> String); 2] = [
+        // transformers 5 in memory: model.language_model.*, model.vision_tower.*, lm_head.
+        ("model.*", |n: &str| {
+            if let Some(rest) = n.strip_prefix("language_model.model.") {
+                format!("model.language_model.{rest}")
+            } else {
+                format!("model.{n}")
+            }
+        }),
+        // llava-hf with a CLIP tower: vision_tower.vision_model.*.
+        ("vision_model", |n: &str| {
+            match n.strip_prefix("vision_tower.") {
+                Some(rest) => format!("vision_tower.vision_model.{rest}"),
+                None => n.to_string(),
+            }
+        }),
+    ];
+    for (label, rename) in layouts {
+        let tmp = tempfile::tempdir().unwrap();
+        relayout("llava-clip", tmp.path(), rename);
+        assert!(
+            logits(&load(tmp.path()), "llava-clip").equal(&reference),
+            "{label}"
+        );
+    }
+}
+
+#[test]
+fn save_then_reload_gives_the_same_logits_and_files() {
+    for name in ["llava-clip", "llava-dinov2"] {
+        let model = load(&fixtures().join(name).join("model"));
+        let tokenizer =
+            gemma_lm::GemmaTokenizer::from_file(fixtures().join(name).join("model")).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        model.save_pretrained(tmp.path(), Some(&tokenizer)).unwrap();
+        for file in [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "generation_config.json",
+        ] {
+            assert!(tmp.path().join(file).exists(), "{file}");
+        }
+        // The names are the ones transformers 5.17 wrote in the fixture.
+        let ours: Vec<String> = Checkpoint::open(tmp.path())
+            .unwrap()
+            .names()
+            .map(String::from)
+            .collect();
+        let theirs: Vec<String> = Checkpoint::open(fixtures().join(name).join("model"))
+            .unwrap()
+            .names()
+            .map(String::from)
+            .collect();
+        assert_eq!(ours, theirs, "{name}");
+        assert!(
+            logits(&load(tmp.path()), name).equal(&logits(&model, name)),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_model_assembles_from_parts_with_an_image_token_added() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A Gemma whose tokenizer lacks <image>, as google/gemma-2b's does.
+    let gemma = tmp.path().join("gemma");
+    std::fs::create_dir(&gemma).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures().join("gemma/model").join(f), gemma.join(f)).unwrap();
+    }
+    let mut tok: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("gemma/model/tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    tok["added_tokens"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|t| t["content"] != "<image>");
+    std::fs::write(gemma.join("tokenizer.json"), tok.to_string()).unwrap();
+
+    let parts = Parts {
+        lm: gemma.clone(),
+        vision: fixtures().join("clip-vision/model"),
+        connector: None,
+        seed: 7,
+        projector_type: "mlp2x_gelu".into(),
+        image_size: None,
+    };
+    let (model, tokenizer) = LlavaModel::from_parts(&parts, Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(
+        tokenizer.token_id("<image>"),
+        Some(639),
+        "appended after the last id"
+    );
+    assert_eq!(model.image_token(), 639);
+    assert_eq!(model.config.text_config.vocab_size, 640);
+    assert_eq!(model.config.image_seq_length, Some(16));
+
+    // The seed decides the random connector; a connector file replaces it.
+    let (again, _) = LlavaModel::from_parts(&parts, Device::Cpu, Kind::Float).unwrap();
+    let px = &inputs("llava-clip")["pixel_values"];
+    let features = tch::no_grad(|| model.image_features(px).unwrap());
+    assert!(features.equal(&tch::no_grad(|| again.image_features(px).unwrap())));
+    let file = tmp.path().join("connector.safetensors");
+    model.connector.save(&file).unwrap();
+    let with_file = Parts {
+        connector: Some(file),
+        seed: 8,
+        ..parts.clone()
+    };
+    let (loaded, _) = LlavaModel::from_parts(&with_file, Device::Cpu, Kind::Float).unwrap();
+    assert!(features.equal(&tch::no_grad(|| loaded.image_features(px).unwrap())));
+
+    // The assembled model saves, reloads and generates about an image.
+    let out = tmp.path().join("llava");
+    model.save_pretrained(&out, Some(&tokenizer)).unwrap();
+    let reloaded = load(&out);
+    let prompt = model.expand_image_tokens(&[2, 639, 10, 11], 16);
+    let config = GenerationConfig {
+        max_new_tokens: 4,
+        ..Default::default()
+    };
+    let a = model
+        .generate(
+            &[prompt.clone()],
+            Some(&px.narrow(0, 0, 1)),
+            &config,
+            |_, _| {},
+        )
+        .unwrap();
+    let b = reloaded
+        .generate(&[prompt], Some(&px.narrow(0, 0, 1)), &config, |_, _| {})
+        .unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn image_tokens_must_match_the_images() {
+    let model = load(&fixtures().join("llava-clip/model"));
+    let i = inputs("llava-clip");
+    let one_image = i["pixel_values"].narrow(0, 0, 1);
+    let err = model
+        .forward(&i["input_ids"], Some(&one_image), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("32 <image> tokens") && err.contains("16"),
+        "{err}"
+    );
+    let err = model
+        .forward(&i["input_ids"], None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no images"), "{err}");
+    // Text-only rows need no images.
+    let text = Tensor::from_slice(&[2i64, 10, 11, 12]).view([1, 4]);
+    assert!(model.forward(&text, None, None).is_ok());
+}
+
+#[test]
+fn batched_generation_with_images_matches_one_at_a_time() {
+    let model = load(&fixtures().join("llava-dinov2/model"));
+    let px = inputs("llava-dinov2")["pixel_values"].shallow_clone();
+    let prompts = vec![
+        model.expand_image_tokens(&[2, 639, 10, 11, 12, 13], 16),
+        model.expand_image_tokens(&[2, 639, 20], 16),
+    ];
+    let config = GenerationConfig {
+        max_new_tokens: 6,
+        ..Default::default()
+    };
+    let batched = model
+        .generate(&prompts, Some(&px), &config, |_, _| {})
+        .unwrap();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let alone = model
+            .generate(
+                std::slice::from_ref(prompt),
+                Some(&px.narrow(0, i as i64, 1)),
+                &config,
+                |_, _| {},
+            )
+            .unwrap();
+        assert_eq!(batched[i], alone[0], "row {i}");
+    }
+}
+
+#[test]
+fn the_original_llava_gemma_scaling_multiplies_features_by_sqrt_hidden() {
+    let mut model = load(&fixtures().join("llava-clip/model"));
+    let px = inputs("llava-clip")["pixel_values"].shallow_clone();
+    let plain = tch::no_grad(|| model.image_features(&px).unwrap());
+    model.config.image_features_scaled = Some(true);
+    let scaled = tch::no_grad(|| model.image_features(&px).unwrap());
+    assert!(
+        scaled.allclose(&(plain * 8.0), 1e-6, 1e-6, false),
+        "hidden 64: sqrt = 8"
+    );
+}
+
+#[test]
+fn stage_one_gradients_reach_only_the_connector() {
+    let mut model = load(&fixtures().join("llava-clip/model"));
+    model.lm_vs.freeze();
+    model.vision_vs.freeze();
+    let i = inputs("llava-clip");
+    let hidden = model
+        .forward(&i["input_ids"], Some(&i["pixel_values"]), None)
+        .unwrap();
+    let (loss, _) = model.loss(&hidden, &i["labels"]).unwrap();
+    loss.backward();
+    for t in model.connector_vs.trainable_variables() {
+        assert!(t.grad().defined() && t.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    }
+    assert!(model.lm_vs.variables().values().all(|t| !t.requires_grad()));
+    assert!(
+        model
+            .vision_vs
+            .variables()
+            .values()
+            .all(|t| !t.grad().defined())
+    );
+}
