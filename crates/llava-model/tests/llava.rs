@@ -46,7 +46,8 @@ fn relayout(name: &str, dir: &Path, rename: impl Fn(&str) -> String) {
 #[test]
 fn every_hf_prefix_layout_loads_to_the_same_logits() {
     let reference = logits(&load(&fixtures().join("llava-clip/model")), "llava-clip");
-    let layouts: [(&str, fn(&str) -> String); 2] = [
+    type Rename = fn(&str) -> String;
+    let layouts: [(&str, Rename); 2] = [
         // transformers 5 in memory: model.language_model.*, model.vision_tower.*, lm_head.
         ("model.*", |n: &str| {
             if let Some(rest) = n.strip_prefix("language_model.model.") {
@@ -171,7 +172,7 @@ fn a_model_assembles_from_parts_with_an_image_token_added() {
     };
     let a = model
         .generate(
-            &[prompt.clone()],
+            std::slice::from_ref(&prompt),
             Some(&px.narrow(0, 0, 1)),
             &config,
             |_, _| {},
