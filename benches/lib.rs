@@ -1,7 +1,8 @@
 //! Shapes shared by the benchmarks, so that every figure names the model it was measured on.
 
 use gemma_lm::GemmaConfig;
-use vision_encoders::ClipVisionConfig;
+use llava_model::LlavaConfig;
+use vision_encoders::{ClipVisionConfig, VisionConfig};
 
 /// The `bench-small` language model: Gemma-shaped, hidden 512, 4 layers, 8 query heads and 1 KV
 /// head of width 64, MLP 2048, a 32000-token vocabulary, tied embeddings.
@@ -47,4 +48,18 @@ pub fn sample_jpeg() -> Vec<u8> {
         .encode_image(&image)
         .expect("encoding to memory");
     bytes
+}
+
+/// The id `<image>` has in the `bench-small` model (the last of its vocabulary).
+pub const BENCH_SMALL_IMAGE_TOKEN: i64 = 31999;
+
+/// The `bench-small` LLaVA: [`bench_small_clip`] + `mlp2x_gelu` + [`bench_small_lm`], 64 tokens per
+/// image (layer -2, CLS dropped).
+pub fn bench_small_llava() -> LlavaConfig {
+    LlavaConfig::new(
+        &VisionConfig::Clip(bench_small_clip()),
+        bench_small_lm(),
+        BENCH_SMALL_IMAGE_TOKEN,
+        64,
+    )
 }
