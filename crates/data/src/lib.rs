@@ -1,3 +1,60 @@
-//! The LLaVA datasets (CC3M-595K, LCS-558K, the 665K instruction mix), templates, loss masks and batching.
+//! The data of the LLaVA-Gemma recipe.
 //!
-//! The readers arrive with issue 5; the crate exists now so that the workspace layout is final.
+//! * [`record`]: the JSON record format shared by CC3M-595K (`chat.json`), LCS-558K
+//!   (`blip_laion_cc_sbu_558k.json`) and `llava_v1_5_mix665k.json`, read element by element with
+//!   bad records skipped and counted by reason;
+//! * [`images`]: images from a folder or straight from a zip;
+//! * [`template`]: the `gemma` and `plain` templates and the loss mask;
+//! * [`batch`]: seeded order, LLaVA's modality-length grouping, a resumable position, padded batches
+//!   and background prefetch.
+//!
+//! Everything stays in plain Rust buffers; the trainer turns batches into tensors.
+
+pub mod batch;
+pub mod images;
+pub mod record;
+pub mod template;
+
+use std::path::PathBuf;
+
+pub use batch::{Batch, Dataset, Loader, Sample, SkipCounter, collate, modality_grouped, shuffled};
+pub use images::ImageSource;
+pub use record::{BadRecord, Record, Records, SkipReason, Speaker, Turn, read_records};
+pub use template::{IGNORE, Template, Templater, Tokenized};
+
+/// Errors of the data crate; each names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// A file is not in the expected format.
+    #[error("{path}: {message}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// From the tokenizer.
+    #[error(transparent)]
+    Tokenizer(#[from] gemma_lm::Error),
+}
+
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,156 @@
+//! Conversation templates and the loss mask: which tokens the model learns to produce.
+//!
+//! * `gemma` (Intel's LLaVA-Gemma, both stages):
+//!   `<bos><start_of_turn>user\n<image>\n{q}<end_of_turn>\n<start_of_turn>model\n{a}<end_of_turn>\n…`;
+//!   labels on each answer, its `<end_of_turn>` and the newline after it; `-100` elsewhere.
+//! * `plain` (LLaVA-1.5 stage 1): `<bos><image>{caption}\n`; labels on the caption and newline.
+//!
+//! `<image>` is moved to the front of the first user turn and expanded to the image's tokens; a
+//! sample is truncated at `max_length`, never through the image tokens.
+
+use gemma_lm::GemmaTokenizer;
+
+use crate::record::{Record, SkipReason};
+
+/// Label value that carries no loss.
+pub const IGNORE: i64 = -100;
+
+/// The text that marks where the image goes.
+pub const IMAGE_MARK: &str = "<image>";
+
+/// A conversation template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Template {
+    /// Gemma's chat format (Intel's choice for both stages).
+    Gemma,
+    /// Image then caption (LLaVA-1.5's stage 1).
+    Plain,
+}
+
+impl Template {
+    /// Parses `gemma` or `plain`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "gemma" => Some(Template::Gemma),
+            "plain" => Some(Template::Plain),
+            _ => None,
+        }
+    }
+}
+
+/// A tokenized sample: ids and labels of equal length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokenized {
+    /// Token ids, `<image>` expanded.
+    pub input_ids: Vec<i64>,
+    /// `-100` or the id to predict at that position (aligned with `input_ids`; the model shifts).
+    pub labels: Vec<i64>,
+    /// Whether the sample has an image.
+    pub has_image: bool,
+    /// Whether it was cut at `max_length`.
+    pub truncated: bool,
+}
+
+/// Turns records into tokenized samples.
+#[derive(Debug, Clone)]
+pub struct Templater {
+    /// The tokenizer.
+    pub tokenizer: GemmaTokenizer,
+    /// The template.
+    pub template: Template,
+    /// The id of `<image>`.
+    pub image_token: i64,
+    /// How many tokens an image becomes.
+    pub tokens_per_image: usize,
+    /// The longest sample (2048 in the recipe).
+    pub max_length: usize,
+}
+
+impl Templater {
+    /// Tokenizes `record` (its image assumed present when it names one), or says why it cannot
+    /// be used.
+    pub fn tokenize(&self, record: &Record) -> Result<Tokenized, (SkipReason, String)> {
+        let has_image = record.image.is_some();
+        let mut ids = vec![self.tokenizer.bos];
+        let mut labels = vec![IGNORE];
+        let mut push = |text: &str, learn: bool| -> Result<(), (SkipReason, String)> {
+            let piece = self
+                .tokenizer
+                .encode(text, false)
+                .map_err(|e| (SkipReason::Malformed, e.to_string()))?;
+            for id in piece {
+                if id == self.image_token {
+                    // Only the mark we place ourselves survives; see `clean`.
+                    ids.extend(std::iter::repeat_n(id, self.tokens_per_image));
+                    labels.extend(std::iter::repeat_n(IGNORE, self.tokens_per_image));
+                } else {
+                    ids.push(id);
+                    labels.push(if learn { id } else { IGNORE });
+                }
+            }
+            Ok(())
+        };
+        match self.template {
+            Template::Gemma => {
+                for (i, pair) in record.conversations.chunks(2).enumerate() {
+                    let mut question = clean(&pair[0].value);
+                    if i == 0 && has_image {
+                        question = format!("{IMAGE_MARK}\n{question}");
+                    }
+                    push(
+                        &format!(
+                            "<start_of_turn>user\n{question}<end_of_turn>\n<start_of_turn>model\n"
+                        ),
+                        false,
+                    )?;
+                    if let Some(answer) = pair.get(1) {
+                        push(&format!("{}<end_of_turn>\n", clean(&answer.value)), true)?;
+                    }
+                }
+            }
+            Template::Plain => {
+                if has_image {
+                    push(IMAGE_MARK, false)?;
+                }
+                push(
+                    &format!("{}\n", clean(&record.conversations[1].value)),
+                    true,
+                )?;
+            }
+        }
+        let image_end = ids
+            .iter()
+            .rposition(|&t| t == self.image_token)
+            .map_or(0, |p| p + 1);
+        if image_end > self.max_length {
+            return Err((
+                SkipReason::TooLong,
+                format!(
+                    "{} image tokens end at {image_end}, beyond max_length {}",
+                    self.tokens_per_image, self.max_length
+                ),
+            ));
+        }
+        let truncated = ids.len() > self.max_length;
+        ids.truncate(self.max_length);
+        labels.truncate(self.max_length);
+        if labels.iter().all(|&l| l == IGNORE) {
+            return Err((
+                SkipReason::NoLabels,
+                format!("no answer token within max_length {}", self.max_length),
+            ));
+        }
+        Ok(Tokenized {
+            input_ids: ids,
+            labels,
+            has_image,
+            truncated,
+        })
+    }
+}
+
+/// A turn's text without image marks (the template places the one image itself), trimmed as the
+/// Gemma chat template trims.
+fn clean(text: &str) -> String {
+    text.replace(IMAGE_MARK, "").trim().to_string()
+}
