@@ -5,22 +5,34 @@
 //!   bad records skipped and counted by reason;
 //! * [`images`]: images from a folder or straight from a zip;
 //! * [`template`]: the `gemma` and `plain` templates and the loss mask;
+//! * [`synthetic`]: the built-in dataset of coloured shapes, with held-out questions;
 //! * [`batch`]: seeded order, LLaVA's modality-length grouping, a resumable position, padded batches
 //!   and background prefetch.
 //!
 //! Everything stays in plain Rust buffers; the trainer turns batches into tensors.
 
 pub mod batch;
+pub mod check;
 pub mod images;
 pub mod record;
+pub mod synthetic;
 pub mod template;
 
 use std::path::PathBuf;
 
 pub use batch::{Batch, Dataset, Loader, Sample, SkipCounter, collate, modality_grouped, shuffled};
+pub use check::{CheckReport, check};
 pub use images::ImageSource;
 pub use record::{BadRecord, Record, Records, SkipReason, Speaker, Turn, read_records};
 pub use template::{IGNORE, Template, Templater, Tokenized};
+
+/// The tiny Gemma-style tokenizer (640 tokens, `<image>` included) that the synthetic dataset and
+/// the tiny models use; also the default of `llava data check` when no tokenizer is given.
+pub fn builtin_tokenizer() -> gemma_lm::GemmaTokenizer {
+    const JSON: &str = include_str!("../../../fixtures/hf-parity/tokenizer/model/tokenizer.json");
+    gemma_lm::GemmaTokenizer::from_json(JSON, "<built-in tiny tokenizer>")
+        .expect("the built-in tokenizer parses")
+}
 
 /// Errors of the data crate; each names the file at fault.
 #[derive(Debug, thiserror::Error)]

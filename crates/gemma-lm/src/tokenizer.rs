@@ -121,6 +121,21 @@ impl GemmaTokenizer {
             path: path.clone(),
             message: e.to_string(),
         })?;
+        Self::with_specials(inner, path)
+    }
+
+    /// Parses the text of a `tokenizer.json`; `origin` names it in errors.
+    pub fn from_json(text: &str, origin: &str) -> Result<Self> {
+        let inner: tokenizers::Tokenizer =
+            text.parse()
+                .map_err(|e: tokenizers::Error| Error::Tokenizer {
+                    path: origin.into(),
+                    message: e.to_string(),
+                })?;
+        Self::with_specials(inner, origin.into())
+    }
+
+    fn with_specials(inner: tokenizers::Tokenizer, path: PathBuf) -> Result<Self> {
         let id = |token: &str| inner.token_to_id(token).map(i64::from);
         let required = |token: &str| {
             id(token).ok_or_else(|| Error::Tokenizer {

@@ -8,6 +8,7 @@
 pub use {connector, data, eval, foundation, gemma_lm, llava_model, trainer, vision_encoders};
 
 pub mod chat;
+pub mod data_cmd;
 pub mod parity;
 
 use std::path::PathBuf;
@@ -18,6 +19,9 @@ pub enum Error {
     /// From the language model.
     #[error(transparent)]
     Gemma(#[from] gemma_lm::Error),
+    /// From the datasets.
+    #[error(transparent)]
+    Data(#[from] data::Error),
     /// From the composed LLaVA model.
     #[error(transparent)]
     Llava(#[from] llava_model::Error),

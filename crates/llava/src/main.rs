@@ -33,9 +33,73 @@ enum Command {
     Chat(Chat),
     /// Generate text with a Gemma checkpoint (a Hugging Face model directory).
     GenerateText(GenerateText),
+    /// Validate a dataset, or show one sample with its loss mask.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Assemble a LLaVA model from a Gemma, a CLIP or DINOv2 tower and an optional connector file,
     /// and save it as an HF LLaVA directory.
     Assemble(Assemble),
+}
+
+#[derive(Debug, Subcommand)]
+enum DataCommand {
+    /// Check every record, image and sample length; report what is unusable and why.
+    Check {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Print one JSON object (records, ok, bad, text_only, bad_ids, reasons, bad_samples, tokens).
+        #[arg(long)]
+        json: bool,
+        /// Only look images up; do not decode them.
+        #[arg(long)]
+        no_decode: bool,
+    },
+    /// Print one sample as the model sees it: each token with its label.
+    Show {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Which usable record (0-based).
+        #[arg(long, default_value_t = 0)]
+        index: usize,
+        /// Which record, by id (instead of --index).
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct DataArgs {
+    /// The JSON list of records (chat.json, blip_laion_cc_sbu_558k.json, llava_v1_5_mix665k.json).
+    #[arg(long)]
+    data: PathBuf,
+    /// Image folder or zip (images.zip is read in place).
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// Conversation template: gemma or plain.
+    #[arg(long, default_value = "gemma")]
+    template: String,
+    /// Gemma directory or tokenizer.json (default: the built-in tiny tokenizer).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Tokens one image becomes (576 for CLIP ViT-L/14-336).
+    #[arg(long, default_value_t = 576)]
+    tokens_per_image: usize,
+    /// Longest sample in tokens.
+    #[arg(long, default_value_t = 2048)]
+    max_length: usize,
+}
+
+impl DataArgs {
+    fn options(&self) -> llava::data_cmd::DataOptions {
+        llava::data_cmd::DataOptions {
+            data: self.data.clone(),
+            images: self.images.clone(),
+            template: self.template.clone(),
+            tokenizer: self.tokenizer.clone(),
+            tokens_per_image: self.tokens_per_image,
+            max_length: self.max_length,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -189,6 +253,7 @@ fn main() -> ExitCode {
         Command::Chat(args) => chat(&args),
         Command::GenerateText(args) => generate_text(&args),
         Command::Assemble(args) => assemble(&args),
+        Command::Data(command) => data_command(&command),
     };
     match result {
         Ok(code) => code,
@@ -309,6 +374,43 @@ fn chat(args: &Chat) -> llava::Result<ExitCode> {
         conversation.push(Message::model(answer));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn data_command(command: &DataCommand) -> llava::Result<ExitCode> {
+    match command {
+        DataCommand::Check {
+            data,
+            json,
+            no_decode,
+        } => {
+            let dataset = llava::data_cmd::open(&data.options())?;
+            let report = llava::data::check(&dataset, !no_decode);
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).expect("reports serialise")
+                );
+            } else {
+                print!("{}", llava::data_cmd::summary(&report, &data.data));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DataCommand::Show { data, index, id } => {
+            let dataset = llava::data_cmd::open(&data.options())?;
+            let index = match id {
+                Some(id) => dataset
+                    .records
+                    .iter()
+                    .position(|r| &r.id == id)
+                    .ok_or_else(|| {
+                        llava::Error::Unsupported(format!("no usable record has id `{id}`"))
+                    })?,
+                None => *index,
+            };
+            print!("{}", llava::data_cmd::show(&dataset, index)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 fn assemble(args: &Assemble) -> llava::Result<ExitCode> {

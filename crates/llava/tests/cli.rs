@@ -133,3 +133,92 @@ fn clear_errors_for_bad_model_image_and_prompt() {
     ]);
     assert!(err.contains("context"), "{err}");
 }
+
+/// A small dataset in the CC3M layout with planted faults, images in a zip.
+fn planted_dataset(dir: &Path) -> (PathBuf, PathBuf) {
+    let png = |color: u8| {
+        let mut bytes = Vec::new();
+        image::RgbImage::from_pixel(40, 30, image::Rgb([color, 0, 0]))
+            .write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )
+            .unwrap();
+        bytes
+    };
+    let zip_path = dir.join("images.zip");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+    let options = zip::write::SimpleFileOptions::default();
+    for (name, bytes) in [
+        ("a.jpg", png(1)),
+        ("b.jpg", png(2)),
+        ("corrupt.jpg", b"\xff\xd8\xff junk".to_vec()),
+    ] {
+        zip.start_file(name, options).unwrap();
+        zip.write_all(&bytes).unwrap();
+    }
+    zip.finish().unwrap();
+    let turns = |q: &str| serde_json::json!([{"from": "human", "value": q}, {"from": "gpt", "value": "an answer ."}]);
+    let records = serde_json::json!([
+        {"id": "good_a", "image": "a.jpg", "conversations": turns("Describe.\n<image>")},
+        {"id": "good_b", "image": "b.jpg", "conversations": turns("<image>\nWhat is it?")},
+        {"id": "text_only", "conversations": turns("Say hi.")},
+        {"id": "missing", "image": "gone.jpg", "conversations": turns("<image>")},
+        {"id": "corrupt", "image": "corrupt.jpg", "conversations": turns("<image>")},
+        {"id": "empty", "image": "a.jpg", "conversations": []},
+        {"id": "order", "image": "a.jpg", "conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "y"}]},
+        {"image": "a.jpg"},
+        42
+    ]);
+    let data = dir.join("chat.json");
+    std::fs::write(&data, records.to_string()).unwrap();
+    (data, zip_path)
+}
+
+#[test]
+fn data_check_reports_planted_faults_as_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, zip) = planted_dataset(tmp.path());
+    let out = llava()
+        .args(["data", "check", "--json", "--tokens-per-image", "16"])
+        .arg("--data")
+        .arg(&data)
+        .arg("--images")
+        .arg(&zip)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["records"], 9);
+    assert_eq!(report["ok"], 3);
+    assert_eq!(report["text_only"], 1);
+    assert_eq!(report["bad"], 6);
+    let ids: Vec<&str> = report["bad_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["missing", "corrupt", "empty", "order", "#7", "#8"]);
+    assert_eq!(report["reasons"]["missing_image"], 1);
+    assert_eq!(report["reasons"]["corrupt_image"], 1);
+    assert_eq!(report["reasons"]["malformed"], 2);
+
+    let show = llava()
+        .args(["data", "show", "--id", "good_b", "--tokens-per-image", "16"])
+        .arg("--data")
+        .arg(&data)
+        .arg("--images")
+        .arg(&zip)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        show.status.success() && text.contains("<image> x16") && text.contains("(learn)"),
+        "{text}"
+    );
+}
