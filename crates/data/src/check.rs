@@ -87,11 +87,11 @@ pub fn check(dataset: &Dataset, decode_images: bool) -> CheckReport {
                     return Err((SkipReason::MissingImage, format!("{path}: not found")));
                 }
             }
-            Ok((
-                tokens.input_ids.len(),
-                record.image.is_none(),
-                tokens.truncated,
-            ))
+            Ok(Checked {
+                len: tokens.input_ids.len(),
+                text_only: record.image.is_none(),
+                truncated: tokens.truncated,
+            })
         })
         .collect();
 
