@@ -9,6 +9,7 @@ use image::RgbImage;
 use image_processing::ImageProcessor;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use rayon::prelude::*;
 
 use crate::images::ImageSource;
 use crate::record::{BadRecord, Record, SkipReason};
@@ -273,10 +274,15 @@ impl Loader {
             let mut position = start.min(order.len());
             while position < order.len() {
                 let end = (position + batch_size).min(order.len());
+                // Decode the batch's images on rayon's threads; results keep the order's order.
+                let loaded: Vec<_> = order[position..end]
+                    .par_iter()
+                    .map(|&index| (index, dataset.sample(index)))
+                    .collect();
                 let mut samples = Vec::with_capacity(end - position);
                 let mut skipped = Vec::new();
-                for &index in &order[position..end] {
-                    match dataset.sample(index) {
+                for (index, result) in loaded {
+                    match result {
                         Ok(sample) => samples.push(sample),
                         Err((reason, detail)) => {
                             skipped.push((dataset.records[index].id.clone(), reason, detail))
