@@ -81,14 +81,23 @@ impl VisionConfig {
         })
     }
 
-    /// Parses a config object, picking the tower by `model_type`.
+    /// Parses a config object, picking the tower by `model_type` (of `vision_config`, else of the
+    /// whole config: a full CLIP config says `clip`), else by the fields only DINOv2 has.
     pub fn from_value(json: serde_json::Value) -> Result<Self> {
         let vision = json.get("vision_config").unwrap_or(&json);
-        let model_type = vision
-            .get("model_type")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default();
-        match model_type {
+        let own = vision.get("model_type").and_then(|v| v.as_str());
+        let outer = json.get("model_type").and_then(|v| v.as_str());
+        let dinov2_fields = ["layerscale_value", "mlp_ratio", "use_swiglu_ffn"]
+            .iter()
+            .any(|f| vision.get(f).is_some());
+        let kind = match (own, outer) {
+            (Some(kind), _) => kind,
+            (None, Some("clip" | "clip_vision_model")) => "clip",
+            (None, Some("dinov2")) => "dinov2",
+            (None, _) if dinov2_fields => "dinov2",
+            (None, _) => "clip_vision_model",
+        };
+        match kind {
             "clip_vision_model" | "clip" => {
                 Ok(VisionConfig::Clip(ClipVisionConfig::from_value(json)?))
             }

@@ -202,6 +202,17 @@ fn named_configs_have_the_published_shapes() {
     assert!(
         matches!(VisionConfig::from_value(llava).unwrap(), VisionConfig::Dinov2(c) if c.hidden_size == 96)
     );
+    // A full CLIP config whose vision_config does not repeat the model type.
+    let full = serde_json::json!({"model_type": "clip", "vision_config": {"hidden_size": 64, "num_attention_heads": 4}});
+    assert!(
+        matches!(VisionConfig::from_value(full).unwrap(), VisionConfig::Clip(c) if c.hidden_size == 64)
+    );
+    let unlabelled =
+        serde_json::json!({"hidden_size": 64, "num_attention_heads": 4, "layerscale_value": 1.0});
+    assert!(matches!(
+        VisionConfig::from_value(unlabelled).unwrap(),
+        VisionConfig::Dinov2(_)
+    ));
     let unknown = serde_json::json!({"model_type": "siglip_vision_model"});
     assert!(
         VisionConfig::from_value(unknown)
