@@ -130,6 +130,16 @@ impl Checkpoint {
             .map(str::to_string)
     }
 
+    /// Like [`prefix_of`](Self::prefix_of), but a checkpoint without the anchor is an error naming
+    /// `model` (the model's name for the anchor tensor).
+    pub fn require_prefix(&self, anchor: &str, model: &str) -> Result<String> {
+        self.prefix_of(anchor).ok_or_else(|| Error::MissingTensor {
+            name: model.to_string(),
+            location: self.location.clone(),
+            tried: format!("any name ending in `{anchor}`"),
+        })
+    }
+
     /// Reads tensor `name` into a new CPU tensor of its stored dtype.
     pub fn tensor(&self, name: &str) -> Result<Tensor> {
         let info = self.info(name).ok_or_else(|| Error::MissingTensor {

@@ -15,5 +15,18 @@ pub mod io;
 pub mod layers;
 
 pub use checkpoint::{Checkpoint, TensorInfo};
+
+/// Creates a variable store on `device`, builds a model in it with `build` (variables are created
+/// in f32 with their random initialisation) and converts every variable to `kind`.
+pub fn build<M, E>(
+    device: tch::Device,
+    kind: tch::Kind,
+    build: impl FnOnce(&tch::nn::Path) -> std::result::Result<M, E>,
+) -> std::result::Result<(tch::nn::VarStore, M), E> {
+    let mut vs = tch::nn::VarStore::new(device);
+    let model = build(&vs.root())?;
+    vs.set_kind(kind);
+    Ok((vs, model))
+}
 pub use error::{Error, Result};
 pub use io::{save_safetensors, write_atomic};

@@ -137,19 +137,25 @@ pub fn generate(
             "token id {bad} is outside the vocabulary of {vocab}"
         )));
     }
+    let (ids, mask) = left_pad(prompts, config.pad_token);
+    generate_from_embeds(model, &model.embed(&ids), mask.as_ref(), config, on_token)
+}
+
+/// Left-pads `prompts` with `pad` into `[batch, longest]` ids, with the mask of real tokens when
+/// any prompt is shorter than the longest (`None` when none is: no mask needed).
+pub fn left_pad(prompts: &[Vec<i64>], pad: i64) -> (Tensor, Option<Tensor>) {
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let mut ids = Vec::with_capacity(prompts.len() * longest);
     let mut mask = Vec::with_capacity(prompts.len() * longest);
     for prompt in prompts {
-        let pad = longest - prompt.len();
-        ids.extend(std::iter::repeat_n(config.pad_token, pad).chain(prompt.iter().copied()));
-        mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1, prompt.len())));
+        let missing = longest - prompt.len();
+        ids.extend(std::iter::repeat_n(pad, missing).chain(prompt.iter().copied()));
+        mask.extend(std::iter::repeat_n(0i64, missing).chain(std::iter::repeat_n(1, prompt.len())));
     }
     let shape = [prompts.len() as i64, longest as i64];
-    let ids = Tensor::from_slice(&ids).view(shape);
     let padded = prompts.iter().any(|p| p.len() != longest);
     let mask = padded.then(|| Tensor::from_slice(&mask).view(shape));
-    generate_from_embeds(model, &model.embed(&ids), mask.as_ref(), config, on_token)
+    (Tensor::from_slice(&ids).view(shape), mask)
 }
 
 /// Generates after prompt embeddings `[batch, len, hidden]` (LLaVA passes text and image features

@@ -30,6 +30,6 @@ pub mod tokenizer;
 pub use cache::KvCache;
 pub use config::{Activation, GemmaConfig, TokenIds};
 pub use error::{Error, Result};
-pub use generation::{GenerationConfig, Sampler, generate, generate_from_embeds};
+pub use generation::{GenerationConfig, Sampler, generate, generate_from_embeds, left_pad};
 pub use model::{AttentionPlan, Gemma, IGNORE_INDEX, ModelOutput};
 pub use tokenizer::{GemmaTokenizer, Message, Role, TextStreamer, apply_chat_template};

@@ -406,9 +406,7 @@ impl Gemma {
         device: Device,
         kind: Kind,
     ) -> Result<(VarStore, Self)> {
-        let mut vs = VarStore::new(device);
-        let model = Self::new(&vs.root(), config)?;
-        vs.set_kind(kind);
+        let (vs, model) = foundation::build(device, kind, |root| Self::new(root, config))?;
         model.load(&vs, checkpoint)?;
         Ok((vs, model))
     }
@@ -417,13 +415,8 @@ impl Gemma {
     /// prefix: `model.` (GemmaForCausalLM), none (GemmaModel), `language_model.model.` or
     /// `model.language_model.` (LLaVA checkpoints).
     pub fn load(&self, vs: &VarStore, checkpoint: &Checkpoint) -> Result<()> {
-        let prefix = checkpoint.prefix_of("embed_tokens.weight").ok_or_else(|| {
-            foundation::Error::MissingTensor {
-                name: "model.embed_tokens.weight".into(),
-                location: checkpoint.location().to_path_buf(),
-                tried: "any name ending in `embed_tokens.weight`".into(),
-            }
-        })?;
+        let prefix =
+            checkpoint.require_prefix("embed_tokens.weight", "model.embed_tokens.weight")?;
         // Where an untied head sits next to the decoder: `lm_head.weight` beside `model.`, or
         // `language_model.lm_head.weight` beside `language_model.model.`.
         let outer = prefix.strip_suffix("model.").unwrap_or("");

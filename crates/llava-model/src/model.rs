@@ -39,23 +39,22 @@ impl LlavaModel {
     /// A randomly initialised model for `config` on `device`, weights in `kind`.
     pub fn new(config: &LlavaConfig, device: Device, kind: Kind) -> Result<Self> {
         let vision = config.vision()?;
-        let mut vision_vs = VarStore::new(device);
-        let tower = VisionTower::new(&vision_vs.root(), &vision)?;
-        vision_vs.set_kind(kind);
-        let mut lm_vs = VarStore::new(device);
-        let lm = Gemma::new(&lm_vs.root(), &config.text_config)?;
-        lm_vs.set_kind(kind);
-        let mut connector_vs = VarStore::new(device);
+        let (vision_vs, tower) =
+            foundation::build(device, kind, |root| VisionTower::new(root, &vision))?;
+        let (lm_vs, lm) =
+            foundation::build(device, kind, |root| Gemma::new(root, &config.text_config))?;
         let layers = config.feature_layers().len() as i64;
-        let connector = connector::Connector::new(
-            &connector_vs.root(),
-            config.projector()?,
-            vision.hidden_size() * layers,
-            config.text_config.hidden_size,
-            config.multimodal_projector_bias,
-            config.text_config.initializer_range,
-        )?;
-        connector_vs.set_kind(kind);
+        let (connector_vs, connector) = foundation::build(device, kind, |root| {
+            connector::Connector::new(
+                root,
+                config.projector()?,
+                vision.hidden_size() * layers,
+                config.text_config.hidden_size,
+                config.multimodal_projector_bias,
+                config.text_config.initializer_range,
+            )
+            .map_err(crate::Error::from)
+        })?;
         Ok(LlavaModel {
             config: config.clone(),
             vision_vs,
@@ -255,17 +254,7 @@ impl LlavaModel {
                 config.max_new_tokens
             )));
         }
-        let mut ids = Vec::with_capacity(prompts.len() * longest);
-        let mut mask = Vec::with_capacity(prompts.len() * longest);
-        for prompt in prompts {
-            let pad = longest - prompt.len();
-            ids.extend(std::iter::repeat_n(config.pad_token, pad).chain(prompt.iter().copied()));
-            mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1, prompt.len())));
-        }
-        let shape = [prompts.len() as i64, longest as i64];
-        let ids = Tensor::from_slice(&ids).view(shape);
-        let padded = prompts.iter().any(|p| p.len() != longest);
-        let mask = padded.then(|| Tensor::from_slice(&mask).view(shape));
+        let (ids, mask) = gemma_lm::generation::left_pad(prompts, config.pad_token);
         let embeds = tch::no_grad(|| self.embed(&ids, pixel_values))?;
         Ok(generate_from_embeds(
             &self.lm,

@@ -222,27 +222,8 @@ struct GenerateText {
     /// Feed the prompt as is, without the chat template.
     #[arg(long)]
     raw: bool,
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 128)]
-    max_new_tokens: usize,
-    /// Sampling temperature; 0 (the default) decodes greedily.
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f64,
-    /// Sample among the k most likely tokens.
-    #[arg(long)]
-    top_k: Option<usize>,
-    /// Sample among the most likely tokens with cumulative probability p.
-    #[arg(long)]
-    top_p: Option<f64>,
-    /// Sampling seed.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// Weights and compute dtype: f32, bf16 or f16 (default: bf16 on CUDA, f32 on CPU).
-    #[arg(long)]
-    dtype: Option<String>,
+    #[command(flatten)]
+    sampling: Sampling,
 }
 
 fn main() -> ExitCode {
@@ -441,11 +422,7 @@ fn assemble(args: &Assemble) -> llava::Result<ExitCode> {
 }
 
 fn generate_text(args: &GenerateText) -> llava::Result<ExitCode> {
-    let device = parse_device(&args.device)?;
-    let kind = match &args.dtype {
-        Some(name) => parse_kind(name)?,
-        None => llava::foundation::device::default_kind(device),
-    };
+    let (device, kind) = args.sampling.device_and_kind()?;
     if !args.model.is_dir() {
         return Err(llava::Error::io(
             &args.model,
@@ -461,11 +438,11 @@ fn generate_text(args: &GenerateText) -> llava::Result<ExitCode> {
         tokenizer.encode_chat(&[Message::user(args.prompt.as_str())], true)?
     };
     let context = model.config().max_position_embeddings as usize;
-    if prompt.len() + args.max_new_tokens > context {
+    if prompt.len() + args.sampling.max_new_tokens > context {
         return Err(llava::gemma_lm::Error::Input(format!(
             "the prompt ({} tokens) plus --max-new-tokens {} exceeds the model's context of {context}",
             prompt.len(),
-            args.max_new_tokens
+            args.sampling.max_new_tokens
         ))
         .into());
     }
@@ -478,13 +455,9 @@ fn generate_text(args: &GenerateText) -> llava::Result<ExitCode> {
     let mut stop_tokens = tokenizer.chat_stop_tokens();
     stop_tokens.extend(model.config().eos_token_ids());
     let config = GenerationConfig {
-        max_new_tokens: args.max_new_tokens,
-        temperature: Some(args.temperature),
-        top_k: args.top_k,
-        top_p: args.top_p,
         stop_tokens,
         pad_token: tokenizer.pad,
-        seed: args.seed,
+        ..args.sampling.config()
     };
     let mut streamer = TextStreamer::new(&tokenizer);
     let mut stdout = std::io::stdout().lock();

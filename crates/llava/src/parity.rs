@@ -215,14 +215,7 @@ fn gemma_causal_lm(dir: &Path, meta: &Meta) -> Result<Vec<Check>> {
     let ids = need(&inputs, "input_ids", dir)?;
     let mask = inputs.get("attention_mask");
     let out = tch::no_grad(|| model.forward(ids, mask, None, true))?;
-    let rows = mask.map(|m| m.flatten(0, -1).nonzero().squeeze_dim(1));
-    let at_real = |t: &Tensor| -> Tensor {
-        let flat = t.flatten(0, 1);
-        match &rows {
-            Some(rows) => flat.index_select(0, rows),
-            None => flat,
-        }
-    };
+    let at_real = |t: &Tensor| at_real_positions(t, mask);
     let logits = model.logits(&out.last_hidden_state);
     if let Some(want) = expected.get("logits") {
         checks.push(close("logits", &at_real(&logits), &at_real(want), tol));
@@ -418,14 +411,7 @@ fn llava(dir: &Path, meta: &Meta) -> Result<Vec<Check>> {
         checks.push(close("image_features", &got, want, tol));
     }
     let hidden = tch::no_grad(|| model.forward(ids, pixels, mask))?;
-    let rows = mask.map(|m| m.flatten(0, -1).nonzero().squeeze_dim(1));
-    let at_real = |t: &Tensor| -> Tensor {
-        let flat = t.flatten(0, 1);
-        match &rows {
-            Some(rows) => flat.index_select(0, rows),
-            None => flat,
-        }
-    };
+    let at_real = |t: &Tensor| at_real_positions(t, mask);
     if let Some(want) = expected.get("logits") {
         checks.push(close(
             "logits",
@@ -492,6 +478,16 @@ fn token_check(prompts: &[Vec<i64>], generated: &[Vec<i64>], want: &[Vec<i64>]) 
         max_abs_diff: differ as f64,
         passed: differ == 0,
         note: format!("got {got_all:?}"),
+    }
+}
+
+/// The positions of `[batch, len, ...]` where `mask` `[batch, len]` is 1, flattened to
+/// `[positions, ...]` (every position without a mask): outputs at padding are not compared.
+fn at_real_positions(t: &Tensor, mask: Option<&Tensor>) -> Tensor {
+    let flat = t.flatten(0, 1);
+    match mask {
+        Some(m) => flat.index_select(0, &m.flatten(0, -1).nonzero().squeeze_dim(1)),
+        None => flat,
     }
 }
 

@@ -281,9 +281,7 @@ impl ClipVision {
         device: Device,
         kind: Kind,
     ) -> Result<(VarStore, Self)> {
-        let mut vs = VarStore::new(device);
-        let tower = Self::new(&vs.root(), config)?;
-        vs.set_kind(kind);
+        let (vs, tower) = foundation::build(device, kind, |root| Self::new(root, config))?;
         tower.load(&vs, checkpoint)?;
         Ok((vs, tower))
     }
@@ -293,14 +291,7 @@ impl ClipVision {
     /// LLaVA checkpoint (`vision_tower.vision_model.*`, `model.vision_tower.vision_model.*`).
     pub fn load(&self, vs: &VarStore, checkpoint: &Checkpoint) -> Result<()> {
         let anchor = "embeddings.patch_embedding.weight";
-        let prefix =
-            checkpoint
-                .prefix_of(anchor)
-                .ok_or_else(|| foundation::Error::MissingTensor {
-                    name: format!("vision_model.{anchor}"),
-                    location: checkpoint.location().to_path_buf(),
-                    tried: format!("any name ending in `{anchor}`"),
-                })?;
+        let prefix = checkpoint.require_prefix(anchor, &format!("vision_model.{anchor}"))?;
         checkpoint.load_into(vs, |name| {
             let rest = name.strip_prefix("vision_model.").unwrap_or(name);
             vec![format!("{prefix}{rest}")]

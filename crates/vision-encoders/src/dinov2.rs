@@ -335,9 +335,7 @@ impl Dinov2 {
         device: Device,
         kind: Kind,
     ) -> Result<(VarStore, Self)> {
-        let mut vs = VarStore::new(device);
-        let model = Self::new(&vs.root(), config)?;
-        vs.set_kind(kind);
+        let (vs, model) = foundation::build(device, kind, |root| Self::new(root, config))?;
         model.load(&vs, checkpoint)?;
         Ok((vs, model))
     }
@@ -347,14 +345,7 @@ impl Dinov2 {
     /// unused mask token still loads.
     pub fn load(&self, vs: &VarStore, checkpoint: &Checkpoint) -> Result<()> {
         let anchor = "embeddings.patch_embeddings.projection.weight";
-        let prefix =
-            checkpoint
-                .prefix_of(anchor)
-                .ok_or_else(|| foundation::Error::MissingTensor {
-                    name: anchor.into(),
-                    location: checkpoint.location().to_path_buf(),
-                    tried: format!("any name ending in `{anchor}`"),
-                })?;
+        let prefix = checkpoint.require_prefix(anchor, anchor)?;
         let mask = format!("{prefix}embeddings.mask_token");
         let has_mask = checkpoint.contains(&mask);
         checkpoint.load_into(vs, |name| match name {

@@ -135,9 +135,7 @@ impl VisionTower {
         let dir = dir.as_ref();
         let config = VisionConfig::from_file(dir)?;
         let checkpoint = Checkpoint::open(dir)?;
-        let mut vs = VarStore::new(device);
-        let tower = Self::new(&vs.root(), &config)?;
-        vs.set_kind(kind);
+        let (vs, tower) = foundation::build(device, kind, |root| Self::new(root, &config))?;
         tower.load(&vs, &checkpoint)?;
         Ok((vs, tower))
     }
