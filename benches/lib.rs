@@ -1,40 +1,9 @@
-//! Shapes shared by the benchmarks, so that every figure names the model it was measured on.
+//! Shapes and inputs shared by the benchmarks, so that every figure names what it was measured on.
+//! The model shapes are `llava_model::presets`.
 
-use gemma_lm::GemmaConfig;
-use llava_model::LlavaConfig;
-use vision_encoders::{ClipVisionConfig, VisionConfig};
-
-/// The `bench-small` language model: Gemma-shaped, hidden 512, 4 layers, 8 query heads and 1 KV
-/// head of width 64, MLP 2048, a 32000-token vocabulary, tied embeddings.
-pub fn bench_small_lm() -> GemmaConfig {
-    GemmaConfig {
-        vocab_size: 32000,
-        hidden_size: 512,
-        intermediate_size: 2048,
-        num_hidden_layers: 4,
-        num_attention_heads: 8,
-        num_key_value_heads: 1,
-        head_dim: 64,
-        max_position_embeddings: 4096,
-        hidden_activation: Some("gelu_pytorch_tanh".into()),
-        rope_theta: Some(10000.0),
-        ..GemmaConfig::default()
-    }
-}
-
-/// The `bench-small` vision tower: CLIP-shaped, hidden 256, 4 layers, 4 heads, MLP 1024, 112 px
-/// images in 14 px patches (64 patch tokens).
-pub fn bench_small_clip() -> ClipVisionConfig {
-    ClipVisionConfig {
-        hidden_size: 256,
-        intermediate_size: 1024,
-        num_hidden_layers: 4,
-        num_attention_heads: 4,
-        image_size: 112,
-        patch_size: 14,
-        ..ClipVisionConfig::default()
-    }
-}
+pub use llava_model::presets::{
+    BENCH_SMALL_IMAGE_TOKEN, bench_small as bench_small_llava, bench_small_clip, bench_small_lm,
+};
 
 /// A deterministic 640 x 480 photo-like JPEG (smooth gradients and edges, quality 90), the size of a
 /// typical CC3M or COCO image.
@@ -48,18 +17,4 @@ pub fn sample_jpeg() -> Vec<u8> {
         .encode_image(&image)
         .expect("encoding to memory");
     bytes
-}
-
-/// The id `<image>` has in the `bench-small` model (the last of its vocabulary).
-pub const BENCH_SMALL_IMAGE_TOKEN: i64 = 31999;
-
-/// The `bench-small` LLaVA: [`bench_small_clip`] + `mlp2x_gelu` + [`bench_small_lm`], 64 tokens per
-/// image (layer -2, CLS dropped).
-pub fn bench_small_llava() -> LlavaConfig {
-    LlavaConfig::new(
-        &VisionConfig::Clip(bench_small_clip()),
-        bench_small_lm(),
-        BENCH_SMALL_IMAGE_TOKEN,
-        64,
-    )
 }

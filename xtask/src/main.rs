@@ -18,6 +18,10 @@ Commands:
   demo                  the embedded default: chat with the tiny Gemma checkpoint on CPU
   bench [cargo args]    run the criterion benchmarks in benches/
   lint                  cargo fmt --check and clippy with warnings as errors
+  bench-generate [args] greedy generation on a random-weight preset (llava bench-generate --help)
+  bench-vision [args]   a preset's vision tower on random images (llava bench-vision --help)
+  device-bundle         build release binaries and CUDA tests into .device-bin/ for a GPU machine
+                        (then run scripts/gpu-check.sh there)
   llava [args]          run the `llava` command with libtorch wired in
   help                  this text
 
@@ -61,6 +65,10 @@ fn main() -> ExitCode {
             )
         }),
         "llava" => with_libtorch(|| llava(rest)),
+        "bench-generate" | "bench-vision" => {
+            with_libtorch(|| release_llava(&prepend(command, rest)))
+        }
+        "device-bundle" => with_libtorch(device_bundle),
         "lint" => with_libtorch(|| {
             cargo(&["fmt", "--all", "--check"])?;
             cargo(&[
@@ -129,6 +137,85 @@ fn demo() -> Result<(), String> {
         "--device".into(),
         "cpu".into(),
     ])
+}
+
+/// Runs the optimised `llava` binary: benchmarks measure release builds.
+fn release_llava(args: &[String]) -> Result<(), String> {
+    let run = [
+        "run",
+        "--quiet",
+        "--release",
+        "--package",
+        "llava",
+        "--bin",
+        "llava",
+        "--",
+    ];
+    cargo(&[&run[..], strs(args).as_slice()].concat())
+}
+
+/// Builds what a GPU machine without Rust needs into `.device-bin/`: the `llava` binary, the test
+/// binaries that exercise CUDA, and the Python reference benchmark when `../shared` has it.
+fn device_bundle() -> Result<(), String> {
+    let root = root();
+    let bin = root.join(".device-bin");
+    std::fs::create_dir_all(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
+    cargo(&["build", "--release", "--package", "llava", "--bin", "llava"])?;
+    copy(&root.join("target/release/llava"), &bin.join("llava"))?;
+    for (package, test) in [
+        ("gemma-lm", "gemma"),
+        ("vision-encoders", "towers"),
+        ("llava-model", "llava"),
+    ] {
+        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "test",
+                "--release",
+                "--no-run",
+                "--message-format=json",
+                "--package",
+                package,
+                "--test",
+                test,
+            ])
+            .current_dir(&root)
+            .output()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let exe = text
+            .lines()
+            .filter(|l| {
+                l.contains("\"reason\":\"compiler-artifact\"")
+                    && l.contains(&format!("\"name\":\"{test}\""))
+            })
+            .find_map(|l| {
+                l.split("\"executable\":\"")
+                    .nth(1)?
+                    .split('"')
+                    .next()
+                    .map(str::to_string)
+            })
+            .ok_or_else(|| format!("no test binary for {package}/{test}"))?;
+        copy(
+            std::path::Path::new(&exe),
+            &bin.join(format!("test-{package}")),
+        )?;
+    }
+    let baseline = root.join("../shared/bench/hf_llava_baseline.py");
+    if baseline.exists() {
+        copy(&baseline, &bin.join("hf_llava_baseline.py"))?;
+    }
+    println!(
+        "bundle ready in {}: carry `.device-bin` (ignored by git) and run scripts/gpu-check.sh on the GPU machine",
+        bin.display()
+    );
+    Ok(())
+}
+
+fn copy(from: &std::path::Path, to: &std::path::Path) -> Result<(), String> {
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|e| format!("{} -> {}: {e}", from.display(), to.display()))
 }
 
 /// Runs the `llava` binary (built on demand) from the workspace root.

@@ -16,6 +16,15 @@ pub mod layers;
 
 pub use checkpoint::{Checkpoint, TensorInfo};
 
+/// The project's copy of the Hugging Face parity fixtures: `$LLAVA_FIXTURES` when set (test binaries
+/// run on another machine, whose checkout is elsewhere), else `fixtures/hf-parity` of this workspace.
+pub fn parity_fixtures() -> std::path::PathBuf {
+    match std::env::var_os("LLAVA_FIXTURES") {
+        Some(dir) => dir.into(),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hf-parity"),
+    }
+}
+
 /// Creates a variable store on `device`, builds a model in it with `build` (variables are created
 /// in f32 with their random initialisation) and converts every variable to `kind`.
 pub fn build<M, E>(

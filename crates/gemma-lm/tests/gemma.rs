@@ -8,7 +8,7 @@ use gemma_lm::{Gemma, GemmaConfig, GenerationConfig, KvCache, generate};
 use tch::{Device, Kind, Tensor};
 
 fn fixture_model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hf-parity/gemma/model")
+    foundation::parity_fixtures().join("gemma/model")
 }
 
 fn load(dir: &Path) -> Gemma {

@@ -9,6 +9,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod model;
+pub mod presets;
 
 use std::path::PathBuf;
 

@@ -9,7 +9,7 @@ use llava_model::{LlavaModel, Parts};
 use tch::{Device, Kind, Tensor};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hf-parity")
+    foundation::parity_fixtures()
 }
 
 fn inputs(name: &str) -> std::collections::HashMap<String, Tensor> {

@@ -7,6 +7,7 @@
 
 pub use {connector, data, eval, foundation, gemma_lm, llava_model, trainer, vision_encoders};
 
+pub mod bench;
 pub mod chat;
 pub mod data_cmd;
 pub mod parity;

@@ -33,12 +33,72 @@ enum Command {
     Chat(Chat),
     /// Generate text with a Gemma checkpoint (a Hugging Face model directory).
     GenerateText(GenerateText),
+    /// Measure greedy generation on a random-weight model of a preset (one JSON object).
+    BenchGenerate(BenchGenerate),
+    /// Measure a preset's vision tower on random images (one JSON object).
+    BenchVision(BenchVision),
     /// Validate a dataset, or show one sample with its loss mask.
     #[command(subcommand)]
     Data(DataCommand),
     /// Assemble a LLaVA model from a Gemma, a CLIP or DINOv2 tower and an optional connector file,
     /// and save it as an HF LLaVA directory.
     Assemble(Assemble),
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchGenerate {
+    /// bench-small, paper-2b-clip or paper-2b-dinov2.
+    #[arg(long, default_value = "paper-2b-clip")]
+    preset: String,
+    /// Prompts per batch.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Prompt length in tokens, image tokens included.
+    #[arg(long, default_value_t = 608)]
+    prompt_len: usize,
+    /// New tokens per prompt.
+    #[arg(long, default_value_t = 128)]
+    new_tokens: usize,
+    /// Timed runs (the best is reported).
+    #[arg(long, default_value_t = 2)]
+    runs: usize,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// f32, bf16 or f16 (default: bf16 on CUDA, f32 on CPU).
+    #[arg(long)]
+    dtype: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchVision {
+    /// bench-small, paper-2b-clip or paper-2b-dinov2.
+    #[arg(long, default_value = "paper-2b-clip")]
+    preset: String,
+    /// Images per batch.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Timed runs (the best is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// f32, bf16 or f16 (default: bf16 on CUDA, f32 on CPU).
+    #[arg(long)]
+    dtype: Option<String>,
+}
+
+fn device_and_kind(
+    device: &str,
+    dtype: &Option<String>,
+) -> llava::Result<(tch::Device, tch::Kind)> {
+    let device = parse_device(device)?;
+    let kind = match dtype {
+        Some(name) => parse_kind(name)?,
+        None => llava::foundation::device::default_kind(device),
+    };
+    Ok((device, kind))
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,12 +218,7 @@ struct Sampling {
 
 impl Sampling {
     fn device_and_kind(&self) -> llava::Result<(tch::Device, tch::Kind)> {
-        let device = parse_device(&self.device)?;
-        let kind = match &self.dtype {
-            Some(name) => parse_kind(name)?,
-            None => llava::foundation::device::default_kind(device),
-        };
-        Ok((device, kind))
+        device_and_kind(&self.device, &self.dtype)
     }
 
     fn config(&self) -> GenerationConfig {
@@ -235,6 +290,34 @@ fn main() -> ExitCode {
         Command::GenerateText(args) => generate_text(&args),
         Command::Assemble(args) => assemble(&args),
         Command::Data(command) => data_command(&command),
+        Command::BenchGenerate(a) => {
+            device_and_kind(&a.device, &a.dtype).and_then(|(device, kind)| {
+                let report = llava::bench::generate(
+                    &a.preset,
+                    device,
+                    kind,
+                    a.batch,
+                    a.prompt_len,
+                    a.new_tokens,
+                    a.runs,
+                )?;
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).expect("reports serialise")
+                );
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::BenchVision(a) => {
+            device_and_kind(&a.device, &a.dtype).and_then(|(device, kind)| {
+                let report = llava::bench::vision(&a.preset, device, kind, a.batch, a.runs)?;
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).expect("reports serialise")
+                );
+                Ok(ExitCode::SUCCESS)
+            })
+        }
     };
     match result {
         Ok(code) => code,

@@ -9,9 +9,7 @@ use vision_encoders::{
 };
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures/hf-parity")
-        .join(name)
+    foundation::parity_fixtures().join(name)
 }
 
 fn pixels(name: &str) -> Tensor {

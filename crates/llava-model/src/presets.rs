@@ -1,0 +1,88 @@
+//! Named model shapes: the paper's, and small ones for benchmarks and CPU runs.
+
+use gemma_lm::GemmaConfig;
+use vision_encoders::{ClipVisionConfig, Dinov2Config, VisionConfig};
+
+use crate::config::LlavaConfig;
+
+/// The `bench-small` language model: Gemma-shaped, hidden 512, 4 layers, 8 query heads and 1 KV
+/// head of width 64, MLP 2048, a 32000-token vocabulary, tied embeddings.
+pub fn bench_small_lm() -> GemmaConfig {
+    GemmaConfig {
+        vocab_size: 32000,
+        hidden_size: 512,
+        intermediate_size: 2048,
+        num_hidden_layers: 4,
+        num_attention_heads: 8,
+        num_key_value_heads: 1,
+        head_dim: 64,
+        max_position_embeddings: 4096,
+        hidden_activation: Some("gelu_pytorch_tanh".into()),
+        rope_theta: Some(10000.0),
+        ..GemmaConfig::default()
+    }
+}
+
+/// The `bench-small` vision tower: CLIP-shaped, hidden 256, 4 layers, 4 heads, MLP 1024, 112 px
+/// images in 14 px patches (64 patch tokens).
+pub fn bench_small_clip() -> ClipVisionConfig {
+    ClipVisionConfig {
+        hidden_size: 256,
+        intermediate_size: 1024,
+        num_hidden_layers: 4,
+        num_attention_heads: 4,
+        image_size: 112,
+        patch_size: 14,
+        ..ClipVisionConfig::default()
+    }
+}
+
+/// The id `<image>` has in the `bench-small` model (the last of its vocabulary).
+pub const BENCH_SMALL_IMAGE_TOKEN: i64 = 31999;
+
+/// The `bench-small` LLaVA: [`bench_small_clip`] + `mlp2x_gelu` + [`bench_small_lm`], 64 tokens per
+/// image (layer -2, CLS dropped).
+pub fn bench_small() -> LlavaConfig {
+    LlavaConfig::new(
+        &VisionConfig::Clip(bench_small_clip()),
+        bench_small_lm(),
+        BENCH_SMALL_IMAGE_TOKEN,
+        64,
+    )
+}
+
+/// LLaVA-Gemma-2B with CLIP ViT-L/14-336 as the paper (and the Python reference benchmark) builds
+/// it: Gemma-2B with a 256128-token vocabulary, `<image>` = 256000, 576 tokens per image.
+pub fn paper_2b_clip() -> LlavaConfig {
+    let text = GemmaConfig {
+        vocab_size: 256128,
+        hidden_activation: Some("gelu_pytorch_tanh".into()),
+        ..GemmaConfig::gemma_2b()
+    };
+    LlavaConfig::new(
+        &VisionConfig::Clip(ClipVisionConfig::clip_vit_large_patch14_336()),
+        text,
+        256000,
+        576,
+    )
+}
+
+/// LLaVA-Gemma-2B with DINOv2 ViT-L/14 at 224 px (256 tokens per image).
+pub fn paper_2b_dinov2() -> LlavaConfig {
+    let mut config = paper_2b_clip();
+    let vision = VisionConfig::Dinov2(Dinov2Config::dinov2_large());
+    let dinov2 = LlavaConfig::new(&vision, config.text_config.clone(), 256000, 256);
+    config.vision_config = dinov2.vision_config;
+    config.image_seq_length = Some(256);
+    config
+}
+
+/// The preset called `name`: `bench-small`, `paper-2b-clip` or `paper-2b-dinov2`.
+pub fn by_name(name: &str) -> Option<LlavaConfig> {
+    match name {
+        "bench-small" => Some(bench_small()),
+        "paper-2b-clip" => Some(paper_2b_clip()),
+        "paper-2b-dinov2" => Some(paper_2b_dinov2()),
+        _ => None,
+    }
+}
