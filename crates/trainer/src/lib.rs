@@ -1,3 +1,11 @@
-//! The two-stage LLaVA-Gemma recipe: connector pretraining, then instruction finetuning.
+//! The two-stage LLaVA-Gemma recipe.
 //!
-//! The trainer arrives with issue 6; the crate exists now so that the workspace layout is final.
+//! So far: [`optim::AdamW`] with state a checkpoint can hold, global-norm clipping, and the
+//! [`schedule::WarmupCosine`] learning rate. The training loop, checkpoints and the `pretrain` /
+//! `finetune` commands come with the rest of issue 6.
+
+pub mod optim;
+pub mod schedule;
+
+pub use optim::{AdamW, AdamWConfig};
+pub use schedule::WarmupCosine;
