@@ -77,9 +77,30 @@ pub fn paper_2b_dinov2() -> LlavaConfig {
     config
 }
 
-/// The preset called `name`: `bench-small`, `paper-2b-clip` or `paper-2b-dinov2`.
+/// The `tiny` model of the embedded default: a 2-layer Gemma (hidden 64, the built-in 640-token
+/// tokenizer, `<image>` = 639) and a 2-layer CLIP-shaped tower on 32 px images in 8 px patches
+/// (16 tokens per image). Trains on a CPU in minutes.
+pub fn tiny() -> LlavaConfig {
+    let vision = ClipVisionConfig {
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        image_size: 32,
+        patch_size: 8,
+        ..ClipVisionConfig::default()
+    };
+    let text = GemmaConfig {
+        initializer_range: 0.02,
+        ..GemmaConfig::tiny(640)
+    };
+    LlavaConfig::new(&VisionConfig::Clip(vision), text, 639, 16)
+}
+
+/// The preset called `name`: `tiny`, `bench-small`, `paper-2b-clip` or `paper-2b-dinov2`.
 pub fn by_name(name: &str) -> Option<LlavaConfig> {
     match name {
+        "tiny" => Some(tiny()),
         "bench-small" => Some(bench_small()),
         "paper-2b-clip" => Some(paper_2b_clip()),
         "paper-2b-dinov2" => Some(paper_2b_dinov2()),

@@ -1,11 +1,14 @@
 //! The two-stage LLaVA-Gemma recipe.
 //!
-//! So far: [`optim::AdamW`] with state a checkpoint can hold, global-norm clipping, and the
-//! [`schedule::WarmupCosine`] learning rate. The training loop, checkpoints and the `pretrain` /
-//! `finetune` commands come with the rest of issue 6.
+//! So far: [`stage::train`], one stage as a plain loop (gradient accumulation, clipping, AdamW on
+//! the warmup-cosine schedule, metrics per optimizer step, bad samples skipped and counted);
+//! [`optim::AdamW`] with state a checkpoint can hold; [`schedule::WarmupCosine`]. Checkpoints,
+//! resume, presets and the `pretrain` / `finetune` commands come with the rest of issue 6.
 
 pub mod optim;
 pub mod schedule;
+pub mod stage;
 
 pub use optim::{AdamW, AdamWConfig};
 pub use schedule::WarmupCosine;
+pub use stage::{Stage, StageConfig, StageError, StepMetrics, Summary, train};

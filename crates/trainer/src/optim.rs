@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use tch::{Kind, Tensor};
 
 /// AdamW hyperparameters.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct AdamWConfig {
     /// First-moment decay.
     pub beta1: f64,

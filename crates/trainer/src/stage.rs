@@ -1,0 +1,258 @@
+//! One stage of the recipe as a plain loop: batches from the loader, forward, loss at labelled
+//! positions, backward, gradient accumulation to the global batch, clipping, AdamW on the warmup-
+//! cosine schedule, one metrics line per optimizer step.
+//!
+//! Stage 1 trains the connector alone; stage 2 the connector and the language model; the vision
+//! tower is frozen in both (its features are computed without autograd).
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use data::{Batch, Dataset, Loader, SkipCounter};
+use llava_model::LlavaModel;
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::optim::{AdamW, AdamWConfig};
+use crate::schedule::WarmupCosine;
+
+/// Which stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Stage {
+    /// Connector pretraining.
+    Pretrain,
+    /// Instruction finetuning.
+    Finetune,
+}
+
+/// The settings of one stage.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageConfig {
+    /// Which stage.
+    pub stage: Stage,
+    /// Peak learning rate (1e-3 for stage 1, 2e-5 for stage 2 in the recipe).
+    pub lr: f64,
+    /// Samples per forward pass.
+    pub micro_batch: usize,
+    /// Samples per optimizer step (256 / 128 in the recipe).
+    pub global_batch: usize,
+    /// Passes over the data.
+    pub epochs: usize,
+    /// Stop after this many optimizer steps.
+    pub max_steps: Option<usize>,
+    /// Fraction of the steps spent warming up.
+    pub warmup_ratio: f64,
+    /// AdamW settings.
+    pub adamw: AdamWConfig,
+    /// Global gradient-norm clipping.
+    pub max_grad_norm: f64,
+    /// Seed of the data order.
+    pub seed: u64,
+}
+
+/// What one optimizer step reports (one line of `metrics.jsonl`).
+#[derive(Debug, Clone, Serialize)]
+pub struct StepMetrics {
+    /// Optimizer step, from 1.
+    pub step: usize,
+    /// Mean loss over the step's micro-batches.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Samples per second of this step.
+    pub samples_per_s: f64,
+    /// Tokens (padding excluded) per second of this step.
+    pub tokens_per_s: f64,
+    /// Samples skipped so far.
+    pub samples_skipped: usize,
+}
+
+/// What a finished stage reports (`summary.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Optimizer steps taken.
+    pub steps: usize,
+    /// Samples trained on.
+    pub samples_seen: usize,
+    /// Samples skipped, by reason.
+    pub samples_skipped: usize,
+    /// Counts per skip reason.
+    pub skipped_by_reason: std::collections::BTreeMap<String, usize>,
+    /// Loss of the last step.
+    pub final_loss: f64,
+    /// Loss of the first step.
+    pub first_loss: f64,
+}
+
+/// Errors that stop a stage.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The loss became NaN or infinite.
+    #[error("step {step}: the loss is {loss}; stopping rather than corrupting the weights")]
+    NonFinite {
+        /// The optimizer step.
+        step: usize,
+        /// The value.
+        loss: f64,
+    },
+    /// From the model.
+    #[error(transparent)]
+    Model(#[from] llava_model::Error),
+    /// Writing metrics failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+}
+
+/// The batch as tensors on `device`.
+fn tensors(batch: &Batch, device: Device) -> (Tensor, Tensor, Option<Tensor>) {
+    let shape = [batch.batch_size as i64, batch.seq_len as i64];
+    let ids = Tensor::from_slice(&batch.input_ids)
+        .view(shape)
+        .to_device(device);
+    let labels = Tensor::from_slice(&batch.labels)
+        .view(shape)
+        .to_device(device);
+    let pixels = (batch.images > 0).then(|| {
+        let (h, w) = batch.image_size;
+        Tensor::from_slice(&batch.pixel_values)
+            .view([batch.images as i64, 3, h as i64, w as i64])
+            .to_device(device)
+    });
+    (ids, labels, pixels)
+}
+
+/// Trains `model` for one stage on `dataset`, writing `metrics.jsonl` into `output`. `order_for`
+/// gives the sample order of an epoch.
+pub fn train(
+    model: &mut LlavaModel,
+    dataset: Arc<Dataset>,
+    config: &StageConfig,
+    output: &Path,
+    order_for: impl Fn(u64) -> Vec<usize>,
+    mut on_step: impl FnMut(&StepMetrics),
+) -> Result<Summary, StageError> {
+    model.vision_vs.freeze();
+    match config.stage {
+        Stage::Pretrain => model.lm_vs.freeze(),
+        Stage::Finetune => model.lm_vs.unfreeze(),
+    }
+    model.connector_vs.unfreeze();
+    let mut params: Vec<(String, Tensor)> = model.connector_vs.variables().into_iter().collect();
+    if config.stage == Stage::Finetune {
+        params.extend(model.lm_vs.variables());
+    }
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut optimizer = AdamW::new(params, config.adamw);
+
+    let samples = dataset.records.len();
+    let accumulation = config
+        .global_batch
+        .div_ceil(config.micro_batch.max(1))
+        .max(1);
+    let steps_per_epoch = samples.div_ceil(config.global_batch.max(1));
+    let total = config
+        .max_steps
+        .unwrap_or(usize::MAX)
+        .min(steps_per_epoch * config.epochs.max(1))
+        .max(1);
+    let schedule = WarmupCosine::with_ratio(config.lr, config.warmup_ratio, total);
+    let metrics_path = output.join("metrics.jsonl");
+    let mut metrics = std::fs::File::create(&metrics_path).map_err(|source| StageError::Io {
+        path: metrics_path.clone(),
+        source,
+    })?;
+
+    let device = model.device();
+    let mut skipped = SkipCounter::default();
+    let (mut step, mut seen) = (0, 0);
+    let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
+    'epochs: for epoch in 0..config.epochs.max(1) as u64 {
+        let loader = Loader::new(dataset.clone(), order_for(epoch), 0, config.micro_batch, 2);
+        let mut micro = 0;
+        let mut step_loss = Tensor::zeros([], (Kind::Float, device));
+        let (mut step_samples, mut step_tokens) = (0, 0);
+        let mut started = Instant::now();
+        let mut batches = loader.peekable();
+        while let Some(batch) = batches.next() {
+            for (id, reason, detail) in &batch.skipped {
+                if skipped.add(id, *reason, detail) {
+                    eprintln!("skipped sample {id}: {reason}: {detail}");
+                }
+            }
+            if batch.batch_size > 0 && batch.label_tokens > 0 {
+                let (ids, labels, pixels) = tensors(&batch, device);
+                let hidden = model.forward(&ids, pixels.as_ref(), None)?;
+                let (loss, _) = model.loss(&hidden, &labels)?;
+                (&loss / accumulation as f64).backward();
+                step_loss += loss.detach();
+                step_samples += batch.batch_size;
+                step_tokens += batch.attention_mask.iter().filter(|&&m| m == 1).count();
+            }
+            micro += 1;
+            let last_of_epoch = batches.peek().is_none();
+            if micro % accumulation != 0 && !last_of_epoch {
+                continue;
+            }
+            let loss = step_loss.double_value(&[]) / micro.min(accumulation).max(1) as f64;
+            step += 1;
+            if !loss.is_finite() {
+                return Err(StageError::NonFinite { step, loss });
+            }
+            let lr = schedule.lr(step - 1);
+            let grad_norm = optimizer
+                .clip_grad_norm(config.max_grad_norm)
+                .double_value(&[]);
+            optimizer.step(lr);
+            optimizer.zero_grad();
+            let seconds = started.elapsed().as_secs_f64().max(1e-9);
+            let m = StepMetrics {
+                step,
+                loss,
+                lr,
+                grad_norm,
+                samples_per_s: step_samples as f64 / seconds,
+                tokens_per_s: step_tokens as f64 / seconds,
+                samples_skipped: skipped.total(),
+            };
+            let line = serde_json::to_string(&m).expect("metrics serialise");
+            writeln!(metrics, "{line}").map_err(|source| StageError::Io {
+                path: metrics_path.clone(),
+                source,
+            })?;
+            on_step(&m);
+            if step == 1 {
+                first_loss = loss;
+            }
+            last_loss = loss;
+            seen += step_samples;
+            micro = 0;
+            step_loss = Tensor::zeros([], (Kind::Float, device));
+            (step_samples, step_tokens) = (0, 0);
+            started = Instant::now();
+            if step >= total {
+                break 'epochs;
+            }
+        }
+    }
+    Ok(Summary {
+        steps: step,
+        samples_seen: seen,
+        samples_skipped: skipped.total(),
+        skipped_by_reason: skipped
+            .counts
+            .iter()
+            .map(|(r, n)| (r.name().to_string(), *n))
+            .collect(),
+        final_loss: last_loss,
+        first_loss,
+    })
+}
