@@ -193,10 +193,15 @@ mod tests {
     use tch::Device;
     use tch::nn::{OptimizerConfig, VarStore};
 
+    /// The same starting point every time, without libtorch's global generator (tests run in
+    /// parallel and would race on it).
     fn problem(vs: &VarStore) -> (Tensor, Tensor) {
-        tch::manual_seed(1);
-        let w = vs.root().randn("w", &[4, 3], 0.0, 1.0);
-        let b = vs.root().randn("b", &[4], 0.0, 1.0);
+        let w = vs
+            .root()
+            .var_copy("w", &foundation::layers::seeded_normal(&[4, 3], 1.0, 1));
+        let b = vs
+            .root()
+            .var_copy("b", &foundation::layers::seeded_normal(&[4], 1.0, 2));
         (w, b)
     }
 
@@ -239,8 +244,9 @@ mod tests {
         // libtorch's AdamW decays every parameter; train only a matrix there (the bias fixed).
         let fixed_b = Tensor::from_slice(&[0.1f32, -0.2, 0.3, 0.0]);
         let ours_vs = VarStore::new(Device::Cpu);
-        tch::manual_seed(1);
-        let w = ours_vs.root().randn("w", &[4, 3], 0.0, 1.0);
+        let w = ours_vs
+            .root()
+            .var_copy("w", &foundation::layers::seeded_normal(&[4, 3], 1.0, 1));
         let mut ours = AdamW::new(
             vec![("w".into(), w.shallow_clone())],
             AdamWConfig {
@@ -249,8 +255,9 @@ mod tests {
             },
         );
         let theirs_vs = VarStore::new(Device::Cpu);
-        tch::manual_seed(1);
-        let w2 = theirs_vs.root().randn("w", &[4, 3], 0.0, 1.0);
+        let w2 = theirs_vs
+            .root()
+            .var_copy("w", &foundation::layers::seeded_normal(&[4, 3], 1.0, 1));
         let mut theirs = tch::nn::adamw(0.9, 0.999, 0.1)
             .build(&theirs_vs, 1e-2)
             .unwrap();
