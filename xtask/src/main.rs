@@ -155,7 +155,7 @@ fn release_llava(args: &[String]) -> Result<(), String> {
 }
 
 /// Builds what a GPU machine without Rust needs into `.device-bin/`: the `llava` binary, the test
-/// binaries that exercise CUDA, and the Python reference benchmark when `../shared` has it.
+/// binaries that exercise CUDA, and the Python reference benchmark (`scripts/hf_llava_baseline.py`).
 fn device_bundle() -> Result<(), String> {
     let root = root();
     let bin = root.join(".device-bin");
@@ -201,10 +201,10 @@ fn device_bundle() -> Result<(), String> {
             &bin.join(format!("test-{package}")),
         )?;
     }
-    let baseline = root.join("../shared/bench/hf_llava_baseline.py");
-    if baseline.exists() {
-        copy(&baseline, &bin.join("hf_llava_baseline.py"))?;
-    }
+    copy(
+        &root.join("scripts/hf_llava_baseline.py"),
+        &bin.join("hf_llava_baseline.py"),
+    )?;
     println!(
         "bundle ready in {}: carry `.device-bin` (ignored by git) and run scripts/gpu-check.sh on the GPU machine",
         bin.display()
