@@ -11,4 +11,4 @@ pub mod stage;
 
 pub use optim::{AdamW, AdamWConfig};
 pub use schedule::WarmupCosine;
-pub use stage::{Stage, StageConfig, StageError, StepMetrics, Summary, train};
+pub use stage::{Stage, StageConfig, StageError, StepMetrics, Summary, TrainerState, train};

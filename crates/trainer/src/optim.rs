@@ -67,9 +67,9 @@ impl AdamW {
         self.steps
     }
 
-    /// The parameters.
-    pub fn params(&self) -> impl Iterator<Item = &Tensor> {
-        self.params.iter().map(|(_, p)| p)
+    /// The parameters with their names.
+    pub fn named_params(&self) -> &[(String, Tensor)] {
+        &self.params
     }
 
     /// Clears the gradients.

@@ -50,6 +50,95 @@ pub struct StageConfig {
     pub max_grad_norm: f64,
     /// Seed of the data order.
     pub seed: u64,
+    /// Write a checkpoint every this many optimizer steps (`checkpoint-<step>/` in the output).
+    pub save_every: Option<usize>,
+    /// Continue from this checkpoint directory.
+    pub resume: Option<std::path::PathBuf>,
+}
+
+/// Where a checkpoint says the run was (`trainer_state.json`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct TrainerState {
+    /// Optimizer steps taken.
+    pub step: usize,
+    /// The epoch in progress.
+    pub epoch: u64,
+    /// Where the next batch starts in that epoch's order.
+    pub position: usize,
+    /// Samples trained on.
+    pub samples_seen: usize,
+    /// Skips so far, by reason.
+    pub skipped: std::collections::BTreeMap<String, usize>,
+    /// Loss of the first step.
+    pub first_loss: f64,
+}
+
+/// Writes a checkpoint atomically: into `checkpoint-<step>.tmp`, then renamed. A run killed at any
+/// moment leaves either no checkpoint of that step or a whole one.
+fn save_checkpoint(
+    output: &Path,
+    optimizer: &AdamW,
+    state: &TrainerState,
+) -> Result<(), StageError> {
+    let dir = output.join(format!("checkpoint-{}", state.step));
+    let tmp = output.join(format!("checkpoint-{}.tmp", state.step));
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StageError::Io { path, source }
+    };
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let mut tensors: Vec<(String, Tensor)> = optimizer
+        .named_params()
+        .iter()
+        .map(|(n, t)| (format!("param.{n}"), t.detach()))
+        .collect();
+    tensors.extend(
+        optimizer
+            .state()
+            .into_iter()
+            .map(|(n, t)| (format!("optim.{n}"), t)),
+    );
+    foundation::save_safetensors(tmp.join("state.safetensors"), &tensors, None)
+        .map_err(StageError::Checkpoint)?;
+    let json = serde_json::to_string_pretty(state).expect("state serialises");
+    foundation::write_atomic(tmp.join("trainer_state.json"), json.as_bytes())
+        .map_err(StageError::Checkpoint)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).map_err(io(&dir))
+}
+
+/// Restores weights and optimizer state from `dir`; returns where the run was.
+fn load_checkpoint(dir: &Path, optimizer: &mut AdamW) -> Result<TrainerState, StageError> {
+    let state_file = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&state_file).map_err(|source| StageError::Io {
+        path: state_file.clone(),
+        source,
+    })?;
+    let state: TrainerState = serde_json::from_str(&text)
+        .map_err(|e| StageError::Resume(format!("{}: {e}", state_file.display())))?;
+    let tensors = foundation::checkpoint::read_all(dir.join("state.safetensors"))
+        .map_err(StageError::Checkpoint)?;
+    tch::no_grad(|| -> Result<(), StageError> {
+        for (name, param) in optimizer.named_params() {
+            let saved = tensors.get(&format!("param.{name}")).ok_or_else(|| {
+                StageError::Resume(format!("{}: no weights for `{name}`", dir.display()))
+            })?;
+            param.shallow_clone().copy_(saved);
+        }
+        Ok(())
+    })?;
+    let optim: std::collections::HashMap<String, Tensor> = tensors
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("optim.")
+                .map(|k| (k.to_string(), v.shallow_clone()))
+        })
+        .collect();
+    optimizer
+        .load_state(&optim)
+        .map_err(|e| StageError::Resume(format!("{}: {e}", dir.display())))?;
+    Ok(state)
 }
 
 /// What one optimizer step reports (one line of `metrics.jsonl`).
@@ -102,6 +191,12 @@ pub enum StageError {
     /// From the model.
     #[error(transparent)]
     Model(#[from] llava_model::Error),
+    /// Writing a checkpoint failed.
+    #[error(transparent)]
+    Checkpoint(foundation::Error),
+    /// A checkpoint cannot be resumed from.
+    #[error("cannot resume: {0}")]
+    Resume(String),
     /// Writing metrics failed.
     #[error("{path}: {source}")]
     Io {
@@ -165,24 +260,53 @@ pub fn train(
         .min(steps_per_epoch * config.epochs.max(1))
         .max(1);
     let schedule = WarmupCosine::with_ratio(config.lr, config.warmup_ratio, total);
+    let resumed = match &config.resume {
+        Some(dir) => Some(load_checkpoint(dir, &mut optimizer)?),
+        None => None,
+    };
     let metrics_path = output.join("metrics.jsonl");
-    let mut metrics = std::fs::File::create(&metrics_path).map_err(|source| StageError::Io {
-        path: metrics_path.clone(),
-        source,
-    })?;
+    // A resumed run appends to the metrics it had.
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(resumed.is_some())
+        .write(true)
+        .truncate(resumed.is_none())
+        .open(&metrics_path)
+        .map_err(|source| StageError::Io {
+            path: metrics_path.clone(),
+            source,
+        })?;
 
     let device = model.device();
     let mut skipped = SkipCounter::default();
     let (mut step, mut seen) = (0, 0);
     let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
-    'epochs: for epoch in 0..config.epochs.max(1) as u64 {
-        let loader = Loader::new(dataset.clone(), order_for(epoch), 0, config.micro_batch, 2);
+    let (mut start_epoch, mut start_position) = (0, 0);
+    if let Some(state) = &resumed {
+        (step, seen, first_loss) = (state.step, state.samples_seen, state.first_loss);
+        (start_epoch, start_position) = (state.epoch, state.position);
+        for (reason, n) in &state.skipped {
+            if let Some(r) = data::SkipReason::ALL.iter().find(|r| r.name() == reason) {
+                skipped.counts.insert(*r, *n);
+            }
+        }
+    }
+    'epochs: for epoch in start_epoch..config.epochs.max(1) as u64 {
+        let position = if epoch == start_epoch {
+            start_position
+        } else {
+            0
+        };
+        let order = order_for(epoch);
+        let epoch_len = order.len();
+        let loader = Loader::new(dataset.clone(), order, position, config.micro_batch, 2);
         let mut micro = 0;
         let mut step_loss = Tensor::zeros([], (Kind::Float, device));
         let (mut step_samples, mut step_tokens) = (0, 0);
         let mut started = Instant::now();
         let mut batches = loader.peekable();
         while let Some(batch) = batches.next() {
+            let next_position = batch.next_position;
             for (id, reason, detail) in &batch.skipped {
                 if skipped.add(id, *reason, detail) {
                     eprintln!("skipped sample {id}: {reason}: {detail}");
@@ -238,6 +362,26 @@ pub fn train(
             step_loss = Tensor::zeros([], (Kind::Float, device));
             (step_samples, step_tokens) = (0, 0);
             started = Instant::now();
+            if config.save_every.is_some_and(|every| step % every == 0) {
+                let (epoch, position) = if next_position >= epoch_len {
+                    (epoch + 1, 0)
+                } else {
+                    (epoch, next_position)
+                };
+                let state = TrainerState {
+                    step,
+                    epoch,
+                    position,
+                    samples_seen: seen,
+                    skipped: skipped
+                        .counts
+                        .iter()
+                        .map(|(r, n)| (r.name().to_string(), *n))
+                        .collect(),
+                    first_loss,
+                };
+                save_checkpoint(output, &optimizer, &state)?;
+            }
             if step >= total {
                 break 'epochs;
             }

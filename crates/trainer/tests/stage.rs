@@ -59,6 +59,8 @@ fn config(stage: Stage, lr: f64, epochs: usize) -> StageConfig {
         adamw: AdamWConfig::default(),
         max_grad_norm: 1.0,
         seed: 0,
+        save_every: None,
+        resume: None,
     }
 }
 
@@ -172,4 +174,86 @@ fn broken_images_are_skipped_and_counted_and_the_run_finishes() {
     assert_eq!(summary.skipped_by_reason["corrupt_image"], 1);
     assert_eq!(summary.skipped_by_reason["missing_image"], 1);
     assert_eq!(summary.samples_seen, 22);
+}
+
+#[test]
+fn a_run_resumed_from_a_checkpoint_has_the_losses_of_the_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let synthetic = data::synthetic::SyntheticConfig {
+        image_size: 32,
+        train_images: 40,
+        eval_images: 0,
+        ..Default::default()
+    };
+    let files = data::synthetic::write(tmp.path(), &synthetic).unwrap();
+    let set = dataset(tmp.path(), &files.stage2, Template::Gemma);
+    let fresh_model = || {
+        // The same start without libtorch's global generator, which parallel tests share.
+        let model = LlavaModel::new(&presets::tiny(), Device::Cpu, Kind::Float).unwrap();
+        for (i, vs) in [&model.vision_vs, &model.connector_vs, &model.lm_vs]
+            .into_iter()
+            .enumerate()
+        {
+            let mut vars: Vec<_> = vs.variables().into_iter().collect();
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            tch::no_grad(|| {
+                for (j, (_, mut t)) in vars.into_iter().enumerate() {
+                    let seeded =
+                        foundation::layers::seeded_normal(&t.size(), 0.05, (i * 1000 + j) as u64);
+                    t.copy_(&seeded);
+                }
+            });
+        }
+        model
+    };
+    // 40 samples, 8 per step, 2 epochs: 10 steps; the checkpoint after step 3 sits mid-epoch, the
+    // one after step 5 at the epoch's end.
+    let cfg = StageConfig {
+        global_batch: 8,
+        micro_batch: 4,
+        save_every: Some(1),
+        ..config(Stage::Finetune, 2e-3, 2)
+    };
+    let order = |e| shuffled(40, 7, e);
+    let full_out = tmp.path().join("full");
+    std::fs::create_dir_all(&full_out).unwrap();
+    let mut full = Vec::new();
+    train(
+        &mut fresh_model(),
+        set.clone(),
+        &cfg,
+        &full_out,
+        order,
+        |m| full.push(m.loss),
+    )
+    .unwrap();
+    assert_eq!(full.len(), 10);
+    for at in [3, 5] {
+        let out = tmp.path().join(format!("resumed-{at}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let resume = StageConfig {
+            resume: Some(full_out.join(format!("checkpoint-{at}"))),
+            ..cfg.clone()
+        };
+        let mut rest = Vec::new();
+        train(&mut fresh_model(), set.clone(), &resume, &out, order, |m| {
+            rest.push(m.loss)
+        })
+        .unwrap();
+        assert_eq!(rest.len(), 10 - at, "resumed at {at}");
+        for (a, b) in full[at..].iter().zip(&rest) {
+            assert!(
+                (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+                "resumed at {at}: {full:?} vs {rest:?}"
+            );
+        }
+    }
+    // No temporary checkpoint is left behind.
+    assert!(
+        std::fs::read_dir(&full_out).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".tmp"))
+    );
 }
