@@ -1,3 +1,5 @@
-//! Evaluation on the paper's seven benchmarks with the official scoring rules.
-//!
-//! The runners and scorers arrive with issue 7; the crate exists now so that the workspace layout is final.
+//! Evaluation. So far: the held-out split of the built-in synthetic dataset ([`synthetic`]), scored
+//! by exact match per question kind, with the same questions asked about the wrong images to show
+//! whether the model looks. The paper's seven benchmarks arrive with issue 7.
+
+pub mod synthetic;

@@ -33,6 +33,21 @@ enum Command {
     Chat(Chat),
     /// Generate text with a Gemma checkpoint (a Hugging Face model directory).
     GenerateText(GenerateText),
+    /// Train one stage of the recipe (stage 1: connector; stage 2: connector + language model).
+    Train(Train),
+    /// Answer the held-out synthetic questions with a trained model; prints accuracy per question
+    /// kind, and for the same questions about the wrong images.
+    EvalSynthetic {
+        /// LLaVA model directory (stage 2's `model/`).
+        #[arg(long)]
+        model: PathBuf,
+        /// The synthetic dataset folder (eval_questions.jsonl, eval_answers.jsonl, images/).
+        #[arg(long)]
+        data: PathBuf,
+        /// Where to write report.json (prints it either way).
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// Measure greedy generation on a random-weight model of a preset (one JSON object).
     BenchGenerate(BenchGenerate),
     /// Measure a preset's vision tower on random images (one JSON object).
@@ -43,6 +58,56 @@ enum Command {
     /// Assemble a LLaVA model from a Gemma, a CLIP or DINOv2 tower and an optional connector file,
     /// and save it as an HF LLaVA directory.
     Assemble(Assemble),
+}
+
+#[derive(Debug, clap::Args)]
+struct Train {
+    /// 1 (connector pretraining) or 2 (instruction finetuning).
+    #[arg(long)]
+    stage: u8,
+    /// Model preset: tiny (a small random-initialised model on the built-in synthetic data).
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// Records (a LLaVA JSON list); the built-in synthetic dataset when absent.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Image folder or zip.
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// Output directory (default: out/pretrain or out/finetune).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Stage 2: the connector file stage 1 wrote (default: out/pretrain/connector.safetensors if it
+    /// exists; a seeded random connector otherwise, the paper's skip-pretraining ablation).
+    #[arg(long)]
+    connector: Option<PathBuf>,
+    /// Start stage 2 from a random connector even when stage 1's exists.
+    #[arg(long)]
+    skip_pretraining: bool,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Samples per forward pass.
+    #[arg(long)]
+    micro_batch: Option<usize>,
+    /// Samples per optimizer step.
+    #[arg(long)]
+    global_batch: Option<usize>,
+    /// Passes over the data.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Stop after this many optimizer steps.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Checkpoint every this many optimizer steps.
+    #[arg(long)]
+    save_every: Option<usize>,
+    /// Continue from this checkpoint directory.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Seed of the model's start, the data and its order.
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -290,6 +355,12 @@ fn main() -> ExitCode {
         Command::GenerateText(args) => generate_text(&args),
         Command::Assemble(args) => assemble(&args),
         Command::Data(command) => data_command(&command),
+        Command::Train(args) => train(&args),
+        Command::EvalSynthetic {
+            model,
+            data,
+            report,
+        } => eval_synthetic(&model, &data, report.as_deref()),
         Command::BenchGenerate(a) => {
             device_and_kind(&a.device, &a.dtype).and_then(|(device, kind)| {
                 let report = llava::bench::generate(
@@ -437,6 +508,119 @@ fn chat(args: &Chat) -> llava::Result<ExitCode> {
         let _ = writeln!(stdout);
         conversation.push(Message::model(answer));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eval_synthetic(
+    model_dir: &std::path::Path,
+    data: &std::path::Path,
+    report: Option<&std::path::Path>,
+) -> llava::Result<ExitCode> {
+    let model = llava::llava_model::LlavaModel::from_pretrained(
+        model_dir,
+        tch::Device::Cpu,
+        tch::Kind::Float,
+    )?;
+    let tokenizer = llava::gemma_lm::GemmaTokenizer::from_file(model_dir)?;
+    let processor = llava::vision_encoders::processing::ImageProcessor::new(
+        model.image_processor(Some(model_dir))?,
+    );
+    let run = |shuffled| {
+        llava::eval::synthetic::evaluate(
+            &model,
+            &tokenizer,
+            &processor,
+            &data.join("eval_questions.jsonl"),
+            &data.join("eval_answers.jsonl"),
+            &data.join("images"),
+            shuffled,
+            32,
+        )
+        .map_err(|e| llava::Error::Unsupported(e.to_string()))
+    };
+    let start = Instant::now();
+    let heldout = tch::no_grad(|| run(false))?;
+    let seconds = start.elapsed().as_secs_f64();
+    let shuffled = tch::no_grad(|| run(true))?;
+    let json = serde_json::json!({
+        "heldout_accuracy": heldout.accuracy,
+        "shuffled_image_accuracy": shuffled.accuracy,
+        "questions": heldout.count,
+        "by_kind": heldout.by_kind,
+        "shuffled_by_kind": shuffled.by_kind,
+        "questions_per_s": heldout.count as f64 / seconds,
+    });
+    let text = serde_json::to_string_pretty(&json).expect("serialises");
+    println!("{text}");
+    if let Some(path) = report {
+        llava::foundation::write_atomic(path, text.as_bytes())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn train(args: &Train) -> llava::Result<ExitCode> {
+    let default_output = PathBuf::from(if args.stage == 1 {
+        "out/pretrain"
+    } else {
+        "out/finetune"
+    });
+    let mut config =
+        llava::trainer::RunConfig::tiny(args.stage, args.output.clone().unwrap_or(default_output));
+    config.preset = args.preset.clone();
+    config.data = args.data.clone();
+    config.images = args.images.clone();
+    config.connector = match (&args.connector, args.stage, args.skip_pretraining) {
+        (Some(file), _, _) => Some(file.clone()),
+        (None, 2, false) => {
+            Some(PathBuf::from("out/pretrain/connector.safetensors")).filter(|p| p.exists())
+        }
+        _ => None,
+    };
+    if let Some(v) = args.lr {
+        config.lr = v;
+    }
+    if let Some(v) = args.micro_batch {
+        config.micro_batch = v;
+    }
+    if let Some(v) = args.global_batch {
+        config.global_batch = v;
+    }
+    if let Some(v) = args.epochs {
+        config.epochs = v;
+    }
+    if let Some(v) = args.seed {
+        config.seed = v;
+    }
+    config.max_steps = args.max_steps;
+    config.save_every = args.save_every;
+    config.resume = args.resume.clone();
+    eprintln!(
+        "stage {} ({}), output {}, connector {}",
+        config.stage,
+        config.preset,
+        config.output.display(),
+        config
+            .connector
+            .as_ref()
+            .map_or("random".into(), |c| c.display().to_string())
+    );
+    let start = Instant::now();
+    let summary = llava::trainer::run(&config, |m| {
+        eprintln!(
+            "step {:>4}  loss {:.4}  lr {:.2e}  grad_norm {:.3}  {:.0} samples/s  {:.0} tokens/s",
+            m.step, m.loss, m.lr, m.grad_norm, m.samples_per_s, m.tokens_per_s
+        );
+    })
+    .map_err(|e| llava::Error::Unsupported(e.to_string()))?;
+    eprintln!(
+        "done in {:.1}s: {} steps, {} samples, {} skipped, loss {:.4} -> {:.4}",
+        start.elapsed().as_secs_f64(),
+        summary.steps,
+        summary.samples_seen,
+        summary.samples_skipped,
+        summary.first_loss,
+        summary.final_loss
+    );
     Ok(ExitCode::SUCCESS)
 }
 

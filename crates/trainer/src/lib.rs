@@ -6,9 +6,11 @@
 //! resume, presets and the `pretrain` / `finetune` commands come with the rest of issue 6.
 
 pub mod optim;
+pub mod run;
 pub mod schedule;
 pub mod stage;
 
 pub use optim::{AdamW, AdamWConfig};
+pub use run::{RunConfig, RunError, run};
 pub use schedule::WarmupCosine;
 pub use stage::{Stage, StageConfig, StageError, StepMetrics, Summary, TrainerState, train};
