@@ -16,6 +16,8 @@ Commands:
   test [cargo args]     run the whole test suite, then the HF parity fixtures in fixtures/hf-parity
   parity <DIR>...       compare our models with Hugging Face outputs stored in parity fixtures
   demo                  the embedded default: chat with the tiny Gemma checkpoint on CPU
+  pretrain [args]       stage 1 (connector) on the tiny preset and synthetic data (llava train --stage 1)
+  finetune [args]       stage 2 (connector + LM), from stage 1's connector (llava train --stage 2)
   bench [cargo args]    run the criterion benchmarks in benches/
   lint                  cargo fmt --check and clippy with warnings as errors
   bench-generate [args] greedy generation on a random-weight preset (llava bench-generate --help)
@@ -68,6 +70,11 @@ fn main() -> ExitCode {
         "bench-generate" | "bench-vision" => {
             with_libtorch(|| release_llava(&prepend(command, rest)))
         }
+        "pretrain" | "finetune" => with_libtorch(|| {
+            let stage = if command == "pretrain" { "1" } else { "2" };
+            let train = ["train".to_string(), "--stage".into(), stage.into()];
+            release_llava(&[&train[..], rest].concat())
+        }),
         "device-bundle" => with_libtorch(device_bundle),
         "lint" => with_libtorch(|| {
             cargo(&["fmt", "--all", "--check"])?;
