@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{Init, VarStore};
 use tch::{Device, Kind, Tensor};
 
-use crate::error::{config_error, read_json};
+use crate::error::{config_error, config_from_file, vision_section};
 use crate::{Error, Result, VisionOutput};
 
 /// `CLIPVisionConfig`, field for field.
@@ -98,19 +98,12 @@ impl ClipVisionConfig {
 
     /// Reads a vision-only `config.json`, or the `vision_config` of a full CLIP or LLaVA one.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let (path, json) = read_json(path.as_ref())?;
-        Self::from_value(json).map_err(|e| match e {
-            Error::Config { message, .. } => Error::Config { path, message },
-            other => other,
-        })
+        config_from_file(path.as_ref(), Self::from_value)
     }
 
     /// Parses a config object (vision-only, or with `vision_config` inside).
-    pub fn from_value(mut json: serde_json::Value) -> Result<Self> {
-        if let Some(vision) = json.get_mut("vision_config") {
-            json = vision.take();
-        }
-        let config: Self = serde_json::from_value(json).map_err(|e| config_error(e.to_string()))?;
+    pub fn from_value(json: serde_json::Value) -> Result<Self> {
+        let config: Self = vision_section(json)?;
         config.validate()?;
         Ok(config)
     }

@@ -40,8 +40,12 @@ pub(crate) fn config_error(message: impl Into<String>) -> Error {
     }
 }
 
-/// Reads a JSON config file; `dir/config.json` when given a directory.
-pub(crate) fn read_json(path: &std::path::Path) -> Result<(PathBuf, serde_json::Value)> {
+/// Reads a JSON config file (`dir/config.json` when given a directory) and parses it with `parse`;
+/// a configuration error names the file.
+pub(crate) fn config_from_file<T>(
+    path: &std::path::Path,
+    parse: impl FnOnce(serde_json::Value) -> Result<T>,
+) -> Result<T> {
     let path = if path.is_dir() {
         path.join("config.json")
     } else {
@@ -55,5 +59,19 @@ pub(crate) fn read_json(path: &std::path::Path) -> Result<(PathBuf, serde_json::
         path: path.clone(),
         message: e.to_string(),
     })?;
-    Ok((path, value))
+    parse(value).map_err(|e| match e {
+        Error::Config { message, .. } => Error::Config { path, message },
+        other => other,
+    })
+}
+
+/// Deserialises a tower's config from a config object: the object itself, or its `vision_config`
+/// (full CLIP and LLaVA configs).
+pub(crate) fn vision_section<T: serde::de::DeserializeOwned>(
+    mut json: serde_json::Value,
+) -> Result<T> {
+    if let Some(vision) = json.get_mut("vision_config") {
+        json = vision.take();
+    }
+    serde_json::from_value(json).map_err(|e| config_error(e.to_string()))
 }

@@ -8,8 +8,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::clip::{ClipVision, ClipVisionConfig};
 use crate::dinov2::{Dinov2, Dinov2Config};
-use crate::error::{config_error, read_json};
-use crate::{Error, Result, VisionOutput};
+use crate::error::{config_error, config_from_file};
+use crate::{Result, VisionOutput};
 
 /// Which tokens of the selected layer LLaVA keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,11 +74,7 @@ pub enum VisionConfig {
 impl VisionConfig {
     /// Reads `config.json` (or a LLaVA config's `vision_config`) and picks the tower by `model_type`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let (path, json) = read_json(path.as_ref())?;
-        Self::from_value(json).map_err(|e| match e {
-            Error::Config { message, .. } => Error::Config { path, message },
-            other => other,
-        })
+        config_from_file(path.as_ref(), Self::from_value)
     }
 
     /// Parses a config object, picking the tower by `model_type` (of `vision_config`, else of the
