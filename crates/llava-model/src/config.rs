@@ -175,6 +175,18 @@ impl LlavaConfig {
         })
     }
 
+    /// The side of the square images the tower is given: CLIP's `image_size`; for DINOv2 (which
+    /// takes any grid) the side that yields `image_seq_length` patches, else its `image_size`.
+    pub fn image_side(&self) -> Result<i64> {
+        Ok(match self.vision()? {
+            VisionConfig::Clip(c) => c.image_size,
+            VisionConfig::Dinov2(c) => match self.image_seq_length {
+                Some(n) if n > 0 => ((n as f64).sqrt() as i64) * c.patch_size,
+                _ => c.image_size,
+            },
+        })
+    }
+
     /// The feature layers.
     pub fn feature_layers(&self) -> Vec<i64> {
         let layers = self.vision_feature_layer.to_vec();

@@ -88,27 +88,18 @@ impl LlavaModel {
                 ..config
             });
         }
+        let side = self.config.image_side()? as u32;
         let config = match &self.tower {
-            VisionTower::Clip(m) => {
-                let size = m.config().image_size as u32;
-                ProcessorConfig {
-                    resize: Some(Resize::ShortestEdge(size)),
-                    crop: Some((size, size)),
-                    ..ProcessorConfig::clip_336()
-                }
-            }
-            VisionTower::Dinov2(m) => {
-                let c = m.config();
-                let side = match self.config.image_seq_length {
-                    Some(n) if n > 0 => ((n as f64).sqrt() as i64) * c.patch_size,
-                    _ => c.image_size,
-                } as u32;
-                ProcessorConfig {
-                    resize: Some(Resize::ShortestEdge(side * 256 / 224)),
-                    crop: Some((side, side)),
-                    ..ProcessorConfig::dinov2_224()
-                }
-            }
+            VisionTower::Clip(_) => ProcessorConfig {
+                resize: Some(Resize::ShortestEdge(side)),
+                crop: Some((side, side)),
+                ..ProcessorConfig::clip_336()
+            },
+            VisionTower::Dinov2(_) => ProcessorConfig {
+                resize: Some(Resize::ShortestEdge(side * 256 / 224)),
+                crop: Some((side, side)),
+                ..ProcessorConfig::dinov2_224()
+            },
         };
         Ok(ProcessorConfig {
             pad_to_square: pad,

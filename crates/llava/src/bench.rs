@@ -35,10 +35,18 @@ pub struct GenerateReport {
     pub tokens_per_s: f64,
 }
 
-fn sync(device: Device) {
-    if let Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
-    }
+/// Seconds `work` takes on `device`, the device's queue drained before and after.
+fn timed(device: Device, work: impl FnOnce() -> Result<()>) -> Result<f64> {
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    sync();
+    let start = Instant::now();
+    work()?;
+    sync();
+    Ok(start.elapsed().as_secs_f64())
 }
 
 fn preset(name: &str) -> Result<llava_model::LlavaConfig> {
@@ -88,12 +96,7 @@ pub fn generate(
                 .collect()
         })
         .collect();
-    let size = match model.config.vision()? {
-        vision_encoders::VisionConfig::Clip(c) => c.image_size,
-        vision_encoders::VisionConfig::Dinov2(c) => {
-            ((per_image as f64).sqrt() as i64) * c.patch_size
-        }
-    };
+    let size = model.config.image_side()?;
     let pixels = Tensor::randn([batch as i64, 3, size, size], (kind, device));
     let config = GenerationConfig {
         max_new_tokens: new_tokens,
@@ -104,22 +107,21 @@ pub fn generate(
         ..config.clone()
     };
     model.generate(&prompts, Some(&pixels), &warm, |_, _| {})?;
+    let (ids, _) = gemma_lm::left_pad(&prompts, 0);
     let (mut best_prefill, mut best_gen) = (f64::INFINITY, f64::INFINITY);
     for _ in 0..runs.max(1) {
-        sync(device);
-        let start = Instant::now();
-        let (ids, _) = gemma_lm::left_pad(&prompts, 0);
-        let hidden = tch::no_grad(|| model.forward(&ids, Some(&pixels), None))?;
-        let _ = model
-            .logits(&hidden.narrow(1, hidden.size()[1] - 1, 1))
-            .argmax(-1, false);
-        sync(device);
-        best_prefill = best_prefill.min(start.elapsed().as_secs_f64());
-        sync(device);
-        let start = Instant::now();
-        model.generate(&prompts, Some(&pixels), &config, |_, _| {})?;
-        sync(device);
-        best_gen = best_gen.min(start.elapsed().as_secs_f64());
+        let prefill = timed(device, || {
+            let hidden = tch::no_grad(|| model.forward(&ids, Some(&pixels), None))?;
+            let last = hidden.narrow(1, hidden.size()[1] - 1, 1);
+            let _ = model.logits(&last).argmax(-1, false);
+            Ok(())
+        })?;
+        let generation = timed(device, || {
+            model.generate(&prompts, Some(&pixels), &config, |_, _| {})?;
+            Ok(())
+        })?;
+        best_prefill = best_prefill.min(prefill);
+        best_gen = best_gen.min(generation);
     }
     Ok(GenerateReport {
         preset: preset_name.into(),
@@ -164,21 +166,16 @@ pub fn vision(
     let vision = config.vision()?;
     tch::manual_seed(0);
     let (_vs, tower) = foundation::build(device, kind, |root| VisionTower::new(root, &vision))?;
-    let size = match &vision {
-        vision_encoders::VisionConfig::Clip(c) => c.image_size,
-        vision_encoders::VisionConfig::Dinov2(c) => {
-            ((config.image_seq_length.unwrap_or(256) as f64).sqrt() as i64) * c.patch_size
-        }
-    };
+    let size = config.image_side()?;
     let pixels = Tensor::randn([batch as i64, 3, size, size], (kind, device));
     let _ = tower.features(&pixels, FeatureSelect::default())?;
     let mut best = f64::INFINITY;
     for _ in 0..runs.max(1) {
-        sync(device);
-        let start = Instant::now();
-        let _ = tower.features(&pixels, FeatureSelect::default())?;
-        sync(device);
-        best = best.min(start.elapsed().as_secs_f64());
+        let seconds = timed(device, || {
+            let _ = tower.features(&pixels, FeatureSelect::default())?;
+            Ok(())
+        })?;
+        best = best.min(seconds);
     }
     Ok(VisionReport {
         preset: preset_name.into(),
