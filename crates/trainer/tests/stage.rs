@@ -187,25 +187,8 @@ fn a_run_resumed_from_a_checkpoint_has_the_losses_of_the_uninterrupted_run() {
     };
     let files = data::synthetic::write(tmp.path(), &synthetic).unwrap();
     let set = dataset(tmp.path(), &files.stage2, Template::Gemma);
-    let fresh_model = || {
-        // The same start without libtorch's global generator, which parallel tests share.
-        let model = LlavaModel::new(&presets::tiny(), Device::Cpu, Kind::Float).unwrap();
-        for (i, vs) in [&model.vision_vs, &model.connector_vs, &model.lm_vs]
-            .into_iter()
-            .enumerate()
-        {
-            let mut vars: Vec<_> = vs.variables().into_iter().collect();
-            vars.sort_by(|a, b| a.0.cmp(&b.0));
-            tch::no_grad(|| {
-                for (j, (_, mut t)) in vars.into_iter().enumerate() {
-                    let seeded =
-                        foundation::layers::seeded_normal(&t.size(), 0.05, (i * 1000 + j) as u64);
-                    t.copy_(&seeded);
-                }
-            });
-        }
-        model
-    };
+    // The same start without libtorch's global generator, which parallel tests share.
+    let fresh_model = || trainer::run::seeded_tiny(0).unwrap();
     // 40 samples, 8 per step, 2 epochs: 10 steps; the checkpoint after step 3 sits mid-epoch, the
     // one after step 5 at the epoch's end.
     let cfg = StageConfig {
