@@ -15,7 +15,8 @@ Commands:
   setup                 find or install libtorch (PyTorch 2.11.0) and wire the build to it
   test [cargo args]     run the whole test suite, then the HF parity fixtures in fixtures/hf-parity
   parity <DIR>...       compare our models with Hugging Face outputs stored in parity fixtures
-  demo                  the embedded default: chat with the tiny Gemma checkpoint on CPU
+  demo [train args]     the embedded default: both training stages on the tiny preset and the
+                        synthetic data (CPU), then the held-out questions -> out/demo/report.json
   pretrain [args]       stage 1 (connector) on the tiny preset and synthetic data (llava train --stage 1)
   finetune [args]       stage 2 (connector + LM), from stage 1's connector (llava train --stage 2)
   bench [cargo args]    run the criterion benchmarks in benches/
@@ -56,7 +57,7 @@ fn main() -> ExitCode {
         }),
         "test" => test(rest),
         "parity" => with_libtorch(|| llava(&prepend("parity", rest))),
-        "demo" => with_libtorch(demo),
+        "demo" => with_libtorch(|| demo(rest)),
         "bench" => with_libtorch(|| {
             cargo(
                 &[
@@ -128,22 +129,53 @@ fn parity_fixtures() -> Vec<String> {
         .collect()
 }
 
-/// The embedded default until the trainer lands: check the tiny Gemma against Hugging Face, then
-/// chat with it (its weights are random, so its words are noise; the point is the pipeline).
-fn demo() -> Result<(), String> {
-    llava(&prepend("parity", &parity_fixtures()))?;
-    eprintln!("\nGenerating with the tiny random-weight Gemma (expect noise, not English):");
-    llava(&[
-        "generate-text".into(),
+/// The embedded default: the two-stage recipe on the tiny preset and the built-in synthetic data,
+/// on the CPU, then the held-out questions (and the same questions about the wrong images), with
+/// the result in `out/demo/report.json`. Extra arguments go to both training stages.
+fn demo(extra: &[String]) -> Result<(), String> {
+    let start = std::time::Instant::now();
+    let out = root().join("out/demo");
+    let path = |p: &str| out.join(p).display().to_string();
+    let stage = |n: &str, output: &str, more: &[String]| {
+        let args = [
+            &[
+                "train".to_string(),
+                "--stage".into(),
+                n.into(),
+                "--output".into(),
+                path(output),
+            ][..],
+            more,
+            extra,
+        ]
+        .concat();
+        eprintln!("\n== stage {n}: llava {}", args.join(" "));
+        release_llava(&args)
+    };
+    stage("1", "pretrain", &[])?;
+    stage(
+        "2",
+        "finetune",
+        &["--connector".into(), path("pretrain/connector.safetensors")],
+    )?;
+    eprintln!("\n== held-out synthetic questions");
+    release_llava(&[
+        "eval-synthetic".into(),
         "--model".into(),
-        "fixtures/hf-parity/gemma/model".into(),
-        "--prompt".into(),
-        "What is the color of the circle?".into(),
-        "--max-new-tokens".into(),
-        "24".into(),
-        "--device".into(),
-        "cpu".into(),
-    ])
+        path("finetune/model"),
+        "--data".into(),
+        path("finetune/data"),
+        "--report".into(),
+        path("report.json"),
+    ])?;
+    eprintln!(
+        "\ndemo finished in {:.1} min: report {}, loss curves {} and {}",
+        start.elapsed().as_secs_f64() / 60.0,
+        path("report.json"),
+        path("pretrain/loss.png"),
+        path("finetune/loss.png"),
+    );
+    Ok(())
 }
 
 /// Runs the optimised `llava` binary: benchmarks measure release builds.

@@ -129,20 +129,21 @@ impl Connector {
         Ok(Connector { kind, layers })
     }
 
-    /// Re-initialises the weights from N(0, `std`) with a generator seeded by `seed` (biases zero):
-    /// a random connector that is the same on every machine, for stage 2 without stage 1.
-    pub fn reset_parameters(&self, std: f64, seed: u64) {
+    /// Re-initialises every layer as `torch.nn.Linear` does, which is how LLaVA's
+    /// `build_vision_projector` starts the projector: weight and bias from U(-1/sqrt(fan_in),
+    /// 1/sqrt(fan_in)) (Kaiming-uniform with a = sqrt(5)), drawn by a generator seeded with `seed`,
+    /// so a random connector (stage 1's start, or stage 2 without stage 1) is the same everywhere.
+    pub fn reset_parameters(&self, seed: u64) {
         tch::no_grad(|| {
             for (i, layer) in self.layers.iter().enumerate() {
                 let mut weight = layer.weight.shallow_clone();
-                let values = foundation::layers::seeded_normal(
-                    &weight.size(),
-                    std,
-                    seed.wrapping_add(i as u64),
-                );
-                weight.copy_(&values);
+                let size = weight.size();
+                let bound = 1.0 / (size[1] as f64).sqrt();
+                let seed = seed.wrapping_mul(31).wrapping_add(2 * i as u64);
+                weight.copy_(&foundation::layers::seeded_uniform(&size, bound, seed));
                 if let Some(bias) = &layer.bias {
-                    let _ = bias.shallow_clone().zero_();
+                    let values = foundation::layers::seeded_uniform(&bias.size(), bound, seed + 1);
+                    bias.shallow_clone().copy_(&values);
                 }
             }
         });

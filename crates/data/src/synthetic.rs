@@ -1,7 +1,7 @@
 //! A built-in synthetic dataset: coloured shapes on a plain background, drawn at any resolution.
 //!
 //! Each image holds one to three shapes (circle, square, triangle) of distinct colours in distinct
-//! slots (left, centre, right). Stage 1 gets captions; stage 2 gets questions of the kinds the
+//! slots (left, centre, right): the middle row of a 3 x 3 grid. Stage 1 gets captions; stage 2 gets questions of the kinds the
 //! benchmarks ask: colour, shape, count, existence (yes/no as in POPE), left/right position and
 //! multiple choice (letters as in ScienceQA). Answers are balanced within each kind, so they cannot
 //! be guessed from the question alone, and the held-out split is written in LLaVA's question-file
@@ -50,6 +50,14 @@ pub struct Shape {
     pub radius: f32,
 }
 
+impl Shape {
+    /// Horizontal centre, 0..1: the middle of the slot's third of the image, so that each shape
+    /// sits in one cell of a 3 x 3 grid (and in one patch of a tower whose grid is 3 x 3).
+    pub fn center_x(&self) -> f32 {
+        (self.slot as f32 + 0.5) / 3.0
+    }
+}
+
 /// A scene: what an image shows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scene {
@@ -76,8 +84,8 @@ impl Scene {
                 kind: kinds[i],
                 color: colors[i],
                 slot,
-                y: rng.random_range(0.35..0.65),
-                radius: rng.random_range(0.10..0.14),
+                y: rng.random_range(0.45..0.55),
+                radius: rng.random_range(0.11..0.15),
             })
             .collect();
         Scene { shapes }
@@ -88,7 +96,7 @@ impl Scene {
         let mut image = RgbImage::from_pixel(size, size, Rgb([235, 235, 235]));
         let s = size as f32;
         for shape in &self.shapes {
-            let cx = (0.2 + 0.3 * shape.slot as f32) * s;
+            let cx = shape.center_x() * s;
             let cy = shape.y * s;
             let r = (shape.radius * s).max(1.5);
             let color = Rgb(COLORS[shape.color].1);
@@ -370,10 +378,7 @@ mod tests {
         assert_eq!(scene, Scene::random(&mut b));
         let image = scene.render(96);
         for s in &scene.shapes {
-            let (cx, cy) = (
-                ((0.2 + 0.3 * s.slot as f32) * 96.0) as u32,
-                (s.y * 96.0) as u32,
-            );
+            let (cx, cy) = ((s.center_x() * 96.0) as u32, (s.y * 96.0) as u32);
             assert_eq!(image.get_pixel(cx, cy).0, COLORS[s.color].1, "{s:?}");
         }
         assert_eq!(image.get_pixel(0, 0).0, [235, 235, 235]);

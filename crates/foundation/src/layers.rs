@@ -106,6 +106,18 @@ pub fn seeded_normal(shape: &[i64], std: f64, seed: u64) -> Tensor {
     Tensor::from_slice(&values).view(shape)
 }
 
+/// A `[shape]` f32 CPU tensor drawn from U(-`bound`, `bound`) by a generator seeded with `seed`
+/// (see [`seeded_normal`]).
+pub fn seeded_uniform(shape: &[i64], bound: f64, seed: u64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n: i64 = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|_| ((2.0 * rng.random::<f64>() - 1.0) * bound) as f32)
+        .collect();
+    Tensor::from_slice(&values).view(shape)
+}
+
 /// Largest absolute difference between two tensors of the same shape, in f64.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     if a.numel() == 0 {
@@ -129,6 +141,16 @@ mod tests {
         assert!(!a.equal(&seeded_normal(&[200, 50], 0.5, 4)));
         let std = a.std(true).double_value(&[]);
         assert!((std - 0.5).abs() < 0.02, "{std}");
+    }
+
+    #[test]
+    fn seeded_uniform_stays_in_bounds() {
+        let a = seeded_uniform(&[100, 100], 0.25, 7);
+        assert!(a.equal(&seeded_uniform(&[100, 100], 0.25, 7)));
+        assert!(a.abs().max().double_value(&[]) <= 0.25);
+        // U(-b, b) has standard deviation b / sqrt(3).
+        let std = a.std(true).double_value(&[]);
+        assert!((std - 0.25 / 3f64.sqrt()).abs() < 0.005, "{std}");
     }
 
     #[test]

@@ -80,9 +80,7 @@ impl LlavaModel {
         config.projector()?;
 
         let mut model = LlavaModel::new(&config, device, kind)?;
-        model
-            .connector
-            .reset_parameters(model.config.text_config.initializer_range, parts.seed);
+        model.connector.reset_parameters(parts.seed);
         model
             .tower
             .load(&model.vision_vs, &Checkpoint::open(&parts.vision)?)?;

@@ -78,15 +78,16 @@ pub fn paper_2b_dinov2() -> LlavaConfig {
 }
 
 /// The `tiny` model of the embedded default: a 2-layer Gemma (hidden 64, the built-in 640-token
-/// tokenizer, `<image>` = 639) and a 2-layer CLIP-shaped tower on 32 px images in 8 px patches
-/// (16 tokens per image). Trains on a CPU in minutes.
+/// tokenizer, `<image>` = 639) and a 2-layer CLIP-shaped tower on 24 px images in 8 px patches
+/// (a 3 x 3 grid, 9 tokens per image, one per cell of the synthetic scenes). Trains on a CPU in
+/// minutes.
 pub fn tiny() -> LlavaConfig {
     let vision = ClipVisionConfig {
         hidden_size: 64,
         intermediate_size: 128,
         num_hidden_layers: 2,
         num_attention_heads: 4,
-        image_size: 32,
+        image_size: 24,
         patch_size: 8,
         ..ClipVisionConfig::default()
     };
@@ -94,7 +95,7 @@ pub fn tiny() -> LlavaConfig {
         initializer_range: 0.02,
         ..GemmaConfig::tiny(640)
     };
-    LlavaConfig::new(&VisionConfig::Clip(vision), text, 639, 16)
+    LlavaConfig::new(&VisionConfig::Clip(vision), text, 639, 9)
 }
 
 /// The preset called `name`: `tiny`, `bench-small`, `paper-2b-clip` or `paper-2b-dinov2`.

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod chat;
 pub mod data_cmd;
 pub mod parity;
+pub mod score_cmd;
 
 use std::path::PathBuf;
 

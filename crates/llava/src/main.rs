@@ -48,6 +48,8 @@ enum Command {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// Score a benchmark by its official rules (gqa, mme, pope, vqav2, sqa, mmvp, mmvet).
+    Score(Score),
     /// Measure greedy generation on a random-weight model of a preset (one JSON object).
     BenchGenerate(BenchGenerate),
     /// Measure a preset's vision tower on random images (one JSON object).
@@ -65,9 +67,23 @@ struct Train {
     /// 1 (connector pretraining) or 2 (instruction finetuning).
     #[arg(long)]
     stage: u8,
-    /// Model preset: tiny (a small random-initialised model on the built-in synthetic data).
+    /// Model preset: tiny (a small random-initialised model on the built-in synthetic data, CPU),
+    /// paper-2b-clip, paper-2b-dinov2, paper-7b-clip or paper-7b-dinov2 (real checkpoints: give
+    /// --lm and --vision, and --data).
     #[arg(long, default_value = "tiny")]
     preset: String,
+    /// Gemma checkpoint directory (paper presets).
+    #[arg(long)]
+    lm: Option<PathBuf>,
+    /// CLIP or DINOv2 checkpoint directory (paper presets).
+    #[arg(long)]
+    vision: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto (default: cpu for tiny, auto for the paper presets).
+    #[arg(long)]
+    device: Option<String>,
+    /// Longest sample in tokens, image tokens included (default: 2048; 512 for tiny).
+    #[arg(long)]
+    max_length: Option<usize>,
     /// Records (a LLaVA JSON list); the built-in synthetic dataset when absent.
     #[arg(long)]
     data: Option<PathBuf>,
@@ -108,6 +124,33 @@ struct Train {
     /// Seed of the model's start, the data and its order.
     #[arg(long)]
     seed: Option<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+struct Score {
+    /// gqa, mme, pope, vqav2, sqa, mmvp or mmvet.
+    #[arg(long)]
+    bench: String,
+    /// The answer file in LLaVA's format (a folder: MME's <subtask>.txt results, or .jsonl chunks).
+    #[arg(long)]
+    answers: Option<PathBuf>,
+    /// The question file (POPE: llava_pope_test.jsonl; VQAv2: the questions to score; MMVP:
+    /// Questions.csv).
+    #[arg(long)]
+    questions: Option<PathBuf>,
+    /// Reference answers: GQA questions JSON, POPE label folder, VQAv2 annotations JSON, the
+    /// ScienceQA folder (problems.json, pid_splits.json), or mm-vet.json.
+    #[arg(long)]
+    annotations: Option<PathBuf>,
+    /// The judge's grades (MMVP, MM-Vet), JSON lines.
+    #[arg(long)]
+    grades: Option<PathBuf>,
+    /// VQAv2: write the test-dev submission file here.
+    #[arg(long)]
+    submission: Option<PathBuf>,
+    /// Print one JSON object on one line (the default prints it indented).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -356,6 +399,7 @@ fn main() -> ExitCode {
         Command::Assemble(args) => assemble(&args),
         Command::Data(command) => data_command(&command),
         Command::Train(args) => train(&args),
+        Command::Score(args) => score(&args),
         Command::EvalSynthetic {
             model,
             data,
@@ -564,9 +608,20 @@ fn train(args: &Train) -> llava::Result<ExitCode> {
     } else {
         "out/finetune"
     });
-    let mut config =
-        llava::trainer::RunConfig::tiny(args.stage, args.output.clone().unwrap_or(default_output));
-    config.preset = args.preset.clone();
+    let mut config = llava::trainer::RunConfig::preset(
+        &args.preset,
+        args.stage,
+        args.output.clone().unwrap_or(default_output),
+    )
+    .map_err(|e| llava::Error::Unsupported(e.to_string()))?;
+    config.lm = args.lm.clone();
+    config.vision = args.vision.clone();
+    if let Some(v) = &args.device {
+        config.device = v.clone();
+    }
+    if let Some(v) = args.max_length {
+        config.max_length = v;
+    }
     config.data = args.data.clone();
     config.images = args.images.clone();
     config.connector = match (&args.connector, args.stage, args.skip_pretraining) {
@@ -592,7 +647,9 @@ fn train(args: &Train) -> llava::Result<ExitCode> {
         config.seed = v;
     }
     config.max_steps = args.max_steps;
-    config.save_every = args.save_every;
+    if args.save_every.is_some() {
+        config.save_every = args.save_every;
+    }
     config.resume = args.resume.clone();
     eprintln!(
         "stage {} ({}), output {}, connector {}",
@@ -605,13 +662,38 @@ fn train(args: &Train) -> llava::Result<ExitCode> {
             .map_or("random".into(), |c| c.display().to_string())
     );
     let start = Instant::now();
-    let summary = llava::trainer::run(&config, |m| {
-        eprintln!(
-            "step {:>4}  loss {:.4}  lr {:.2e}  grad_norm {:.3}  {:.0} samples/s  {:.0} tokens/s",
-            m.step, m.loss, m.lr, m.grad_norm, m.samples_per_s, m.tokens_per_s
+    // A progress bar on a terminal; one plain line per step (every tenth on long runs) otherwise.
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps  {msg}  {elapsed} elapsed, {eta} left",
+            )
+            .expect("a valid template"),
         );
+        bar
+    });
+    let summary = llava::trainer::run(&config, |m| match &bar {
+        Some(bar) => {
+            bar.set_length(m.total_steps as u64);
+            bar.set_position(m.step as u64);
+            bar.set_message(format!(
+                "loss {:.4}  {:.0} samples/s  {:.0} tokens/s",
+                m.loss, m.samples_per_s, m.tokens_per_s
+            ));
+        }
+        None if m.total_steps <= 1000 || m.step % 10 == 0 || m.step == m.total_steps => {
+            eprintln!(
+                "step {:>5}/{}  loss {:.4}  lr {:.2e}  grad_norm {:.3}  {:.0} samples/s  {:.0} tokens/s",
+                m.step, m.total_steps, m.loss, m.lr, m.grad_norm, m.samples_per_s, m.tokens_per_s
+            );
+        }
+        None => {}
     })
     .map_err(|e| llava::Error::Unsupported(e.to_string()))?;
+    if let Some(bar) = bar {
+        bar.finish();
+    }
     eprintln!(
         "done in {:.1}s: {} steps, {} samples, {} skipped, loss {:.4} -> {:.4}",
         start.elapsed().as_secs_f64(),
@@ -621,6 +703,30 @@ fn train(args: &Train) -> llava::Result<ExitCode> {
         summary.first_loss,
         summary.final_loss
     );
+    if let Some(bytes) = summary.peak_memory_bytes {
+        eprintln!("peak memory {:.2} GiB", bytes as f64 / (1u64 << 30) as f64);
+    }
+    eprintln!("wrote {}", config.output.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn score(args: &Score) -> llava::Result<ExitCode> {
+    let value = llava::score_cmd::score(&llava::score_cmd::ScoreArgs {
+        bench: args.bench.clone(),
+        answers: args.answers.clone(),
+        questions: args.questions.clone(),
+        annotations: args.annotations.clone(),
+        grades: args.grades.clone(),
+        submission: args.submission.clone(),
+    })?;
+    if args.json {
+        println!("{value}");
+    } else {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).expect("serialises")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -32,11 +32,15 @@ impl Default for AdamWConfig {
     }
 }
 
-/// AdamW over named parameters, with f32 moments.
+/// AdamW over named parameters, with f32 moments and f32 master weights: a parameter kept in a
+/// narrower kind (bf16 on a GPU) is updated in an f32 copy, which is then rounded into it, so small
+/// updates accumulate instead of vanishing in bf16's 8-bit mantissa.
 #[derive(Debug)]
 pub struct AdamW {
     config: AdamWConfig,
     params: Vec<(String, Tensor)>,
+    /// The f32 master of each parameter that is not itself f32.
+    masters: Vec<Option<Tensor>>,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
     decay: Vec<bool>,
@@ -52,8 +56,13 @@ impl AdamW {
                 .map(|(_, p)| p.zeros_like().to_kind(Kind::Float))
                 .collect()
         };
+        let masters = params
+            .iter()
+            .map(|(_, p)| (p.kind() != Kind::Float).then(|| p.detach().to_kind(Kind::Float)))
+            .collect();
         AdamW {
             config,
+            masters,
             exp_avg: moments(),
             exp_avg_sq: moments(),
             decay: params.iter().map(|(_, p)| p.dim() > 1).collect(),
@@ -70,6 +79,30 @@ impl AdamW {
     /// The parameters with their names.
     pub fn named_params(&self) -> &[(String, Tensor)] {
         &self.params
+    }
+
+    /// The weights as the optimizer holds them: the f32 master where there is one, otherwise the
+    /// parameter itself. A checkpoint saves these.
+    pub fn master_weights(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .zip(&self.masters)
+            .map(|((name, p), master)| (name.clone(), master.as_ref().unwrap_or(p).detach()))
+            .collect()
+    }
+
+    /// Sets parameter `name` (and its master) to `value`; false when there is no such parameter.
+    pub fn set_weight(&mut self, name: &str, value: &Tensor) -> bool {
+        let Some(i) = self.params.iter().position(|(n, _)| n == name) else {
+            return false;
+        };
+        tch::no_grad(|| {
+            self.params[i].1.shallow_clone().copy_(value);
+            if let Some(master) = &self.masters[i] {
+                master.shallow_clone().copy_(value);
+            }
+        });
+        true
     }
 
     /// Clears the gradients.
@@ -135,13 +168,18 @@ impl AdamW {
                     .g_mul_scalar_(beta2)
                     .addcmul_(&g, &g.g_mul_scalar(1.0 - beta2));
                 let denom = v.sqrt() / bias2_sqrt + eps;
-                let mut master = p.to_kind(Kind::Float);
+                let mut master = match &self.masters[i] {
+                    Some(master) => master.shallow_clone(),
+                    None => p.shallow_clone(),
+                };
                 if weight_decay > 0.0 && self.decay[i] {
                     let _ = master.g_mul_scalar_(1.0 - lr * weight_decay);
                 }
                 let update = (&m / denom) * (lr / bias1);
                 let _ = master.g_sub_(&update);
-                p.copy_(&master);
+                if self.masters[i].is_some() {
+                    p.copy_(&master);
+                }
             }
         });
     }
@@ -308,6 +346,30 @@ mod tests {
         assert!((reported - before).abs() < 1e-3 * before);
         assert!(before > 1.0);
         assert!((norm(&[w.shallow_clone(), b.shallow_clone()]) - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn bf16_parameters_accumulate_small_updates_in_their_f32_masters() {
+        let vs = VarStore::new(Device::Cpu);
+        let p = vs
+            .root()
+            .var_copy("p", &Tensor::ones([4], (Kind::BFloat16, Device::Cpu)));
+        let mut opt = AdamW::new(
+            vec![("p".into(), p.shallow_clone())],
+            AdamWConfig::default(),
+        );
+        // A constant gradient makes each Adam update exactly `lr`: 1e-4 is far below bf16's
+        // spacing of 2^-8 near 1, so updating the bf16 weight directly would never move it.
+        for _ in 0..100 {
+            opt.zero_grad();
+            p.sum(Kind::Float).backward();
+            opt.step(1e-4);
+        }
+        let master = opt.master_weights()[0].1.double_value(&[0]);
+        assert!((master - 0.99).abs() < 1e-5, "{master}");
+        assert_eq!(opt.master_weights()[0].1.kind(), Kind::Float);
+        let weight = p.to_kind(Kind::Float).double_value(&[0]);
+        assert!((weight - 0.99).abs() < 4e-3, "{weight}");
     }
 
     #[test]

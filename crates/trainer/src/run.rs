@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use data::{Dataset, ImageSource, Template, Templater};
 use foundation::{Checkpoint, write_atomic};
-use image_processing::{ImageProcessor, ProcessorConfig, Resize};
+use image_processing::{ImageProcessor, ProcessorConfig};
 use llava_model::{LlavaModel, presets};
 use serde::Serialize;
 use tch::{Device, Kind};
@@ -18,14 +18,19 @@ use tch::{Device, Kind};
 use crate::AdamWConfig;
 use crate::stage::{Stage, StageConfig, StageError, Summary, train};
 
-/// Everything a stage run needs; every field is a command-line flag.
+/// Everything a stage run needs; every field is a command-line flag, and a run writes the whole
+/// resolved set to `config.json` in its output.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunConfig {
-    /// `tiny` (the embedded default).
+    /// `tiny` (the embedded default) or a paper preset (see [`PRESETS`]).
     pub preset: String,
     /// 1 (connector pretraining) or 2 (instruction finetuning).
     pub stage: u8,
-    /// The records; the synthetic dataset when `None`.
+    /// Paper presets: the Gemma checkpoint directory.
+    pub lm: Option<PathBuf>,
+    /// Paper presets: the CLIP or DINOv2 checkpoint directory.
+    pub vision: Option<PathBuf>,
+    /// The records; the synthetic dataset when `None` (tiny preset only).
     pub data: Option<PathBuf>,
     /// The image folder or zip (with `data`).
     pub images: Option<PathBuf>,
@@ -33,6 +38,8 @@ pub struct RunConfig {
     pub output: PathBuf,
     /// Stage 2: the connector to start from (stage 1's output); seeded random when `None`.
     pub connector: Option<PathBuf>,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`.
+    pub device: String,
     /// Peak learning rate.
     pub lr: f64,
     /// Samples per forward pass.
@@ -49,30 +56,100 @@ pub struct RunConfig {
     pub resume: Option<PathBuf>,
     /// Seed of the model's start, the data and its order.
     pub seed: u64,
+    /// Longest sample in tokens (image tokens included); longer ones are truncated.
+    pub max_length: usize,
+    /// The connector architecture.
+    pub projector_type: String,
+    /// The tower's input side in pixels (its own `image_size` when `None`).
+    pub image_size: Option<i64>,
     /// Synthetic training images (when `data` is `None`).
     pub synthetic_images: usize,
 }
 
+/// The presets [`RunConfig::preset`] knows.
+pub const PRESETS: [&str; 5] = [
+    "tiny",
+    "paper-2b-clip",
+    "paper-2b-dinov2",
+    "paper-7b-clip",
+    "paper-7b-dinov2",
+];
+
 impl RunConfig {
-    /// The `tiny` preset's settings for `stage`, writing into `output`.
+    /// The `tiny` preset's settings for `stage`, writing into `output`: the built-in synthetic
+    /// data and a random-initialised model on the CPU.
     pub fn tiny(stage: u8, output: PathBuf) -> Self {
         RunConfig {
             preset: "tiny".into(),
             stage,
+            lm: None,
+            vision: None,
             data: None,
             images: None,
             output,
             connector: None,
-            lr: if stage == 1 { 1e-2 } else { 2e-3 },
+            device: "cpu".into(),
+            lr: if stage == 1 { 1e-2 } else { 3e-3 },
             micro_batch: 16,
             global_batch: 32,
-            epochs: if stage == 1 { 2 } else { 4 },
+            epochs: if stage == 1 { 1 } else { 12 },
             max_steps: None,
             save_every: None,
             resume: None,
             seed: 0,
+            max_length: 512,
+            projector_type: "mlp2x_gelu".into(),
+            image_size: None,
             synthetic_images: 1200,
         }
+    }
+
+    /// The settings of preset `name` for `stage`. The paper presets follow the LLaVA-1.5 recipe of
+    /// `../shared/notes/llava-gemma.md`: stage 1 at lr 1e-3 and global batch 256, stage 2 at lr 2e-5
+    /// and global batch 128, one epoch, 2048 tokens, `mlp2x_gelu`, CLIP at 336 px or DINOv2 at
+    /// 224 px; their checkpoint directories (`lm`, `vision`) and data must still be given.
+    pub fn preset(name: &str, stage: u8, output: PathBuf) -> Result<Self, RunError> {
+        if name == "tiny" {
+            return Ok(Self::tiny(stage, output));
+        }
+        let Some(tower) = name
+            .strip_prefix("paper-2b-")
+            .or_else(|| name.strip_prefix("paper-7b-"))
+        else {
+            return Err(RunError::Config(format!(
+                "unknown preset `{name}` (one of {})",
+                PRESETS.join(", ")
+            )));
+        };
+        if tower != "clip" && tower != "dinov2" {
+            return Err(RunError::Config(format!(
+                "unknown preset `{name}` (one of {})",
+                PRESETS.join(", ")
+            )));
+        }
+        Ok(RunConfig {
+            preset: name.into(),
+            stage,
+            lm: None,
+            vision: None,
+            data: None,
+            images: None,
+            output,
+            connector: None,
+            device: "auto".into(),
+            lr: if stage == 1 { 1e-3 } else { 2e-5 },
+            micro_batch: if stage == 1 { 32 } else { 16 },
+            global_batch: if stage == 1 { 256 } else { 128 },
+            epochs: 1,
+            max_steps: None,
+            save_every: Some(500),
+            resume: None,
+            seed: 0,
+            max_length: 2048,
+            projector_type: "mlp2x_gelu".into(),
+            image_size: (tower == "dinov2").then_some(224),
+            synthetic_images: 0,
+        })
     }
 }
 
@@ -128,7 +205,63 @@ pub fn seeded_tiny(seed: u64) -> Result<LlavaModel, RunError> {
             }
         });
     }
+    // The connector starts as LLaVA's does (torch.nn.Linear's initialisation), not from the
+    // language model's N(0, 0.02): with 0.02 its outputs are too small for a random LM to notice.
+    model.connector.reset_parameters(seed);
     Ok(model)
+}
+
+/// The model a run starts from, and its tokenizer: the seeded tiny model, or the paper preset's
+/// Gemma and tower from their directories with stage 1's connector (or a seeded random one). On
+/// CUDA the weights are bf16 (the optimizer keeps f32 masters of what trains), on the CPU f32.
+fn build_model(
+    config: &RunConfig,
+    stage: Stage,
+    device: Device,
+) -> Result<(LlavaModel, gemma_lm::GemmaTokenizer), RunError> {
+    let connector = config
+        .connector
+        .as_ref()
+        .filter(|_| stage == Stage::Finetune);
+    if config.preset == "tiny" {
+        let mut model = seeded_tiny(config.seed)?;
+        if let Some(file) = connector {
+            model
+                .connector
+                .load(&model.connector_vs, &Checkpoint::open(file)?)?;
+        }
+        if device != Device::Cpu {
+            for vs in [
+                &mut model.vision_vs,
+                &mut model.connector_vs,
+                &mut model.lm_vs,
+            ] {
+                vs.set_device(device);
+            }
+        }
+        return Ok((model, data::builtin_tokenizer()));
+    }
+    let (Some(lm), Some(vision)) = (&config.lm, &config.vision) else {
+        return Err(RunError::Config(format!(
+            "preset `{}` trains from real checkpoints: give --lm DIR (Gemma) and --vision DIR ({})",
+            config.preset,
+            if config.preset.ends_with("dinov2") {
+                "DINOv2"
+            } else {
+                "CLIP"
+            }
+        )));
+    };
+    let parts = llava_model::Parts {
+        lm: lm.clone(),
+        vision: vision.clone(),
+        connector: connector.cloned(),
+        seed: config.seed,
+        projector_type: config.projector_type.clone(),
+        image_size: config.image_size,
+    };
+    let kind = foundation::device::default_kind(device);
+    Ok(LlavaModel::from_parts(&parts, device, kind)?)
 }
 
 /// Runs one stage as `config` says and returns its summary.
@@ -136,12 +269,6 @@ pub fn run(
     config: &RunConfig,
     mut on_step: impl FnMut(&crate::StepMetrics),
 ) -> Result<Summary, RunError> {
-    if config.preset != "tiny" {
-        return Err(RunError::Config(format!(
-            "preset `{}` is not available yet (tiny); the paper presets come with checkpoint directories",
-            config.preset
-        )));
-    }
     let stage = match config.stage {
         1 => Stage::Pretrain,
         2 => Stage::Finetune,
@@ -160,21 +287,23 @@ pub fn run(
             .as_bytes(),
     )?;
 
-    let mut model = seeded_tiny(config.seed)?;
-    if stage == Stage::Finetune
-        && let Some(file) = &config.connector
-    {
-        model
-            .connector
-            .load(&model.connector_vs, &Checkpoint::open(file)?)?;
-    }
+    let device = foundation::device::parse_device(&config.device)?;
+    let (mut model, tokenizer) = build_model(config, stage, device)?;
+    let side = model.config.image_side()?;
+    let tokens_per_image = model.tokens_per_image(side, side);
     let (records_file, images) = match (&config.data, &config.images) {
         (Some(data), images) => (data.clone(), images.clone()),
+        (None, _) if config.preset != "tiny" => {
+            return Err(RunError::Config(format!(
+                "preset `{}` needs --data (and --images): the synthetic data is the tiny preset's",
+                config.preset
+            )));
+        }
         (None, _) => {
             let dir = config.output.join("data");
             let synthetic = data::synthetic::SyntheticConfig {
                 seed: config.seed,
-                image_size: 32,
+                image_size: side as u32,
                 train_images: config.synthetic_images,
                 eval_images: 200,
                 questions_per_image: 3,
@@ -192,25 +321,23 @@ pub fn run(
     };
     let read = data::read_records(&records_file)?;
     let processor = ProcessorConfig {
-        resize: Some(Resize::ShortestEdge(32)),
-        crop: Some((32, 32)),
         pad_to_square: stage == Stage::Finetune,
-        ..ProcessorConfig::clip_336()
+        ..model.image_processor(config.vision.as_deref())?
     };
     let dataset = Arc::new(Dataset {
         records: read.records,
         bad_records: read.bad,
         images: images.as_deref().map(ImageSource::open).transpose()?,
         templater: Templater {
-            tokenizer: data::builtin_tokenizer(),
+            tokenizer,
             template: if stage == Stage::Pretrain {
                 Template::Plain
             } else {
                 Template::Gemma
             },
             image_token: model.image_token(),
-            tokens_per_image: 16,
-            max_length: 512,
+            tokens_per_image: tokens_per_image as usize,
+            max_length: config.max_length,
         },
         processor: ImageProcessor::new(processor),
     });
@@ -242,6 +369,11 @@ pub fn run(
         },
         &mut on_step,
     )?;
+    crate::plot::write_loss_curve(
+        &config.output.join("metrics.jsonl"),
+        &config.output.join("loss.png"),
+    )
+    .map_err(RunError::Config)?;
     write_atomic(
         config.output.join("summary.json"),
         serde_json::to_string_pretty(&summary)

@@ -89,9 +89,9 @@ fn save_checkpoint(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let mut tensors: Vec<(String, Tensor)> = optimizer
-        .named_params()
-        .iter()
-        .map(|(n, t)| (format!("param.{n}"), t.detach()))
+        .master_weights()
+        .into_iter()
+        .map(|(n, t)| (format!("param.{n}"), t))
         .collect();
     tensors.extend(
         optimizer
@@ -119,15 +119,17 @@ fn load_checkpoint(dir: &Path, optimizer: &mut AdamW) -> Result<TrainerState, St
         .map_err(|e| StageError::Resume(format!("{}: {e}", state_file.display())))?;
     let tensors = foundation::checkpoint::read_all(dir.join("state.safetensors"))
         .map_err(StageError::Checkpoint)?;
-    tch::no_grad(|| -> Result<(), StageError> {
-        for (name, param) in optimizer.named_params() {
-            let saved = tensors.get(&format!("param.{name}")).ok_or_else(|| {
-                StageError::Resume(format!("{}: no weights for `{name}`", dir.display()))
-            })?;
-            param.shallow_clone().copy_(saved);
-        }
-        Ok(())
-    })?;
+    let names: Vec<String> = optimizer
+        .named_params()
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
+    for name in names {
+        let saved = tensors.get(&format!("param.{name}")).ok_or_else(|| {
+            StageError::Resume(format!("{}: no weights for `{name}`", dir.display()))
+        })?;
+        optimizer.set_weight(&name, saved);
+    }
     let optim: std::collections::HashMap<String, Tensor> = tensors
         .iter()
         .filter_map(|(k, v)| {
@@ -146,6 +148,8 @@ fn load_checkpoint(dir: &Path, optimizer: &mut AdamW) -> Result<TrainerState, St
 pub struct StepMetrics {
     /// Optimizer step, from 1.
     pub step: usize,
+    /// Optimizer steps the run will take.
+    pub total_steps: usize,
     /// Mean loss over the step's micro-batches.
     pub loss: f64,
     /// Learning rate used.
@@ -175,6 +179,19 @@ pub struct Summary {
     pub final_loss: f64,
     /// Loss of the first step.
     pub first_loss: f64,
+    /// Wall-clock seconds of this invocation (a resumed run counts from its resume).
+    pub seconds: f64,
+    /// The process's peak resident set (Linux `VmHWM`): host memory only; tch does not expose the
+    /// CUDA allocator's statistics, so GPU memory is measured by `bench-train`'s driver query.
+    pub peak_memory_bytes: Option<u64>,
+}
+
+/// The process's peak resident set size in bytes (Linux; `None` elsewhere).
+pub fn peak_host_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Errors that stop a stage.
@@ -277,6 +294,7 @@ pub fn train(
             source,
         })?;
 
+    let run_started = Instant::now();
     let device = model.device();
     let mut skipped = SkipCounter::default();
     let (mut step, mut seen) = (0, 0);
@@ -340,6 +358,7 @@ pub fn train(
             let seconds = started.elapsed().as_secs_f64().max(1e-9);
             let m = StepMetrics {
                 step,
+                total_steps: total,
                 loss,
                 lr,
                 grad_norm,
@@ -398,5 +417,7 @@ pub fn train(
             .collect(),
         final_loss: last_loss,
         first_loss,
+        seconds: run_started.elapsed().as_secs_f64(),
+        peak_memory_bytes: peak_host_memory(),
     })
 }

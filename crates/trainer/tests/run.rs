@@ -15,6 +15,7 @@ fn both_stages_write_their_outputs() {
         "config.json",
         "metrics.jsonl",
         "summary.json",
+        "loss.png",
         "connector.safetensors",
     ] {
         assert!(stage1.output.join(file).exists(), "{file}");
@@ -42,6 +43,13 @@ fn both_stages_write_their_outputs() {
     );
     assert!(model.is_ok(), "the saved model loads back");
 
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(stage2.output.join("summary.json")).unwrap())
+            .unwrap();
+    for key in ["steps", "samples_seen", "samples_skipped", "final_loss"] {
+        assert!(summary.get(key).is_some(), "{key}");
+    }
+
     let mut bad = RunConfig::tiny(3, tmp.path().join("x"));
     bad.synthetic_images = 4;
     assert!(
@@ -49,5 +57,29 @@ fn both_stages_write_their_outputs() {
             .unwrap_err()
             .to_string()
             .contains("stage 3")
+    );
+}
+
+#[test]
+fn paper_presets_ask_for_their_checkpoints_and_unknown_presets_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = RunConfig::preset("paper-2b-clip", 2, tmp.path().join("p")).unwrap();
+    assert_eq!(
+        (config.lr, config.global_batch, config.max_length),
+        (2e-5, 128, 2048)
+    );
+    let stage1 = RunConfig::preset("paper-7b-dinov2", 1, tmp.path().join("p")).unwrap();
+    assert_eq!(
+        (stage1.lr, stage1.global_batch, stage1.image_size),
+        (1e-3, 256, Some(224))
+    );
+    let err = run(&config, |_| {}).unwrap_err().to_string();
+    assert!(err.contains("--lm") && err.contains("--vision"), "{err}");
+    let err = RunConfig::preset("paper-3b-clip", 1, tmp.path().join("p"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("paper-3b-clip") && err.contains("tiny"),
+        "{err}"
     );
 }

@@ -14,8 +14,8 @@ fn dataset(dir: &Path, file: &Path, template: Template) -> Arc<Dataset> {
     let read = read_records(file).unwrap();
     let tokenizer = data::builtin_tokenizer();
     let processor = ProcessorConfig {
-        resize: Some(Resize::ShortestEdge(32)),
-        crop: Some((32, 32)),
+        resize: Some(Resize::ShortestEdge(24)),
+        crop: Some((24, 24)),
         ..ProcessorConfig::clip_336()
     };
     Arc::new(Dataset {
@@ -26,7 +26,7 @@ fn dataset(dir: &Path, file: &Path, template: Template) -> Arc<Dataset> {
             tokenizer,
             template,
             image_token: 639,
-            tokens_per_image: 16,
+            tokens_per_image: 9,
             max_length: 512,
         },
         processor: ImageProcessor::new(processor),
@@ -68,7 +68,7 @@ fn config(stage: Stage, lr: f64, epochs: usize) -> StageConfig {
 fn both_stages_lower_the_loss_and_train_only_their_parts() {
     let tmp = tempfile::tempdir().unwrap();
     let synthetic = data::synthetic::SyntheticConfig {
-        image_size: 32,
+        image_size: 24,
         train_images: 48,
         eval_images: 0,
         ..Default::default()
@@ -150,7 +150,7 @@ fn both_stages_lower_the_loss_and_train_only_their_parts() {
 fn broken_images_are_skipped_and_counted_and_the_run_finishes() {
     let tmp = tempfile::tempdir().unwrap();
     let synthetic = data::synthetic::SyntheticConfig {
-        image_size: 32,
+        image_size: 24,
         train_images: 24,
         eval_images: 0,
         ..Default::default()
@@ -180,7 +180,7 @@ fn broken_images_are_skipped_and_counted_and_the_run_finishes() {
 fn a_run_resumed_from_a_checkpoint_has_the_losses_of_the_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let synthetic = data::synthetic::SyntheticConfig {
-        image_size: 32,
+        image_size: 24,
         train_images: 40,
         eval_images: 0,
         ..Default::default()
