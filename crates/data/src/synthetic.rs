@@ -31,6 +31,8 @@ pub const SLOTS: [&str; 3] = ["left", "center", "right"];
 
 /// The short-answer prompt suffix of LLaVA's evaluation.
 pub const SHORT_ANSWER: &str = "Answer the question using a single word or phrase.";
+/// The request for a short description in stage-2 conversations.
+pub const DESCRIBE: &str = "Describe the image briefly.";
 /// The multiple-choice prompt suffix of LLaVA's evaluation.
 pub const MULTIPLE_CHOICE: &str =
     "Answer with the option's letter from the given choices directly.";
@@ -85,7 +87,7 @@ impl Scene {
                 color: colors[i],
                 slot,
                 y: rng.random_range(0.45..0.55),
-                radius: rng.random_range(0.11..0.15),
+                radius: rng.random_range(0.13..0.16),
             })
             .collect();
         Scene { shapes }
@@ -338,9 +340,18 @@ pub fn write(dir: &Path, config: &SyntheticConfig) -> Result<SyntheticFiles> {
                 {"from": "gpt", "value": scene.caption()},
             ]
         }));
+        // Every other image opens with a short description, as LLaVA's mix holds captioning
+        // turns: each caption word is grounded in one image token, which teaches a small model
+        // to read the image far sooner than one-word answers alone.
         let mut turns = Vec::new();
-        for (k, q) in asked.iter().enumerate() {
-            let text = if k == 0 {
+        if i % 2 == 0 {
+            turns.push(
+                serde_json::json!({"from": "human", "value": format!("<image>\n{DESCRIBE}")}),
+            );
+            turns.push(serde_json::json!({"from": "gpt", "value": scene.caption()}));
+        }
+        for q in &asked {
+            let text = if turns.is_empty() {
                 format!("<image>\n{}", q.text)
             } else {
                 q.text.clone()

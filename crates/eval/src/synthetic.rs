@@ -1,15 +1,17 @@
-//! The synthetic held-out split: LLaVA question file + answer key, greedy answers, exact match.
+//! The held-out split of the built-in synthetic dataset: its questions go through the same
+//! [`runner`](crate::runner) as the benchmarks, and its answers are scored by exact match per
+//! question kind. Asking the same questions about the wrong images ([`shuffled`]) shows whether
+//! the model looks: the gap between the two accuracies is what the image contributes.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use gemma_lm::{GemmaTokenizer, GenerationConfig, Message};
-use image_processing::ImageProcessor;
-use llava_model::LlavaModel;
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
 
-/// Errors of the synthetic evaluation.
+use crate::runner::EvalQuestion;
+use crate::score::{Answers, Issues, id_key};
+
+/// Errors of evaluation.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file could not be read or parsed.
@@ -24,41 +26,23 @@ pub enum Error {
 }
 
 #[derive(Debug, Deserialize)]
-struct Question {
-    question_id: u64,
-    image: String,
-    text: String,
-    category: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct Answer {
-    question_id: u64,
+struct KeyLine {
+    question_id: serde_json::Value,
     answer: String,
+    category: String,
 }
 
 /// Accuracy overall and per question kind.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Accuracy {
-    /// Fraction right.
+    /// Fraction right (an unanswered question is wrong).
     pub accuracy: f64,
-    /// Questions asked.
+    /// Questions in the key.
     pub count: usize,
     /// Fraction right per kind.
     pub by_kind: BTreeMap<String, f64>,
-}
-
-fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, Error> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::File(format!("{}: {e}", path.display())))?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .map_err(|e| Error::File(format!("{} line {}: {e}", path.display(), i + 1)))
-        })
-        .collect()
+    /// Problems in the answers.
+    pub issues: Issues,
 }
 
 /// Normalises an answer for exact match: trimmed, lowercased, trailing period dropped.
@@ -66,66 +50,49 @@ pub fn normalise(text: &str) -> String {
     text.trim().trim_end_matches('.').trim().to_lowercase()
 }
 
-/// Answers every held-out question greedily and scores exact matches. With `shuffled`, each
-/// question is asked about the image of another question (the next one with a different image).
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate(
-    model: &LlavaModel,
-    tokenizer: &GemmaTokenizer,
-    processor: &ImageProcessor,
-    questions: &Path,
-    answers: &Path,
-    images: &Path,
-    shuffled: bool,
-    batch: usize,
-) -> Result<Accuracy, Error> {
-    let questions: Vec<Question> = read_lines(questions)?;
-    let key: BTreeMap<u64, String> = read_lines::<Answer>(answers)?
-        .into_iter()
-        .map(|a| (a.question_id, a.answer))
-        .collect();
-    let config = GenerationConfig {
-        max_new_tokens: 12,
-        stop_tokens: tokenizer.chat_stop_tokens(),
-        pad_token: tokenizer.pad,
-        ..Default::default()
-    };
+/// The same questions, each about the image of the next question that shows a different image.
+pub fn shuffled(questions: &[EvalQuestion]) -> Vec<EvalQuestion> {
+    let n = questions.len();
+    questions
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let other = (1..n)
+                .map(|d| &questions[(i + d) % n])
+                .find(|o| o.image != q.image);
+            EvalQuestion {
+                image: other.map_or(q.image.clone(), |o| o.image.clone()),
+                ..q.clone()
+            }
+        })
+        .collect()
+}
+
+/// Scores `answers` against the answer key (`eval_answers.jsonl`).
+pub fn score(mut answers: Answers, key: &Path) -> Result<Accuracy, Error> {
+    let text =
+        std::fs::read_to_string(key).map_err(|e| Error::File(format!("{}: {e}", key.display())))?;
+    let key: Vec<KeyLine> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| Error::File(format!("{} line {}: {e}", key.display(), i + 1)))
+        })
+        .collect::<Result<_, _>>()?;
+    let by_id = answers.by_id();
+    let mut issues = answers.issues.clone();
+    let known: std::collections::HashSet<String> =
+        key.iter().filter_map(|k| id_key(&k.question_id)).collect();
+    issues.unknown_ids = by_id.keys().filter(|k| !known.contains(*k)).count();
     let mut right: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for chunk_start in (0..questions.len()).step_by(batch.max(1)) {
-        let chunk = &questions[chunk_start..(chunk_start + batch.max(1)).min(questions.len())];
-        let mut prompts = Vec::new();
-        let mut pixels = Vec::new();
-        let mut size = (0, 0);
-        for (k, q) in chunk.iter().enumerate() {
-            let image_name = if shuffled {
-                let i = chunk_start + k;
-                let other = (1..questions.len())
-                    .map(|d| &questions[(i + d) % questions.len()])
-                    .find(|o| o.image != q.image);
-                other.map_or(&q.image, |o| &o.image)
-            } else {
-                &q.image
-            };
-            let image = image_processing::open(images.join(image_name))
-                .map_err(|e| Error::File(e.to_string()))?;
-            let (data, h, w) = processor.preprocess(&image);
-            size = (h as i64, w as i64);
-            pixels.extend(data);
-            let text = format!("{}\n{}", llava_model::IMAGE_TOKEN, q.text);
-            let ids = tokenizer.encode_chat(&[Message::user(text)], true)?;
-            prompts.push(model.expand_image_tokens(&ids, model.tokens_per_image(size.0, size.1)));
-        }
-        let pixels = Tensor::from_slice(&pixels).view([chunk.len() as i64, 3, size.0, size.1]);
-        let outputs = model.generate(&prompts, Some(&pixels), &config, |_, _| {})?;
-        for (q, out) in chunk.iter().zip(outputs) {
-            let said = normalise(&tokenizer.decode(&out, true)?);
-            let want = key
-                .get(&q.question_id)
-                .map(|a| normalise(a))
-                .unwrap_or_default();
-            let entry = right.entry(q.category.clone()).or_default();
-            entry.0 += usize::from(said == want);
-            entry.1 += 1;
+    for k in &key {
+        let entry = right.entry(k.category.clone()).or_default();
+        entry.1 += 1;
+        match id_key(&k.question_id).and_then(|id| by_id.get(&id)) {
+            Some(a) => entry.0 += usize::from(normalise(&a.text) == normalise(&k.answer)),
+            None => issues.missing_answers += 1,
         }
     }
     let (hits, count) = right.values().fold((0, 0), |(h, c), (a, b)| (h + a, c + b));
@@ -136,5 +103,54 @@ pub fn evaluate(
             .into_iter()
             .map(|(k, (a, b))| (k, a as f64 / b.max(1) as f64))
             .collect(),
+        issues,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn q(id: u64, image: &str) -> EvalQuestion {
+        EvalQuestion {
+            question_id: json!(id),
+            image: Some(image.into()),
+            text: "t".into(),
+            prompt: "t".into(),
+            category: None,
+        }
+    }
+
+    #[test]
+    fn shuffled_questions_never_keep_their_image() {
+        let qs = [q(0, "a"), q(1, "a"), q(2, "b"), q(3, "c")];
+        let s = shuffled(&qs);
+        for (a, b) in qs.iter().zip(&s) {
+            assert_ne!(a.image, b.image);
+            assert_eq!(a.question_id, b.question_id);
+        }
+    }
+
+    #[test]
+    fn exact_match_per_kind_with_missing_answers_wrong() {
+        let dir = std::env::temp_dir().join(format!("llava-syn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key.jsonl");
+        std::fs::write(
+            &key,
+            "{\"question_id\": 0, \"answer\": \"red\", \"category\": \"color\"}\n\
+             {\"question_id\": 1, \"answer\": \"2\", \"category\": \"count\"}\n\
+             {\"question_id\": 2, \"answer\": \"blue\", \"category\": \"color\"}\n",
+        )
+        .unwrap();
+        let answers = Answers::parse(
+            "{\"question_id\": 0, \"text\": \"Red.\"}\n{\"question_id\": 1, \"text\": \"3\"}\n",
+        );
+        let a = score(answers, &key).unwrap();
+        assert!((a.accuracy - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(a.by_kind["color"], 0.5);
+        assert_eq!(a.issues.missing_answers, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -78,8 +78,9 @@ pub fn paper_2b_dinov2() -> LlavaConfig {
 }
 
 /// The `tiny` model of the embedded default: a 2-layer Gemma (hidden 64, the built-in 640-token
-/// tokenizer, `<image>` = 639) and a 2-layer CLIP-shaped tower on 24 px images in 8 px patches
-/// (a 3 x 3 grid, 9 tokens per image, one per cell of the synthetic scenes). Trains on a CPU in
+/// tokenizer, `<image>` = 639) and a 2-layer CLIP-shaped tower on 48 px images in 16 px patches
+/// (a 3 x 3 grid, 9 tokens per image, one per cell of the synthetic scenes, each large enough to
+/// tell a circle from a square). Trains on a CPU in
 /// minutes.
 pub fn tiny() -> LlavaConfig {
     let vision = ClipVisionConfig {
@@ -87,8 +88,8 @@ pub fn tiny() -> LlavaConfig {
         intermediate_size: 128,
         num_hidden_layers: 2,
         num_attention_heads: 4,
-        image_size: 24,
-        patch_size: 8,
+        image_size: 48,
+        patch_size: 16,
         ..ClipVisionConfig::default()
     };
     let text = GemmaConfig {

@@ -10,6 +10,7 @@ pub use {connector, data, eval, foundation, gemma_lm, llava_model, trainer, visi
 pub mod bench;
 pub mod chat;
 pub mod data_cmd;
+pub mod eval_cmd;
 pub mod parity;
 pub mod score_cmd;
 

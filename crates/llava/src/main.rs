@@ -48,6 +48,9 @@ enum Command {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// Answer benchmark questions with a model and score them (files in the layout of LLaVA's
+    /// playground/data/eval under --data); prints the paper's Table 1 row.
+    Eval(EvalCmd),
     /// Score a benchmark by its official rules (gqa, mme, pope, vqav2, sqa, mmvp, mmvet).
     Score(Score),
     /// Measure greedy generation on a random-weight model of a preset (one JSON object).
@@ -124,6 +127,37 @@ struct Train {
     /// Seed of the model's start, the data and its order.
     #[arg(long)]
     seed: Option<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+struct EvalCmd {
+    /// LLaVA model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// gqa, mme, pope, vqav2, sqa, mmvp, mmvet, synthetic, or all (the paper's seven).
+    #[arg(long, default_value = "all")]
+    bench: String,
+    /// The data root (LLaVA's playground/data/eval; for synthetic, the synthetic data folder).
+    #[arg(long)]
+    data: PathBuf,
+    /// Where answers and scores go (default: <model>/eval).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Questions per generation batch.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// New tokens per answer (default: 128; 1024 for MM-Vet).
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// Answer at most this many questions per benchmark.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Print only the JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -400,6 +434,7 @@ fn main() -> ExitCode {
         Command::Data(command) => data_command(&command),
         Command::Train(args) => train(&args),
         Command::Score(args) => score(&args),
+        Command::Eval(args) => eval(&args),
         Command::EvalSynthetic {
             model,
             data,
@@ -560,6 +595,8 @@ fn eval_synthetic(
     data: &std::path::Path,
     report: Option<&std::path::Path>,
 ) -> llava::Result<ExitCode> {
+    use llava::eval::runner::{self, Bench, RunSettings};
+    use llava::eval::synthetic;
     let model = llava::llava_model::LlavaModel::from_pretrained(
         model_dir,
         tch::Device::Cpu,
@@ -569,30 +606,50 @@ fn eval_synthetic(
     let processor = llava::vision_encoders::processing::ImageProcessor::new(
         model.image_processor(Some(model_dir))?,
     );
-    let run = |shuffled| {
-        llava::eval::synthetic::evaluate(
+    let eval_err = |e: llava::eval::Error| llava::Error::Unsupported(e.to_string());
+    let questions = runner::read_questions(Bench::Synthetic, &data.join("eval_questions.jsonl"))
+        .map_err(eval_err)?;
+    // Answers go next to the report (or the data); they belong to this model, so a new run
+    // starts them afresh.
+    let answers_dir = report
+        .and_then(|r| r.parent())
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(data)
+        .join("answers");
+    let settings = RunSettings {
+        batch: 32,
+        max_new_tokens: 12,
+        model_id: model_dir.display().to_string(),
+    };
+    let run = |name: &str, questions: &[runner::EvalQuestion]| -> llava::Result<_> {
+        let file = answers_dir.join(name);
+        let _ = std::fs::remove_file(&file);
+        let stats = runner::answer_questions(
             &model,
             &tokenizer,
             &processor,
-            &data.join("eval_questions.jsonl"),
-            &data.join("eval_answers.jsonl"),
+            questions,
             &data.join("images"),
-            shuffled,
-            32,
+            &file,
+            &settings,
+            |_, _| {},
         )
-        .map_err(|e| llava::Error::Unsupported(e.to_string()))
+        .map_err(eval_err)?;
+        let answers = llava::eval::score::read_answers(&file).map_err(eval_err)?;
+        let accuracy =
+            synthetic::score(answers, &data.join("eval_answers.jsonl")).map_err(eval_err)?;
+        Ok((stats, accuracy))
     };
-    let start = Instant::now();
-    let heldout = tch::no_grad(|| run(false))?;
-    let seconds = start.elapsed().as_secs_f64();
-    let shuffled = tch::no_grad(|| run(true))?;
+    let (stats, heldout) = run("heldout.jsonl", &questions)?;
+    let (_, shuffled) = run("shuffled.jsonl", &synthetic::shuffled(&questions))?;
     let json = serde_json::json!({
         "heldout_accuracy": heldout.accuracy,
         "shuffled_image_accuracy": shuffled.accuracy,
         "questions": heldout.count,
         "by_kind": heldout.by_kind,
         "shuffled_by_kind": shuffled.by_kind,
-        "questions_per_s": heldout.count as f64 / seconds,
+        "questions_per_s": stats.questions_per_s,
+        "answers": answers_dir.display().to_string(),
     });
     let text = serde_json::to_string_pretty(&json).expect("serialises");
     println!("{text}");
@@ -707,6 +764,46 @@ fn train(args: &Train) -> llava::Result<ExitCode> {
         eprintln!("peak memory {:.2} GiB", bytes as f64 / (1u64 << 30) as f64);
     }
     eprintln!("wrote {}", config.output.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eval(args: &EvalCmd) -> llava::Result<ExitCode> {
+    use llava::eval::runner::Bench;
+    let benches = if args.bench == "all" {
+        Bench::PAPER.to_vec()
+    } else {
+        args.bench
+            .split(',')
+            .map(|b| Bench::parse(b.trim()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| llava::Error::Unsupported(e.to_string()))?
+    };
+    let eval_args = llava::eval_cmd::EvalArgs {
+        model: args.model.clone(),
+        benches,
+        data: args.data.clone(),
+        output: args
+            .output
+            .clone()
+            .unwrap_or_else(|| args.model.join("eval")),
+        batch: args.batch,
+        max_new_tokens: args.max_new_tokens,
+        limit: args.limit,
+        device: args.device.clone(),
+    };
+    std::fs::create_dir_all(&eval_args.output)
+        .map_err(|e| llava::Error::io(&eval_args.output, e))?;
+    let result = llava::eval_cmd::run(&eval_args, |line| eprintln!("{line}"))?;
+    let text = serde_json::to_string_pretty(&result).expect("serialises");
+    llava::foundation::write_atomic(eval_args.output.join("scores.json"), text.as_bytes())?;
+    if args.json {
+        println!("{result}");
+    } else {
+        println!(
+            "{text}\n\n{}",
+            llava::eval_cmd::markdown_row(&result["row"])
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -151,6 +151,100 @@ pub fn score(dir: &Path) -> Result<Score, Error> {
     })
 }
 
+/// The ground truth of an MME release folder: `(category, <image stem>.txt, question) -> answer`,
+/// read from `<category>/questions_answers_YN/*.txt` or `<category>/*.txt` (lines
+/// `question<TAB>answer`).
+pub fn ground_truth(root: &Path) -> Result<BTreeMap<(String, String, String), String>, Error> {
+    let io = |p: &Path, e: std::io::Error| Error::File(format!("{}: {e}", p.display()));
+    let mut gt = BTreeMap::new();
+    for entry in std::fs::read_dir(root).map_err(|e| io(root, e))? {
+        let dir = entry.map_err(|e| io(root, e))?.path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let category = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let qa = if dir.join("images").is_dir() {
+            dir.join("questions_answers_YN")
+        } else {
+            dir.clone()
+        };
+        let Ok(files) = std::fs::read_dir(&qa) else {
+            continue;
+        };
+        for file in files.filter_map(|e| e.ok().map(|e| e.path())) {
+            if file.extension().is_none_or(|e| e != "txt") {
+                continue;
+            }
+            let name = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let text = std::fs::read_to_string(&file).map_err(|e| io(&file, e))?;
+            for line in text.lines() {
+                if let Some((q, a)) = line.trim().split_once('\t') {
+                    gt.insert(
+                        (category.clone(), name.to_string(), q.to_string()),
+                        a.to_string(),
+                    );
+                }
+            }
+        }
+    }
+    Ok(gt)
+}
+
+/// LLaVA's `convert_answer_to_mme.py`: writes one `<category>.txt` result file per category into
+/// `out` from answers whose ids are `<category>/.../<image>`, finding each ground truth by the
+/// prompt without the short-answer suffix and with " Please answer yes or no." Answers without a
+/// ground truth are counted (as unknown ids) and left out.
+pub fn convert(
+    answers: &super::Answers,
+    gt: &BTreeMap<(String, String, String), String>,
+    out: &Path,
+) -> Result<Issues, Error> {
+    const SHORT: &str = "Answer the question using a single word or phrase.";
+    const YES_NO: &str = " Please answer yes or no.";
+    let mut issues = answers.issues.clone();
+    let mut files: BTreeMap<String, String> = BTreeMap::new();
+    for a in &answers.lines {
+        let category = a
+            .question_id
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let image = a.question_id.rsplit('/').next().unwrap_or_default();
+        let stem = image.split('.').next().unwrap_or_default();
+        let file = format!("{stem}.txt");
+        let mut prompt = a.prompt.replace(SHORT, "").trim().to_string();
+        if !prompt.contains(YES_NO.trim()) {
+            prompt.push_str(YES_NO);
+            if !gt.contains_key(&(category.clone(), file.clone(), prompt.clone())) {
+                prompt = prompt.replace(YES_NO, &format!(" {YES_NO}"));
+            }
+        }
+        let Some(answer) = gt.get(&(category.clone(), file.clone(), prompt.clone())) else {
+            issues.unknown_ids += 1;
+            continue;
+        };
+        let text = a.text.replace(['\n', '\t'], " ");
+        files
+            .entry(category)
+            .or_default()
+            .push_str(&format!("{file}\t{prompt}\t{answer}\t{text}\n"));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::File(format!("{}: {e}", out.display())))?;
+    for (category, text) in files {
+        let path = out.join(format!("{category}.txt"));
+        std::fs::write(&path, text).map_err(|e| Error::File(format!("{}: {e}", path.display())))?;
+    }
+    Ok(issues)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +279,35 @@ mod tests {
         assert_eq!(bad, 0);
         // accuracy 4/6, accuracy+ 1/3.
         assert!((s - (400.0 / 6.0 + 100.0 / 3.0)).abs() < 1e-9, "{s}");
+    }
+
+    #[test]
+    fn answers_convert_to_result_files_by_prompt() {
+        let dir = std::env::temp_dir().join(format!("llava-mme-{}", std::process::id()));
+        let gt_dir = dir.join("MME/existence");
+        std::fs::create_dir_all(&gt_dir).unwrap();
+        std::fs::write(
+            gt_dir.join("0001.txt"),
+            "Is there a dog in this image? Please answer yes or no.\tYes\n\
+             Is there a cat in this image? Please answer yes or no.\tNo\n",
+        )
+        .unwrap();
+        let gt = ground_truth(&dir.join("MME")).unwrap();
+        assert_eq!(gt.len(), 2);
+        let answers = super::super::Answers::parse(
+            "{\"question_id\": \"existence/0001.jpg\", \"prompt\": \"Is there a dog in this image? Please answer yes or no.\\nAnswer the question using a single word or phrase.\", \"text\": \"Yes\"}\n\
+             {\"question_id\": \"existence/0001.jpg\", \"prompt\": \"Is there a cat in this image? Please answer yes or no.\", \"text\": \"Yes\"}\n\
+             {\"question_id\": \"existence/0009.jpg\", \"prompt\": \"Unknown?\", \"text\": \"Yes\"}\n",
+        );
+        let issues = convert(&answers, &gt, &dir.join("results")).unwrap();
+        assert_eq!(issues.unknown_ids, 1);
+        let s = score(&dir.join("results")).unwrap();
+        assert!(
+            (s.subtasks["existence"] - 50.0).abs() < 1e-9,
+            "{:?}",
+            s.subtasks
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
