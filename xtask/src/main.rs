@@ -19,6 +19,9 @@ Commands:
                         synthetic data (CPU), then the held-out questions -> out/demo/report.json
   pretrain [args]       stage 1 (connector) on the tiny preset and synthetic data (llava train --stage 1)
   finetune [args]       stage 2 (connector + LM), from stage 1's connector (llava train --stage 2)
+  eval --model DIR --bench NAME|all --data DIR
+                        answer and score benchmarks (LLaVA's playground/data/eval layout), print
+                        the paper's Table 1 row (llava eval --help)
   bench [cargo args]    run the criterion benchmarks in benches/
   lint                  cargo fmt --check and clippy with warnings as errors
   bench-generate [args] greedy generation on a random-weight preset (llava bench-generate --help)
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
             )
         }),
         "llava" => with_libtorch(|| llava(rest)),
+        "eval" => with_libtorch(|| release_llava(&prepend("eval", rest))),
         "bench-generate" | "bench-vision" => {
             with_libtorch(|| release_llava(&prepend(command, rest)))
         }

@@ -206,7 +206,7 @@ fn read_sqa(text: &str, path: &Path) -> Result<Vec<EvalQuestion>, Error> {
 }
 
 /// Splits one CSV line with double-quoted fields.
-fn csv_fields(line: &str) -> Vec<String> {
+pub fn csv_fields(line: &str) -> Vec<String> {
     let mut fields = vec![String::new()];
     let mut quoted = false;
     let mut chars = line.chars().peekable();
@@ -240,7 +240,8 @@ fn read_mmvp(text: &str, path: &Path) -> Result<Vec<EvalQuestion>, Error> {
                 )));
             }
             let index = f[0].trim().to_string();
-            let text = format!("{}\n{}", f[1].trim(), f[2].trim());
+            // As MMVP's own LLaVA script asks: the question, a space, the options.
+            let text = format!("{} {}", f[1].trim(), f[2].trim());
             Ok(EvalQuestion {
                 question_id: index
                     .parse::<u64>()
@@ -471,7 +472,7 @@ mod tests {
         )
         .unwrap();
         let q = read_questions(Bench::Mmvp, &mmvp).unwrap();
-        assert_eq!(q[0].text, "Is the door, open?\n(a) Open (b) Closed");
+        assert_eq!(q[0].text, "Is the door, open? (a) Open (b) Closed");
         assert_eq!(q[0].image.as_deref(), Some("1.jpg"));
         assert_eq!(q[0].question_id, json!(1));
 

@@ -1,6 +1,7 @@
 //! MM-Vet: a judge scores each answer 0..1; the total averages over every question of
 //! `mm-vet.json` (an ungraded one scores 0), and each capability (rec, ocr, know, gen, spat,
-//! math) averages the questions that list it; both x 100.
+//! math) averages the questions that list it; both x 100 and rounded to one decimal, as the
+//! evaluator prints them.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +13,7 @@ use super::{Issues, id_key};
 /// MM-Vet's score.
 #[derive(Debug, Clone, Serialize)]
 pub struct Score {
-    /// Mean score x 100 over every question.
+    /// Mean score x 100 over every question, to one decimal.
     pub total: f64,
     /// Mean score x 100 per capability.
     pub capabilities: BTreeMap<String, f64>,
@@ -66,11 +67,12 @@ pub fn score(grades: &[Value], annotations: &Value) -> Score {
             e.1 += 1;
         }
     }
+    let round1 = |v: f64| (v * 10.0).round() / 10.0;
     Score {
-        total: 100.0 * total / questions.len().max(1) as f64,
+        total: round1(100.0 * total / questions.len().max(1) as f64),
         capabilities: sums
             .into_iter()
-            .map(|(k, (s, n))| (k, 100.0 * s / n.max(1) as f64))
+            .map(|(k, (s, n))| (k, round1(100.0 * s / n.max(1) as f64)))
             .collect(),
         count: questions.len(),
         issues,
