@@ -22,6 +22,9 @@ Commands:
   eval --model DIR --bench NAME|all --data DIR
                         answer and score benchmarks (LLaVA's playground/data/eval layout), print
                         the paper's Table 1 row (llava eval --help)
+  bench-train [args]    training steps on a random-weight preset (llava bench-train --help)
+  bench-compare [args]  bench-train and the Python reference (scripts/bench_reference.py, HF
+                        transformers) with the same arguments, then the ratio of their tokens/s
   bench [cargo args]    run the criterion benchmarks in benches/
   lint                  cargo fmt --check and clippy with warnings as errors
   bench-generate [args] greedy generation on a random-weight preset (llava bench-generate --help)
@@ -72,6 +75,8 @@ fn main() -> ExitCode {
         }),
         "llava" => with_libtorch(|| llava(rest)),
         "eval" => with_libtorch(|| release_llava(&prepend("eval", rest))),
+        "bench-train" => with_libtorch(|| release_llava(&prepend("bench-train", rest))),
+        "bench-compare" => with_libtorch(|| bench_compare(rest)),
         "bench-generate" | "bench-vision" => {
             with_libtorch(|| release_llava(&prepend(command, rest)))
         }
@@ -180,6 +185,113 @@ fn demo(extra: &[String]) -> Result<(), String> {
         path("finetune/loss.png"),
     );
     Ok(())
+}
+
+/// The Python that owns the libtorch we build against (the cached virtual environment, or
+/// `python3`), with transformers installed into it on first use.
+fn reference_python() -> Result<String, String> {
+    let torch = root()
+        .join(".libtorch")
+        .canonicalize()
+        .map_err(|e| format!(".libtorch: {e}"))?;
+    // <venv>/lib/pythonX.Y/site-packages/torch -> <venv>/bin/python
+    let python = torch
+        .ancestors()
+        .nth(4)
+        .map(|venv| venv.join("bin/python"))
+        .filter(|p| p.exists())
+        .map_or_else(|| "python3".to_string(), |p| p.display().to_string());
+    let has = |module: &str| {
+        Command::new(&python)
+            .args(["-c", &format!("import {module}")])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has("transformers") {
+        eprintln!("xtask: installing transformers 5.17 for the Python reference into {python}");
+        let status = Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "transformers==5.17.*"])
+            .status()
+            .map_err(|e| format!("cannot run {python}: {e}"))?;
+        if !status.success() {
+            return Err(format!(
+                "`{python} -m pip install transformers` failed ({status})"
+            ));
+        }
+    }
+    Ok(python)
+}
+
+/// Output of a command, which must succeed.
+fn output_of(command: &mut Command) -> Result<String, String> {
+    let out = command
+        .current_dir(root())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{command:?} failed ({})", out.status));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `bench-train` and the Python reference with the same arguments, one after the other on the
+/// same machine; prints both JSON objects and the ratios, and writes `out/bench-compare.json`.
+fn bench_compare(args: &[String]) -> Result<(), String> {
+    let python = reference_python()?;
+    let mut args: Vec<String> = args.to_vec();
+    if !args.iter().any(|a| a == "--json") {
+        args.push("--json".into());
+    }
+    cargo(&[
+        "build",
+        "--quiet",
+        "--release",
+        "--package",
+        "llava",
+        "--bin",
+        "llava",
+    ])?;
+    let ours = output_of(
+        Command::new(root().join("target/release/llava"))
+            .arg("bench-train")
+            .args(&args),
+    )?;
+    let reference = output_of(
+        Command::new(&python)
+            .arg(root().join("scripts/bench_reference.py"))
+            .args(&args),
+    )?;
+    let number = |json: &str, key: &str| -> Option<f64> {
+        let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
+        let rest = &json[at..];
+        let end = rest.find([',', '}']).unwrap_or(rest.len());
+        rest[..end].trim().parse().ok()
+    };
+    let (a, b) = (
+        number(&ours, "tokens_per_s").ok_or("no tokens_per_s from bench-train")?,
+        number(&reference, "tokens_per_s").ok_or("no tokens_per_s from the reference")?,
+    );
+    let memory = match (
+        number(&ours, "peak_memory_bytes"),
+        number(&reference, "peak_memory_bytes"),
+    ) {
+        (Some(x), Some(y)) if y > 0.0 => format!("{:.2}", x / y),
+        _ => "null".into(),
+    };
+    let report = format!(
+        "{{\"ours\": {ours}, \"reference\": {reference}, \"tokens_per_s_ratio\": {:.3}, \"peak_memory_ratio\": {memory}}}",
+        a / b
+    );
+    println!("ours:      {ours}\nreference: {reference}");
+    println!(
+        "tokens/s: ours {a:.0}, reference {b:.0}, ratio {:.2}x",
+        a / b
+    );
+    let out = root().join("out");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::write(out.join("bench-compare.json"), report)
+        .map_err(|e| format!("{}: {e}", out.display()))
 }
 
 /// Runs the optimised `llava` binary: benchmarks measure release builds.

@@ -46,6 +46,32 @@ pub fn default_kind(device: Device) -> Kind {
     }
 }
 
+/// Device memory in use on the current CUDA device, in bytes (`total - free` from the CUDA
+/// runtime's `cudaMemGetInfo`: what the caching allocator holds plus the context), or `None`
+/// without a CUDA runtime. tch does not expose libtorch's allocator statistics; sampling this
+/// after each step gives a peak that errs high, never low.
+pub fn cuda_memory_in_use() -> Option<u64> {
+    type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
+    // SAFETY: the CUDA runtime is a C library that libtorch_cuda has already loaded; loading it
+    // by name returns that copy, and cudaMemGetInfo only writes the two sizes it is given.
+    unsafe {
+        let library = ["libcudart.so.13", "libcudart.so.12", "libcudart.so"]
+            .iter()
+            .find_map(|name| libloading::Library::new(name).ok())?;
+        let get: libloading::Symbol<MemGetInfo> = library.get(b"cudaMemGetInfo\0").ok()?;
+        let (mut free, mut total) = (0usize, 0usize);
+        (get(&mut free, &mut total) == 0).then(|| (total - free) as u64)
+    }
+}
+
+/// The process's peak resident set size in bytes (Linux `VmHWM`; `None` elsewhere).
+pub fn peak_host_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +84,11 @@ mod tests {
         assert_eq!(parse_kind("bf16").unwrap(), Kind::BFloat16);
         assert!(parse_kind("int4").is_err());
         assert_eq!(default_kind(Device::Cpu), Kind::Float);
+    }
+
+    #[test]
+    fn host_memory_is_reported_on_linux() {
+        let peak = peak_host_memory().expect("Linux has /proc/self/status");
+        assert!(peak > 1 << 20, "{peak}");
     }
 }

@@ -186,3 +186,150 @@ pub fn vision(
         images_per_s: batch as f64 / best,
     })
 }
+
+/// What `bench-train` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    /// The model preset.
+    pub preset: String,
+    /// 1 (connector trains; gradients flow through the frozen LM) or 2 (LM + connector train).
+    pub stage: u8,
+    /// Device.
+    pub device: String,
+    /// Compute dtype (trainable weights keep f32 masters in the optimizer).
+    pub dtype: String,
+    /// Samples per step.
+    pub micro_batch: usize,
+    /// Tokens per sample, image tokens included.
+    pub seq: usize,
+    /// Labelled tokens per sample.
+    pub loss_tokens: usize,
+    /// Timed steps (after the warm-up).
+    pub steps: usize,
+    /// Seconds per optimizer step (forward, backward, clipping, AdamW).
+    pub step_s: f64,
+    /// `micro_batch * seq / step_s`.
+    pub tokens_per_s: f64,
+    /// `micro_batch / step_s`.
+    pub samples_per_s: f64,
+    /// Peak memory: device memory in use on CUDA (sampled after each step), the process's peak
+    /// resident set on the CPU.
+    pub peak_memory_bytes: Option<u64>,
+    /// Model FLOPs utilisation against the H100's 989.4 TFLOP/s dense bf16, counted as the Python
+    /// reference counts it (GPU only).
+    pub mfu: Option<f64>,
+    /// The last step's loss (a sanity check: finite).
+    pub loss: f64,
+}
+
+/// Training steps on a random-weight model of `preset` with random data shaped as the Python
+/// reference shapes it: `<bos>`, one image's tokens, random text; the loss on the last
+/// `loss_tokens` tokens of each sample (every text token when `None`). On CUDA the weights are
+/// bf16 and the optimizer keeps f32 masters; on the CPU everything is f32. `warmup` steps are
+/// not timed.
+pub fn train(
+    preset_name: &str,
+    stage: u8,
+    device: Device,
+    micro_batch: usize,
+    seq: usize,
+    loss_tokens: Option<usize>,
+    steps: usize,
+    warmup: usize,
+) -> Result<TrainReport> {
+    let config = preset(preset_name)?;
+    let kind = foundation::device::default_kind(device);
+    tch::manual_seed(0);
+    let mut model = LlavaModel::new(&config, device, kind)?;
+    model.vision_vs.freeze();
+    match stage {
+        1 => model.lm_vs.freeze(),
+        2 => model.lm_vs.unfreeze(),
+        other => return Err(Error::Unsupported(format!("stage {other} (1 or 2)"))),
+    }
+    model.connector_vs.unfreeze();
+    let mut params: Vec<(String, Tensor)> = model.connector_vs.variables().into_iter().collect();
+    if stage == 2 {
+        params.extend(model.lm_vs.variables());
+    }
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut optimizer = trainer::AdamW::new(params, trainer::AdamWConfig::default());
+
+    let image_token = model.image_token();
+    let per_image = config.image_seq_length.unwrap_or(576) as usize;
+    if seq < per_image + 2 {
+        return Err(Error::Unsupported(format!(
+            "--seq must be at least {} (an image and two tokens)",
+            per_image + 2
+        )));
+    }
+    let (b, l) = (micro_batch as i64, seq as i64);
+    let vocab = config.text_config.vocab_size.min(image_token);
+    let ids = Tensor::randint(vocab, [b, l], (Kind::Int64, Device::Cpu));
+    let _ = ids.narrow(1, 0, 1).fill_(2);
+    let _ = ids.narrow(1, 1, per_image as i64).fill_(image_token);
+    let labelled = loss_tokens
+        .unwrap_or(seq - per_image - 1)
+        .min(seq - per_image - 1);
+    let labels = ids.copy();
+    let _ = labels.narrow(1, 0, l - labelled as i64).fill_(-100);
+    let (ids, labels) = (ids.to_device(device), labels.to_device(device));
+    let size = model.config.image_side()?;
+    let pixels = Tensor::randn([b, 3, size, size], (kind, device));
+
+    let mut peak_device = 0u64;
+    let mut loss_value = Tensor::zeros([], (Kind::Float, device));
+    let mut step = |optimizer: &mut trainer::AdamW| -> Result<()> {
+        let hidden = model.forward(&ids, Some(&pixels), None)?;
+        let (loss, _) = model.loss(&hidden, &labels)?;
+        loss.backward();
+        let _ = optimizer.clip_grad_norm(1.0);
+        optimizer.step(1e-5);
+        optimizer.zero_grad();
+        loss_value = loss.detach();
+        if device.is_cuda() {
+            tch::Cuda::synchronize(0);
+            peak_device = peak_device.max(foundation::device::cuda_memory_in_use().unwrap_or(0));
+        }
+        Ok(())
+    };
+    for _ in 0..warmup {
+        step(&mut optimizer)?;
+    }
+    let seconds = timed(device, || {
+        for _ in 0..steps.max(1) {
+            step(&mut optimizer)?;
+        }
+        Ok(())
+    })?;
+    let step_s = seconds / steps.max(1) as f64;
+    let count =
+        |vs: &tch::nn::VarStore| -> f64 { vs.variables().values().map(|t| t.numel() as f64).sum() };
+    let (n_vis, n_lm) = (
+        count(&model.vision_vs),
+        count(&model.lm_vs) + count(&model.connector_vs),
+    );
+    let tokens = (b * l) as f64;
+    let flops = if stage == 2 { 6.0 } else { 4.0 } * n_lm * tokens
+        + 2.0 * n_vis * (per_image as f64 + 1.0) * b as f64;
+    Ok(TrainReport {
+        preset: preset_name.into(),
+        stage,
+        device: format!("{device:?}"),
+        dtype: format!("{kind:?}"),
+        micro_batch,
+        seq,
+        loss_tokens: labelled,
+        steps: steps.max(1),
+        step_s,
+        tokens_per_s: tokens / step_s,
+        samples_per_s: b as f64 / step_s,
+        peak_memory_bytes: if device.is_cuda() {
+            Some(peak_device).filter(|&p| p > 0)
+        } else {
+            foundation::device::peak_host_memory()
+        },
+        mfu: device.is_cuda().then(|| flops / step_s / 989.4e12),
+        loss: loss_value.double_value(&[]),
+    })
+}

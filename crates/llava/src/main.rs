@@ -58,6 +58,8 @@ enum Command {
     Score(Score),
     /// Measure greedy generation on a random-weight model of a preset (one JSON object).
     BenchGenerate(BenchGenerate),
+    /// Measure training steps on a random-weight model of a preset (one JSON object).
+    BenchTrain(BenchTrain),
     /// Measure a preset's vision tower on random images (one JSON object).
     BenchVision(BenchVision),
     /// Validate a dataset, or show one sample with its loss mask.
@@ -130,6 +132,9 @@ struct Train {
     /// Seed of the model's start, the data and its order.
     #[arg(long)]
     seed: Option<u64>,
+    /// Tiny preset: training images of the built-in synthetic dataset.
+    #[arg(long)]
+    synthetic_images: Option<usize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -247,6 +252,37 @@ struct BenchGenerate {
     /// f32, bf16 or f16 (default: bf16 on CUDA, f32 on CPU).
     #[arg(long)]
     dtype: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchTrain {
+    /// bench-small, paper-2b-clip or paper-2b-dinov2.
+    #[arg(long, default_value = "bench-small")]
+    preset: String,
+    /// 1 (connector) or 2 (LM + connector).
+    #[arg(long, default_value_t = 2)]
+    stage: u8,
+    /// Samples per step (default: 4 for bench-small; 8 for stage 1 and 4 for stage 2 otherwise).
+    #[arg(long)]
+    micro_batch: Option<usize>,
+    /// Tokens per sample, image included (default: 256 for bench-small; 640 / 1024 otherwise).
+    #[arg(long)]
+    seq: Option<usize>,
+    /// Labelled tokens per sample (default: 96 for bench-small; every text token otherwise).
+    #[arg(long)]
+    loss_tokens: Option<usize>,
+    /// Timed steps.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Print only the JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -496,6 +532,7 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             })
         }
+        Command::BenchTrain(a) => bench_train(&a),
         Command::BenchVision(a) => {
             device_and_kind(&a.device, &a.dtype).and_then(|(device, kind)| {
                 let report = llava::bench::vision(&a.preset, device, kind, a.batch, a.runs)?;
@@ -741,6 +778,9 @@ fn train(args: &Train) -> llava::Result<ExitCode> {
     if let Some(v) = args.seed {
         config.seed = v;
     }
+    if let Some(v) = args.synthetic_images {
+        config.synthetic_images = v;
+    }
     config.max_steps = args.max_steps;
     if args.save_every.is_some() {
         config.save_every = args.save_every;
@@ -883,6 +923,37 @@ fn grade(args: &Grade) -> llava::Result<ExitCode> {
     });
     let stats = grade::grade(judge, &requests, &mut client, &args.grades).map_err(err)?;
     println!("{}", serde_json::to_string(&stats).expect("serialises"));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_train(a: &BenchTrain) -> llava::Result<ExitCode> {
+    let device = llava::foundation::device::parse_device(&a.device)?;
+    let small = a.preset == "bench-small";
+    let report = llava::bench::train(
+        &a.preset,
+        a.stage,
+        device,
+        a.micro_batch
+            .unwrap_or(if small || a.stage == 2 { 4 } else { 8 }),
+        a.seq.unwrap_or(if small {
+            256
+        } else if a.stage == 1 {
+            640
+        } else {
+            1024
+        }),
+        a.loss_tokens.or(small.then_some(96)),
+        a.steps,
+        a.warmup,
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report).expect("serialises"));
+    } else {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("serialises")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

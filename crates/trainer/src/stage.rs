@@ -108,6 +108,39 @@ fn save_checkpoint(
     std::fs::rename(&tmp, &dir).map_err(io(&dir))
 }
 
+/// The checkpoint to resume from: `dir` itself when it is one, else the latest complete
+/// `checkpoint-<step>` inside it (a run's output directory; `.tmp` leftovers of a killed write
+/// are ignored).
+pub fn resolve_checkpoint(dir: &Path) -> Result<std::path::PathBuf, StageError> {
+    if dir.join("trainer_state.json").exists() {
+        return Ok(dir.to_path_buf());
+    }
+    let entries = std::fs::read_dir(dir).map_err(|source| StageError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("trainer_state.json").exists())
+        .filter_map(|p| {
+            let step = p
+                .file_name()?
+                .to_str()?
+                .strip_prefix("checkpoint-")?
+                .parse::<usize>()
+                .ok()?;
+            Some((step, p))
+        })
+        .max_by_key(|(step, _)| *step)
+        .map(|(_, p)| p)
+        .ok_or_else(|| {
+            StageError::Resume(format!(
+                "{}: neither a checkpoint nor a run directory with checkpoint-<step> folders",
+                dir.display()
+            ))
+        })
+}
+
 /// Restores weights and optimizer state from `dir`; returns where the run was.
 fn load_checkpoint(dir: &Path, optimizer: &mut AdamW) -> Result<TrainerState, StageError> {
     let state_file = dir.join("trainer_state.json");
@@ -186,13 +219,7 @@ pub struct Summary {
     pub peak_memory_bytes: Option<u64>,
 }
 
-/// The process's peak resident set size in bytes (Linux; `None` elsewhere).
-pub fn peak_host_memory() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
+pub use foundation::device::peak_host_memory;
 
 /// Errors that stop a stage.
 #[derive(Debug, thiserror::Error)]
@@ -278,11 +305,27 @@ pub fn train(
         .max(1);
     let schedule = WarmupCosine::with_ratio(config.lr, config.warmup_ratio, total);
     let resumed = match &config.resume {
-        Some(dir) => Some(load_checkpoint(dir, &mut optimizer)?),
+        Some(dir) => Some(load_checkpoint(&resolve_checkpoint(dir)?, &mut optimizer)?),
         None => None,
     };
     let metrics_path = output.join("metrics.jsonl");
-    // A resumed run appends to the metrics it had.
+    // A resumed run keeps the metrics up to its checkpoint (a run killed later had written lines
+    // for steps it now takes again) and appends.
+    if let Some(state) = &resumed
+        && let Ok(text) = std::fs::read_to_string(&metrics_path)
+    {
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v.get("step")?.as_u64())
+                    .is_some_and(|s| s as usize <= state.step)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        foundation::write_atomic(&metrics_path, kept.as_bytes()).map_err(StageError::Checkpoint)?;
+    }
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(resumed.is_some())

@@ -10,12 +10,17 @@ use llava_model::{LlavaModel, presets};
 use tch::{Device, Kind, Tensor};
 use trainer::{AdamWConfig, Stage, StageConfig, train};
 
+/// The tiny preset's image side.
+fn side() -> u32 {
+    presets::tiny().image_side().unwrap() as u32
+}
+
 fn dataset(dir: &Path, file: &Path, template: Template) -> Arc<Dataset> {
     let read = read_records(file).unwrap();
     let tokenizer = data::builtin_tokenizer();
     let processor = ProcessorConfig {
-        resize: Some(Resize::ShortestEdge(24)),
-        crop: Some((24, 24)),
+        resize: Some(Resize::ShortestEdge(side())),
+        crop: Some((side(), side())),
         ..ProcessorConfig::clip_336()
     };
     Arc::new(Dataset {
@@ -68,7 +73,7 @@ fn config(stage: Stage, lr: f64, epochs: usize) -> StageConfig {
 fn both_stages_lower_the_loss_and_train_only_their_parts() {
     let tmp = tempfile::tempdir().unwrap();
     let synthetic = data::synthetic::SyntheticConfig {
-        image_size: 24,
+        image_size: side(),
         train_images: 48,
         eval_images: 0,
         ..Default::default()
@@ -150,7 +155,7 @@ fn both_stages_lower_the_loss_and_train_only_their_parts() {
 fn broken_images_are_skipped_and_counted_and_the_run_finishes() {
     let tmp = tempfile::tempdir().unwrap();
     let synthetic = data::synthetic::SyntheticConfig {
-        image_size: 24,
+        image_size: side(),
         train_images: 24,
         eval_images: 0,
         ..Default::default()
@@ -180,7 +185,7 @@ fn broken_images_are_skipped_and_counted_and_the_run_finishes() {
 fn a_run_resumed_from_a_checkpoint_has_the_losses_of_the_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let synthetic = data::synthetic::SyntheticConfig {
-        image_size: 24,
+        image_size: side(),
         train_images: 40,
         eval_images: 0,
         ..Default::default()
@@ -231,6 +236,59 @@ fn a_run_resumed_from_a_checkpoint_has_the_losses_of_the_uninterrupted_run() {
             );
         }
     }
+    // A run killed while writing checkpoint 6: the whole checkpoints 1..5, a half-written
+    // `checkpoint-6.tmp`, and metrics for steps it took after checkpoint 5. Resuming from the run
+    // directory picks checkpoint 5 and rewrites the metrics without repeats.
+    let killed = tmp.path().join("killed");
+    std::fs::create_dir_all(&killed).unwrap();
+    for step in 1..=5 {
+        let (from, to) = (
+            full_out.join(format!("checkpoint-{step}")),
+            killed.join(format!("checkpoint-{step}")),
+        );
+        std::fs::create_dir_all(&to).unwrap();
+        for file in ["state.safetensors", "trainer_state.json"] {
+            std::fs::copy(from.join(file), to.join(file)).unwrap();
+        }
+    }
+    let partial = killed.join("checkpoint-6.tmp");
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(partial.join("state.safetensors"), b"\x10\x00").unwrap();
+    let metrics = std::fs::read_to_string(full_out.join("metrics.jsonl")).unwrap();
+    let seven: Vec<&str> = metrics.lines().take(7).collect();
+    std::fs::write(killed.join("metrics.jsonl"), seven.join("\n") + "\n").unwrap();
+    let resume = StageConfig {
+        resume: Some(killed.clone()),
+        ..cfg.clone()
+    };
+    let mut rest = Vec::new();
+    train(
+        &mut fresh_model(),
+        set.clone(),
+        &resume,
+        &killed,
+        order,
+        |m| rest.push(m.loss),
+    )
+    .unwrap();
+    assert_eq!(rest.len(), 5);
+    for (a, b) in full[5..].iter().zip(&rest) {
+        assert!(
+            (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+            "{full:?} vs {rest:?}"
+        );
+    }
+    let steps: Vec<u64> = std::fs::read_to_string(killed.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, (1..=10).collect::<Vec<u64>>());
+
     // No temporary checkpoint is left behind.
     assert!(
         std::fs::read_dir(&full_out).unwrap().all(|e| !e
