@@ -126,7 +126,7 @@ def main():
         "micro_batch": B, "seq": L, "loss_tokens": labelled, "steps": a.steps, "step_s": dt,
         "tokens_per_s": B * L / dt, "samples_per_s": B / dt,
         "peak_memory_bytes": torch.cuda.max_memory_reserved() if cuda else peak_host_memory(),
-        "mfu": flops / dt / 989.4e12 if cuda else None, "loss": float(loss),
+        "mfu": flops / dt / 989.4e12 if cuda else None, "loss": loss.item(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
     print(json.dumps(out) if a.json else json.dumps(out, indent=1))

@@ -4,7 +4,8 @@
 # It needs python3 with torch 2.11 (and transformers for the reference), and writes JSON and logs
 # into $OUT (default /tmp/gpu-check):
 #   1. the CUDA tests: Gemma and the towers in bf16 on CUDA against f32 on CPU;
-#   2. our generation and vision benchmarks on the paper's 2B + CLIP-L/336 shapes;
+#   2. our training, generation and vision benchmarks on the paper's 2B + CLIP-L/336 shapes
+#      (stage 1 at 8x640, stage 2 at 4x1024 and 8x1024, the targets);
 #   3. the Python reference (hf_llava_baseline.py) on the same GPU, for the ratios.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
@@ -22,6 +23,11 @@ for test in "$BIN"/test-*; do
 done
 "$BIN/llava" parity fixtures/hf-parity/* 2>&1 | tee "$OUT/parity.log" | tail -1
 
+for shape in "1 8 640" "2 4 1024" "2 8 1024"; do
+    set -- $shape
+    timeout 240 "$BIN/llava" bench-train --preset paper-2b-clip --stage "$1" --micro-batch "$2" --seq "$3" \
+        --steps 8 --warmup 3 --device cuda --json | tee "$OUT/rust_train_s$1_$2x$3.json"
+done
 "$BIN/llava" bench-vision --preset paper-2b-clip --device cuda --batch 32 | tee "$OUT/rust_vision.json"
 "$BIN/llava" bench-generate --preset paper-2b-clip --device cuda --prompt-len 608 --new-tokens 128 \
     | tee "$OUT/rust_generate.json"

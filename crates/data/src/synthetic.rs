@@ -86,8 +86,10 @@ impl Scene {
                 kind: kinds[i],
                 color: colors[i],
                 slot,
-                y: rng.random_range(0.45..0.55),
-                radius: rng.random_range(0.13..0.16),
+                // Little jitter: each shape fills its grid cell the same way, so a small random
+                // tower's features tell shapes apart as clearly as colours.
+                y: rng.random_range(0.49..0.51),
+                radius: rng.random_range(0.145..0.155),
             })
             .collect();
         Scene { shapes }
@@ -462,7 +464,15 @@ mod tests {
         let stage2 = crate::read_records(&files.stage2).unwrap();
         assert_eq!((stage1.records.len(), stage2.records.len()), (12, 12));
         assert!(stage1.bad.is_empty() && stage2.bad.is_empty());
-        assert_eq!(stage2.records[0].conversations.len(), 4);
+        // Even images open with a description, odd ones start with the questions.
+        let (first, second) = (
+            &stage2.records[0].conversations,
+            &stage2.records[1].conversations,
+        );
+        assert_eq!((first.len(), second.len()), (6, 4));
+        assert_eq!(first[0].value, format!("<image>\n{DESCRIBE}"));
+        assert!(first[2].value.ends_with(SHORT_ANSWER) && !first[2].value.contains("<image>"));
+        assert!(second[0].value.starts_with("<image>\n"));
         let questions = std::fs::read_to_string(&files.eval_questions).unwrap();
         assert_eq!(questions.lines().count(), 8);
         let first: serde_json::Value =

@@ -255,6 +255,17 @@ fn read_mmvp(text: &str, path: &Path) -> Result<Vec<EvalQuestion>, Error> {
         .collect()
 }
 
+/// The model that answers, with its tokenizer and image processor.
+#[derive(Clone, Copy)]
+pub struct Assistant<'a> {
+    /// The LLaVA model.
+    pub model: &'a LlavaModel,
+    /// Its tokenizer.
+    pub tokenizer: &'a GemmaTokenizer,
+    /// Its image processor.
+    pub processor: &'a ImageProcessor,
+}
+
 /// Settings of a run.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
@@ -315,15 +326,18 @@ fn answer_id(model_id: &str, question: &str) -> String {
 /// each batch's answers (and flushing) before starting the next. Questions whose image cannot be
 /// read are reported in the stats and left unanswered.
 pub fn answer_questions(
-    model: &LlavaModel,
-    tokenizer: &GemmaTokenizer,
-    processor: &ImageProcessor,
+    assistant: Assistant<'_>,
     questions: &[EvalQuestion],
     images: &Path,
     answers: &Path,
     settings: &RunSettings,
     mut on_batch: impl FnMut(usize, usize),
 ) -> Result<RunStats, Error> {
+    let Assistant {
+        model,
+        tokenizer,
+        processor,
+    } = assistant;
     let done = answered_ids(answers)?;
     let mut stats = RunStats::default();
     let todo: Vec<&EvalQuestion> = questions

@@ -222,21 +222,37 @@ pub struct TrainReport {
     pub loss: f64,
 }
 
+/// What `bench-train` measures.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainShape {
+    /// 1 or 2.
+    pub stage: u8,
+    /// Samples per step.
+    pub micro_batch: usize,
+    /// Tokens per sample, image tokens included.
+    pub seq: usize,
+    /// Labelled tokens at the end of each sample (every text token when `None`).
+    pub loss_tokens: Option<usize>,
+    /// Timed steps.
+    pub steps: usize,
+    /// Untimed steps first.
+    pub warmup: usize,
+}
+
 /// Training steps on a random-weight model of `preset` with random data shaped as the Python
 /// reference shapes it: `<bos>`, one image's tokens, random text; the loss on the last
 /// `loss_tokens` tokens of each sample (every text token when `None`). On CUDA the weights are
 /// bf16 and the optimizer keeps f32 masters; on the CPU everything is f32. `warmup` steps are
 /// not timed.
-pub fn train(
-    preset_name: &str,
-    stage: u8,
-    device: Device,
-    micro_batch: usize,
-    seq: usize,
-    loss_tokens: Option<usize>,
-    steps: usize,
-    warmup: usize,
-) -> Result<TrainReport> {
+pub fn train(preset_name: &str, device: Device, shape: &TrainShape) -> Result<TrainReport> {
+    let &TrainShape {
+        stage,
+        micro_batch,
+        seq,
+        loss_tokens,
+        steps,
+        warmup,
+    } = shape;
     let config = preset(preset_name)?;
     let kind = foundation::device::default_kind(device);
     tch::manual_seed(0);

@@ -143,9 +143,11 @@ pub fn run(args: &EvalArgs, mut log: impl FnMut(&str)) -> Result<Value> {
         };
         let name = bench.name();
         let stats = runner::answer_questions(
-            &model,
-            &tokenizer,
-            &processor,
+            runner::Assistant {
+                model: &model,
+                tokenizer: &tokenizer,
+                processor: &processor,
+            },
             &questions,
             &files.images,
             &answers,

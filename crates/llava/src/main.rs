@@ -700,9 +700,11 @@ fn eval_synthetic(
         let file = answers_dir.join(name);
         let _ = std::fs::remove_file(&file);
         let stats = runner::answer_questions(
-            &model,
-            &tokenizer,
-            &processor,
+            runner::Assistant {
+                model: &model,
+                tokenizer: &tokenizer,
+                processor: &processor,
+            },
             questions,
             &data.join("images"),
             &file,
@@ -929,23 +931,23 @@ fn grade(args: &Grade) -> llava::Result<ExitCode> {
 fn bench_train(a: &BenchTrain) -> llava::Result<ExitCode> {
     let device = llava::foundation::device::parse_device(&a.device)?;
     let small = a.preset == "bench-small";
-    let report = llava::bench::train(
-        &a.preset,
-        a.stage,
-        device,
-        a.micro_batch
+    let shape = llava::bench::TrainShape {
+        stage: a.stage,
+        micro_batch: a
+            .micro_batch
             .unwrap_or(if small || a.stage == 2 { 4 } else { 8 }),
-        a.seq.unwrap_or(if small {
+        seq: a.seq.unwrap_or(if small {
             256
         } else if a.stage == 1 {
             640
         } else {
             1024
         }),
-        a.loss_tokens.or(small.then_some(96)),
-        a.steps,
-        a.warmup,
-    )?;
+        loss_tokens: a.loss_tokens.or(small.then_some(96)),
+        steps: a.steps,
+        warmup: a.warmup,
+    };
+    let report = llava::bench::train(&a.preset, device, &shape)?;
     if a.json {
         println!("{}", serde_json::to_string(&report).expect("serialises"));
     } else {

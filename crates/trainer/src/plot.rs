@@ -91,10 +91,10 @@ fn ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
 fn label(v: f64) -> String {
     if v == 0.0 {
         "0".into()
-    } else if v.abs() >= 1000.0 || v.abs() < 0.01 {
-        format!("{v:.0e}")
-    } else if v.fract().abs() < 1e-9 {
+    } else if v.fract().abs() < 1e-9 && v.abs() < 1e7 {
         format!("{v:.0}")
+    } else if v.abs() >= 1e7 || v.abs() < 0.01 {
+        format!("{v:.0e}")
     } else {
         format!("{v:.2}")
             .trim_end_matches('0')
@@ -234,6 +234,8 @@ mod tests {
         assert_eq!(label(0.25), "0.25");
         assert_eq!(label(2.0), "2");
         assert_eq!(label(0.5), "0.5");
+        assert_eq!(label(1200.0), "1200");
+        assert_eq!(label(0.001), "1e-3");
     }
 
     #[test]
@@ -249,7 +251,7 @@ mod tests {
         assert!(blue.len() > 300, "{}", blue.len());
         assert!(
             blue.iter()
-                .all(|&(x, y)| x >= LEFT && y >= TOP - 1 && y <= HEIGHT - BOTTOM + 1)
+                .all(|&(x, y)| x >= LEFT && (TOP - 1..=HEIGHT - BOTTOM + 1).contains(&y))
         );
         // The left end of the line is high (small y), the right end low.
         let leftmost = blue.iter().min_by_key(|p| p.0).unwrap();

@@ -90,7 +90,7 @@ impl RunConfig {
             connector: None,
             device: "cpu".into(),
             lr: if stage == 1 { 1e-2 } else { 3e-3 },
-            micro_batch: 16,
+            micro_batch: 32,
             global_batch: 32,
             epochs: if stage == 1 { 1 } else { 12 },
             max_steps: None,
@@ -100,7 +100,7 @@ impl RunConfig {
             max_length: 512,
             projector_type: "mlp2x_gelu".into(),
             image_size: None,
-            synthetic_images: 1200,
+            synthetic_images: 3600,
         }
     }
 

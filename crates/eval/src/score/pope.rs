@@ -31,10 +31,12 @@ pub struct CategoryScore {
     pub labels: usize,
 }
 
-/// POPE's score.
+/// POPE's score: one object per category (`adversarial`, `popular`, `random`) at the top level,
+/// next to `issues`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Score {
     /// Per category (`adversarial`, `popular`, `random`).
+    #[serde(flatten)]
     pub categories: BTreeMap<String, CategoryScore>,
     /// Problems: unknown ids; `missing_answers` counts labels left without an answer.
     pub issues: Issues,

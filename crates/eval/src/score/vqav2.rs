@@ -229,7 +229,7 @@ pub fn official_normalise(text: &str) -> String {
 /// punctuation and digit/article rules.
 pub fn evalai_process(text: &str) -> String {
     let lower = text.to_lowercase();
-    let word = lower.replace(',', "").replace('?', "").replace("'s", " 's");
+    let word = lower.replace([',', '?'], "").replace("'s", " 's");
     let item = word.trim().replace(['\n', '\t'], " ");
     let item = item.trim();
     process_digit_article(&process_punctuation(item, true))
