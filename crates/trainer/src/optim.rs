@@ -167,7 +167,6 @@ impl AdamW {
                 let _ = v
                     .g_mul_scalar_(beta2)
                     .addcmul_(&g, &g.g_mul_scalar(1.0 - beta2));
-                let denom = v.sqrt() / bias2_sqrt + eps;
                 let mut master = match &self.masters[i] {
                     Some(master) => master.shallow_clone(),
                     None => p.shallow_clone(),
@@ -175,8 +174,16 @@ impl AdamW {
                 if weight_decay > 0.0 && self.decay[i] {
                     let _ = master.g_mul_scalar_(1.0 - lr * weight_decay);
                 }
-                let update = (&m / denom) * (lr / bias1);
-                let _ = master.g_sub_(&update);
+                if lr > 0.0 {
+                    // master -= lr / bias1 * m / (sqrt(v) / bias2_sqrt + eps), in place: the
+                    // step size is folded into the denominator so one addcdiv applies it.
+                    let mut denom = v.sqrt();
+                    let _ = denom
+                        .g_div_scalar_(bias2_sqrt)
+                        .g_add_scalar_(eps)
+                        .g_mul_scalar_(-bias1 / lr);
+                    let _ = master.addcdiv_(&m, &denom);
+                }
                 if self.masters[i].is_some() {
                     p.copy_(&master);
                 }
