@@ -948,15 +948,18 @@ fn bench_train(a: &BenchTrain) -> llava::Result<ExitCode> {
         warmup: a.warmup,
     };
     let report = llava::bench::train(&a.preset, device, &shape)?;
-    if a.json {
-        println!("{}", serde_json::to_string(&report).expect("serialises"));
-    } else {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("serialises")
-        );
-    }
+    print_json(&report, a.json);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints `value` as one line of JSON (`--json`) or indented.
+fn print_json(value: &impl serde::Serialize, one_line: bool) {
+    let text = if one_line {
+        serde_json::to_string(value)
+    } else {
+        serde_json::to_string_pretty(value)
+    };
+    println!("{}", text.expect("reports serialise"));
 }
 
 fn score(args: &Score) -> llava::Result<ExitCode> {
@@ -968,14 +971,7 @@ fn score(args: &Score) -> llava::Result<ExitCode> {
         grades: args.grades.clone(),
         submission: args.submission.clone(),
     })?;
-    if args.json {
-        println!("{value}");
-    } else {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).expect("serialises")
-        );
-    }
+    print_json(&value, args.json);
     Ok(ExitCode::SUCCESS)
 }
 

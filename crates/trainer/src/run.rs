@@ -104,8 +104,8 @@ impl RunConfig {
         }
     }
 
-    /// The settings of preset `name` for `stage`. The paper presets follow the LLaVA-1.5 recipe of
-    /// `../shared/notes/llava-gemma.md`: stage 1 at lr 1e-3 and global batch 256, stage 2 at lr 2e-5
+    /// The settings of preset `name` for `stage`. The paper presets follow the LLaVA-1.5 recipe
+    /// (docs/training.md): stage 1 at lr 1e-3 and global batch 256, stage 2 at lr 2e-5
     /// and global batch 128, one epoch, 2048 tokens, `mlp2x_gelu`, CLIP at 336 px or DINOv2 at
     /// 224 px; their checkpoint directories (`lm`, `vision`) and data must still be given.
     pub fn preset(name: &str, stage: u8, output: PathBuf) -> Result<Self, RunError> {
@@ -129,26 +129,16 @@ impl RunConfig {
         }
         Ok(RunConfig {
             preset: name.into(),
-            stage,
-            lm: None,
-            vision: None,
-            data: None,
-            images: None,
-            output,
-            connector: None,
             device: "auto".into(),
             lr: if stage == 1 { 1e-3 } else { 2e-5 },
             micro_batch: if stage == 1 { 32 } else { 16 },
             global_batch: if stage == 1 { 256 } else { 128 },
             epochs: 1,
-            max_steps: None,
             save_every: Some(500),
-            resume: None,
-            seed: 0,
             max_length: 2048,
-            projector_type: "mlp2x_gelu".into(),
             image_size: (tower == "dinov2").then_some(224),
             synthetic_images: 0,
+            ..Self::tiny(stage, output)
         })
     }
 }
