@@ -1,39 +1,103 @@
 #!/usr/bin/env bash
 # The prepared GPU check, run on a CUDA machine from the repository root after `cargo xtask
-# device-bundle` here (which builds everything into .device-bin/, since that machine has no Rust).
-# It needs python3 with torch 2.11 (and transformers for the reference), and writes JSON and logs
-# into $OUT (default /tmp/gpu-check):
-#   1. the CUDA tests: Gemma and the towers in bf16 on CUDA against f32 on CPU;
-#   2. our training, generation and vision benchmarks on the paper's 2B + CLIP-L/336 shapes
-#      (stage 1 at 8x640, stage 2 at 4x1024 and 8x1024, the issue's targets);
-#   3. the Python reference (hf_llava_baseline.py) on the same GPU, for the ratios.
+# device-bundle` here (which builds stripped binaries into .device-bin/, since that machine has no
+# Rust). It needs python3 with torch 2.11 (and transformers for the reference). Everything lands in
+# $OUT (default /tmp/gpu-check) in a handful of files:
+#   log.txt        every step's output, with the seconds it took
+#   results.jsonl  one JSON object per measurement of ours, tagged with its step
+#   hf_*.json      the Python reference (hf_llava_baseline.py) on the same GPU
+#   profile_*.tsv  device time per kernel: our stage-1 and stage-2 steps, the reference's stage 2
+#   tests.log      the CUDA tests (bf16 on CUDA against f32 on CPU) and the parity fixtures
+# The steps run in order of importance, each under its own time limit, and the whole check stops
+# starting new steps once BUDGET seconds (default 420) have gone, so a device lease is never
+# overrun. PRESET (paper-2b-clip) and DEVICE (cuda) can be changed for a dry run on a CPU;
+# QUICK=1 runs only the training benchmarks, the reference and the tiny trainer.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
-mkdir -p "$OUT"
+BUDGET=${BUDGET:-420}
+PRESET=${PRESET:-paper-2b-clip}
+DEVICE=${DEVICE:-cuda}
+PYTHON=${PYTHON:-python3}
 BIN=.device-bin
-TORCH_LIB=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib
+mkdir -p "$OUT"
+LOG="$OUT/log.txt"
+RESULTS="$OUT/results.jsonl"
+: >"$LOG"
+: >"$RESULTS"
+TORCH_LIB=$("$PYTHON" -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib
 export LD_LIBRARY_PATH="$TORCH_LIB:${LD_LIBRARY_PATH:-}"
 export LLAVA_FIXTURES="$PWD/fixtures/hf-parity"
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
+export PYTHONUNBUFFERED=1
 
-status=0
-for test in "$BIN"/test-*; do
-    echo "== $test"
-    "$test" --test-threads 1 2>&1 | tee -a "$OUT/tests.log" | tail -3 || status=1
-done
-"$BIN/llava" parity fixtures/hf-parity/* 2>&1 | tee "$OUT/parity.log" | tail -1
+# step NAME LIMIT COMMAND...: runs COMMAND under min(LIMIT, what is left of BUDGET), logs it, and
+# appends each JSON line it prints to results.jsonl with "step": NAME.
+step() {
+    local name=$1 limit=$2
+    shift 2
+    local left=$((BUDGET - SECONDS))
+    if ((left < 15)); then
+        echo "== $name: skipped, budget spent" | tee -a "$LOG"
+        return
+    fi
+    ((limit > left)) && limit=$left
+    echo "== $name (limit ${limit}s, at ${SECONDS}s)" | tee -a "$LOG"
+    local start=$SECONDS
+    timeout "$limit" "$@" >"$OUT/.step" 2>&1
+    local rc=$?
+    cat "$OUT/.step" >>"$LOG"
+    tail -5 "$OUT/.step"
+    grep '^{.*}$' "$OUT/.step" | sed "s/^{/{\"step\":\"$name\",/" >>"$RESULTS"
+    echo "== $name: rc $rc in $((SECONDS - start))s" | tee -a "$LOG"
+}
 
-for shape in "1 8 640" "2 4 1024" "2 8 1024"; do
-    set -- $shape
-    timeout 240 "$BIN/llava" bench-train --preset paper-2b-clip --stage "$1" --micro-batch "$2" --seq "$3" \
-        --steps 8 --warmup 3 --device cuda --json | tee "$OUT/rust_train_s$1_$2x$3.json"
-done
-"$BIN/llava" bench-vision --preset paper-2b-clip --device cuda --batch 32 | tee "$OUT/rust_vision.json"
-"$BIN/llava" bench-generate --preset paper-2b-clip --device cuda --prompt-len 608 --new-tokens 128 \
-    | tee "$OUT/rust_generate.json"
+# add_json NAME FILE: appends an indented JSON object from FILE to results.jsonl as one line.
+add_json() {
+    [ -f "$2" ] || return 0
+    "$PYTHON" -c 'import json, sys; o = {"step": sys.argv[1], **json.load(open(sys.argv[2]))}; print(json.dumps(o))' \
+        "$1" "$2" >>"$RESULTS"
+}
 
-if python3 -c 'import transformers' 2>/dev/null && [ -f "$BIN/hf_llava_baseline.py" ]; then
-    RESULTS_DIR="$OUT" timeout 300 python3 "$BIN/hf_llava_baseline.py" > "$OUT/hf_baseline.log" 2>&1 || true
-    cat "$OUT/hf_baseline.json" 2>/dev/null
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$LOG"
+
+train=("$BIN/llava" bench-train --preset "$PRESET" --device "$DEVICE" --json)
+step smoke 60 "$BIN/llava" bench-train --preset bench-small --device "$DEVICE" --steps 2 --warmup 1 --json
+step train_s2_4x1024 120 "${train[@]}" --stage 2 --micro-batch 4 --seq 1024 --steps 8 --warmup 3 \
+    --profile "$OUT/profile_rust_s2_4x1024.tsv"
+step train_s2_8x1024 120 "${train[@]}" --stage 2 --micro-batch 8 --seq 1024 --steps 8 --warmup 3
+step train_s1_8x640 90 "${train[@]}" --stage 1 --micro-batch 8 --seq 640 --steps 8 --warmup 3 \
+    --profile "$OUT/profile_rust_s1_8x640.tsv"
+if [ -z "${SKIP_HF:-}" ]; then
+    step hf_reference 200 env RESULTS_DIR="$OUT" "$PYTHON" scripts/hf_llava_baseline.py
+    [ -z "${NO_REF_PROFILE:-}" ] && step hf_profile 120 "$PYTHON" scripts/profile_reference.py "$OUT/profile_ref_s2_4x1024.tsv" 4 1024
 fi
-exit $status
+if [ -z "${QUICK:-}" ]; then
+    step vision 60 "$BIN/llava" bench-vision --preset "$PRESET" --device "$DEVICE" --batch 32
+    step generate 90 "$BIN/llava" bench-generate --preset "$PRESET" --device "$DEVICE" --prompt-len 608 --new-tokens 128
+
+    for test in "$BIN"/test-*; do
+        step "$(basename "$test")" 90 "$test" --test-threads 1
+        cat "$OUT/.step" >>"$OUT/tests.log"
+    done
+    step parity 60 "$BIN/llava" parity fixtures/hf-parity/*/
+    cat "$OUT/.step" >>"$OUT/tests.log"
+fi
+
+# The trainer itself on the GPU: the tiny preset's stage 2 (bf16 weights, f32 masters), then the
+# held-out synthetic questions through the evaluation runner (on the CPU).
+rm -rf /tmp/gpu-check-tiny
+step tiny_train 120 "$BIN/llava" train --stage 2 --device "$DEVICE" --skip-pretraining \
+    --max-steps 120 --output /tmp/gpu-check-tiny
+add_json tiny_summary /tmp/gpu-check-tiny/summary.json
+step tiny_eval 60 "$BIN/llava" eval-synthetic --model /tmp/gpu-check-tiny/model \
+    --data /tmp/gpu-check-tiny/data --report /tmp/gpu-check-tiny/report.json
+add_json tiny_report /tmp/gpu-check-tiny/report.json
+
+# The reference at the batch sizes the H100 could not hold, if time is left (H200: 139 GB).
+if [ -z "${SKIP_HF:-}" ] && [ -z "${QUICK:-}" ]; then
+    mkdir -p /tmp/hf8
+    step hf_reference_8x1024 150 env RESULTS_DIR=/tmp/hf8 FINETUNE_B=8 PRETRAIN_B=8 GEN_TOKENS=8 \
+        "$PYTHON" scripts/hf_llava_baseline.py
+    [ -f /tmp/hf8/hf_baseline.json ] && cp /tmp/hf8/hf_baseline.json "$OUT/hf_baseline_8x1024.json"
+fi
+rm -f "$OUT/.step"
+echo "== done at ${SECONDS}s" | tee -a "$LOG"

@@ -13,6 +13,7 @@ pub mod device;
 mod error;
 pub mod io;
 pub mod layers;
+pub mod profiler;
 
 pub use checkpoint::{Checkpoint, TensorInfo};
 

@@ -35,6 +35,30 @@ pub fn emit_link_args() {
     }
 }
 
+/// Compiles C++ `files` that call ATen directly (for kernels tch does not wrap) into a static
+/// library `name` linked into this package, with libtorch's headers and the C++ ABI `torch-sys`
+/// uses (`LIBTORCH_CXX11_ABI`, default 1, as for every PyTorch wheel since 2.7).
+pub fn compile_cpp(name: &str, files: &[&str]) {
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let dir = libtorch_dir().unwrap_or_else(|| {
+        panic!("LIBTORCH is not set or does not exist; run `cargo xtask setup` first")
+    });
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .std("c++17")
+        .include(dir.join("include"))
+        .include(dir.join("include/torch/csrc/api/include"))
+        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
+        .flag_if_supported("-Wno-unused-parameter")
+        .files(files)
+        .compile(name);
+}
+
 /// The linker arguments for a libtorch whose shared libraries are in `lib`.
 pub fn link_args(lib: &Path) -> Vec<String> {
     let lib = lib.display();

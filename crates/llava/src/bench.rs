@@ -35,17 +35,19 @@ pub struct GenerateReport {
     pub tokens_per_s: f64,
 }
 
+/// Waits until `device` has finished the work queued on it.
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
 /// Seconds `work` takes on `device`, the device's queue drained before and after.
 fn timed(device: Device, work: impl FnOnce() -> Result<()>) -> Result<f64> {
-    let sync = || {
-        if let Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    };
-    sync();
+    sync(device);
     let start = Instant::now();
     work()?;
-    sync();
+    sync(device);
     Ok(start.elapsed().as_secs_f64())
 }
 
@@ -212,18 +214,37 @@ pub struct TrainReport {
     pub tokens_per_s: f64,
     /// `micro_batch / step_s`.
     pub samples_per_s: f64,
-    /// Peak memory: device memory in use on CUDA (sampled after each step), the process's peak
-    /// resident set on the CPU.
+    /// Peak memory: on CUDA the device memory in use after the timed steps (libtorch's caching
+    /// allocator keeps what it reserved, so this bounds the peak from above, the CUDA context
+    /// included); on the CPU the process's peak resident set.
     pub peak_memory_bytes: Option<u64>,
     /// Model FLOPs utilisation against the H100's 989.4 TFLOP/s dense bf16, counted as the Python
     /// reference counts it (GPU only).
     pub mfu: Option<f64>,
     /// The last step's loss (a sanity check: finite).
     pub loss: f64,
+    /// Seconds per step in each part, from extra steps drained between their parts.
+    pub phases: Phases,
+}
+
+/// Steps measured part by part after the timed ones.
+const PHASE_STEPS: usize = 2;
+
+/// Where a training step's time goes (seconds per step).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Phases {
+    /// The tower, the connector, the language model and the loss.
+    pub forward_s: f64,
+    /// Autograd's backward pass.
+    pub backward_s: f64,
+    /// The global gradient norm and the scaling.
+    pub clip_s: f64,
+    /// AdamW (and zeroing the gradients).
+    pub optimizer_s: f64,
 }
 
 /// What `bench-train` measures.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TrainShape {
     /// 1 or 2.
     pub stage: u8,
@@ -237,6 +258,8 @@ pub struct TrainShape {
     pub steps: usize,
     /// Untimed steps first.
     pub warmup: usize,
+    /// Where to write a kernel-by-kernel profile of two more steps (tab-separated).
+    pub profile: Option<std::path::PathBuf>,
 }
 
 /// Training steps on a random-weight model of `preset` with random data shaped as the Python
@@ -252,6 +275,7 @@ pub fn train(preset_name: &str, device: Device, shape: &TrainShape) -> Result<Tr
         loss_tokens,
         steps,
         warmup,
+        ..
     } = shape;
     let config = preset(preset_name)?;
     let kind = foundation::device::default_kind(device);
@@ -293,32 +317,72 @@ pub fn train(preset_name: &str, device: Device, shape: &TrainShape) -> Result<Tr
     let size = model.config.image_side()?;
     let pixels = Tensor::randn([b, 3, size, size], (kind, device));
 
-    let mut peak_device = 0u64;
     let mut loss_value = Tensor::zeros([], (Kind::Float, device));
-    let mut step = |optimizer: &mut trainer::AdamW| -> Result<()> {
+    // One optimizer step; with `phases`, the device is drained after each part and its seconds
+    // added there (forward with the loss, backward, clipping, AdamW).
+    let mut step = |optimizer: &mut trainer::AdamW, phases: Option<&mut Phases>| -> Result<()> {
+        let mut clock = phases.map(|p| (p, Instant::now()));
+        let mut lap = |slot: fn(&mut Phases) -> &mut f64| {
+            if let Some((phases, start)) = clock.as_mut() {
+                sync(device);
+                *slot(phases) += start.elapsed().as_secs_f64();
+                *start = Instant::now();
+            }
+        };
         let hidden = model.forward(&ids, Some(&pixels), None)?;
         let (loss, _) = model.loss(&hidden, &labels)?;
+        lap(|p| &mut p.forward_s);
         loss.backward();
-        let _ = optimizer.clip_grad_norm(1.0);
-        optimizer.step(1e-5);
+        lap(|p| &mut p.backward_s);
+        let _ = optimizer
+            .clip_grad_norm(1.0)
+            .map_err(gemma_lm::Error::from)?;
+        lap(|p| &mut p.clip_s);
+        optimizer.step(1e-5).map_err(gemma_lm::Error::from)?;
         optimizer.zero_grad();
+        lap(|p| &mut p.optimizer_s);
         loss_value = loss.detach();
-        if device.is_cuda() {
-            tch::Cuda::synchronize(0);
-            peak_device = peak_device.max(foundation::device::cuda_memory_in_use().unwrap_or(0));
-        }
         Ok(())
     };
     for _ in 0..warmup {
-        step(&mut optimizer)?;
+        step(&mut optimizer, None)?;
     }
     let seconds = timed(device, || {
         for _ in 0..steps.max(1) {
-            step(&mut optimizer)?;
+            step(&mut optimizer, None)?;
         }
         Ok(())
     })?;
+    // Untimed: the same steps again, drained between their parts, for where the time goes.
+    let mut phases = Phases::default();
+    for _ in 0..PHASE_STEPS {
+        step(&mut optimizer, Some(&mut phases))?;
+    }
+    for slot in [
+        &mut phases.forward_s,
+        &mut phases.backward_s,
+        &mut phases.clip_s,
+        &mut phases.optimizer_s,
+    ] {
+        *slot /= PHASE_STEPS as f64;
+    }
+    if let Some(path) = &shape.profile {
+        let profile = foundation::profiler::Profile::start(device.is_cuda())?;
+        for _ in 0..PHASE_STEPS {
+            step(&mut optimizer, None)?;
+        }
+        sync(device);
+        profile.finish(path)?;
+    }
     let step_s = seconds / steps.max(1) as f64;
+    // libtorch's caching allocator keeps what it once reserved (nothing here empties it), so the
+    // device memory in use now bounds every step's peak from above; no sampling inside the loop.
+    let peak_device = if device.is_cuda() {
+        sync(device);
+        foundation::device::cuda_memory_in_use()
+    } else {
+        None
+    };
     let count =
         |vs: &tch::nn::VarStore| -> f64 { vs.variables().values().map(|t| t.numel() as f64).sum() };
     let (n_vis, n_lm) = (
@@ -341,11 +405,12 @@ pub fn train(preset_name: &str, device: Device, shape: &TrainShape) -> Result<Tr
         tokens_per_s: tokens / step_s,
         samples_per_s: b as f64 / step_s,
         peak_memory_bytes: if device.is_cuda() {
-            Some(peak_device).filter(|&p| p > 0)
+            peak_device
         } else {
             foundation::device::peak_host_memory()
         },
         mfu: device.is_cuda().then(|| flops / step_s / 989.4e12),
         loss: loss_value.double_value(&[]),
+        phases,
     })
 }

@@ -283,6 +283,10 @@ struct BenchTrain {
     /// Print only the JSON object.
     #[arg(long)]
     json: bool,
+    /// Also write a kernel-by-kernel profile of two more steps to this file (tab-separated:
+    /// total milliseconds, calls, kernel).
+    #[arg(long)]
+    profile: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -946,6 +950,7 @@ fn bench_train(a: &BenchTrain) -> llava::Result<ExitCode> {
         loss_tokens: a.loss_tokens.or(small.then_some(96)),
         steps: a.steps,
         warmup: a.warmup,
+        profile: a.profile.clone(),
     };
     let report = llava::bench::train(&a.preset, device, &shape)?;
     print_json(&report, a.json);

@@ -1,11 +1,37 @@
 //! AdamW (Loshchilov & Hutter) with its state in our hands, so a checkpoint can hold it and a
 //! resumed run continues exactly. tch's optimizers keep their state inside libtorch, out of reach,
-//! and tch exposes neither `_fused_adamw_` nor the `_foreach_` kernels; this is the per-tensor
-//! update of `torch.optim.AdamW`.
+//! and tch exposes neither `_fused_adamw_` nor the `_foreach_` kernels, so a few lines of C++
+//! (`csrc/adamw.cpp`, see [`fused`]) call them: the update is `torch.optim.AdamW(fused=True)`'s
+//! and the clipping `torch.nn.utils.clip_grad_norm_`'s, kernel for kernel.
 
 use std::collections::HashMap;
 
-use tch::{Kind, Tensor};
+use tch::{Kind, TchError, Tensor};
+
+/// At most this many gradient elements are made f32 at a time for the bf16 parameters' masters
+/// (1 GiB), so the update never doubles the gradients' memory.
+pub const GROUP_ELEMENTS: i64 = 1 << 28;
+
+pub mod fused;
+
+/// Splits `members` into consecutive groups of at most `budget` elements (a larger tensor gets a
+/// group of its own).
+fn groups_of<'a>(members: &[&'a (usize, Tensor)], budget: i64) -> Vec<Vec<&'a (usize, Tensor)>> {
+    let mut groups: Vec<Vec<&(usize, Tensor)>> = Vec::new();
+    let mut size = 0;
+    for &member in members {
+        let n = member.1.numel() as i64;
+        match groups.last_mut() {
+            Some(group) if size + n <= budget => group.push(member),
+            _ => {
+                groups.push(vec![member]);
+                size = 0;
+            }
+        }
+        size += n;
+    }
+    groups
+}
 
 /// AdamW hyperparameters.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -45,6 +71,8 @@ pub struct AdamW {
     exp_avg_sq: Vec<Tensor>,
     decay: Vec<bool>,
     steps: i64,
+    /// What the next step divides the gradients by (set by clipping).
+    grad_scale: Option<Tensor>,
 }
 
 impl AdamW {
@@ -68,6 +96,7 @@ impl AdamW {
             decay: params.iter().map(|(_, p)| p.dim() > 1).collect(),
             params,
             steps: 0,
+            grad_scale: None,
         }
     }
 
@@ -105,90 +134,99 @@ impl AdamW {
         true
     }
 
-    /// Clears the gradients.
+    /// Drops the gradients (`zero_grad(set_to_none=True)`): the next backward pass writes them
+    /// rather than adding to zeros.
     pub fn zero_grad(&mut self) {
-        for (_, p) in &mut self.params {
-            p.zero_grad();
-        }
+        let params: Vec<Tensor> = self.params.iter().map(|(_, p)| p.shallow_clone()).collect();
+        fused::clear_grads(&params).expect("dropping gradients cannot fail");
     }
 
-    /// Scales gradients so their global L2 norm is at most `max_norm`, as
-    /// `torch.nn.utils.clip_grad_norm_` does; returns the norm before clipping (a 0-d f32 tensor on
-    /// the parameters' device, so reading it is the caller's one host synchronisation).
-    pub fn clip_grad_norm(&mut self, max_norm: f64) -> Tensor {
+    /// Clips the gradients' global L2 norm at `max_norm`, as `torch.nn.utils.clip_grad_norm_`
+    /// does, and returns the norm before clipping (a 0-d f32 tensor on the parameters' device, so
+    /// reading it is the caller's one host synchronisation). The scaling itself happens in the
+    /// next [`step`](Self::step), inside the fused kernel, which saves a pass over every gradient.
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<Tensor, TchError> {
         let grads: Vec<Tensor> = self
             .params
             .iter()
             .map(|(_, p)| p.grad())
             .filter(Tensor::defined)
             .collect();
-        let Some(first) = grads.first() else {
-            return Tensor::zeros([], (Kind::Float, tch::Device::Cpu));
-        };
-        let squares: Vec<Tensor> = grads
-            .iter()
-            .map(|g| g.to_kind(Kind::Float).square().sum(Kind::Float))
-            .collect();
-        let total = Tensor::stack(&squares, 0)
-            .sum(Kind::Float)
-            .sqrt()
-            .to_device(first.device());
-        let coef = (Tensor::from(max_norm as f32).to_device(total.device()) / (&total + 1e-6))
-            .clamp_max(1.0);
-        tch::no_grad(|| {
-            for mut g in grads {
-                let _ = g.g_mul_(&coef.to_kind(g.kind()));
-            }
-        });
-        total
+        if grads.is_empty() {
+            return Ok(Tensor::zeros([], (Kind::Float, tch::Device::Cpu)));
+        }
+        let (norm, scale) = tch::no_grad(|| fused::grad_norm(&grads, max_norm))?;
+        self.grad_scale = Some(scale);
+        Ok(norm)
     }
 
-    /// One update with learning rate `lr`, for every parameter that has a gradient.
-    pub fn step(&mut self, lr: f64) {
+    /// One update with learning rate `lr`, for every parameter that has a gradient: libtorch's
+    /// fused AdamW kernel (`torch.optim.AdamW(fused=True)`) on the f32 masters, over groups of
+    /// tensors (decayed or not, and at most [`GROUP_ELEMENTS`] elements of gradient made f32 at a
+    /// time), then the masters rounded into the model's bf16 weights. Gradients are clipped here
+    /// when [`clip_grad_norm`](Self::clip_grad_norm) was called since the last step.
+    pub fn step(&mut self, lr: f64) -> Result<(), TchError> {
         self.steps += 1;
+        let grad_scale = self.grad_scale.take();
         let AdamWConfig {
             beta1,
             beta2,
             eps,
             weight_decay,
         } = self.config;
-        let bias1 = 1.0 - beta1.powi(self.steps as i32);
-        let bias2_sqrt = (1.0 - beta2.powi(self.steps as i32)).sqrt();
-        tch::no_grad(|| {
-            for (i, (_, p)) in self.params.iter_mut().enumerate() {
-                let grad = p.grad();
-                if !grad.defined() {
-                    continue;
+        let with_grad: Vec<(usize, Tensor)> = self
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| (i, p.grad()))
+            .filter(|(_, g)| g.defined())
+            .collect();
+        for decayed in [false, true] {
+            let decay = if decayed { weight_decay } else { 0.0 };
+            let members: Vec<&(usize, Tensor)> = with_grad
+                .iter()
+                .filter(|(i, _)| (weight_decay > 0.0 && self.decay[*i]) == decayed)
+                .collect();
+            for group in groups_of(&members, GROUP_ELEMENTS) {
+                let mut weights = Vec::with_capacity(group.len());
+                let mut grads = Vec::with_capacity(group.len());
+                for (i, grad) in group.iter().map(|m| (m.0, &m.1)) {
+                    let weight = self.masters[i].as_ref().unwrap_or(&self.params[i].1);
+                    weights.push(weight.shallow_clone());
+                    grads.push(grad.to_kind(weight.kind()));
                 }
-                let g = grad.to_kind(Kind::Float);
-                let mut m = self.exp_avg[i].shallow_clone();
-                let mut v = self.exp_avg_sq[i].shallow_clone();
-                let _ = m.lerp_(&g, 1.0 - beta1);
-                let _ = v
-                    .g_mul_scalar_(beta2)
-                    .addcmul_(&g, &g.g_mul_scalar(1.0 - beta2));
-                let mut master = match &self.masters[i] {
-                    Some(master) => master.shallow_clone(),
-                    None => p.shallow_clone(),
+                let moments = |all: &[Tensor]| -> Vec<Tensor> {
+                    group.iter().map(|m| all[m.0].shallow_clone()).collect()
                 };
-                if weight_decay > 0.0 && self.decay[i] {
-                    let _ = master.g_mul_scalar_(1.0 - lr * weight_decay);
-                }
-                if lr > 0.0 {
-                    // master -= lr / bias1 * m / (sqrt(v) / bias2_sqrt + eps), in place: the
-                    // step size is folded into the denominator so one addcdiv applies it.
-                    let mut denom = v.sqrt();
-                    let _ = denom
-                        .g_div_scalar_(bias2_sqrt)
-                        .g_add_scalar_(eps)
-                        .g_mul_scalar_(-bias1 / lr);
-                    let _ = master.addcdiv_(&m, &denom);
-                }
-                if self.masters[i].is_some() {
-                    p.copy_(&master);
-                }
+                tch::no_grad(|| {
+                    fused::adamw(
+                        &weights,
+                        &grads,
+                        &moments(&self.exp_avg),
+                        &moments(&self.exp_avg_sq),
+                        self.steps as f64,
+                        fused::Hyper {
+                            lr,
+                            beta1,
+                            beta2,
+                            weight_decay: decay,
+                            eps,
+                        },
+                        grad_scale.as_ref(),
+                    )
+                })?;
+                drop(grads);
+                tch::no_grad(|| {
+                    for m in &group {
+                        if let Some(master) = &self.masters[m.0] {
+                            self.params[m.0].1.shallow_clone().f_copy_(master)?;
+                        }
+                    }
+                    Ok::<_, TchError>(())
+                })?;
             }
-        });
+        }
+        Ok(())
     }
 
     /// The moments and step count as named tensors (`exp_avg.<name>`, `exp_avg_sq.<name>`,
@@ -275,7 +313,7 @@ mod tests {
         for step in 0..5 {
             ours.zero_grad();
             loss(&w, &b, step).backward();
-            ours.step(1e-2);
+            ours.step(1e-2).unwrap();
             theirs.zero_grad();
             loss(&w2, &b2, step).backward();
             theirs.step();
@@ -309,7 +347,7 @@ mod tests {
         for step in 0..5 {
             ours.zero_grad();
             loss(&w, &fixed_b, step).backward();
-            ours.step(1e-2);
+            ours.step(1e-2).unwrap();
             theirs.zero_grad();
             loss(&w2, &fixed_b, step).backward();
             theirs.step();
@@ -326,7 +364,7 @@ mod tests {
             },
         );
         (norm.sum(Kind::Float) * 0.0).backward();
-        opt.step(1.0);
+        opt.step(1.0).unwrap();
         assert!(norm.equal(&Tensor::ones([3], (Kind::Float, Device::Cpu))));
     }
 
@@ -342,17 +380,36 @@ mod tests {
             AdamWConfig::default(),
         );
         loss(&w, &b, 3).backward();
-        let norm = |t: &[Tensor]| {
-            t.iter()
-                .map(|t| t.grad().square().sum(Kind::Float).double_value(&[]))
-                .sum::<f64>()
-                .sqrt()
-        };
-        let before = norm(&[w.shallow_clone(), b.shallow_clone()]);
-        let reported = opt.clip_grad_norm(1.0).double_value(&[]);
-        assert!((reported - before).abs() < 1e-3 * before);
+        let grads = [("w", w.grad().copy()), ("b", b.grad().copy())];
+        let before = grads
+            .iter()
+            .map(|(_, g)| g.square().sum(Kind::Float).double_value(&[]))
+            .sum::<f64>()
+            .sqrt();
         assert!(before > 1.0);
-        assert!((norm(&[w.shallow_clone(), b.shallow_clone()]) - 1.0).abs() < 1e-4);
+        let reported = opt.clip_grad_norm(1.0).unwrap().double_value(&[]);
+        assert!((reported - before).abs() < 1e-3 * before);
+        opt.step(1e-2).unwrap();
+        // The first moment after one step is (1 - beta1) times the clipped gradient.
+        let state: HashMap<String, Tensor> = opt.state().into_iter().collect();
+        for (name, g) in grads {
+            let expected = g * (0.1 / (before + 1e-6));
+            let m = &state[&format!("exp_avg.{name}")];
+            assert!(m.allclose(&expected, 1e-5, 1e-7, false), "{name}");
+        }
+        // Without clipping the gradients go in whole.
+        opt.zero_grad();
+        loss(&w, &b, 3).backward();
+        let g = w.grad().copy();
+        let m_before = state["exp_avg.w"].copy();
+        opt.step(1e-2).unwrap();
+        let m = opt
+            .state()
+            .into_iter()
+            .find(|(n, _)| n == "exp_avg.w")
+            .unwrap()
+            .1;
+        assert!(m.allclose(&(m_before * 0.9 + g * 0.1), 1e-5, 1e-6, false));
     }
 
     #[test]
@@ -370,7 +427,7 @@ mod tests {
         for _ in 0..100 {
             opt.zero_grad();
             p.sum(Kind::Float).backward();
-            opt.step(1e-4);
+            opt.step(1e-4).unwrap();
         }
         let master = opt.master_weights()[0].1.double_value(&[0]);
         assert!((master - 0.99).abs() < 1e-5, "{master}");
@@ -403,7 +460,7 @@ mod tests {
                 }
                 opt.zero_grad();
                 loss(&w, &b, step as i64).backward();
-                opt.step(1e-2);
+                opt.step(1e-2).unwrap();
             }
             (w.copy(), b.copy())
         };

@@ -221,13 +221,19 @@ fn build_model(
                 .load(&model.connector_vs, &Checkpoint::open(file)?)?;
         }
         if device != Device::Cpu {
-            for vs in [
-                &mut model.vision_vs,
-                &mut model.connector_vs,
-                &mut model.lm_vs,
+            // A new model on the device, given the seeded weights: moving the variable stores
+            // alone would leave the modules' other tensors (position ids, rotary tables) behind.
+            let kind = foundation::device::default_kind(device);
+            let mut on_device = LlavaModel::new(&presets::tiny(), device, kind)?;
+            for (to, from) in [
+                (&mut on_device.vision_vs, &model.vision_vs),
+                (&mut on_device.connector_vs, &model.connector_vs),
+                (&mut on_device.lm_vs, &model.lm_vs),
             ] {
-                vs.set_device(device);
+                to.copy(from)
+                    .map_err(|e| RunError::Config(format!("moving the tiny model: {e}")))?;
             }
+            model = on_device;
         }
         return Ok((model, data::builtin_tokenizer()));
     }

@@ -235,6 +235,9 @@ pub enum StageError {
     /// From the model.
     #[error(transparent)]
     Model(#[from] llava_model::Error),
+    /// The optimizer's kernels failed (out of device memory, say).
+    #[error("optimizer: {0}")]
+    Optimizer(#[from] tch::TchError),
     /// Writing a checkpoint failed.
     #[error(transparent)]
     Checkpoint(foundation::Error),
@@ -394,9 +397,9 @@ pub fn train(
             }
             let lr = schedule.lr(step - 1);
             let grad_norm = optimizer
-                .clip_grad_norm(config.max_grad_norm)
+                .clip_grad_norm(config.max_grad_norm)?
                 .double_value(&[]);
-            optimizer.step(lr);
+            optimizer.step(lr)?;
             optimizer.zero_grad();
             let seconds = started.elapsed().as_secs_f64().max(1e-9);
             let m = StepMetrics {
