@@ -83,3 +83,11 @@ fn paper_presets_ask_for_their_checkpoints_and_unknown_presets_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn the_tiny_model_has_a_row_for_every_token_of_the_builtin_tokenizer() {
+    let tokenizer = data::builtin_tokenizer();
+    let config = llava_model::presets::tiny();
+    assert!(tokenizer.vocab_size() as i64 <= config.text_config.vocab_size);
+    assert_eq!(tokenizer.token_id("<image>"), config.image_token_index);
+}
