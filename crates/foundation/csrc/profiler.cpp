@@ -4,13 +4,12 @@
 // Every function returns NULL on success or a malloc'd error message (free it with
 // `llava_profiler_free_message`); no C++ exception crosses into Rust.
 
+#include <llava_ffi.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <fstream>
 #include <map>
 #include <set>
@@ -21,18 +20,6 @@
 namespace {
 
 namespace prof = torch::profiler::impl;
-
-template <typename F>
-char *guarded(F &&body) {
-    try {
-        body();
-        return nullptr;
-    } catch (const std::exception &e) {
-        return strdup(e.what());
-    } catch (...) {
-        return strdup("unknown C++ exception");
-    }
-}
 
 std::set<prof::ActivityType> activities(bool cuda) {
     std::set<prof::ActivityType> set{prof::ActivityType::CPU};
@@ -48,7 +35,7 @@ void llava_profiler_free_message(char *message) { free(message); }
 
 // Starts recording operators (and, with `cuda`, device kernels and copies).
 char *llava_profiler_start(bool cuda) {
-    return guarded([&] {
+    return llava_ffi::guarded([&] {
         prof::ProfilerConfig config(prof::ProfilerState::KINETO);
         torch::autograd::profiler::prepareProfiler(config, activities(cuda));
         torch::autograd::profiler::enableProfiler(config, activities(cuda));
@@ -58,7 +45,7 @@ char *llava_profiler_start(bool cuda) {
 // Stops recording and writes `path`: one tab-separated line per device kernel (or, without
 // device events, per operator) -- total milliseconds, calls, name -- largest total first.
 char *llava_profiler_stop(const char *path) {
-    return guarded([&] {
+    return llava_ffi::guarded([&] {
         auto result = torch::autograd::profiler::disableProfiler();
         std::map<std::string, std::pair<uint64_t, uint64_t>> device, host;
         for (const auto &event : result->events()) {

@@ -11,6 +11,7 @@
 pub mod checkpoint;
 pub mod device;
 mod error;
+pub mod ffi;
 pub mod io;
 pub mod layers;
 pub mod profiler;

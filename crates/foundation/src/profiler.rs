@@ -2,7 +2,7 @@
 //! the device time of a piece of work goes, kernel by kernel. `llava bench-train --profile FILE`
 //! uses it.
 
-use std::ffi::{CStr, CString, c_char};
+use std::ffi::{CString, c_char};
 use std::path::Path;
 
 use crate::{Error, Result};
@@ -18,15 +18,8 @@ fn torch_error(message: String) -> Error {
 }
 
 fn checked(message: *mut c_char) -> std::result::Result<(), String> {
-    if message.is_null() {
-        return Ok(());
-    }
-    // SAFETY: a non-null answer is a NUL-terminated string from strdup, freed once here.
-    let text = unsafe { CStr::from_ptr(message) }
-        .to_string_lossy()
-        .into_owned();
-    unsafe { llava_profiler_free_message(message) };
-    Err(text)
+    // SAFETY: the shim's answers are NULL or its own strdup'd messages.
+    unsafe { crate::ffi::checked(message, llava_profiler_free_message) }
 }
 
 /// A running profile; [`Profile::finish`] writes it. Only one can run at a time in a process.

@@ -36,13 +36,16 @@ pub fn emit_link_args() {
 }
 
 /// Compiles C++ `files` that call ATen directly (for kernels tch does not wrap) into a static
-/// library `name` linked into this package, with libtorch's headers and the C++ ABI `torch-sys`
-/// uses (`LIBTORCH_CXX11_ABI`, default 1, as for every PyTorch wheel since 2.7).
+/// library `name` linked into this package, with libtorch's headers, this crate's `llava_ffi.h`
+/// (exceptions into error strings) and the C++ ABI `torch-sys` uses (`LIBTORCH_CXX11_ABI`,
+/// default 1, as for every PyTorch wheel since 2.7).
 pub fn compile_cpp(name: &str, files: &[&str]) {
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }
+    let header = Path::new(env!("CARGO_MANIFEST_DIR")).join("include/llava_ffi.h");
+    println!("cargo:rerun-if-changed={}", header.display());
     let dir = libtorch_dir().unwrap_or_else(|| {
         panic!("LIBTORCH is not set or does not exist; run `cargo xtask setup` first")
     });
@@ -53,6 +56,7 @@ pub fn compile_cpp(name: &str, files: &[&str]) {
         .std("c++17")
         .include(dir.join("include"))
         .include(dir.join("include/torch/csrc/api/include"))
+        .include(Path::new(env!("CARGO_MANIFEST_DIR")).join("include"))
         .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
         .flag_if_supported("-Wno-unused-parameter")
         .files(files)

@@ -14,11 +14,10 @@
 #include <ATen/ops/reshape.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/stack.h>
+#include <llava_ffi.h>
 
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <optional>
 #include <vector>
 
@@ -29,18 +28,6 @@ std::vector<at::Tensor> gather(at::Tensor *const *tensors, int64_t n) {
     out.reserve(n);
     for (int64_t i = 0; i < n; ++i) out.push_back(*tensors[i]);
     return out;
-}
-
-template <typename F>
-char *guarded(F &&body) {
-    try {
-        body();
-        return nullptr;
-    } catch (const std::exception &e) {
-        return strdup(e.what());
-    } catch (...) {
-        return strdup("unknown C++ exception");
-    }
 }
 
 }  // namespace
@@ -59,9 +46,19 @@ char *llava_fused_adamw(at::Tensor *const *params, at::Tensor *const *grads,
                         at::Tensor *const *exp_avgs, at::Tensor *const *exp_avg_sqs, int64_t n,
                         double step, double lr, double beta1, double beta2, double weight_decay,
                         double eps, const at::Tensor *grad_scale) {
-    return guarded([&] {
+    return llava_ffi::guarded([&] {
         if (n == 0) return;
         auto p = gather(params, n);
+        // The kernel itself trusts its inputs: check what it would read out of bounds on.
+        for (int64_t i = 0; i < n; ++i) {
+            for (const at::Tensor *t : {grads[i], exp_avgs[i], exp_avg_sqs[i]}) {
+                TORCH_CHECK(t->sizes() == p[i].sizes() && t->dtype() == p[i].dtype() &&
+                                t->device() == p[i].device(),
+                            "AdamW tensor ", i, ": the parameter is ", p[i].sizes(), " ",
+                            p[i].dtype(), " on ", p[i].device(), ", its gradient or moment ",
+                            t->sizes(), " ", t->dtype(), " on ", t->device());
+            }
+        }
         auto step_tensor = at::scalar_tensor(step, p[0].options().dtype(at::kFloat));
         std::vector<at::Tensor> steps(n, step_tensor);
         std::optional<at::Tensor> scale;
@@ -78,7 +75,7 @@ char *llava_fused_adamw(at::Tensor *const *params, at::Tensor *const *grads,
 // caller owns; the gradients are not touched.
 char *llava_grad_norm(at::Tensor *const *grads, int64_t n, double max_norm, at::Tensor **norm,
                       at::Tensor **scale) {
-    return guarded([&] {
+    return llava_ffi::guarded([&] {
         auto norms = at::_foreach_norm(gather(grads, n), 2, at::kFloat);
         auto total = at::linalg_vector_norm(at::stack(norms), 2);
         *scale = new at::Tensor(at::clamp_min(total.add(1e-6).div(max_norm), 1.0).reshape({1}));
@@ -89,7 +86,7 @@ char *llava_grad_norm(at::Tensor *const *grads, int64_t n, double max_norm, at::
 // Sets the gradients of `n` parameters to undefined (`set_to_none=True`), so the next backward
 // pass writes them instead of adding to zeros.
 char *llava_clear_grads(at::Tensor *const *params, int64_t n) {
-    return guarded([&] {
+    return llava_ffi::guarded([&] {
         for (int64_t i = 0; i < n; ++i) params[i]->mutable_grad().reset();
     });
 }

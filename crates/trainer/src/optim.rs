@@ -413,6 +413,42 @@ mod tests {
     }
 
     #[test]
+    fn groups_hold_at_most_the_budget_and_a_large_tensor_alone() {
+        let t = |n: i64| Tensor::zeros([n], (Kind::Float, Device::Cpu));
+        let members = [(0, t(3)), (1, t(4)), (2, t(10)), (3, t(2)), (4, t(2))];
+        let refs: Vec<&(usize, Tensor)> = members.iter().collect();
+        let groups: Vec<Vec<usize>> = groups_of(&refs, 8)
+            .iter()
+            .map(|g| g.iter().map(|m| m.0).collect())
+            .collect();
+        assert_eq!(groups, vec![vec![0, 1], vec![2], vec![3, 4]]);
+    }
+
+    #[test]
+    fn a_kernel_error_comes_back_as_an_error_not_a_crash() {
+        let p = Tensor::zeros([4], (Kind::Float, Device::Cpu));
+        let wrong = Tensor::zeros([5], (Kind::Float, Device::Cpu));
+        let hyper = fused::Hyper {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            weight_decay: 0.0,
+            eps: 1e-8,
+        };
+        let err = fused::adamw(
+            &[p.shallow_clone()],
+            &[wrong],
+            &[p.zeros_like()],
+            &[p.zeros_like()],
+            1.0,
+            hyper,
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("AdamW tensor 0"), "{err}");
+    }
+
+    #[test]
     fn bf16_parameters_accumulate_small_updates_in_their_f32_masters() {
         let vs = VarStore::new(Device::Cpu);
         let p = vs

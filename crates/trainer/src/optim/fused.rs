@@ -1,7 +1,7 @@
 //! The C ABI of `csrc/adamw.cpp`: libtorch's `_fused_adamw_`, the foreach norm of
 //! `torch.nn.utils.clip_grad_norm_`, and `zero_grad(set_to_none=True)`, which tch does not wrap.
 
-use std::ffi::{CStr, c_char, c_void};
+use std::ffi::{c_char, c_void};
 
 use tch::{TchError, Tensor};
 
@@ -50,17 +50,9 @@ fn pointers(tensors: &[Tensor]) -> Vec<*const c_void> {
     tensors.iter().map(|t| t.as_ptr().cast()).collect()
 }
 
-/// Turns the shim's answer (NULL, or an error message it allocated) into a `Result`.
 fn checked(message: *mut c_char) -> Result<(), TchError> {
-    if message.is_null() {
-        return Ok(());
-    }
-    // SAFETY: a non-null answer is a NUL-terminated string from strdup, freed once here.
-    let text = unsafe { CStr::from_ptr(message) }
-        .to_string_lossy()
-        .into_owned();
-    unsafe { llava_free_message(message) };
-    Err(TchError::Torch(text))
+    // SAFETY: the shim's answers are NULL or its own strdup'd messages.
+    unsafe { foundation::ffi::checked(message, llava_free_message) }.map_err(TchError::Torch)
 }
 
 /// One fused AdamW update (`step` counts from 1 and includes this one) of `params` with `grads`

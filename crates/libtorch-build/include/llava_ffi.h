@@ -1,0 +1,24 @@
+// Shared by the C++ files that `libtorch_build::compile_cpp` builds: run a body and turn any C++
+// exception into a malloc'd message (NULL on success) for the Rust side to read and free, so no
+// exception ever unwinds into Rust.
+#pragma once
+
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+
+namespace llava_ffi {
+
+template <typename F>
+char *guarded(F &&body) {
+    try {
+        body();
+        return nullptr;
+    } catch (const std::exception &e) {
+        return strdup(e.what());
+    } catch (...) {
+        return strdup("unknown C++ exception");
+    }
+}
+
+}  // namespace llava_ffi
