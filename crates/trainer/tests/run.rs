@@ -24,7 +24,7 @@ fn both_stages_write_their_outputs() {
         serde_json::from_str(&std::fs::read_to_string(stage1.output.join("config.json")).unwrap())
             .unwrap();
     assert_eq!(
-        written["lr"], 1e-2,
+        written["lr"], 1e-3,
         "the resolved config is written next to the outputs"
     );
 
