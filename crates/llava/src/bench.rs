@@ -237,7 +237,7 @@ pub struct Phases {
     pub forward_s: f64,
     /// Autograd's backward pass.
     pub backward_s: f64,
-    /// The global gradient norm and the scaling.
+    /// The global gradient norm (the clipping scale itself is applied inside the AdamW step).
     pub clip_s: f64,
     /// AdamW (and zeroing the gradients).
     pub optimizer_s: f64,
