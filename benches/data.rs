@@ -1,10 +1,12 @@
 //! The data pipeline, JSON record to padded batch: CC3M-style samples (a 640x480 JPEG and a caption,
-//! Gemma template, 576 image tokens, CLIP-336 preprocessing), on one worker and on all cores.
+//! Gemma template, 576 image tokens, CLIP-336 preprocessing), on one worker and on all cores; and
+//! the scale case, a file shaped like the 665K mix (`LLAVA_BENCH_MIX_RECORDS` records, 20,000 by
+//! default; 665000 for the real size): indexing it and checking every record, in records/s.
 
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use data::{Dataset, ImageSource, Loader, Template, Templater, collate, read_records};
+use data::{Dataset, ImageSource, Loader, RecordFile, Template, Templater, collate};
 use image_processing::{ImageProcessor, ProcessorConfig};
 use llava_benches::sample_jpeg;
 
@@ -30,12 +32,12 @@ fn dataset(dir: &std::path::Path) -> Arc<Dataset> {
     }
     let file = dir.join("chat.json");
     std::fs::write(&file, serde_json::Value::Array(records).to_string()).expect("temp dir");
-    let read = read_records(&file).expect("valid records");
+    let (records, bad_records) = RecordFile::open(&file).expect("valid records");
     let mut tokenizer = data::builtin_tokenizer();
     let image_token = tokenizer.add_special_token("<image>");
     Arc::new(Dataset {
-        records: read.records,
-        bad_records: read.bad,
+        records,
+        bad_records,
         images: Some(ImageSource::open(&images).expect("folder")),
         templater: Templater {
             tokenizer,
@@ -78,5 +80,41 @@ fn pipeline(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pipeline);
+fn mix_scale(c: &mut Criterion) {
+    let records: usize = std::env::var("LLAVA_BENCH_MIX_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("llava_v1_5_mix665k_like.json");
+    data::mix::write_mix_like(&file, records, 0).expect("temp dir");
+    let mut group = c.benchmark_group("mix665k_scale");
+    group.throughput(Throughput::Elements(records as u64));
+    group.sample_size(10);
+    group.bench_function("index", |b| {
+        b.iter(|| RecordFile::open(&file).expect("valid records").0.len())
+    });
+    let (records, bad_records) = RecordFile::open(&file).expect("valid records");
+    let mut tokenizer = data::builtin_tokenizer();
+    let image_token = tokenizer.add_special_token("<image>");
+    let dataset = Dataset {
+        records,
+        bad_records,
+        images: None,
+        templater: Templater {
+            tokenizer,
+            template: Template::Gemma,
+            image_token,
+            tokens_per_image: 576,
+            max_length: 2048,
+        },
+        processor: ImageProcessor::new(ProcessorConfig::clip_336()),
+    };
+    group.bench_function("check_no_decode", |b| {
+        b.iter(|| data::check(&dataset, false).records)
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pipeline, mix_scale);
 criterion_main!(benches);

@@ -113,6 +113,8 @@ fn cached_venv_torch() -> Result<PathBuf, String> {
     let venv = cache.join(format!("torch-{TORCH_VERSION}"));
     let venv_python = venv.join("bin").join("python");
     if let Some(dir) = python_torch(&venv_python.to_string_lossy()) {
+        // Environments installed before the scripts were rewritten still name the temporary folder.
+        relocate_scripts(&venv)?;
         return Ok(dir);
     }
     std::fs::create_dir_all(&cache).map_err(|e| format!("{}: {e}", cache.display()))?;
@@ -138,8 +140,59 @@ fn cached_venv_torch() -> Result<PathBuf, String> {
         std::fs::remove_dir_all(&venv).map_err(|e| format!("{}: {e}", venv.display()))?;
     }
     std::fs::rename(&partial, &venv).map_err(|e| format!("{}: {e}", venv.display()))?;
+    relocate_scripts(&venv)?;
     python_torch(&venv_python.to_string_lossy())
         .ok_or_else(|| format!("torch did not import from {}", venv.display()))
+}
+
+/// Rewrites the scripts of the environment at `venv` (`bin/torchrun`, `bin/pip`, `activate`, …),
+/// which pip wrote naming the temporary folder the environment was installed in
+/// (`torch-<version>.partial-<pid>`), to name `venv` itself, so that they run.
+fn relocate_scripts(venv: &Path) -> Result<(), String> {
+    let bin = venv.join("bin");
+    let Ok(entries) = std::fs::read_dir(&bin) else {
+        return Ok(());
+    };
+    let final_path = venv.to_string_lossy().into_owned();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !path.is_file() || path.is_symlink() {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue; // A binary.
+        };
+        if let Some(fixed) = replace_partial_paths(&text, venv, &final_path) {
+            let tmp = path.with_extension("relocate-tmp");
+            std::fs::write(&tmp, fixed).map_err(|e| format!("{}: {e}", tmp.display()))?;
+            let permissions = entry
+                .metadata()
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .permissions();
+            std::fs::set_permissions(&tmp, permissions)
+                .map_err(|e| format!("{}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// `text` with every `<venv>.partial-<digits>` replaced by `final_path`, or `None` if it has none.
+fn replace_partial_paths(text: &str, venv: &Path, final_path: &str) -> Option<String> {
+    let marker = format!("{}.partial-", venv.to_string_lossy());
+    if !text.contains(&marker) {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(&marker) {
+        out.push_str(&rest[..at]);
+        out.push_str(final_path);
+        let after = &rest[at + marker.len()..];
+        rest = after.trim_start_matches(|c: char| c.is_ascii_digit());
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 /// Atomically points the symbolic link `link` at `target`.
@@ -158,5 +211,37 @@ fn run(command: &mut Command) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{command:?} failed ({status})"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_installed_in_the_temporary_folder_are_relocated() {
+        let dir = std::env::temp_dir().join(format!("xtask-relocate-{}", std::process::id()));
+        let venv = dir.join("torch-2.11.0");
+        let bin = venv.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let partial = format!("{}.partial-4242", venv.display());
+        let torchrun = bin.join("torchrun");
+        std::fs::write(
+            &torchrun,
+            format!("#!{partial}/bin/python3\nimport sys\n# {partial}/lib\n"),
+        )
+        .unwrap();
+        std::fs::write(bin.join("python3.11"), [0u8, 159, 146, 150]).unwrap();
+        relocate_scripts(&venv).unwrap();
+        let text = std::fs::read_to_string(&torchrun).unwrap();
+        assert_eq!(
+            text,
+            format!("#!{0}/bin/python3\nimport sys\n# {0}/lib\n", venv.display())
+        );
+        assert_eq!(
+            std::fs::read(bin.join("python3.11")).unwrap(),
+            [0u8, 159, 146, 150]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

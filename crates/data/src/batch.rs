@@ -12,15 +12,16 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
 use crate::images::ImageSource;
-use crate::record::{BadRecord, Record, SkipReason};
+use crate::record::{BadRecord, SkipReason};
+use crate::store::RecordFile;
 use crate::template::{IGNORE, Templater, Tokenized};
 
 /// A dataset ready for batching: checked records, where their images are, how to tokenize them and
 /// how to prepare their images.
 #[derive(Debug)]
 pub struct Dataset {
-    /// The usable records.
-    pub records: Vec<Record>,
+    /// The usable records, indexed in their file.
+    pub records: RecordFile,
     /// Records skipped while reading.
     pub bad_records: Vec<BadRecord>,
     /// The image store (`None` for text-only data).
@@ -44,29 +45,21 @@ pub struct Sample {
 
 impl Dataset {
     /// LLaVA's `modality_lengths`: a cheap length estimate per record (words, plus 128 for an
-    /// image), positive for image records and negative for text-only ones, without tokenizing.
+    /// image), positive for image records and negative for text-only ones, without tokenizing
+    /// (computed when the file was indexed).
     pub fn modality_lengths(&self) -> Vec<i64> {
-        self.records
-            .iter()
-            .map(|r| {
-                let words: usize = r
-                    .conversations
-                    .iter()
-                    .map(|t| t.value.split_whitespace().count())
-                    .sum();
-                if r.image.is_some() {
-                    words as i64 + 128
-                } else {
-                    -(words as i64).max(1)
-                }
-            })
+        (0..self.records.len())
+            .map(|i| self.records.modality_length(i))
             .collect()
     }
 
     /// Tokenizes record `index` and loads its image, or says why it cannot be used.
     pub fn sample(&self, index: usize) -> Result<Sample, (SkipReason, String)> {
-        let record = &self.records[index];
-        let tokens = self.templater.tokenize(record)?;
+        let record = self
+            .records
+            .get(index)
+            .map_err(|bad| (bad.reason, bad.detail))?;
+        let tokens = self.templater.tokenize(&record)?;
         let image = match &record.image {
             None => None,
             Some(path) => {
@@ -80,7 +73,7 @@ impl Dataset {
             }
         };
         Ok(Sample {
-            id: record.id.clone(),
+            id: record.id,
             tokens,
             image,
         })
@@ -285,7 +278,7 @@ impl Loader {
                     match result {
                         Ok(sample) => samples.push(sample),
                         Err((reason, detail)) => {
-                            skipped.push((dataset.records[index].id.clone(), reason, detail))
+                            skipped.push((dataset.records.id(index), reason, detail))
                         }
                     }
                 }

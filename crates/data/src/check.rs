@@ -66,41 +66,56 @@ struct Checked {
     truncated: bool,
 }
 
+/// Records checked per round: enough to keep every core busy, few enough that memory stays flat.
+const ROUND: usize = 4096;
+
 /// Checks every record of `dataset`: the read-time checks, the template (lengths, truncation), and
 /// each image, decoded when `decode_images` (else only looked up). Runs on rayon's threads.
 pub fn check(dataset: &Dataset, decode_images: bool) -> CheckReport {
-    let results: Vec<Result<Checked, (SkipReason, String)>> = dataset
-        .records
-        .par_iter()
-        .map(|record| {
-            let tokens = dataset.templater.tokenize(record)?;
-            if let Some(path) = &record.image {
-                let source = dataset.images.as_ref().ok_or_else(|| {
-                    (
-                        SkipReason::MissingImage,
-                        format!("{path}: no image folder or zip given"),
-                    )
-                })?;
-                if decode_images {
-                    source.load(path).map_err(|f| (f.reason, f.detail))?;
-                } else if !source.exists(path) {
-                    return Err((SkipReason::MissingImage, format!("{path}: not found")));
-                }
+    check_with_progress(dataset, decode_images, |_| {})
+}
+
+/// [`check`], calling `progress(records_done)` after each round of records. Records are read from
+/// their file a round at a time, so memory does not grow with the file.
+pub fn check_with_progress(
+    dataset: &Dataset,
+    decode_images: bool,
+    mut progress: impl FnMut(usize),
+) -> CheckReport {
+    let records = &dataset.records;
+    // A failure carries the record's id when the record could be read.
+    let check_one = |i: usize| -> Result<Checked, (Option<String>, SkipReason, String)> {
+        let record = records.get(i).map_err(|b| (b.id, b.reason, b.detail))?;
+        let fail =
+            |(reason, detail): (SkipReason, String)| (Some(record.id.clone()), reason, detail);
+        let tokens = dataset.templater.tokenize(&record).map_err(fail)?;
+        if let Some(path) = &record.image {
+            let source = dataset.images.as_ref().ok_or_else(|| {
+                fail((
+                    SkipReason::MissingImage,
+                    format!("{path}: no image folder or zip given"),
+                ))
+            })?;
+            if decode_images {
+                source.load(path).map_err(|f| fail((f.reason, f.detail)))?;
+            } else if !source.exists(path) {
+                return Err(fail((
+                    SkipReason::MissingImage,
+                    format!("{path}: not found"),
+                )));
             }
-            Ok(Checked {
-                len: tokens.input_ids.len(),
-                text_only: record.image.is_none(),
-                truncated: tokens.truncated,
-            })
+        }
+        Ok(Checked {
+            len: tokens.input_ids.len(),
+            text_only: record.image.is_none(),
+            truncated: tokens.truncated,
         })
-        .collect();
+    };
 
     let mut report = CheckReport {
-        records: dataset.records.len() + dataset.bad_records.len(),
+        records: records.elements(),
         ..Default::default()
     };
-    // Read-time failures carry their list index; sample failures get the index of their record
-    // among all elements, recovered by merging the two in file order.
     let mut bad: Vec<BadSample> = dataset
         .bad_records
         .iter()
@@ -111,29 +126,29 @@ pub fn check(dataset: &Dataset, decode_images: bool) -> CheckReport {
             detail: b.detail.clone(),
         })
         .collect();
-    let mut read_bad = dataset.bad_records.iter().map(|b| b.index).peekable();
-    let mut lengths = Vec::new();
-    let mut element = 0;
-    for (record, result) in dataset.records.iter().zip(results) {
-        while read_bad.peek() == Some(&element) {
-            read_bad.next();
-            element += 1;
-        }
-        match result {
-            Ok(c) => {
-                report.ok += 1;
-                report.text_only += usize::from(c.text_only);
-                report.tokens.truncated += usize::from(c.truncated);
-                lengths.push(c.len);
+    let mut lengths = Vec::with_capacity(records.len());
+    let mut start = 0;
+    while start < records.len() {
+        let end = (start + ROUND).min(records.len());
+        let results: Vec<_> = (start..end).into_par_iter().map(check_one).collect();
+        for (i, result) in (start..end).zip(results) {
+            match result {
+                Ok(c) => {
+                    report.ok += 1;
+                    report.text_only += usize::from(c.text_only);
+                    report.tokens.truncated += usize::from(c.truncated);
+                    lengths.push(c.len);
+                }
+                Err((id, reason, detail)) => bad.push(BadSample {
+                    index: records.element_index(i),
+                    id,
+                    reason: reason.name().into(),
+                    detail,
+                }),
             }
-            Err((reason, detail)) => bad.push(BadSample {
-                index: element,
-                id: Some(record.id.clone()),
-                reason: reason.name().into(),
-                detail,
-            }),
         }
-        element += 1;
+        start = end;
+        progress(start);
     }
     bad.sort_by_key(|b| b.index);
     for b in &bad {

@@ -3,8 +3,11 @@
 //! * [`record`]: the JSON record format shared by CC3M-595K (`chat.json`), LCS-558K
 //!   (`blip_laion_cc_sbu_558k.json`) and `llava_v1_5_mix665k.json`, read element by element with
 //!   bad records skipped and counted by reason;
+//! * [`store`]: a data file indexed by byte range in one streaming pass, each record read again
+//!   when a batch needs it, so memory does not grow with the file;
 //! * [`images`]: images from a folder or straight from a zip;
 //! * [`template`]: the `gemma` and `plain` templates and the loss mask;
+//! * [`mix`]: a generator of files shaped like the 665K mix, for scale tests and benchmarks;
 //! * [`synthetic`]: the built-in dataset of coloured shapes, with held-out questions;
 //! * [`batch`]: seeded order, LLaVA's modality-length grouping, a resumable position, padded batches
 //!   and background prefetch.
@@ -14,16 +17,19 @@
 pub mod batch;
 pub mod check;
 pub mod images;
+pub mod mix;
 pub mod record;
+pub mod store;
 pub mod synthetic;
 pub mod template;
 
 use std::path::PathBuf;
 
 pub use batch::{Batch, Dataset, Loader, Sample, SkipCounter, collate, modality_grouped, shuffled};
-pub use check::{CheckReport, check};
+pub use check::{CheckReport, check, check_with_progress};
 pub use images::ImageSource;
 pub use record::{BadRecord, Record, Records, SkipReason, Speaker, Turn, read_records};
+pub use store::{RecordFile, modality_length};
 pub use template::{IGNORE, Template, Templater, Tokenized};
 
 /// The tiny Gemma-style tokenizer (640 tokens, `<image>` included) that the synthetic dataset and

@@ -1,16 +1,16 @@
 //! Records of the LLaVA data files: a JSON list of
 //! `{"id", "image"?, "conversations": [{"from": "human"|"gpt", "value"}]}`.
 //!
-//! The list is read element by element: each element is parsed on its own, checked, and kept in a
-//! compact form, so a 1 GB file (the 665K mix) is never held as a document tree, and one malformed
-//! element costs one record, not the file.
+//! The list is split into its elements by a byte scanner (`store`), each element is parsed on its
+//! own and checked, so a 1 GB file (the 665K mix) is never held as a document tree, and one
+//! malformed element costs one record, not the file. A skipped record keeps its `id` whenever the
+//! element has a readable one, however malformed the rest is.
 
 use std::fmt;
-use std::io::BufReader;
 use std::path::Path;
 
+use rayon::prelude::*;
 use serde::Deserialize;
-use serde::de::{SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::{Error, Result};
@@ -112,7 +112,7 @@ pub struct BadRecord {
 struct RawRecord {
     id: Option<serde_json::Value>,
     image: Option<serde_json::Value>,
-    conversations: Option<Vec<RawTurn>>,
+    conversations: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -121,16 +121,18 @@ struct RawTurn {
     value: Option<String>,
 }
 
-/// Checks one element of the list.
-fn check(index: usize, raw: &RawValue) -> Result<Record, BadRecord> {
+/// Checks one element of the list (its JSON bytes).
+pub(crate) fn check(index: usize, bytes: &[u8]) -> Result<Record, BadRecord> {
     let bad = |id: Option<String>, reason, detail: String| BadRecord {
         index,
         id,
         reason,
         detail,
     };
-    let record: RawRecord = serde_json::from_str(raw.get())
-        .map_err(|e| bad(None, SkipReason::Malformed, e.to_string()))?;
+    let record: RawRecord = serde_json::from_slice(bytes).map_err(|e| {
+        // Name the record even when the rest of it is malformed.
+        bad(id_of(bytes), SkipReason::Malformed, e.to_string())
+    })?;
     let id = match record.id {
         Some(serde_json::Value::String(s)) => s,
         Some(serde_json::Value::Number(n)) => n.to_string(),
@@ -141,6 +143,17 @@ fn check(index: usize, raw: &RawValue) -> Result<Record, BadRecord> {
                 "no string or number `id`".into(),
             ));
         }
+    };
+    let turns: Option<Vec<RawTurn>> = match record.conversations {
+        None => None,
+        Some(raw) if raw.get() == "null" => None,
+        Some(raw) => Some(serde_json::from_str(raw.get()).map_err(|e| {
+            bad(
+                Some(id.clone()),
+                SkipReason::Malformed,
+                format!("`conversations`: {e}"),
+            )
+        })?),
     };
     let image = match record.image {
         None | Some(serde_json::Value::Null) => None,
@@ -153,7 +166,7 @@ fn check(index: usize, raw: &RawValue) -> Result<Record, BadRecord> {
             ));
         }
     };
-    let Some(turns) = record.conversations.filter(|t| !t.is_empty()) else {
+    let Some(turns) = turns.filter(|t| !t.is_empty()) else {
         return Err(bad(
             Some(id),
             SkipReason::EmptyConversation,
@@ -209,6 +222,21 @@ fn check(index: usize, raw: &RawValue) -> Result<Record, BadRecord> {
     })
 }
 
+/// The `id` of a record whose other fields are malformed, when the element is an object with a
+/// string or number `id`.
+fn id_of(bytes: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Option<serde_json::Value>,
+    }
+    // Only `id` is read; other fields are skipped whatever their types.
+    match serde_json::from_slice::<IdOnly>(bytes).ok()?.id? {
+        serde_json::Value::String(s) => Some(s),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 /// What reading a data file gives: the usable records and the skipped ones.
 #[derive(Debug, Default)]
 pub struct Records {
@@ -218,54 +246,33 @@ pub struct Records {
     pub bad: Vec<BadRecord>,
 }
 
-struct ListVisitor;
-
-impl<'de> Visitor<'de> for ListVisitor {
-    type Value = Records;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON list of records")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Records, A::Error> {
-        let mut out = Records::default();
-        let mut index = 0;
-        while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
-            match check(index, &raw) {
-                Ok(record) => out.records.push(record),
-                Err(bad) => out.bad.push(bad),
-            }
-            index += 1;
-        }
-        Ok(out)
-    }
-}
-
-/// Reads a LLaVA data file (a JSON list of records). A file that is not a JSON list is an error;
-/// a bad element is a [`BadRecord`].
+/// Reads a LLaVA data file (a JSON list of records) into memory. A file that is not a JSON list is
+/// an error; a bad element is a [`BadRecord`]. Training and `llava data check` use
+/// [`crate::RecordFile`] instead, which keeps only an index.
 pub fn read_records(path: impl AsRef<Path>) -> Result<Records> {
     let path = path.as_ref();
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut de = serde_json::Deserializer::from_reader(BufReader::with_capacity(1 << 20, file));
-    let records =
-        serde::Deserializer::deserialize_seq(&mut de, ListVisitor).map_err(|e| Error::Format {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-    de.end().map_err(|e| Error::Format {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    Ok(records)
+    read_from(path, file)
 }
 
 /// Parses records from JSON text (tests, small inline datasets).
 pub fn parse_records(text: &str) -> Result<Records> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    serde::Deserializer::deserialize_seq(&mut de, ListVisitor).map_err(|e| Error::Format {
-        path: "<json>".into(),
-        message: e.to_string(),
-    })
+    read_from(Path::new("<json>"), text.as_bytes())
+}
+
+fn read_from(path: &Path, reader: impl std::io::Read) -> Result<Records> {
+    let mut out = Records::default();
+    crate::store::scan_elements(path, reader, |block, _| {
+        let checked: Vec<_> = block.par_iter().map(|e| check(e.index, &e.bytes)).collect();
+        for result in checked {
+            match result {
+                Ok(record) => out.records.push(record),
+                Err(bad) => out.bad.push(bad),
+            }
+        }
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -321,6 +328,17 @@ mod tests {
             ]
         );
         assert_eq!(r.bad[0].id.as_deref(), Some("no-turns"));
+        // Malformed fields do not hide a readable id.
+        assert_eq!(r.bad[6].id.as_deref(), Some("types"));
+        assert_eq!(r.bad[4].id.as_deref(), Some("speaker"));
+        assert_eq!(r.bad[5].id, None);
+        let typed = parse_records(
+            r#"[{"id": 42, "conversations": [{"from": "human", "value": 3}]},
+                {"id": "img", "image": ["a.jpg"], "conversations": []}]"#,
+        )
+        .unwrap();
+        let ids: Vec<_> = typed.bad.iter().map(|b| b.id.as_deref()).collect();
+        assert_eq!(ids, [Some("42"), Some("img")]);
     }
 
     #[test]

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use data::{
-    Dataset, IGNORE, ImageSource, Loader, Record, SkipReason, Speaker, Template, Templater, Turn,
-    modality_grouped, read_records, shuffled,
+    Dataset, IGNORE, ImageSource, Loader, Record, RecordFile, SkipReason, Speaker, Template,
+    Templater, Turn, modality_grouped, shuffled,
 };
 use gemma_lm::GemmaTokenizer;
 use image_processing::{ImageProcessor, ProcessorConfig, Resize};
@@ -195,15 +195,15 @@ fn dataset_on_disk(dir: &Path, n: usize, broken: &[usize]) -> PathBuf {
 }
 
 fn open(dir: &Path, file: &Path) -> Arc<Dataset> {
-    let read = read_records(file).unwrap();
+    let (records, bad_records) = RecordFile::open(file).unwrap();
     let processor = ProcessorConfig {
         resize: Some(Resize::ShortestEdge(28)),
         crop: Some((28, 28)),
         ..ProcessorConfig::clip_336()
     };
     Arc::new(Dataset {
-        records: read.records,
-        bad_records: read.bad,
+        records,
+        bad_records,
         images: Some(ImageSource::open(dir.join("images")).unwrap()),
         templater: templater(Template::Gemma, 64),
         processor: ImageProcessor::new(processor.with_pad_to_square()),

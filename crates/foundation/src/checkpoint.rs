@@ -194,6 +194,14 @@ impl Checkpoint {
                         found: info.shape.clone(),
                     });
                 }
+                if is_float(info.dtype) != var.is_floating_point() {
+                    return Err(Error::DtypeMismatch {
+                        name: found.clone(),
+                        file: self.files[info.file].path.clone(),
+                        expected: format!("{:?}", var.kind()),
+                        found: format!("{:?}", info.dtype),
+                    });
+                }
                 let value = self.tensor(found)?;
                 var.f_copy_(&value.f_to_kind(var.kind())?)?;
                 used.push(found.clone());
@@ -249,6 +257,14 @@ fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     files.sort();
     Ok(files)
+}
+
+/// Whether a safetensors dtype holds floating-point numbers.
+fn is_float(dtype: Dtype) -> bool {
+    matches!(
+        dtype,
+        Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64 | Dtype::F8_E4M3 | Dtype::F8_E5M2
+    )
 }
 
 /// The libtorch kind of a safetensors dtype, where there is one.
@@ -405,6 +421,32 @@ mod tests {
             err.contains("z.weight") && err.contains("x.z.weight"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn load_into_names_a_tensor_stored_under_the_wrong_dtype() {
+        // A float weight whose header says I32 (same byte size), as a broken writer leaves it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let ints = Tensor::arange(6, (Kind::Int, tch::Device::Cpu)).reshape([2, 3]);
+        save_safetensors(&path, &[("a.weight".into(), ints)], None).unwrap();
+        let ckpt = Checkpoint::open(&path).unwrap();
+        let vs = VarStore::new(tch::Device::Cpu);
+        let _ = vs.root().sub("a").zeros("weight", &[2, 3]);
+        let err = ckpt
+            .load_into(&vs, |n| vec![n.to_string()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("a.weight") && err.contains("I32") && err.contains("Float"),
+            "{err}"
+        );
+        assert!(err.contains("model.safetensors"), "{err}");
+        // Another float dtype is converted, as before.
+        let halves = Tensor::ones([2, 3], (Kind::BFloat16, tch::Device::Cpu));
+        save_safetensors(&path, &[("a.weight".into(), halves)], None).unwrap();
+        let ckpt = Checkpoint::open(&path).unwrap();
+        ckpt.load_into(&vs, |n| vec![n.to_string()]).unwrap();
     }
 
     #[test]

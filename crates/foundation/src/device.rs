@@ -4,12 +4,14 @@ use tch::{Device, Kind};
 
 use crate::{Error, Result};
 
-/// Parses `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available, else CPU).
+/// Parses `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available, else CPU), and checks that a
+/// CUDA device is there before anything is allocated on it: libtorch would otherwise fail deep
+/// inside the first allocation with a C++ backtrace.
 pub fn parse_device(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(Device::cuda_if_available()),
-        "cuda" => Ok(Device::Cuda(0)),
+    let device = match name {
+        "cpu" => Device::Cpu,
+        "auto" => Device::cuda_if_available(),
+        "cuda" => Device::Cuda(0),
         _ => name
             .strip_prefix("cuda:")
             .and_then(|n| n.parse().ok())
@@ -18,8 +20,40 @@ pub fn parse_device(name: &str) -> Result<Device> {
                 what: "device",
                 value: name.into(),
                 expected: "cpu, cuda, cuda:N, auto",
-            }),
-    }
+            })?,
+    };
+    check_available(device, name)?;
+    Ok(device)
+}
+
+/// Checks that `device` exists on this machine; `name` is how the user named it.
+pub fn check_available(device: Device, name: &str) -> Result<()> {
+    let Device::Cuda(index) = device else {
+        return Ok(());
+    };
+    let reason = if !tch::Cuda::is_available() {
+        if tch::utils::has_cuda() {
+            "libtorch was built with CUDA but finds no usable GPU (no device, or no NVIDIA driver)"
+                .to_string()
+        } else {
+            "this libtorch has no CUDA support (a CPU-only build)".to_string()
+        }
+    } else {
+        let count = tch::Cuda::device_count() as usize;
+        if index < count {
+            return Ok(());
+        }
+        format!(
+            "there {} {count} CUDA device{} (cuda:0 to cuda:{})",
+            if count == 1 { "is" } else { "are" },
+            if count == 1 { "" } else { "s" },
+            count.saturating_sub(1)
+        )
+    };
+    Err(Error::DeviceUnavailable {
+        device: name.to_string(),
+        reason,
+    })
 }
 
 /// Parses a dtype name: `f32`/`float32`, `bf16`/`bfloat16`, `f16`/`float16`.
@@ -79,11 +113,31 @@ mod tests {
     #[test]
     fn names_parse() {
         assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
-        assert_eq!(parse_device("cuda:1").unwrap(), Device::Cuda(1));
         assert!(parse_device("tpu").unwrap_err().to_string().contains("tpu"));
         assert_eq!(parse_kind("bf16").unwrap(), Kind::BFloat16);
         assert!(parse_kind("int4").is_err());
         assert_eq!(default_kind(Device::Cpu), Kind::Float);
+    }
+
+    #[test]
+    fn a_missing_gpu_is_a_clear_error_not_a_libtorch_panic() {
+        let count = if tch::Cuda::is_available() {
+            tch::Cuda::device_count()
+        } else {
+            0
+        };
+        let missing = format!("cuda:{count}");
+        let err = parse_device(&missing).unwrap_err().to_string();
+        assert!(
+            err.contains(&missing) && err.contains("not available") && err.contains("--device cpu"),
+            "{err}"
+        );
+        if count == 0 {
+            assert!(parse_device("cuda").is_err());
+            assert_eq!(parse_device("auto").unwrap(), Device::Cpu);
+        } else {
+            assert_eq!(parse_device("cuda").unwrap(), Device::Cuda(0));
+        }
     }
 
     #[test]

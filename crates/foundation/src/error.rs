@@ -67,6 +67,29 @@ pub enum Error {
         /// The stored dtype.
         dtype: String,
     },
+    /// A tensor is stored as integers where the model holds floating point, or the other way
+    /// round (a file written wrongly, or a header that lies).
+    #[error(
+        "tensor `{name}` in {file}: stored as {found}, but the model holds it as {expected}: a {found} tensor cannot be a {expected} weight"
+    )]
+    DtypeMismatch {
+        /// The checkpoint's name for the tensor.
+        name: String,
+        /// The file holding it.
+        file: PathBuf,
+        /// The model's dtype.
+        expected: String,
+        /// The stored dtype.
+        found: String,
+    },
+    /// A device that this machine does not have.
+    #[error("device `{device}` is not available: {reason}; use --device cpu")]
+    DeviceUnavailable {
+        /// The device as named.
+        device: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// A device or dtype name that we do not know.
     #[error("unknown {what} `{value}` (expected one of: {expected})")]
     UnknownName {

@@ -6,7 +6,9 @@
 //!   built from the module tree, so they match the Hugging Face names exactly;
 //! * [`save_safetensors`] and [`write_atomic`]: writes that never leave a half-written file behind;
 //! * [`device`]: device and dtype choices (`cpu`, `cuda`, `bf16`, …);
-//! * [`layers`]: the few layers every model here shares, initialised as Hugging Face initialises them.
+//! * [`layers`]: the few layers every model here shares, initialised as Hugging Face initialises them;
+//! * [`torch_panic`]: libtorch errors that `tch` raises as panics (CUDA out of memory), caught and
+//!   turned back into errors.
 
 pub mod checkpoint;
 pub mod device;
@@ -15,6 +17,7 @@ pub mod ffi;
 pub mod io;
 pub mod layers;
 pub mod profiler;
+pub mod torch_panic;
 
 pub use checkpoint::{Checkpoint, TensorInfo};
 

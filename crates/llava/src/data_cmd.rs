@@ -39,15 +39,15 @@ pub fn open(options: &DataOptions) -> Result<Dataset> {
         None => data::builtin_tokenizer(),
     };
     let image_token = tokenizer.add_special_token(data::template::IMAGE_MARK);
-    let read = data::read_records(&options.data)?;
+    let (records, bad_records) = data::RecordFile::open(&options.data)?;
     let images = options
         .images
         .as_deref()
         .map(ImageSource::open)
         .transpose()?;
     Ok(Dataset {
-        records: read.records,
-        bad_records: read.bad,
+        records,
+        bad_records,
         images,
         templater: Templater {
             tokenizer,
@@ -94,15 +94,21 @@ pub fn summary(report: &data::CheckReport, data: &Path) -> String {
 
 /// One sample as the model sees it: each token with its label, image tokens collapsed.
 pub fn show(dataset: &Dataset, index: usize) -> Result<String> {
-    let record = dataset.records.get(index).ok_or_else(|| {
-        Error::Unsupported(format!(
+    if index >= dataset.records.len() {
+        return Err(Error::Unsupported(format!(
             "no usable record {index} (there are {})",
             dataset.records.len()
+        )));
+    }
+    let record = dataset.records.get(index).map_err(|bad| {
+        Error::Unsupported(format!(
+            "record #{}: {}: {}",
+            bad.index, bad.reason, bad.detail
         ))
     })?;
     let tokens = dataset
         .templater
-        .tokenize(record)
+        .tokenize(&record)
         .map_err(|(reason, detail)| {
             Error::Unsupported(format!("record {}: {reason}: {detail}", record.id))
         })?;

@@ -344,6 +344,19 @@ enum DataCommand {
         #[arg(long)]
         id: Option<String>,
     },
+    /// Write a file shaped like llava_v1_5_mix665k.json (its sources, turn counts and lengths),
+    /// for scale tests and benchmarks: 665,000 records are about 0.9 GB.
+    MixLike {
+        /// Where to write the JSON list.
+        #[arg(long)]
+        output: PathBuf,
+        /// How many records.
+        #[arg(long, default_value_t = 665_000)]
+        records: usize,
+        /// Seed of the draw.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -501,6 +514,7 @@ struct GenerateText {
 }
 
 fn main() -> ExitCode {
+    llava::foundation::torch_panic::install_hook();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Parity { fixtures } => run_parity(&fixtures),
@@ -988,7 +1002,25 @@ fn data_command(command: &DataCommand) -> llava::Result<ExitCode> {
             no_decode,
         } => {
             let dataset = llava::data_cmd::open(&data.options())?;
-            let report = llava::data::check(&dataset, !no_decode);
+            // A progress bar on a terminal: the 665K mix takes minutes.
+            let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+                let bar = indicatif::ProgressBar::new(dataset.records.len() as u64);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:30} {pos}/{len} records  {per_sec}  {elapsed} elapsed, {eta} left",
+                    )
+                    .expect("a valid template"),
+                );
+                bar
+            });
+            let report = llava::data::check_with_progress(&dataset, !no_decode, |done| {
+                if let Some(bar) = &bar {
+                    bar.set_position(done as u64);
+                }
+            });
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
             if *json {
                 println!(
                     "{}",
@@ -999,13 +1031,26 @@ fn data_command(command: &DataCommand) -> llava::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        DataCommand::MixLike {
+            output,
+            records,
+            seed,
+        } => {
+            let bytes = llava::data::mix::write_mix_like(output, *records, *seed)?;
+            eprintln!(
+                "{}: {records} records, {:.1} MB",
+                output.display(),
+                bytes as f64 / 1e6
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         DataCommand::Show { data, index, id } => {
             let dataset = llava::data_cmd::open(&data.options())?;
             let index = match id {
                 Some(id) => dataset
                     .records
                     .iter()
-                    .position(|r| &r.id == id)
+                    .position(|r| r.is_ok_and(|r| &r.id == id))
                     .ok_or_else(|| {
                         llava::Error::Unsupported(format!("no usable record has id `{id}`"))
                     })?,

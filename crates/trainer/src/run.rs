@@ -318,14 +318,14 @@ pub fn run(
             )
         }
     };
-    let read = data::read_records(&records_file)?;
+    let (records, bad_records) = data::RecordFile::open(&records_file)?;
     let processor = ProcessorConfig {
         pad_to_square: stage == Stage::Finetune,
         ..model.image_processor(config.vision.as_deref())?
     };
     let dataset = Arc::new(Dataset {
-        records: read.records,
-        bad_records: read.bad,
+        records,
+        bad_records,
         images: images.as_deref().map(ImageSource::open).transpose()?,
         templater: Templater {
             tokenizer,

@@ -244,6 +244,28 @@ pub enum StageError {
     /// A checkpoint cannot be resumed from.
     #[error("cannot resume: {0}")]
     Resume(String),
+    /// The device ran out of memory during a step.
+    #[error(
+        "out of memory at step {step}{shape}: {message}\n  lower --micro-batch (the global batch stays, through more accumulation) or --max-length\n  {checkpoint}"
+    )]
+    OutOfMemory {
+        /// The optimizer step being taken.
+        step: usize,
+        /// `, micro-batch B x L tokens` when a forward pass ran out.
+        shape: String,
+        /// libtorch's message.
+        message: String,
+        /// Where the last checkpoint is, and how to resume.
+        checkpoint: String,
+    },
+    /// libtorch failed during a step.
+    #[error("step {step}: libtorch: {message}")]
+    Torch {
+        /// The optimizer step being taken.
+        step: usize,
+        /// libtorch's message.
+        message: String,
+    },
     /// Writing metrics failed.
     #[error("{path}: {source}")]
     Io {
@@ -252,6 +274,73 @@ pub enum StageError {
         /// What the operating system said.
         source: std::io::Error,
     },
+}
+
+impl StageError {
+    /// The error for a libtorch failure during `step` on `batch`: an out-of-memory error names the
+    /// batch's shape, what to lower and the checkpoint to resume from.
+    fn torch(
+        message: String,
+        step: usize,
+        batch: &Batch,
+        output: &Path,
+        save_every: Option<usize>,
+    ) -> StageError {
+        if !foundation::torch_panic::is_out_of_memory(&message) {
+            return StageError::Torch { step, message };
+        }
+        let message = message.lines().next().unwrap_or_default().to_string();
+        let shape = if batch.batch_size > 0 {
+            format!(
+                " (micro-batch of {} x {} tokens, {} images)",
+                batch.batch_size, batch.seq_len, batch.images
+            )
+        } else {
+            " (in the optimizer step)".into()
+        };
+        let checkpoint = match resolve_checkpoint(output) {
+            Ok(dir) => format!(
+                "the last checkpoint is {}; continue with --resume {}",
+                dir.display(),
+                output.display()
+            ),
+            Err(_) if save_every.is_none() => {
+                "no checkpoint was written (add --save-every N to keep one)".into()
+            }
+            Err(_) => "no checkpoint was written yet".into(),
+        };
+        StageError::OutOfMemory {
+            step,
+            shape,
+            message,
+            checkpoint,
+        }
+    }
+}
+
+/// Runs one part of a step, turning libtorch's failures (panics included) into errors; running out
+/// of memory becomes [`StageError::OutOfMemory`], which says what to lower and where to resume.
+fn guarded<T>(
+    step: usize,
+    batch: &Batch,
+    output: &Path,
+    save_every: Option<usize>,
+    f: impl FnOnce() -> Result<T, StageError>,
+) -> Result<T, StageError> {
+    match foundation::torch_panic::catch(f) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) if foundation::torch_panic::is_out_of_memory(&e.to_string()) => Err(
+            StageError::torch(e.to_string(), step, batch, output, save_every),
+        ),
+        Ok(Err(e)) => Err(e),
+        Err(panic) => Err(StageError::torch(
+            panic.message,
+            step,
+            batch,
+            output,
+            save_every,
+        )),
+    }
 }
 
 /// The batch as tensors on `device`.
@@ -377,11 +466,14 @@ pub fn train(
                 }
             }
             if batch.batch_size > 0 && batch.label_tokens > 0 {
-                let (ids, labels, pixels) = tensors(&batch, device);
-                let hidden = model.forward(&ids, pixels.as_ref(), None)?;
-                let (loss, _) = model.loss(&hidden, &labels)?;
-                (&loss / accumulation as f64).backward();
-                step_loss += loss.detach();
+                let loss = guarded(step + 1, &batch, output, config.save_every, || {
+                    let (ids, labels, pixels) = tensors(&batch, device);
+                    let hidden = model.forward(&ids, pixels.as_ref(), None)?;
+                    let (loss, _) = model.loss(&hidden, &labels)?;
+                    (&loss / accumulation as f64).backward();
+                    Ok(loss.detach())
+                })?;
+                step_loss += loss;
                 step_samples += batch.batch_size;
                 step_tokens += batch.attention_mask.iter().filter(|&&m| m == 1).count();
             }
@@ -396,10 +488,13 @@ pub fn train(
                 return Err(StageError::NonFinite { step, loss });
             }
             let lr = schedule.lr(step - 1);
-            let grad_norm = optimizer
-                .clip_grad_norm(config.max_grad_norm)?
-                .double_value(&[]);
-            optimizer.step(lr)?;
+            let grad_norm = guarded(step, &Batch::default(), output, config.save_every, || {
+                let norm = optimizer
+                    .clip_grad_norm(config.max_grad_norm)?
+                    .double_value(&[]);
+                optimizer.step(lr)?;
+                Ok(norm)
+            })?;
             optimizer.zero_grad();
             let seconds = started.elapsed().as_secs_f64().max(1e-9);
             let m = StepMetrics {
@@ -466,4 +561,41 @@ pub fn train(
         seconds: run_started.elapsed().as_secs_f64(),
         peak_memory_bytes: peak_host_memory(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_memory_says_what_ran_out_what_to_lower_and_where_to_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let batch = Batch {
+            batch_size: 4,
+            seq_len: 1024,
+            images: 4,
+            ..Batch::default()
+        };
+        let oom = "CUDA out of memory. Tried to allocate 2.00 GiB.".to_string();
+        let text = StageError::torch(oom.clone(), 7, &batch, dir.path(), None).to_string();
+        for part in [
+            "step 7",
+            "4 x 1024",
+            "--micro-batch",
+            "--max-length",
+            "--save-every",
+        ] {
+            assert!(text.contains(part), "{part}: {text}");
+        }
+        let checkpoint = dir.path().join("checkpoint-5");
+        std::fs::create_dir_all(&checkpoint).unwrap();
+        std::fs::write(checkpoint.join("trainer_state.json"), "{}").unwrap();
+        let text = StageError::torch(oom, 7, &batch, dir.path(), Some(5)).to_string();
+        assert!(
+            text.contains("checkpoint-5") && text.contains("--resume"),
+            "{text}"
+        );
+        let other = StageError::torch("shape mismatch".into(), 3, &batch, dir.path(), None);
+        assert!(matches!(other, StageError::Torch { step: 3, .. }));
+    }
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use data::{Dataset, ImageSource, Template, Templater, read_records, shuffled};
+use data::{Dataset, ImageSource, RecordFile, Template, Templater, shuffled};
 use image_processing::{ImageProcessor, ProcessorConfig, Resize};
 use llava_model::{LlavaModel, presets};
 use tch::{Device, Kind, Tensor};
@@ -16,7 +16,7 @@ fn side() -> u32 {
 }
 
 fn dataset(dir: &Path, file: &Path, template: Template) -> Arc<Dataset> {
-    let read = read_records(file).unwrap();
+    let (records, bad_records) = RecordFile::open(file).unwrap();
     let tokenizer = data::builtin_tokenizer();
     let processor = ProcessorConfig {
         resize: Some(Resize::ShortestEdge(side())),
@@ -24,8 +24,8 @@ fn dataset(dir: &Path, file: &Path, template: Template) -> Arc<Dataset> {
         ..ProcessorConfig::clip_336()
     };
     Arc::new(Dataset {
-        records: read.records,
-        bad_records: read.bad,
+        records,
+        bad_records,
         images: Some(ImageSource::open(dir.join("images")).unwrap()),
         templater: Templater {
             tokenizer,
