@@ -252,10 +252,11 @@ pub fn table_row(scores: &serde_json::Map<String, Value>) -> Value {
     let get =
         |bench: &str, pointer: &str| scores.get(bench).and_then(|v| v.pointer(pointer)).cloned();
     let pope = |metric: &str| {
-        let cats = scores.get("pope")?.get("categories")?.as_object()?;
-        let values: Vec<f64> = cats
-            .values()
-            .filter_map(|c| c.get(metric)?.as_f64())
+        // `llava score --bench pope` puts each category at the top level, next to `issues`.
+        let pope = scores.get("pope")?;
+        let values: Vec<f64> = ["adversarial", "popular", "random"]
+            .iter()
+            .filter_map(|c| pope.get(*c)?.get(metric)?.as_f64())
             .collect();
         (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
     };
@@ -290,4 +291,33 @@ pub fn markdown_row(row: &Value) -> String {
         cols.iter().map(|_| " --- ").collect::<Vec<_>>().join("|"),
         cols.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_row_averages_popes_three_categories() {
+        let scores = json!({
+            "pope": {
+                "adversarial": {"accuracy": 0.8, "f1": 0.7},
+                "popular": {"accuracy": 0.9, "f1": 0.8},
+                "random": {"accuracy": 1.0, "f1": 0.9},
+                "issues": {}
+            },
+            "gqa": {"accuracy": 0.5}
+        });
+        let row = table_row(scores.as_object().unwrap());
+        assert!(
+            (row["POPE acc"].as_f64().unwrap() - 0.9).abs() < 1e-12,
+            "{row}"
+        );
+        assert!(
+            (row["POPE F1"].as_f64().unwrap() - 0.8).abs() < 1e-12,
+            "{row}"
+        );
+        assert_eq!(row["GQA"], json!(0.5));
+        assert!(row["MMVP"].is_null());
+    }
 }

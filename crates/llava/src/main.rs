@@ -224,6 +224,10 @@ struct Score {
     /// VQAv2: write the test-dev submission file here.
     #[arg(long)]
     submission: Option<PathBuf>,
+    /// POPE: pair answers with labels by `position` (LLaVA's eval_pope.py) or by `image-question`
+    /// (for label files whose order does not follow LLaVA's question file).
+    #[arg(long, default_value = "position")]
+    pair_by: llava::score_cmd::Pairing,
     /// Print one JSON object on one line (the default prints it indented).
     #[arg(long)]
     json: bool,
@@ -982,14 +986,17 @@ fn print_json(value: &impl serde::Serialize, one_line: bool) {
 }
 
 fn score(args: &Score) -> llava::Result<ExitCode> {
-    let value = llava::score_cmd::score(&llava::score_cmd::ScoreArgs {
-        bench: args.bench.clone(),
-        answers: args.answers.clone(),
-        questions: args.questions.clone(),
-        annotations: args.annotations.clone(),
-        grades: args.grades.clone(),
-        submission: args.submission.clone(),
-    })?;
+    let value = llava::score_cmd::score_with(
+        &llava::score_cmd::ScoreArgs {
+            bench: args.bench.clone(),
+            answers: args.answers.clone(),
+            questions: args.questions.clone(),
+            annotations: args.annotations.clone(),
+            grades: args.grades.clone(),
+            submission: args.submission.clone(),
+        },
+        args.pair_by,
+    )?;
     print_json(&value, args.json);
     Ok(ExitCode::SUCCESS)
 }

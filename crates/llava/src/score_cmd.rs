@@ -8,6 +8,9 @@ use serde_json::{Value, json};
 
 use crate::{Error, Result};
 
+/// How POPE's answers are paired with labels (`--pair-by position|image-question`).
+pub use eval::score::pope::Pairing;
+
 /// The benchmarks `llava score` knows.
 pub const BENCHES: [&str; 7] = ["gqa", "mme", "pope", "vqav2", "sqa", "mmvp", "mmvet"];
 
@@ -42,8 +45,16 @@ fn eval_error(e: eval::Error) -> Error {
     Error::Unsupported(e.to_string())
 }
 
-/// Scores as `args` says and returns the JSON object `llava score` prints.
+/// Scores as `args` says and returns the JSON object `llava score` prints; POPE pairs answers
+/// with labels by position, as LLaVA's `eval_pope.py` does.
 pub fn score(args: &ScoreArgs) -> Result<Value> {
+    score_with(args, Pairing::Position)
+}
+
+/// [`score`], with POPE's answers paired with labels as `pairing` says. When positional pairing
+/// meets answers whose image or question is not their label's, a warning on stderr says so and
+/// suggests `--pair-by image-question` (the details are in the score's `issues`).
+pub fn score_with(args: &ScoreArgs, pairing: Pairing) -> Result<Value> {
     let b = args.bench.as_str();
     let answers = || -> Result<score::Answers> {
         read_answers(need(
@@ -88,7 +99,12 @@ pub fn score(args: &ScoreArgs) -> Result<Value> {
                 b,
                 "the folder of coco_pope_<category>.json files",
             )?;
-            json!(score::pope::score(answers()?, &questions, labels).map_err(eval_error)?)
+            let s =
+                score::pope::score(answers()?, &questions, labels, pairing).map_err(eval_error)?;
+            if let Some(warning) = pope_warning(&s) {
+                eprintln!("{warning}");
+            }
+            json!(s)
         }
         "vqav2" => {
             let annotations = read_json(need(
@@ -160,6 +176,28 @@ pub fn score(args: &ScoreArgs) -> Result<Value> {
     Ok(value)
 }
 
+/// The warning for positional pairing that paired answers with other questions' labels.
+fn pope_warning(s: &score::pope::Score) -> Option<String> {
+    if s.pairing != Pairing::Position || s.issues.label_mismatches.is_empty() {
+        return None;
+    }
+    let counts: Vec<String> = s
+        .issues
+        .label_mismatches
+        .iter()
+        .map(|(category, m)| {
+            let labels = s.categories.get(category).map_or(0, |c| c.labels);
+            format!("{category}: {} of {labels}", m.count)
+        })
+        .collect();
+    Some(format!(
+        "warning: POPE answers paired by position with labels of another image or question ({}); \
+         the label files do not follow the question file's order: try --pair-by image-question \
+         (examples under issues.label_mismatches)",
+        counts.join(", ")
+    ))
+}
+
 /// Question ids from a LLaVA question file (JSON lines) or an official VQA questions JSON.
 fn question_ids(path: &Path) -> Result<Vec<Value>> {
     if let Ok(value) = read_json(path)
@@ -185,4 +223,67 @@ fn csv_rows(path: &Path) -> Result<usize> {
         .filter(|l| !l.trim().is_empty())
         .count()
         .saturating_sub(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two questions of one image, labelled in the other order by the label file.
+    fn shuffled(dir: &Path) -> ScoreArgs {
+        let labels = dir.join("coco");
+        std::fs::create_dir_all(&labels).unwrap();
+        std::fs::write(
+            dir.join("questions.jsonl"),
+            "{\"question_id\": 1, \"image\": \"a.jpg\", \"text\": \"Is there a dog in the image?\\nAnswer the question using a single word or phrase.\", \"category\": \"random\"}\n\
+             {\"question_id\": 2, \"image\": \"a.jpg\", \"text\": \"Is there a cat in the image?\\nAnswer the question using a single word or phrase.\", \"category\": \"random\"}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            labels.join("coco_pope_random.json"),
+            "{\"question_id\": 1, \"image\": \"a.jpg\", \"text\": \"Is there a cat in the image?\", \"label\": \"no\"}\n\
+             {\"question_id\": 2, \"image\": \"a.jpg\", \"text\": \"Is there a dog in the image?\", \"label\": \"yes\"}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("answers.jsonl"),
+            "{\"question_id\": 1, \"text\": \"Yes\"}\n{\"question_id\": 2, \"text\": \"No\"}\n",
+        )
+        .unwrap();
+        ScoreArgs {
+            bench: "pope".into(),
+            answers: Some(dir.join("answers.jsonl")),
+            questions: Some(dir.join("questions.jsonl")),
+            annotations: Some(labels),
+            ..ScoreArgs::default()
+        }
+    }
+
+    #[test]
+    fn pope_pairing_by_position_warns_and_by_image_question_scores() {
+        let dir = std::env::temp_dir().join(format!("llava-score-pope-{}", std::process::id()));
+        let args = shuffled(&dir);
+        let by_position = score(&args).unwrap();
+        assert_eq!(by_position["pairing"], "position");
+        assert_eq!(by_position["random"]["accuracy"], 0.0);
+        assert_eq!(
+            by_position["issues"]["label_mismatches"]["random"]["count"],
+            2
+        );
+        let s = score::pope::score(
+            read_answers(&dir.join("answers.jsonl")).unwrap(),
+            &read_jsonl(&dir.join("questions.jsonl")).unwrap().0,
+            &dir.join("coco"),
+            Pairing::Position,
+        )
+        .unwrap();
+        let warning = pope_warning(&s).unwrap();
+        assert!(warning.contains("random: 2 of 2"), "{warning}");
+        assert!(warning.contains("--pair-by image-question"), "{warning}");
+        let by_image = score_with(&args, Pairing::ImageQuestion).unwrap();
+        assert_eq!(by_image["pairing"], "image-question");
+        assert_eq!(by_image["random"]["accuracy"], 1.0);
+        assert!(by_image["issues"].get("label_mismatches").is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

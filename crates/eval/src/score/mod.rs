@@ -12,6 +12,8 @@ pub mod pope;
 pub mod sqa;
 pub mod vqav2;
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 pub use answers::{AnswerLine, Answers, read_answers, read_json, read_jsonl};
@@ -27,6 +29,15 @@ pub struct Issues {
     pub missing_answers: usize,
     /// Answers repeated for one question id (the last one counts, as a Python dict keeps it).
     pub duplicate_ids: usize,
+    /// MMVP: the pairs (`k` for questions `2k-1` and `2k`) with a grade for one question of the
+    /// two, left out of the score (absent from the JSON when there are none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub incomplete_pairs: Vec<u64>,
+    /// POPE: per category, the answers scored against a label of another image or question
+    /// (by position), or left without a label (by image and question); absent from the JSON
+    /// when there are none.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub label_mismatches: BTreeMap<String, pope::LabelMismatches>,
 }
 
 impl Issues {
