@@ -19,6 +19,50 @@ use crate::config::LlavaConfig;
 use crate::model::LlavaModel;
 use crate::{Error, Result};
 
+impl LlavaModel {
+    /// Writes what `LlavaProcessor.save_pretrained` writes: `preprocessor_config.json`,
+    /// `processor_config.json`, `tokenizer_config.json` (with the chat template),
+    /// `special_tokens_map.json` and `chat_template.jinja`.
+    pub fn save_processor(&self, dir: &Path, tokenizer: &GemmaTokenizer) -> Result<()> {
+        use crate::processor_files as files;
+        let vision = self.config.vision()?;
+        let image_token_id = self.image_token();
+        let image_token = tokenizer
+            .decode(&[image_token_id], false)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| IMAGE_TOKEN.to_string());
+        let pretty = |v: serde_json::Value| serde_json::to_string_pretty(&v).expect("serialises");
+        let processor = self.image_processor(None)?;
+        for (name, text) in [
+            (
+                "preprocessor_config.json",
+                pretty(files::preprocessor_config(&processor, &vision)),
+            ),
+            (
+                "processor_config.json",
+                pretty(files::processor_config(
+                    &vision,
+                    &self.config.vision_feature_select_strategy,
+                    &image_token,
+                )),
+            ),
+            (
+                "tokenizer_config.json",
+                pretty(files::tokenizer_config(&image_token, image_token_id)),
+            ),
+            (
+                "special_tokens_map.json",
+                pretty(files::special_tokens_map(&image_token)),
+            ),
+            ("chat_template.jinja", files::CHAT_TEMPLATE.to_string()),
+        ] {
+            write_atomic(dir.join(name), text.as_bytes())?;
+        }
+        Ok(())
+    }
+}
+
 /// The tokens `<image>` is added as when a model is assembled from parts.
 pub const IMAGE_TOKEN: &str = "<image>";
 
@@ -96,8 +140,9 @@ impl LlavaModel {
     }
 
     /// Saves the model as an HF LLaVA directory: `config.json`, `model.safetensors` in the layout
-    /// transformers 5.17 writes, and (when given) `tokenizer.json` and `generation_config.json`.
-    /// Each file is written atomically.
+    /// transformers 5.17 writes, and (when given a tokenizer) `tokenizer.json`,
+    /// `generation_config.json` and the processor's files (see [`crate::processor_files`]), so that
+    /// `AutoProcessor.from_pretrained` opens the directory too. Each file is written atomically.
     pub fn save_pretrained(
         &self,
         dir: impl AsRef<Path>,
@@ -147,6 +192,7 @@ impl LlavaModel {
                 dir.join("generation_config.json"),
                 generation.to_string().as_bytes(),
             )?;
+            self.save_processor(dir, tokenizer)?;
         }
         Ok(())
     }

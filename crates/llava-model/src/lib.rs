@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod model;
 pub mod presets;
+pub mod processor_files;
 
 use std::path::PathBuf;
 
