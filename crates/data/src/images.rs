@@ -102,13 +102,18 @@ impl ImageSource {
         match &self.0 {
             Store::Dir(root) => {
                 let path = root.join(relative);
-                std::fs::read(&path).map_err(|e| ImageFailure {
+                let fail = |e: std::io::Error| ImageFailure {
                     reason: if e.kind() == std::io::ErrorKind::NotFound {
                         SkipReason::MissingImage
                     } else {
                         SkipReason::CorruptImage
                     },
                     detail: format!("{}: {e}", path.display()),
+                };
+                let file = std::fs::File::open(&path).map_err(fail)?;
+                read_bounded(file, &path.display().to_string()).map_err(|e| ImageFailure {
+                    reason: SkipReason::CorruptImage,
+                    detail: e,
                 })
             }
             Store::Zip { path, archive, top } => {
@@ -118,18 +123,19 @@ impl ImageSource {
                 };
                 let name = zip_name(archive, top, relative).ok_or_else(missing)?;
                 let mut archive = archive.clone();
-                let mut entry = archive.by_name(&name).map_err(|_| missing())?;
-                let mut bytes = Vec::with_capacity(entry.size() as usize);
-                entry.read_to_end(&mut bytes).map_err(|e| ImageFailure {
-                    reason: SkipReason::CorruptImage,
-                    detail: format!("{}: entry `{name}`: {e}", path.display()),
-                })?;
-                Ok(bytes)
+                let entry = archive.by_name(&name).map_err(|_| missing())?;
+                read_bounded(entry, &format!("{}: entry `{name}`", path.display())).map_err(
+                    |detail| ImageFailure {
+                        reason: SkipReason::CorruptImage,
+                        detail,
+                    },
+                )
             }
         }
     }
 
-    /// Reads and decodes the image at `relative` to RGB.
+    /// Reads and decodes the image at `relative` to RGB. An image larger than Pillow's pixel limit
+    /// (`image_processing::MAX_IMAGE_PIXELS`) is refused from its header, before decoding.
     pub fn load(&self, relative: &str) -> Result<RgbImage, ImageFailure> {
         let bytes = self.read(relative)?;
         image_processing::decode(&bytes, relative).map_err(|e| ImageFailure {
@@ -150,6 +156,26 @@ fn zip_name(
     }
     let nested = format!("{}/{relative}", top.as_deref()?);
     archive.index_for_name(&nested).map(|_| nested)
+}
+
+/// The largest image file read (an image file is a few MB; this bounds what a corrupt zip header
+/// or a stray huge file can make us allocate).
+pub const MAX_IMAGE_BYTES: u64 = 256 << 20;
+
+/// Reads at most [`MAX_IMAGE_BYTES`] from `reader`; a longer file is an error naming `what`.
+fn read_bounded(reader: impl Read, what: &str) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    reader
+        .take(MAX_IMAGE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{what}: {e}"))?;
+    if bytes.len() as u64 > MAX_IMAGE_BYTES {
+        return Err(format!(
+            "{what}: larger than {} MB, not read as an image",
+            MAX_IMAGE_BYTES >> 20
+        ));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

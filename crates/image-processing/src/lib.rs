@@ -1,14 +1,49 @@
 //! LLaVA's image preprocessing in pure Rust, as Hugging Face's PIL-based `CLIPImageProcessor` and
 //! `BitImageProcessor` (DINOv2) compute it, with no libtorch:
 //!
-//! decode (JPEG, PNG, WebP, GIF's first frame) → RGB → optional `expand2square` with the mean colour
+//! decode → RGB as Pillow's `convert("RGB")` → optional `expand2square` with the mean colour
 //! (LLaVA-1.5's `pad` aspect ratio) → shortest-edge resize with Pillow's bicubic → center crop →
 //! `/255` → normalise → a CHW `f32` buffer.
+//!
+//! # Decoding as Pillow does
+//!
+//! LLaVA loads images with `Image.open(path).convert("RGB")`, and the models were trained on those
+//! pixels. [`decode`] reads JPEG (CMYK and YCCK included), PNG, WebP, GIF (first frame), BMP and
+//! TIFF at the file's own bit depth and converts to 8-bit RGB as Pillow converts the mode it
+//! opens the file in (`PngImagePlugin`, `BmpImagePlugin`, `TiffImagePlugin`, `libImaging/Unpack.c`
+//! and `Convert.c`):
+//!
+//! | file | Pillow's mode | to RGB |
+//! | --- | --- | --- |
+//! | 16-bit grey PNG (with or without `tRNS`), 16-bit grey TIFF | `I;16` | values clipped to 0..255, not scaled |
+//! | 16-bit RGB, RGBA or grey+alpha PNG; 16-bit RGB(A) or CMYK TIFF | `RGB`, `RGBA`, `CMYK` | the high byte of each sample |
+//! | grey+alpha, RGBA (any depth) | `LA`, `RGBA` | alpha dropped, no compositing |
+//! | palette (with `tRNS`), GIF | `P` | the palette colour, transparency ignored |
+//! | 1-, 2-, 4-bit grey | `1`, `L` | scaled to 0..255 (`x 255`, `x 85`, `x 17`) |
+//! | 16-bit BMP (5-5-5, 5-6-5) | `RGB` | `v * 255 / max`, truncated |
+//! | CMYK JPEG | `CMYK`, Adobe-inverted | `k - k * (255 - c) / 255`, rounded |
+//! | CMYK TIFF | `CMYK` | `(255 - k) - (255 - k) * c / 255`, rounded |
+//!
+//! Every lossless format gives Pillow's bytes exactly (`tests/fixtures/pillow-modes` holds
+//! Pillow's own output for each layout); JPEG differs from libjpeg-turbo's by the IDCT's rounding
+//! (a level or so). As in Pillow, a JPEG cut short of its end marker is an error ("image file is
+//! truncated"), and an image of more than [`MAX_IMAGE_PIXELS`] pixels (Pillow's
+//! `DecompressionBombError` bound; settable with [`decode_with_limit`]) is refused from its header
+//! ([`Error::TooLarge`]) before anything is allocated. Decoders allocate within the image's size
+//! plus a budget set by the file's length. Differences left: a PNG missing only its `IEND` chunk,
+//! which Pillow reads, is an error here; palette TIFFs, which Pillow reads, are not supported.
+//!
+//! # Bounded cost
+//!
+//! [`ImageProcessor::preprocess`] never materialises `expand2square`'s square and computes only the
+//! pixels the crop keeps ([`resize::resize_canvas`]), with the same bytes as padding, resizing
+//! and cropping in turn: a 30000 x 2 image costs milliseconds, not a 30000 x 30000 canvas.
 //!
 //! [`ImageProcessor::process_batch`] runs a batch on rayon's threads and writes one contiguous
 //! `[batch, 3, H, W]` buffer, ready to become one tensor. A corrupt or truncated image is an error
 //! naming its file, never a panic.
 
+mod decode;
 pub mod resize;
 
 use std::path::{Path, PathBuf};
@@ -17,7 +52,8 @@ use image::RgbImage;
 use rayon::prelude::*;
 use serde::Deserialize;
 
-pub use resize::{Filter, Region};
+pub use decode::{MAX_IMAGE_PIXELS, decode, decode_with_limit, open, open_with_limit};
+pub use resize::{Canvas, Filter, Region};
 
 /// Errors of image processing; each names the image or file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +73,21 @@ pub enum Error {
         name: String,
         /// What the decoder said.
         message: String,
+    },
+    /// The image has more pixels than the limit ([`MAX_IMAGE_PIXELS`] unless set otherwise), read
+    /// from its header before anything is decoded, as Pillow's `DecompressionBombError`.
+    #[error(
+        "{name}: image of {width} x {height} pixels is larger than the limit of {limit} pixels"
+    )]
+    TooLarge {
+        /// The file name or another label for the bytes.
+        name: String,
+        /// Width in the header.
+        width: u32,
+        /// Height in the header.
+        height: u32,
+        /// The pixel limit.
+        limit: u64,
     },
     /// `preprocessor_config.json` is malformed or asks for something unsupported.
     #[error("{path}: {message}")]
@@ -239,43 +290,9 @@ struct RawConfig {
     image_aspect_ratio: Option<String>,
 }
 
-/// Decodes image bytes to RGB: JPEG (CMYK included), PNG, WebP, GIF (first frame); grey and
-/// alpha channels are converted as Pillow's `convert("RGB")` does (alpha dropped). `name` labels
-/// errors. A decoder panic on hostile input is caught and reported as an error.
-pub fn decode(bytes: &[u8], name: &str) -> Result<RgbImage> {
-    let decoded = std::panic::catch_unwind(|| {
-        image::ImageReader::new(std::io::Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| e.to_string())?
-            .decode()
-            .map_err(|e| e.to_string())
-    });
-    match decoded {
-        Ok(Ok(image::DynamicImage::ImageRgb8(rgb))) => Ok(rgb),
-        Ok(Ok(image)) => Ok(image.to_rgb8()),
-        Ok(Err(message)) => Err(Error::Decode {
-            name: name.to_string(),
-            message,
-        }),
-        Err(_) => Err(Error::Decode {
-            name: name.to_string(),
-            message: "the decoder failed on malformed data".into(),
-        }),
-    }
-}
-
-/// Reads and decodes the image file at `path`.
-pub fn open(path: impl AsRef<Path>) -> Result<RgbImage> {
-    let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    decode(&bytes, &path.display().to_string())
-}
-
 /// LLaVA's `expand2square`: pads the shorter side on both ends (the extra pixel after) with
-/// `background`, centring the image.
+/// `background`, centring the image. [`ImageProcessor::preprocess`] gives the same result without
+/// building the square; this is the materialised form.
 pub fn expand_to_square(image: &RgbImage, background: [u8; 3]) -> RgbImage {
     let (w, h) = image.dimensions();
     if w == h {
@@ -326,15 +343,28 @@ impl ImageProcessor {
     }
 
     /// Preprocesses one RGB image; returns `(pixels, height, width)` with pixels in CHW order.
+    ///
+    /// `expand2square` is not materialised: the resize reads the square as the image on a
+    /// background canvas ([`Canvas`]) and computes only the pixels the crop keeps, giving the same
+    /// bytes as padding, resizing and cropping in turn at a cost set by the image and the output.
+    /// (With no crop configured, the output is the whole resized image, however large.)
     pub fn preprocess(&self, image: &RgbImage) -> (Vec<f32>, usize, usize) {
-        let padded;
-        let image = if self.config.pad_to_square {
-            padded = expand_to_square(image, self.background());
-            &padded
+        let (iw, ih) = (image.width() as usize, image.height() as usize);
+        // The canvas: the padded square, or the image itself.
+        let (side, offset) = if self.config.pad_to_square && iw != ih {
+            let side = iw.max(ih);
+            (side, ((side - iw) / 2, (side - ih) / 2))
         } else {
-            image
+            (0, (0, 0))
         };
-        let (w, h) = (image.width() as usize, image.height() as usize);
+        let (w, h) = if side > 0 { (side, side) } else { (iw, ih) };
+        let canvas = Canvas {
+            pixels: image.as_raw(),
+            image_size: (iw, ih),
+            size: (w, h),
+            offset,
+            background: self.background(),
+        };
         let (rh, rw) = match self.config.resize {
             None => (h, w),
             Some(Resize::Exact { height, width }) => (height as usize, width as usize),
@@ -354,11 +384,7 @@ impl ImageProcessor {
             }
         };
         let (region, pad, (oh, ow)) = crop_region((rw, rh), self.config.crop);
-        let rgb = if (rw, rh) == (w, h) {
-            crop_copy(image.as_raw(), w, region)
-        } else {
-            resize::resize_rgb(image.as_raw(), (w, h), (rw, rh), region, self.config.filter)
-        };
+        let rgb = resize::resize_canvas(&canvas, (rw, rh), region, self.config.filter);
         let mut out = vec![0f32; 3 * oh * ow];
         let (scale, norm) = (self.config.rescale, self.config.normalize);
         for c in 0..3 {
@@ -417,15 +443,6 @@ impl ImageProcessor {
             .collect();
         Ok((pixels, statuses))
     }
-}
-
-/// Copies `region` out of an interleaved RGB image of width `w`.
-fn crop_copy(src: &[u8], w: usize, region: Region) -> Vec<u8> {
-    let mut out = Vec::with_capacity(region.width * region.height * 3);
-    for y in region.top..region.top + region.height {
-        out.extend_from_slice(&src[(y * w + region.left) * 3..][..region.width * 3]);
-    }
-    out
 }
 
 /// transformers' `center_crop` of a `w` x `h` image: the region to keep, where it lands in the
