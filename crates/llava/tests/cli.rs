@@ -222,3 +222,58 @@ fn data_check_reports_planted_faults_as_json() {
         "{text}"
     );
 }
+
+#[test]
+fn a_gpu_that_is_not_there_is_a_short_error_not_a_libtorch_backtrace() {
+    let tmp = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["generate", "--prompt", "Hi?", "--max-new-tokens", "2"],
+        vec!["train", "--stage", "1", "--max-steps", "1"],
+        vec!["bench-train", "--preset", "tiny"],
+    ] {
+        let mut command = llava();
+        command.args(&args).args(["--device", "cuda:99"]);
+        if args[0] == "generate" {
+            command
+                .arg("--model")
+                .arg(fixtures().join("llava-clip/model"))
+                .arg("--image")
+                .arg(image());
+        }
+        if args[0] == "train" {
+            command.arg("--output").arg(tmp.path().join("run"));
+        }
+        let out = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("cuda:99") && stderr.contains("not available"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("frame #") && !stderr.contains("panicked"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn an_image_of_extreme_shape_is_answered_quickly() {
+    // 30000 x 2: LLaVA-1.5's expand2square would make a 30000 x 30000 canvas first.
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("strip.png");
+    image::RgbImage::from_pixel(30000, 2, image::Rgb([200, 30, 30]))
+        .save(&path)
+        .unwrap();
+    let out = llava()
+        .args(["generate", "--device", "cpu", "--max-new-tokens", "2"])
+        .args(["--prompt", "What is this?"])
+        .arg("--model")
+        .arg(fixtures().join("llava-clip/model"))
+        .arg("--image")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+}
