@@ -31,6 +31,11 @@ Commands:
   bench-vision [args]   a preset's vision tower on random images (llava bench-vision --help)
   device-bundle         build release binaries and CUDA tests into .device-bin/ for a GPU machine
                         (then run scripts/gpu-check.sh there)
+  serve --model DIR [args]
+                        the OpenAI-compatible server (llava serve --help)
+  bench-serve [--clients N --requests M --max-tokens K]
+                        the server on loopback (release build, tiny fixture model unless --model):
+                        1 client, then N concurrent clients; JSON with the throughput ratio
   llava [args]          run the `llava` command with libtorch wired in
   help                  this text
 
@@ -74,6 +79,20 @@ fn main() -> ExitCode {
             )
         }),
         "llava" => with_libtorch(|| llava(rest)),
+        "serve" => with_libtorch(|| release_llava(&prepend("serve", rest))),
+        "bench-serve" => with_libtorch(|| {
+            let run = [
+                "run",
+                "--quiet",
+                "--release",
+                "--package",
+                "serve",
+                "--bin",
+                "serve-bench",
+                "--",
+            ];
+            cargo(&[&run[..], strs(rest).as_slice()].concat())
+        }),
         "eval" => with_libtorch(|| release_llava(&prepend("eval", rest))),
         "bench-train" => with_libtorch(|| release_llava(&prepend("bench-train", rest))),
         "bench-compare" => with_libtorch(|| bench_compare(rest)),

@@ -82,6 +82,14 @@ pub enum Error {
         /// The stored dtype.
         found: String,
     },
+    /// A model named by a Hugging Face id could not be found or fetched.
+    #[error("model `{model}`: {message}")]
+    Hub {
+        /// The model as named.
+        model: String,
+        /// Where we looked and what failed.
+        message: String,
+    },
     /// A device that this machine does not have.
     #[error("device `{device}` is not available: {reason}; use --device cpu")]
     DeviceUnavailable {

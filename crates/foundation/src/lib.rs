@@ -6,6 +6,7 @@
 //!   built from the module tree, so they match the Hugging Face names exactly;
 //! * [`save_safetensors`] and [`write_atomic`]: writes that never leave a half-written file behind;
 //! * [`device`]: device and dtype choices (`cpu`, `cuda`, `bf16`, …);
+//! * [`hub`]: models by Hugging Face id, through the local Hugging Face cache;
 //! * [`layers`]: the few layers every model here shares, initialised as Hugging Face initialises them;
 //! * [`torch_panic`]: libtorch errors that `tch` raises as panics (CUDA out of memory), caught and
 //!   turned back into errors.
@@ -14,6 +15,7 @@ pub mod checkpoint;
 pub mod device;
 mod error;
 pub mod ffi;
+pub mod hub;
 pub mod io;
 pub mod layers;
 pub mod profiler;

@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod batch;
 pub mod cache;
 pub mod config;
 mod error;
@@ -27,6 +28,7 @@ pub mod generation;
 pub mod model;
 pub mod tokenizer;
 
+pub use batch::{LayerCache, SlotCache};
 pub use cache::KvCache;
 pub use config::{Activation, GemmaConfig, TokenIds};
 pub use error::{Error, Result};

@@ -17,6 +17,7 @@ use foundation::layers::{Embedding, Linear};
 use tch::nn::{Init, VarStore};
 use tch::{Device, Kind, Tensor};
 
+use crate::batch::LayerCache;
 use crate::cache::KvCache;
 use crate::config::{Activation, GemmaConfig};
 use crate::{Error, Result};
@@ -159,6 +160,25 @@ impl AttentionPlan {
     }
 }
 
+impl AttentionPlan {
+    /// A plan from explicit parts: `positions` `[batch, len]` for the rotary embedding, an
+    /// additive `mask` `[batch, 1, len, keys]` (see [`additive_mask`]) or `None`, and whether the
+    /// kernel applies causality itself. [`crate::batch`] uses it for per-row positions.
+    pub fn from_parts(positions: Tensor, mask: Option<Tensor>, is_causal: bool) -> Self {
+        AttentionPlan {
+            positions,
+            mask,
+            is_causal,
+        }
+    }
+}
+
+/// A boolean keep-mask as an additive attention mask in `kind` (0 where kept, the dtype's lowest
+/// finite value elsewhere), as [`AttentionPlan`] builds its own.
+pub fn additive_mask(keep: &Tensor, kind: Kind) -> Tensor {
+    additive(keep, kind)
+}
+
 /// `[len, past + len]`: query `i` (at absolute position `past + i`) sees keys `0..=past + i`.
 fn causal(len: i64, past: i64, device: Device) -> Tensor {
     Tensor::ones([len, past + len], (Kind::Bool, device)).tril(past)
@@ -208,7 +228,7 @@ impl Attention {
         x: &Tensor,
         cos_sin: &(Tensor, Tensor),
         plan: &AttentionPlan,
-        cache: Option<(&mut KvCache, usize)>,
+        cache: Option<(&mut dyn LayerCache, usize)>,
     ) -> Tensor {
         let (b, l) = (x.size()[0], x.size()[1]);
         let split = |t: Tensor, n: i64| t.view([b, l, n, self.head_dim]).transpose(1, 2);
@@ -313,7 +333,7 @@ impl DecoderLayer {
         x: &Tensor,
         cos_sin: &(Tensor, Tensor),
         plan: &AttentionPlan,
-        cache: Option<(&mut KvCache, usize)>,
+        cache: Option<(&mut dyn LayerCache, usize)>,
     ) -> Tensor {
         let h = x + self
             .self_attn
@@ -529,7 +549,12 @@ impl Gemma {
             if output_hidden_states {
                 hidden_states.push(x.shallow_clone());
             }
-            x = layer.forward(&x, &cos_sin, &plan, cache.as_deref_mut().map(|c| (c, i)));
+            x = layer.forward(
+                &x,
+                &cos_sin,
+                &plan,
+                cache.as_deref_mut().map(|c| (c as &mut dyn LayerCache, i)),
+            );
         }
         let last_hidden_state = self.norm.forward(&x);
         if output_hidden_states {
@@ -542,6 +567,23 @@ impl Gemma {
             last_hidden_state,
             hidden_states,
         })
+    }
+
+    /// Runs the decoder on input embeddings `[batch, len, hidden]` with an explicit attention
+    /// plan and a cache of any layout (the slot cache of [`crate::batch`]); returns the last hidden
+    /// state after the final norm. The caller checks shapes and advances its cache.
+    pub fn forward_planned(
+        &self,
+        embeds: &Tensor,
+        plan: &AttentionPlan,
+        cache: &mut dyn LayerCache,
+    ) -> Tensor {
+        let cos_sin = self.rotary.cos_sin(&plan.positions, self.kind());
+        let mut x = embeds.to_device(self.device).to_kind(self.kind());
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, &cos_sin, plan, Some((&mut *cache, i)));
+        }
+        self.norm.forward(&x)
     }
 
     /// Runs the model on token ids `[batch, len]`.

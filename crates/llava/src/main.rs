@@ -11,6 +11,8 @@ use llava::foundation::device::{parse_device, parse_kind};
 use llava::gemma_lm::{Gemma, GemmaTokenizer, GenerationConfig, Message, TextStreamer, generate};
 use llava::parity;
 
+mod serve_cmd;
+
 /// LLaVA-Gemma: build, train and evaluate vision-language assistants on Gemma.
 #[derive(Debug, Parser)]
 #[command(name = "llava", version)]
@@ -65,6 +67,8 @@ enum Command {
     /// Validate a dataset, or show one sample with its loss mask.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Serve a LLaVA model over an OpenAI-compatible HTTP API with continuous batching.
+    Serve(serve_cmd::ServeArgs),
     /// Assemble a LLaVA model from a Gemma, a CLIP or DINOv2 tower and an optional connector file,
     /// and save it as an HF LLaVA directory.
     Assemble(Assemble),
@@ -526,6 +530,7 @@ fn main() -> ExitCode {
         Command::Chat(args) => chat(&args),
         Command::GenerateText(args) => generate_text(&args),
         Command::Assemble(args) => assemble(&args),
+        Command::Serve(args) => serve_cmd::run(&args),
         Command::Data(command) => data_command(&command),
         Command::Train(args) => train(&args),
         Command::Score(args) => score(&args),
@@ -601,6 +606,12 @@ fn run_parity(fixtures: &[PathBuf]) -> llava::Result<ExitCode> {
     })
 }
 
+/// A model argument as a directory: a path as it is, or a Hugging Face id (`Intel/llava-gemma-2b`)
+/// through the local Hugging Face cache, downloading when a network is there.
+fn model_path(arg: &std::path::Path) -> llava::Result<PathBuf> {
+    Ok(llava::foundation::hub::resolve_model(arg)?)
+}
+
 fn open_chat(
     model: &std::path::Path,
     image: &std::path::Path,
@@ -608,6 +619,7 @@ fn open_chat(
     sampling: &Sampling,
 ) -> llava::Result<ImageChat> {
     let (device, kind) = sampling.device_and_kind()?;
+    let model = &model_path(model)?;
     let start = Instant::now();
     let chat = ImageChat::open(model, image, device, kind, scale.then_some(true))?;
     eprintln!(
@@ -770,8 +782,8 @@ fn train(args: &Train) -> llava::Result<ExitCode> {
         args.output.clone().unwrap_or(default_output),
     )
     .map_err(|e| llava::Error::Unsupported(e.to_string()))?;
-    config.lm = args.lm.clone();
-    config.vision = args.vision.clone();
+    config.lm = args.lm.as_deref().map(model_path).transpose()?;
+    config.vision = args.vision.as_deref().map(model_path).transpose()?;
     if let Some(v) = &args.device {
         config.device = v.clone();
     }
@@ -880,14 +892,18 @@ fn eval(args: &EvalCmd) -> llava::Result<ExitCode> {
             .collect::<Result<_, _>>()
             .map_err(|e| llava::Error::Unsupported(e.to_string()))?
     };
+    let model = model_path(&args.model)?;
+    // A local model keeps its answers beside it; a model from the Hugging Face cache in out/eval/.
+    let default_output = if model == args.model {
+        model.join("eval")
+    } else {
+        PathBuf::from("out/eval").join(args.model.to_string_lossy().replace('/', "--"))
+    };
     let eval_args = llava::eval_cmd::EvalArgs {
-        model: args.model.clone(),
+        model,
         benches,
         data: args.data.clone(),
-        output: args
-            .output
-            .clone()
-            .unwrap_or_else(|| args.model.join("eval")),
+        output: args.output.clone().unwrap_or(default_output),
         batch: args.batch,
         max_new_tokens: args.max_new_tokens,
         limit: args.limit,
@@ -1071,8 +1087,8 @@ fn data_command(command: &DataCommand) -> llava::Result<ExitCode> {
 
 fn assemble(args: &Assemble) -> llava::Result<ExitCode> {
     let parts = llava::llava_model::Parts {
-        lm: args.lm.clone(),
-        vision: args.vision.clone(),
+        lm: model_path(&args.lm)?,
+        vision: model_path(&args.vision)?,
         connector: args.connector.clone(),
         seed: args.seed,
         projector_type: args.projector_type.clone(),
@@ -1098,15 +1114,16 @@ fn assemble(args: &Assemble) -> llava::Result<ExitCode> {
 
 fn generate_text(args: &GenerateText) -> llava::Result<ExitCode> {
     let (device, kind) = args.sampling.device_and_kind()?;
-    if !args.model.is_dir() {
+    let model = model_path(&args.model)?;
+    if !model.is_dir() {
         return Err(llava::Error::io(
             &args.model,
             std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory"),
         ));
     }
     let start = Instant::now();
-    let tokenizer = GemmaTokenizer::from_file(&args.model)?;
-    let (_vs, model) = Gemma::from_pretrained(&args.model, device, kind)?;
+    let tokenizer = GemmaTokenizer::from_file(&model)?;
+    let (_vs, model) = Gemma::from_pretrained(&model, device, kind)?;
     let prompt = if args.raw {
         tokenizer.encode(&args.prompt, true)?
     } else {

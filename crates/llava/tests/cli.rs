@@ -277,3 +277,52 @@ fn an_image_of_extreme_shape_is_answered_quickly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
 }
+
+#[test]
+fn a_model_by_hugging_face_id_comes_from_the_local_cache() {
+    // The layout huggingface_hub writes: refs/main names the snapshot holding the files.
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join("models--test-org--tiny-llava");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    for entry in std::fs::read_dir(fixtures().join("llava-clip/model")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), snapshot.join(entry.file_name())).unwrap();
+    }
+    let generate = |model: &str| {
+        llava()
+            .args(["generate", "--device", "cpu", "--max-new-tokens", "4"])
+            .args(["--prompt", "What is this?", "--model", model])
+            .arg("--image")
+            .arg(image())
+            .env("HF_HUB_CACHE", cache.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
+    let by_id = generate("test-org/tiny-llava");
+    assert!(
+        by_id.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_id.stderr)
+    );
+    let by_dir = generate(fixtures().join("llava-clip/model").to_str().unwrap());
+    assert_eq!(
+        by_id.stdout, by_dir.stdout,
+        "the same model, the same answer"
+    );
+
+    // Not in the cache, and no downloads allowed: a clear error naming the model and the cache.
+    let missing = generate("test-org/not-there");
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success());
+    assert!(
+        stderr.contains("test-org/not-there")
+            && stderr.contains("HF_HUB_OFFLINE")
+            && stderr.contains(&cache.path().display().to_string()),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,3 @@
+fn main() {
+    libtorch_build::emit_link_args();
+}
