@@ -6,7 +6,8 @@ use std::process::ExitCode;
 /// Flags of `llava serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// LLaVA model directory: config.json, safetensors weights, tokenizer.json.
+    /// LLaVA model directory (config.json, safetensors weights, tokenizer.json) or Hugging Face id
+    /// (`Intel/llava-gemma-2b`, through the local Hugging Face cache).
     #[arg(long)]
     model: PathBuf,
     /// Address to listen on.

@@ -1,0 +1,114 @@
+//! The subcommands of `llava`, a file each: its arguments and its handler. What several share
+//! (sampling flags, device and dtype, model names, JSON output) is here.
+
+pub mod assemble;
+pub mod bench_generate;
+pub mod bench_train;
+pub mod bench_vision;
+pub mod chat;
+pub mod data;
+pub mod eval;
+pub mod eval_synthetic;
+pub mod generate;
+pub mod generate_text;
+pub mod grade;
+pub mod parity;
+pub mod score;
+pub mod serve;
+pub mod train;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use llava::chat::ImageChat;
+use llava::foundation::device::{parse_device, parse_kind};
+use llava::gemma_lm::GenerationConfig;
+
+pub fn device_and_kind(
+    device: &str,
+    dtype: &Option<String>,
+) -> llava::Result<(tch::Device, tch::Kind)> {
+    let device = parse_device(device)?;
+    let kind = match dtype {
+        Some(name) => parse_kind(name)?,
+        None => llava::foundation::device::default_kind(device),
+    };
+    Ok((device, kind))
+}
+
+/// Sampling and device flags shared by the generating commands.
+#[derive(Debug, clap::Args)]
+pub struct Sampling {
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 (the default) decodes greedily.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Sample among the k most likely tokens.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Sample among the most likely tokens with cumulative probability p.
+    #[arg(long)]
+    top_p: Option<f64>,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Weights and compute dtype: f32, bf16 or f16 (default: bf16 on CUDA, f32 on CPU).
+    #[arg(long)]
+    dtype: Option<String>,
+}
+
+impl Sampling {
+    fn device_and_kind(&self) -> llava::Result<(tch::Device, tch::Kind)> {
+        device_and_kind(&self.device, &self.dtype)
+    }
+
+    fn config(&self) -> GenerationConfig {
+        GenerationConfig {
+            max_new_tokens: self.max_new_tokens,
+            temperature: Some(self.temperature),
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+            ..GenerationConfig::default()
+        }
+    }
+}
+
+/// Prints `value` as one line of JSON (`--json`) or indented.
+pub fn print_json(value: &impl serde::Serialize, one_line: bool) {
+    let text = if one_line {
+        serde_json::to_string(value)
+    } else {
+        serde_json::to_string_pretty(value)
+    };
+    println!("{}", text.expect("reports serialise"));
+}
+
+/// A model argument as a directory: a path as it is, or a Hugging Face id (`Intel/llava-gemma-2b`)
+/// through the local Hugging Face cache, downloading when a network is there.
+pub fn model_path(arg: &std::path::Path) -> llava::Result<PathBuf> {
+    Ok(llava::foundation::hub::resolve_model(arg)?)
+}
+
+pub fn open_chat(
+    model: &std::path::Path,
+    image: &std::path::Path,
+    scale: bool,
+    sampling: &Sampling,
+) -> llava::Result<ImageChat> {
+    let (device, kind) = sampling.device_and_kind()?;
+    let model = &model_path(model)?;
+    let start = Instant::now();
+    let chat = ImageChat::open(model, image, device, kind, scale.then_some(true))?;
+    eprintln!(
+        "loaded {} on {device:?} as {kind:?} in {:.2}s",
+        model.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(chat)
+}

@@ -1,0 +1,187 @@
+//! `llava train`: one stage of the recipe.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use super::model_path;
+
+/// Its arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// 1 (connector pretraining) or 2 (instruction finetuning).
+    #[arg(long)]
+    stage: u8,
+    /// Model preset: tiny (a small random-initialised model on the built-in synthetic data, CPU),
+    /// paper-2b-clip, paper-2b-dinov2, paper-7b-clip or paper-7b-dinov2 (real checkpoints: give
+    /// --lm and --vision, and --data).
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// Gemma checkpoint directory or Hugging Face id such as google/gemma-2b-it (paper presets).
+    #[arg(long)]
+    lm: Option<PathBuf>,
+    /// CLIP or DINOv2 checkpoint directory or Hugging Face id (paper presets).
+    #[arg(long)]
+    vision: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto (default: cpu for tiny, auto for the paper presets).
+    #[arg(long)]
+    device: Option<String>,
+    /// Longest sample in tokens, image tokens included (default: 2048; 512 for tiny).
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Records (a LLaVA JSON list); the built-in synthetic dataset when absent.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Image folder or zip.
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// Output directory (default: out/pretrain or out/finetune).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Stage 2: the connector file stage 1 wrote (default: out/pretrain/connector.safetensors if it
+    /// exists; a seeded random connector otherwise, the paper's skip-pretraining ablation).
+    #[arg(long)]
+    connector: Option<PathBuf>,
+    /// Start stage 2 from a random connector even when stage 1's exists.
+    #[arg(long)]
+    skip_pretraining: bool,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Samples per forward pass.
+    #[arg(long)]
+    micro_batch: Option<usize>,
+    /// Samples per optimizer step.
+    #[arg(long)]
+    global_batch: Option<usize>,
+    /// Passes over the data.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Stop after this many optimizer steps.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Checkpoint every this many optimizer steps.
+    #[arg(long)]
+    save_every: Option<usize>,
+    /// Continue from this checkpoint directory.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Seed of the model's start, the data and its order.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Tiny preset: training images of the built-in synthetic dataset.
+    #[arg(long)]
+    synthetic_images: Option<usize>,
+}
+
+/// Runs `llava train`.
+pub fn run(args: &Args) -> llava::Result<ExitCode> {
+    let default_output = PathBuf::from(if args.stage == 1 {
+        "out/pretrain"
+    } else {
+        "out/finetune"
+    });
+    let mut config = llava::trainer::RunConfig::preset(
+        &args.preset,
+        args.stage,
+        args.output.clone().unwrap_or(default_output),
+    )
+    .map_err(|e| llava::Error::Unsupported(e.to_string()))?;
+    config.lm = args.lm.as_deref().map(model_path).transpose()?;
+    config.vision = args.vision.as_deref().map(model_path).transpose()?;
+    if let Some(v) = &args.device {
+        config.device = v.clone();
+    }
+    if let Some(v) = args.max_length {
+        config.max_length = v;
+    }
+    config.data = args.data.clone();
+    config.images = args.images.clone();
+    config.connector = match (&args.connector, args.stage, args.skip_pretraining) {
+        (Some(file), _, _) => Some(file.clone()),
+        (None, 2, false) => {
+            Some(PathBuf::from("out/pretrain/connector.safetensors")).filter(|p| p.exists())
+        }
+        _ => None,
+    };
+    if let Some(v) = args.lr {
+        config.lr = v;
+    }
+    if let Some(v) = args.micro_batch {
+        config.micro_batch = v;
+    }
+    if let Some(v) = args.global_batch {
+        config.global_batch = v;
+    }
+    if let Some(v) = args.epochs {
+        config.epochs = v;
+    }
+    if let Some(v) = args.seed {
+        config.seed = v;
+    }
+    if let Some(v) = args.synthetic_images {
+        config.synthetic_images = v;
+    }
+    config.max_steps = args.max_steps;
+    if args.save_every.is_some() {
+        config.save_every = args.save_every;
+    }
+    config.resume = args.resume.clone();
+    eprintln!(
+        "stage {} ({}), output {}, connector {}",
+        config.stage,
+        config.preset,
+        config.output.display(),
+        config
+            .connector
+            .as_ref()
+            .map_or("random".into(), |c| c.display().to_string())
+    );
+    let start = Instant::now();
+    // A progress bar on a terminal; one plain line per step (every tenth on long runs) otherwise.
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps  {msg}  {elapsed} elapsed, {eta} left",
+            )
+            .expect("a valid template"),
+        );
+        bar
+    });
+    let summary = llava::trainer::run(&config, |m| match &bar {
+        Some(bar) => {
+            bar.set_length(m.total_steps as u64);
+            bar.set_position(m.step as u64);
+            bar.set_message(format!(
+                "loss {:.4}  {:.0} samples/s  {:.0} tokens/s",
+                m.loss, m.samples_per_s, m.tokens_per_s
+            ));
+        }
+        None if m.total_steps <= 1000 || m.step % 10 == 0 || m.step == m.total_steps => {
+            eprintln!(
+                "step {:>5}/{}  loss {:.4}  lr {:.2e}  grad_norm {:.3}  {:.0} samples/s  {:.0} tokens/s",
+                m.step, m.total_steps, m.loss, m.lr, m.grad_norm, m.samples_per_s, m.tokens_per_s
+            );
+        }
+        None => {}
+    })
+    .map_err(|e| llava::Error::Unsupported(e.to_string()))?;
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    eprintln!(
+        "done in {:.1}s: {} steps, {} samples, {} skipped, loss {:.4} -> {:.4}",
+        start.elapsed().as_secs_f64(),
+        summary.steps,
+        summary.samples_seen,
+        summary.samples_skipped,
+        summary.first_loss,
+        summary.final_loss
+    );
+    if let Some(bytes) = summary.peak_memory_bytes {
+        eprintln!("peak memory {:.2} GiB", bytes as f64 / (1u64 << 30) as f64);
+    }
+    eprintln!("wrote {}", config.output.display());
+    Ok(ExitCode::SUCCESS)
+}
