@@ -1,4 +1,5 @@
-//! The HTTP side: routes, bearer auth, limits, OpenAI error objects and server-sent events.
+//! The HTTP side: routes, bearer auth, limits, OpenAI error objects and server-sent events, and
+//! the chat page at `/`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -48,10 +49,15 @@ impl AppState {
     }
 }
 
+/// The chat page served at `GET /`: one self-contained HTML file (no external resources) that
+/// streams answers from `/v1/chat/completions`.
+pub const CHAT_PAGE: &str = include_str!("chat.html");
+
 /// The routes, with auth, the body limit, draining and request counting.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.max_body_bytes;
     Router::new()
+        .route("/", get(chat_page))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
         .route("/health", get(health))
@@ -98,12 +104,18 @@ fn request_error(status: u16, message: impl Into<String>, code: &'static str) ->
     }
 }
 
-/// Draining (503), bearer auth (401, all but `/health`), and counting answers by status.
+/// Paths that need no API key: the health check, and the chat page (which asks for the key).
+fn is_open(path: &str) -> bool {
+    path == "/health" || path == "/"
+}
+
+/// Draining (503), bearer auth (401, all but `/health` and `/`), and counting API answers by
+/// status.
 async fn gate(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
     let response = if state.draining.load(Ordering::SeqCst) {
         request_error(503, "the server is shutting down", "shutting_down").into_response()
-    } else if path != "/health"
+    } else if !is_open(&path)
         && let Some(key) = &state.config.api_key
         && request
             .headers()
@@ -121,7 +133,7 @@ async fn gate(State(state): State<Arc<AppState>>, request: Request, next: Next) 
     } else {
         next.run(request).await
     };
-    if path != "/metrics" && path != "/health" {
+    if path != "/metrics" && !is_open(&path) {
         state
             .engine
             .metrics
@@ -132,6 +144,23 @@ async fn gate(State(state): State<Arc<AppState>>, request: Request, next: Next) 
 
 async fn not_found() -> Error {
     request_error(404, "no such endpoint", "not_found")
+}
+
+async fn chat_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            // The page is self-contained: nothing but this server may be reached from it.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 img-src data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'",
+            ),
+        ],
+        CHAT_PAGE,
+    )
+        .into_response()
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {

@@ -2,7 +2,8 @@
 //! batching.
 //!
 //! * [`http`]: the axum routes (`POST /v1/chat/completions`, `GET /v1/models`, `/health`,
-//!   `/metrics`), bearer auth, body limits, OpenAI error objects, server-sent events;
+//!   `/metrics`), bearer auth, body limits, OpenAI error objects, server-sent events, and the chat
+//!   page at `GET /` (`chat.html`, embedded);
 //! * [`prompt`]: OpenAI messages to the Gemma chat prompt that `llava generate` builds, and images
 //!   from `data:` URLs (or local files under `--allow-local-files`);
 //! * [`engine`]: the model thread: a [`gemma_lm::SlotCache`] slot per running request, new prompts
