@@ -66,6 +66,18 @@ impl LlavaModel {
 /// The tokens `<image>` is added as when a model is assembled from parts.
 pub const IMAGE_TOKEN: &str = "<image>";
 
+/// A user turn's text with `images` image marks in front, one line each, as LLaVA-Gemma's template
+/// places them (`<image>\n{question}`, the question trimmed as the chat template trims it): what
+/// `llava generate`, `llava chat` and `llava serve` all send, and what training's `gemma` template
+/// builds.
+pub fn with_image_marks(text: &str, images: usize) -> String {
+    format!(
+        "{}{}",
+        format!("{IMAGE_TOKEN}\n").repeat(images),
+        text.trim()
+    )
+}
+
 /// How to assemble a model from separately downloaded parts.
 #[derive(Debug, Clone)]
 pub struct Parts {

@@ -14,7 +14,7 @@ pub mod processor_files;
 
 use std::path::PathBuf;
 
-pub use checkpoint::{IMAGE_TOKEN, Parts};
+pub use checkpoint::{IMAGE_TOKEN, Parts, with_image_marks};
 pub use config::{FeatureLayers, LlavaConfig};
 pub use model::LlavaModel;
 

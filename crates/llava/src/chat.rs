@@ -62,7 +62,7 @@ impl ImageChat {
         let first = messages.first_mut().ok_or_else(|| {
             Error::Unsupported("an empty conversation has nothing to answer".into())
         })?;
-        first.content = format!("{}\n{}", llava_model::IMAGE_TOKEN, first.content.trim());
+        first.content = llava_model::with_image_marks(&first.content, 1);
         let ids = self.tokenizer.encode_chat(&messages, true)?;
         Ok(self.model.expand_image_tokens(&ids, self.tokens_per_image))
     }

@@ -116,9 +116,7 @@ pub fn conversation(
             system.clear();
         }
         if here > 0 {
-            // As `ImageChat::prompt`: "<image>\n" + the trimmed text.
-            let placeholders = format!("{}\n", llava_model::IMAGE_TOKEN).repeat(here);
-            content = format!("{placeholders}{}", content.trim());
+            content = llava_model::with_image_marks(&content, here);
         }
         turns.push(Message { role, content });
     }
