@@ -221,11 +221,7 @@ pub(crate) fn scan_elements(
     let mut state = State::Start;
     let (mut in_string, mut escape) = (false, false);
     let mut base = 0u64;
-    let mut current: Vec<u8> = Vec::new();
-    let mut current_offset = 0u64;
-    let mut pending: Vec<Element> = Vec::new();
-    let mut pending_bytes = 0usize;
-    let mut count = 0usize;
+    let mut elements = Elements::default();
     loop {
         let n = reader.read(&mut chunk).map_err(|e| Error::io(path, e))?;
         if n == 0 {
@@ -248,14 +244,7 @@ pub(crate) fn scan_elements(
                     if state == (State::Inside { depth: 0 }) {
                         // A bare string element ends with its closing quote.
                         let start = from.take().expect("an element is open");
-                        current.extend_from_slice(&bytes[start..=i]);
-                        finish(
-                            &mut current,
-                            current_offset,
-                            &mut count,
-                            &mut pending,
-                            &mut pending_bytes,
-                        );
+                        elements.close(&bytes[start..=i]);
                         state = State::Between {
                             comma: false,
                             any: true,
@@ -308,12 +297,12 @@ pub(crate) fn scan_elements(
                         return Err(format(format!(
                             "byte {}: a missing comma after record #{}",
                             base + i as u64,
-                            count - 1
+                            elements.count - 1
                         )));
                     }
                     _ => {
                         from = Some(i);
-                        current_offset = base + i as u64;
+                        elements.offset = base + i as u64;
                         match b {
                             b'{' | b'[' => state = State::Inside { depth: 1 },
                             b'"' => {
@@ -336,14 +325,7 @@ pub(crate) fn scan_elements(
                         b',' | b']' | b' ' | b'\n' | b'\r' | b'\t' if depth == 0 => {
                             // The end of a bare scalar: the delimiter belongs to the list.
                             let start = from.take().expect("an element is open");
-                            current.extend_from_slice(&bytes[start..i]);
-                            finish(
-                                &mut current,
-                                current_offset,
-                                &mut count,
-                                &mut pending,
-                                &mut pending_bytes,
-                            );
+                            elements.close(&bytes[start..i]);
                             state = State::Between {
                                 comma: false,
                                 any: true,
@@ -354,14 +336,7 @@ pub(crate) fn scan_elements(
                     }
                     if close {
                         let start = from.take().expect("an element is open");
-                        current.extend_from_slice(&bytes[start..=i]);
-                        finish(
-                            &mut current,
-                            current_offset,
-                            &mut count,
-                            &mut pending,
-                            &mut pending_bytes,
-                        );
+                        elements.close(&bytes[start..=i]);
                         state = State::Between {
                             comma: false,
                             any: true,
@@ -381,40 +356,53 @@ pub(crate) fn scan_elements(
             i += 1;
         }
         if let Some(start) = from {
-            current.extend_from_slice(&bytes[start..n]);
+            elements.current.extend_from_slice(&bytes[start..n]);
         }
         base += n as u64;
-        if pending_bytes >= BLOCK_BYTES {
-            block(&pending, base)?;
-            pending.clear();
-            pending_bytes = 0;
+        if elements.pending_bytes >= BLOCK_BYTES {
+            block(&elements.pending, base)?;
+            elements.pending.clear();
+            elements.pending_bytes = 0;
         }
     }
     if state != State::End {
         return Err(format(format!(
-            "the file ends before the list does (after {count} records): is it truncated?"
+            "the file ends before the list does (after {} records): is it truncated?",
+            elements.count
         )));
     }
-    if !pending.is_empty() {
-        block(&pending, base)?;
+    if !elements.pending.is_empty() {
+        block(&elements.pending, base)?;
     }
-    Ok(count)
+    Ok(elements.count)
 }
 
-fn finish(
-    current: &mut Vec<u8>,
+/// The scanner's elements: the one being read and the finished ones not yet handed on.
+#[derive(Default)]
+struct Elements {
+    /// The bytes of the element being read, from earlier chunks.
+    current: Vec<u8>,
+    /// Its offset in the file.
     offset: u64,
-    count: &mut usize,
-    pending: &mut Vec<Element>,
-    pending_bytes: &mut usize,
-) {
-    *pending_bytes += current.len();
-    pending.push(Element {
-        index: *count,
-        offset,
-        bytes: std::mem::take(current),
-    });
-    *count += 1;
+    /// Elements finished so far.
+    count: usize,
+    /// Finished elements not yet handed to the block callback, and their bytes.
+    pending: Vec<Element>,
+    pending_bytes: usize,
+}
+
+impl Elements {
+    /// Ends the current element with `tail`, its last bytes in this chunk.
+    fn close(&mut self, tail: &[u8]) {
+        self.current.extend_from_slice(tail);
+        self.pending_bytes += self.current.len();
+        self.pending.push(Element {
+            index: self.count,
+            offset: self.offset,
+            bytes: std::mem::take(&mut self.current),
+        });
+        self.count += 1;
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use super::device_and_kind;
+use super::{device_and_kind, print_json};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -41,9 +41,6 @@ pub fn run(a: &Args) -> llava::Result<ExitCode> {
         a.new_tokens,
         a.runs,
     )?;
-    println!(
-        "{}",
-        serde_json::to_string(&report).expect("reports serialise")
-    );
+    print_json(&report, true);
     Ok(ExitCode::SUCCESS)
 }

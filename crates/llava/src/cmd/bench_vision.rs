@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use super::device_and_kind;
+use super::{device_and_kind, print_json};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,9 +27,6 @@ pub struct Args {
 pub fn run(a: &Args) -> llava::Result<ExitCode> {
     let (device, kind) = device_and_kind(&a.device, &a.dtype)?;
     let report = llava::bench::vision(&a.preset, device, kind, a.batch, a.runs)?;
-    println!(
-        "{}",
-        serde_json::to_string(&report).expect("reports serialise")
-    );
+    print_json(&report, true);
     Ok(ExitCode::SUCCESS)
 }

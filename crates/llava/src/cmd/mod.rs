@@ -95,20 +95,36 @@ pub fn model_path(arg: &std::path::Path) -> llava::Result<PathBuf> {
     Ok(llava::foundation::hub::resolve_model(arg)?)
 }
 
-pub fn open_chat(
-    model: &std::path::Path,
-    image: &std::path::Path,
-    scale: bool,
-    sampling: &Sampling,
-) -> llava::Result<ImageChat> {
-    let (device, kind) = sampling.device_and_kind()?;
-    let model = &model_path(model)?;
-    let start = Instant::now();
-    let chat = ImageChat::open(model, image, device, kind, scale.then_some(true))?;
-    eprintln!(
-        "loaded {} on {device:?} as {kind:?} in {:.2}s",
-        model.display(),
-        start.elapsed().as_secs_f64()
-    );
-    Ok(chat)
+/// The model, image and sampling flags of `llava generate` and `llava chat`.
+#[derive(Debug, clap::Args)]
+pub struct ImageModel {
+    /// LLaVA model directory (config.json, safetensors weights, tokenizer.json) or Hugging Face id
+    /// (`Intel/llava-gemma-2b`, through the local Hugging Face cache).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The image (JPEG, PNG, WebP, GIF, BMP or TIFF).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Scale image features by sqrt(hidden) as the original LLaVA-Gemma code did (Intel's checkpoints).
+    #[arg(long)]
+    pub scale_image_features: bool,
+    #[command(flatten)]
+    pub sampling: Sampling,
+}
+
+impl ImageModel {
+    /// Loads the model and the image, saying how long it took.
+    pub fn open(&self) -> llava::Result<ImageChat> {
+        let (device, kind) = self.sampling.device_and_kind()?;
+        let model = &model_path(&self.model)?;
+        let start = Instant::now();
+        let scale = self.scale_image_features.then_some(true);
+        let chat = ImageChat::open(model, &self.image, device, kind, scale)?;
+        eprintln!(
+            "loaded {} on {device:?} as {kind:?} in {:.2}s",
+            model.display(),
+            start.elapsed().as_secs_f64()
+        );
+        Ok(chat)
+    }
 }
