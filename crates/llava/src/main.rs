@@ -52,6 +52,8 @@ enum Command {
     /// Assemble a LLaVA model from a Gemma, a CLIP or DINOv2 tower and an optional connector file,
     /// and save it as an HF LLaVA directory.
     Assemble(cmd::assemble::Args),
+    /// Plan the memory a training step needs per device, from a preset's shapes.
+    Plan(cmd::plan::Args),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         Command::BenchGenerate(args) => cmd::bench_generate::run(&args),
         Command::BenchTrain(args) => cmd::bench_train::run(&args),
         Command::BenchVision(args) => cmd::bench_vision::run(&args),
+        Command::Plan(args) => cmd::plan::run(&args),
     };
     match result {
         Ok(code) => code,

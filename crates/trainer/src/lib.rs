@@ -6,6 +6,7 @@
 //! resume, presets and the `pretrain` / `finetune` commands come with the rest of issue 6.
 
 pub mod optim;
+pub mod plan;
 pub mod plot;
 pub mod run;
 pub mod schedule;

@@ -13,6 +13,7 @@ pub mod generate;
 pub mod generate_text;
 pub mod grade;
 pub mod parity;
+pub mod plan;
 pub mod score;
 pub mod serve;
 pub mod train;
