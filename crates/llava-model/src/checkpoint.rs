@@ -4,8 +4,10 @@
 //! `language_model.model.*` / `vision_tower.*` / `multi_modal_projector.*` (what transformers 5.17
 //! writes), `model.language_model.*` / `model.vision_tower.*` / `model.multi_modal_projector.*` /
 //! `lm_head.weight`, and `vision_tower.vision_model.*` (llava-hf's CLIP towers); original LLaVA
-//! connectors (`model.mm_projector.*`) too. Saving writes the layout transformers 5.17 itself writes,
-//! so `LlavaForConditionalGeneration.from_pretrained` loads what we train.
+//! connectors (`model.mm_projector.*`) too. Saving writes `language_model.*`, `vision_tower.*` (a
+//! CLIP tower as `vision_tower.vision_model.*`) and `multi_modal_projector.*`, which
+//! `LlavaForConditionalGeneration.from_pretrained` loads in transformers 5.17 and in 4.57 alike
+//! (checked: the same greedy answers as ours in both).
 
 use std::path::{Path, PathBuf};
 
@@ -151,8 +153,9 @@ impl LlavaModel {
         Ok((model, tokenizer))
     }
 
-    /// Saves the model as an HF LLaVA directory: `config.json`, `model.safetensors` in the layout
-    /// transformers 5.17 writes, and (when given a tokenizer) `tokenizer.json`,
+    /// Saves the model as an HF LLaVA directory: `config.json`, `model.safetensors` in a layout
+    /// transformers 5 and 4 both load (see the module's documentation), and (when given a
+    /// tokenizer) `tokenizer.json`,
     /// `generation_config.json` and the processor's files (see [`crate::processor_files`]), so that
     /// `AutoProcessor.from_pretrained` opens the directory too. Each file is written atomically.
     pub fn save_pretrained(
@@ -171,9 +174,11 @@ impl LlavaModel {
         for (name, t) in sorted(&self.lm_vs) {
             tensors.push((format!("language_model.{name}"), t.detach()));
         }
+        // A CLIP tower keeps its `vision_model.` level (`vision_tower.vision_model.*`, as llava-hf's
+        // checkpoints have it): transformers 5 reads it, and transformers 4 reads nothing else
+        // (it leaves a `vision_tower.embeddings.*` tower at its random initialisation).
         for (name, t) in sorted(&self.vision_vs) {
-            let rest = name.strip_prefix("vision_model.").unwrap_or(&name);
-            tensors.push((format!("vision_tower.{rest}"), t.detach()));
+            tensors.push((format!("vision_tower.{name}"), t.detach()));
         }
         for (name, t) in sorted(&self.connector_vs) {
             tensors.push((name, t.detach()));
