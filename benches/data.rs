@@ -32,13 +32,22 @@ fn dataset(dir: &std::path::Path) -> Arc<Dataset> {
     }
     let file = dir.join("chat.json");
     std::fs::write(&file, serde_json::Value::Array(records).to_string()).expect("temp dir");
-    let (records, bad_records) = RecordFile::open(&file).expect("valid records");
+    Arc::new(open_dataset(
+        &file,
+        Some(ImageSource::open(&images).expect("folder")),
+    ))
+}
+
+/// The records of `file` with the built-in tokenizer, the Gemma template, 576 image tokens and
+/// CLIP-336 preprocessing.
+fn open_dataset(file: &std::path::Path, images: Option<ImageSource>) -> Dataset {
+    let (records, bad_records) = RecordFile::open(file).expect("valid records");
     let mut tokenizer = data::builtin_tokenizer();
     let image_token = tokenizer.add_special_token("<image>");
-    Arc::new(Dataset {
+    Dataset {
         records,
         bad_records,
-        images: Some(ImageSource::open(&images).expect("folder")),
+        images,
         templater: Templater {
             tokenizer,
             template: Template::Gemma,
@@ -47,7 +56,7 @@ fn dataset(dir: &std::path::Path) -> Arc<Dataset> {
             max_length: 2048,
         },
         processor: ImageProcessor::new(ProcessorConfig::clip_336()),
-    })
+    }
 }
 
 fn pipeline(c: &mut Criterion) {
@@ -94,22 +103,7 @@ fn mix_scale(c: &mut Criterion) {
     group.bench_function("index", |b| {
         b.iter(|| RecordFile::open(&file).expect("valid records").0.len())
     });
-    let (records, bad_records) = RecordFile::open(&file).expect("valid records");
-    let mut tokenizer = data::builtin_tokenizer();
-    let image_token = tokenizer.add_special_token("<image>");
-    let dataset = Dataset {
-        records,
-        bad_records,
-        images: None,
-        templater: Templater {
-            tokenizer,
-            template: Template::Gemma,
-            image_token,
-            tokens_per_image: 576,
-            max_length: 2048,
-        },
-        processor: ImageProcessor::new(ProcessorConfig::clip_336()),
-    };
+    let dataset = open_dataset(&file, None);
     group.bench_function("check_no_decode", |b| {
         b.iter(|| data::check(&dataset, false).records)
     });
