@@ -5,12 +5,58 @@ use tch::{Kind, Tensor};
 
 /// A linear layer `y = x W^T + b` with `weight: [out, in]` and an optional `bias: [out]`, as in
 /// `torch.nn.Linear`. Weights start from N(0, `std`), biases from zero, as HF's `_init_weights` does.
+/// A layer may carry a [`Lora`] adapter, which adds its low-rank update to the output.
 #[derive(Debug)]
 pub struct Linear {
     /// `[out, in]`.
     pub weight: Tensor,
     /// `[out]`, when the layer has one.
     pub bias: Option<Tensor>,
+    /// A low-rank adapter, when one is attached.
+    pub lora: Option<Lora>,
+}
+
+/// A LoRA adapter (Hu et al., 2021) on a linear layer, as PEFT's `lora.Linear` computes it:
+/// `y = x W^T + b + scale * B(A(dropout(x)))`, with `a: [r, in]`, `b: [out, r]` and
+/// `scale = alpha / r` (`alpha / sqrt(r)` with rsLoRA). The adapter's weights are kept in f32
+/// (they train, with the optimizer's f32 moments), and the update is computed in the input's dtype
+/// with them cast to it, as `torch.autocast` computes it: bf16 on a GPU, so no f32 copy of each
+/// adapted layer's input is kept for backward; on the CPU (f32) it is PEFT's computation exactly.
+#[derive(Debug)]
+pub struct Lora {
+    /// `lora_A.weight`, `[r, in]`.
+    pub a: Tensor,
+    /// `lora_B.weight`, `[out, r]`.
+    pub b: Tensor,
+    /// `alpha / r`, or `alpha / sqrt(r)`.
+    pub scale: f64,
+    /// Dropout on the adapter's input while training.
+    pub dropout: f64,
+    /// Whether the model is training (dropout on); shared by all adapters of a model.
+    pub training: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Lora {
+    /// The adapter's update for `x` `[..., in]`, in `x`'s dtype.
+    pub fn update(&self, x: &Tensor) -> Tensor {
+        let training = self.training.load(std::sync::atomic::Ordering::Relaxed);
+        let dropped;
+        let x = if training && self.dropout > 0.0 {
+            dropped = x.dropout(self.dropout, true);
+            &dropped
+        } else {
+            x
+        };
+        let kind = x.kind();
+        x.linear::<Tensor>(&self.a.to_kind(kind), None)
+            .linear::<Tensor>(&self.b.to_kind(kind), None)
+            * self.scale
+    }
+
+    /// `scale * B A`, `[out, in]` in the adapter's dtype: what merging adds to the weight.
+    pub fn delta_weight(&self) -> Tensor {
+        self.b.matmul(&self.a) * self.scale
+    }
 }
 
 impl Linear {
@@ -25,12 +71,32 @@ impl Linear {
             },
         );
         let bias = bias.then(|| path.var("bias", &[out_dim], Init::Const(0.0)));
-        Linear { weight, bias }
+        Linear {
+            weight,
+            bias,
+            lora: None,
+        }
     }
 
     /// Applies the layer to the last dimension of `x`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        let y = x.linear(&self.weight, self.bias.as_ref());
+        match &self.lora {
+            None => y,
+            Some(lora) => y + lora.update(x),
+        }
+    }
+
+    /// Folds the adapter into the weight (`W += scale * B A`, computed in the adapter's dtype and
+    /// rounded once into the weight's) and removes it. Without an adapter, nothing happens.
+    pub fn merge_lora(&mut self) {
+        if let Some(lora) = self.lora.take() {
+            tch::no_grad(|| {
+                let merged = (self.weight.to_kind(lora.a.kind()) + lora.delta_weight())
+                    .to_kind(self.weight.kind());
+                self.weight.shallow_clone().copy_(&merged);
+            });
+        }
     }
 }
 

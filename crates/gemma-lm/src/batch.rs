@@ -311,6 +311,7 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/../../fixtures/hf-parity/gemma/model"
         );
+        let _rng = crate::global_rng();
         Gemma::from_pretrained(dir, Device::Cpu, Kind::Float).expect("the gemma fixture loads")
     }
 

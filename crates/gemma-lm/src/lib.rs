@@ -25,13 +25,26 @@ pub mod cache;
 pub mod config;
 mod error;
 pub mod generation;
+pub mod lora;
 pub mod model;
 pub mod tokenizer;
 
 pub use batch::{LayerCache, SlotCache};
+
+/// Held by unit tests that use libtorch's process-wide generator (building a model draws its
+/// random start from it; adapter dropout reseeds it), so parallel tests do not draw from each
+/// other's sequence.
+#[cfg(test)]
+pub(crate) static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[cfg(test)]
+pub(crate) fn global_rng() -> std::sync::MutexGuard<'static, ()> {
+    GLOBAL_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
 pub use cache::KvCache;
 pub use config::{Activation, GemmaConfig, TokenIds};
 pub use error::{Error, Result};
 pub use generation::{GenerationConfig, Sampler, generate, generate_from_embeds, left_pad};
+pub use lora::LoraSpec;
 pub use model::{AttentionPlan, Gemma, IGNORE_INDEX, ModelOutput};
 pub use tokenizer::{GemmaTokenizer, Message, Role, TextStreamer, apply_chat_template};

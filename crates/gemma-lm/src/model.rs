@@ -55,7 +55,7 @@ impl RmsNorm {
 
 /// Rotary position embedding in the rotate-half layout.
 #[derive(Debug)]
-struct Rotary {
+pub(crate) struct Rotary {
     /// `[head_dim / 2]`, f32.
     inv_freq: Tensor,
 }
@@ -75,7 +75,7 @@ impl Rotary {
 
     /// `cos` and `sin` of shape `[batch, 1, len, head_dim]` in `kind` for positions `[batch, len]`,
     /// computed in f32 as transformers does.
-    fn cos_sin(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+    pub(crate) fn cos_sin(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
         let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
         (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
@@ -102,7 +102,7 @@ fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
 #[derive(Debug)]
 pub struct AttentionPlan {
     /// Positions `[batch, len]` of the new tokens, for the rotary embedding.
-    positions: Tensor,
+    pub(crate) positions: Tensor,
     /// Additive mask `[batch, 1, len, past + len]`, or `None` for plain causal attention.
     mask: Option<Tensor>,
     /// Whether to let the kernel apply the causal mask itself (no past, no explicit mask).
@@ -328,7 +328,35 @@ impl DecoderLayer {
         }
     }
 
-    fn forward(
+    /// The layer's linear layers by their names inside it (`self_attn.q_proj`, `mlp.up_proj`).
+    pub(crate) fn linears(&self) -> [(&'static str, &Linear); 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [
+            ("self_attn.q_proj", &a.q_proj),
+            ("self_attn.k_proj", &a.k_proj),
+            ("self_attn.v_proj", &a.v_proj),
+            ("self_attn.o_proj", &a.o_proj),
+            ("mlp.gate_proj", &m.gate_proj),
+            ("mlp.up_proj", &m.up_proj),
+            ("mlp.down_proj", &m.down_proj),
+        ]
+    }
+
+    /// [`linears`](Self::linears), mutably.
+    pub(crate) fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            ("self_attn.q_proj", &mut a.q_proj),
+            ("self_attn.k_proj", &mut a.k_proj),
+            ("self_attn.v_proj", &mut a.v_proj),
+            ("self_attn.o_proj", &mut a.o_proj),
+            ("mlp.gate_proj", &mut m.gate_proj),
+            ("mlp.up_proj", &mut m.up_proj),
+            ("mlp.down_proj", &mut m.down_proj),
+        ]
+    }
+
+    pub(crate) fn forward(
         &self,
         x: &Tensor,
         cos_sin: &(Tensor, Tensor),
@@ -357,12 +385,14 @@ pub struct ModelOutput {
 pub struct Gemma {
     config: GemmaConfig,
     embed_tokens: Embedding,
-    layers: Vec<DecoderLayer>,
-    norm: RmsNorm,
+    pub(crate) layers: Vec<DecoderLayer>,
+    pub(crate) norm: RmsNorm,
     /// `[vocab, hidden]` when the head is not tied to the embedding.
     lm_head: Option<Linear>,
-    rotary: Rotary,
+    pub(crate) rotary: Rotary,
     device: Device,
+    /// Whether the model is training: switches the adapters' dropout (see [`crate::lora`]).
+    pub(crate) training: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Gemma {
@@ -407,6 +437,7 @@ impl Gemma {
             lm_head,
             rotary: Rotary::new(config, root.device()),
             device: root.device(),
+            training: Default::default(),
         })
     }
 
@@ -584,6 +615,80 @@ impl Gemma {
             x = layer.forward(&x, &cos_sin, plan, Some((&mut *cache, i)));
         }
         self.norm.forward(&x)
+    }
+
+    /// Trains through the decoder with activation checkpointing: runs the layers on `embeds`
+    /// `[batch, len, hidden]` (a training batch: causal attention, right padding) keeping only each
+    /// layer's input, applies `head` to the final normed hidden states (it returns the loss to
+    /// backpropagate and whatever the caller wants back), backpropagates, and then recomputes the
+    /// layers one at a time from the last, each with autograd, to carry the gradient down to
+    /// `embeds` (and through it to whatever made them). Gradients are those of the plain path;
+    /// the memory of the activations is one layer's plus each layer's input.
+    ///
+    /// Adapter dropout draws the same masks in the recomputation as in the first pass: each layer
+    /// runs from a seed drawn for it (libtorch's generator is reseeded).
+    pub fn backward_checkpointed<R>(
+        &self,
+        embeds: &Tensor,
+        head: impl FnOnce(&Tensor) -> Result<(Tensor, R)>,
+    ) -> Result<R> {
+        let size = embeds.size();
+        if size.len() != 3 || size[2] != self.config.hidden_size {
+            return Err(Error::Input(format!(
+                "embeddings must be [batch, len, {}], got {size:?}",
+                self.config.hidden_size
+            )));
+        }
+        let plan = AttentionPlan::new(None, size[0], size[1], 0, self.device, self.kind());
+        let cos_sin = self.rotary.cos_sin(&plan.positions, self.kind());
+        let dropout = self.training.load(std::sync::atomic::Ordering::Relaxed)
+            && self
+                .layers
+                .iter()
+                .flat_map(|l| l.linears())
+                .any(|(_, l)| l.lora.as_ref().is_some_and(|a| a.dropout > 0.0));
+        let seeds: Vec<Option<i64>> = self
+            .layers
+            .iter()
+            .map(|_| {
+                dropout.then(|| {
+                    Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0])
+                })
+            })
+            .collect();
+        let run = |i: usize, x: &Tensor| {
+            if let Some(seed) = seeds[i] {
+                tch::manual_seed(seed);
+            }
+            self.layers[i].forward(x, &cos_sin, &plan, None)
+        };
+        let first = embeds.to_device(self.device).to_kind(self.kind());
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut x = first.detach();
+        tch::no_grad(|| {
+            for i in 0..self.layers.len() {
+                let next = run(i, &x);
+                inputs.push(std::mem::replace(&mut x, next));
+            }
+        });
+        let last = x.set_requires_grad(true);
+        let (loss, out) = head(&self.norm.forward(&last))?;
+        loss.backward();
+        let mut grad = last.grad();
+        for i in (0..self.layers.len()).rev() {
+            let input = inputs
+                .pop()
+                .expect("one input per layer")
+                .set_requires_grad(true);
+            if grad.defined() {
+                (run(i, &input) * &grad).sum(Kind::Float).backward();
+            }
+            grad = input.grad();
+        }
+        if grad.defined() && first.requires_grad() {
+            (first * grad).sum(Kind::Float).backward();
+        }
+        Ok(out)
     }
 
     /// Runs the model on token ids `[batch, len]`.

@@ -9,6 +9,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod model;
+pub mod peft;
 pub mod presets;
 pub mod processor_files;
 
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 pub use checkpoint::{IMAGE_TOKEN, Parts, with_image_marks};
 pub use config::{FeatureLayers, LlavaConfig};
 pub use model::LlavaModel;
+pub use peft::AdapterConfig;
 
 /// Errors of the LLaVA model.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,14 @@ pub enum Error {
     #[error("{path}: {message}")]
     Config {
         /// The configuration file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A PEFT adapter that cannot be read or applied.
+    #[error("{path}: {message}")]
+    Adapter {
+        /// The adapter's file.
         path: PathBuf,
         /// What is wrong.
         message: String,

@@ -33,6 +33,9 @@ pub struct LlavaModel {
     pub lm_vs: VarStore,
     /// The language model.
     pub lm: Gemma,
+    /// The LoRA adapters' variables, when the language model carries adapters
+    /// (see [`crate::peft`]).
+    pub lora_vs: Option<VarStore>,
 }
 
 impl LlavaModel {
@@ -63,6 +66,7 @@ impl LlavaModel {
             connector,
             lm_vs,
             lm,
+            lora_vs: None,
         })
     }
 
@@ -212,6 +216,23 @@ impl LlavaModel {
     /// The causal-LM loss at labelled positions, and their number (see `Gemma::loss`).
     pub fn loss(&self, hidden: &Tensor, labels: &Tensor) -> Result<(Tensor, i64)> {
         Ok(self.lm.loss(hidden, labels)?)
+    }
+
+    /// One micro-batch's loss with activation checkpointing: embeds, then runs the decoder
+    /// keeping only each layer's input and backpropagates `loss / divisor` (see
+    /// `Gemma::backward_checkpointed`). Returns the loss (detached) and the labelled positions.
+    pub fn loss_backward_checkpointed(
+        &self,
+        input_ids: &Tensor,
+        pixel_values: Option<&Tensor>,
+        labels: &Tensor,
+        divisor: f64,
+    ) -> Result<(Tensor, i64)> {
+        let embeds = self.embed(input_ids, pixel_values)?;
+        Ok(self.lm.backward_checkpointed(&embeds, |hidden| {
+            let (loss, count) = self.lm.loss(hidden, labels)?;
+            Ok((&loss / divisor, (loss.detach(), count)))
+        })?)
     }
 
     /// Replaces each single `<image>` in `ids` by `per_image` copies, as the HF processor does.

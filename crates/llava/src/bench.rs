@@ -206,6 +206,10 @@ pub struct TrainReport {
     pub seq: usize,
     /// Labelled tokens per sample.
     pub loss_tokens: usize,
+    /// The LoRA rank when adapters train instead of the language model.
+    pub lora_rank: Option<i64>,
+    /// Whether decoder layers were recomputed in backward.
+    pub activation_checkpointing: bool,
     /// Timed steps (after the warm-up).
     pub steps: usize,
     /// Seconds per optimizer step (forward, backward, clipping, AdamW).
@@ -260,6 +264,10 @@ pub struct TrainShape {
     pub warmup: usize,
     /// Where to write a kernel-by-kernel profile of two more steps (tab-separated).
     pub profile: Option<std::path::PathBuf>,
+    /// Stage 2: train LoRA adapters (and the connector) instead of the whole language model.
+    pub lora: Option<gemma_lm::LoraSpec>,
+    /// Recompute each decoder layer in backward.
+    pub activation_checkpointing: bool,
 }
 
 /// Training steps on a random-weight model of `preset` with random data shaped as the Python
@@ -282,15 +290,24 @@ pub fn train(preset_name: &str, device: Device, shape: &TrainShape) -> Result<Tr
     tch::manual_seed(0);
     let mut model = LlavaModel::new(&config, device, kind)?;
     model.vision_vs.freeze();
-    match stage {
-        1 => model.lm_vs.freeze(),
-        2 => model.lm_vs.unfreeze(),
-        other => return Err(Error::Unsupported(format!("stage {other} (1 or 2)"))),
+    match (stage, &shape.lora) {
+        (1, _) | (2, Some(_)) => model.lm_vs.freeze(),
+        (2, None) => model.lm_vs.unfreeze(),
+        (other, _) => return Err(Error::Unsupported(format!("stage {other} (1 or 2)"))),
     }
     model.connector_vs.unfreeze();
     let mut params: Vec<(String, Tensor)> = model.connector_vs.variables().into_iter().collect();
-    if stage == 2 {
-        params.extend(model.lm_vs.variables());
+    match &shape.lora {
+        Some(_) if stage != 2 => {
+            return Err(Error::Unsupported("LoRA trains in stage 2 only".into()));
+        }
+        Some(spec) => {
+            model.add_lora(spec, 0)?;
+            model.set_training(true);
+            params.extend(model.lora_vs.as_ref().expect("just added").variables());
+        }
+        None if stage == 2 => params.extend(model.lm_vs.variables()),
+        None => {}
     }
     params.sort_by(|a, b| a.0.cmp(&b.0));
     let mut optimizer = trainer::AdamW::new(params, trainer::AdamWConfig::default());
@@ -329,10 +346,19 @@ pub fn train(preset_name: &str, device: Device, shape: &TrainShape) -> Result<Tr
                 *start = Instant::now();
             }
         };
-        let hidden = model.forward(&ids, Some(&pixels), None)?;
-        let (loss, _) = model.loss(&hidden, &labels)?;
-        lap(|p| &mut p.forward_s);
-        loss.backward();
+        let loss = if shape.activation_checkpointing {
+            // Forward and backward are one call here: their time goes to `backward_s`.
+            lap(|p| &mut p.forward_s);
+            model
+                .loss_backward_checkpointed(&ids, Some(&pixels), &labels, 1.0)?
+                .0
+        } else {
+            let hidden = model.forward(&ids, Some(&pixels), None)?;
+            let (loss, _) = model.loss(&hidden, &labels)?;
+            lap(|p| &mut p.forward_s);
+            loss.backward();
+            loss
+        };
         lap(|p| &mut p.backward_s);
         let _ = optimizer
             .clip_grad_norm(1.0)
@@ -400,6 +426,8 @@ pub fn train(preset_name: &str, device: Device, shape: &TrainShape) -> Result<Tr
         micro_batch,
         seq,
         loss_tokens: labelled,
+        lora_rank: shape.lora.as_ref().map(|l| l.r),
+        activation_checkpointing: shape.activation_checkpointing,
         steps: steps.max(1),
         step_s,
         tokens_per_s: tokens / step_s,

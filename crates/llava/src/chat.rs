@@ -19,16 +19,18 @@ pub struct ImageChat {
 }
 
 impl ImageChat {
-    /// Loads the LLaVA directory `model_dir` (with its `tokenizer.json`) and the image at `image`.
-    /// `scale_image_features` overrides the config's choice (see `LlavaConfig::image_features_scaled`).
+    /// Loads the LLaVA directory `model_dir` (with its `tokenizer.json`), with the PEFT adapter in
+    /// `adapter` merged when given, and the image at `image`. `scale_image_features` overrides the
+    /// config's choice (see `LlavaConfig::image_features_scaled`).
     pub fn open(
         model_dir: &Path,
+        adapter: Option<&Path>,
         image: &Path,
         device: Device,
         kind: Kind,
         scale_image_features: Option<bool>,
     ) -> Result<Self> {
-        let mut model = LlavaModel::from_pretrained(model_dir, device, kind)?;
+        let mut model = LlavaModel::from_pretrained_with_adapter(model_dir, adapter, device, kind)?;
         if let Some(scale) = scale_image_features {
             model.config.image_features_scaled = Some(scale);
         }

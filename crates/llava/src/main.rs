@@ -54,6 +54,8 @@ enum Command {
     Assemble(cmd::assemble::Args),
     /// Plan the memory a training step needs per device, from a preset's shapes.
     Plan(cmd::plan::Args),
+    /// Merge a PEFT LoRA adapter into its base model and save the result as a full model.
+    MergeLora(cmd::merge_lora::Args),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
         Command::BenchTrain(args) => cmd::bench_train::run(&args),
         Command::BenchVision(args) => cmd::bench_vision::run(&args),
         Command::Plan(args) => cmd::plan::run(&args),
+        Command::MergeLora(args) => cmd::merge_lora::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -18,7 +18,15 @@ fn fixture(path: &str) -> PathBuf {
 fn greedy_answers_equal_llava_generate() {
     let model = fixture("fixtures/hf-parity/llava-clip/model");
     let image = fixture("fixtures/hf-parity/image-processing/model/image.jpg");
-    let chat = ImageChat::open(&model, &image, tch::Device::Cpu, tch::Kind::Float, None).unwrap();
+    let chat = ImageChat::open(
+        &model,
+        None,
+        &image,
+        tch::Device::Cpu,
+        tch::Kind::Float,
+        None,
+    )
+    .unwrap();
     let server = serve::spawn(serve::ServerConfig {
         model: model.clone(),
         host: "127.0.0.1".into(),

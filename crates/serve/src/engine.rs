@@ -227,7 +227,8 @@ fn load(config: &ServerConfig) -> Result<(LlavaModel, ModelInfo, i64)> {
         None => foundation::device::default_kind(device),
     };
     let mut model =
-        LlavaModel::from_pretrained(dir, device, kind).map_err(|e| fail(e.to_string()))?;
+        LlavaModel::from_pretrained_with_adapter(dir, config.adapter.as_deref(), device, kind)
+            .map_err(|e| fail(e.to_string()))?;
     if config.scale_image_features {
         model.config.image_features_scaled = Some(true);
     }

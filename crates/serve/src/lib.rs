@@ -95,6 +95,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct ServerConfig {
     /// The LLaVA model directory (config.json, safetensors, tokenizer.json).
     pub model: PathBuf,
+    /// A PEFT LoRA adapter directory merged into the model when it loads.
+    pub adapter: Option<PathBuf>,
     /// The name `/v1/models` lists (default: the directory's name).
     pub model_id: Option<String>,
     /// Address to bind.
@@ -132,6 +134,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             model: PathBuf::new(),
+            adapter: None,
             model_id: None,
             host: "127.0.0.1".into(),
             port: 8000,

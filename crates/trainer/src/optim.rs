@@ -70,6 +70,8 @@ pub struct AdamW {
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
     decay: Vec<bool>,
+    /// Each parameter's learning rate as a multiple of the step's (1 unless set).
+    lr_scale: Vec<f64>,
     steps: i64,
     /// What the next step divides the gradients by (set by clipping).
     grad_scale: Option<Tensor>,
@@ -94,10 +96,25 @@ impl AdamW {
             exp_avg: moments(),
             exp_avg_sq: moments(),
             decay: params.iter().map(|(_, p)| p.dim() > 1).collect(),
+            lr_scale: vec![1.0; params.len()],
             params,
             steps: 0,
             grad_scale: None,
         }
+    }
+
+    /// Gives the parameters that `select` picks by name a learning rate of `scale` times the
+    /// step's (a parameter group with its own rate, as LLaVA's `mm_projector_lr`); the schedule
+    /// applies to both. Returns how many were picked.
+    pub fn set_lr_scale(&mut self, select: impl Fn(&str) -> bool, scale: f64) -> usize {
+        let mut picked = 0;
+        for (i, (name, _)) in self.params.iter().enumerate() {
+            if select(name) {
+                self.lr_scale[i] = scale;
+                picked += 1;
+            }
+        }
+        picked
     }
 
     /// Optimizer steps taken.
@@ -181,11 +198,18 @@ impl AdamW {
             .map(|(i, (_, p))| (i, p.grad()))
             .filter(|(_, g)| g.defined())
             .collect();
-        for decayed in [false, true] {
+        let mut scales: Vec<f64> = self.lr_scale.clone();
+        scales.sort_by(f64::total_cmp);
+        scales.dedup();
+        for (decayed, scale) in [false, true]
+            .into_iter()
+            .flat_map(|d| scales.iter().map(move |&s| (d, s)))
+        {
             let decay = if decayed { weight_decay } else { 0.0 };
             let members: Vec<&(usize, Tensor)> = with_grad
                 .iter()
                 .filter(|(i, _)| (weight_decay > 0.0 && self.decay[*i]) == decayed)
+                .filter(|(i, _)| self.lr_scale[*i] == scale)
                 .collect();
             for group in groups_of(&members, GROUP_ELEMENTS) {
                 let mut weights = Vec::with_capacity(group.len());
@@ -206,7 +230,7 @@ impl AdamW {
                         &moments(&self.exp_avg_sq),
                         self.steps as f64,
                         fused::Hyper {
-                            lr,
+                            lr: lr * scale,
                             beta1,
                             beta2,
                             weight_decay: decay,
@@ -410,6 +434,41 @@ mod tests {
             .unwrap()
             .1;
         assert!(m.allclose(&(m_before * 0.9 + g * 0.1), 1e-5, 1e-6, false));
+    }
+
+    #[test]
+    fn a_parameter_group_with_its_own_rate_moves_as_an_optimizer_at_that_rate() {
+        let run = |scaled: bool| {
+            let vs = VarStore::new(Device::Cpu);
+            let (w, b) = problem(&vs);
+            let mut opt = AdamW::new(
+                vec![
+                    ("w".into(), w.shallow_clone()),
+                    ("b".into(), b.shallow_clone()),
+                ],
+                AdamWConfig::default(),
+            );
+            if scaled {
+                assert_eq!(opt.set_lr_scale(|n| n == "b", 0.1), 1);
+            }
+            for step in 0..3 {
+                opt.zero_grad();
+                loss(&w, &b, step).backward();
+                opt.step(1e-2).unwrap();
+            }
+            (w, b)
+        };
+        let (w_plain, b_plain) = run(false);
+        let (w_scaled, b_scaled) = run(true);
+        // Adam's steps are about the learning rate each, whatever the gradient's size: `b` moves
+        // a tenth as far, `w` (at the step's rate in both runs) about as far.
+        let start_vs = VarStore::new(Device::Cpu);
+        let (w0, b0) = problem(&start_vs);
+        let moved = |t: &Tensor, t0: &Tensor| (t - t0).abs().max().double_value(&[]);
+        let ratio = moved(&b_scaled, &b0) / moved(&b_plain, &b0);
+        assert!((0.08..0.12).contains(&ratio), "{ratio}");
+        let ratio = moved(&w_scaled, &w0) / moved(&w_plain, &w0);
+        assert!((0.9..1.1).contains(&ratio), "{ratio}");
     }
 
     #[test]

@@ -64,6 +64,16 @@ pub struct RunConfig {
     pub image_size: Option<i64>,
     /// Synthetic training images (when `data` is `None`).
     pub synthetic_images: usize,
+    /// Stage 2: start from this whole LLaVA directory (a released LLaVA-Gemma, or a finished run's
+    /// `model/`) instead of the preset's parts.
+    pub model: Option<PathBuf>,
+    /// Stage 2: train LoRA adapters on the language model (and the connector fully) instead of the
+    /// whole language model; the run then writes a PEFT adapter directory, `adapter/`.
+    pub lora: Option<gemma_lm::LoraSpec>,
+    /// The connector's peak learning rate when it differs from `lr` (LLaVA's `mm_projector_lr`).
+    pub connector_lr: Option<f64>,
+    /// Recompute each decoder layer in backward instead of keeping its activations.
+    pub activation_checkpointing: bool,
 }
 
 /// The presets [`RunConfig::preset`] knows.
@@ -104,6 +114,10 @@ impl RunConfig {
             projector_type: "mlp2x_gelu".into(),
             image_size: None,
             synthetic_images: 3600,
+            model: None,
+            lora: None,
+            connector_lr: None,
+            activation_checkpointing: false,
         }
     }
 
@@ -216,6 +230,25 @@ fn build_model(
         .connector
         .as_ref()
         .filter(|_| stage == Stage::Finetune);
+    if let Some(dir) = &config.model {
+        if stage != Stage::Finetune {
+            return Err(RunError::Config(
+                "--model starts stage 2 from a whole LLaVA directory; stage 1 assembles its model \
+                 from --lm and --vision"
+                    .into(),
+            ));
+        }
+        let kind = foundation::device::default_kind(device);
+        let model = LlavaModel::from_pretrained(dir, device, kind)?;
+        if let Some(file) = connector {
+            model
+                .connector
+                .load(&model.connector_vs, &Checkpoint::open(file)?)?;
+        }
+        let tokenizer =
+            gemma_lm::GemmaTokenizer::from_file(dir).map_err(llava_model::Error::from)?;
+        return Ok((model, tokenizer));
+    }
     if config.preset == "tiny" {
         let mut model = seeded_tiny(config.seed)?;
         if let Some(file) = connector {
@@ -288,6 +321,15 @@ pub fn run(
 
     let device = foundation::device::parse_device(&config.device)?;
     let (mut model, tokenizer) = build_model(config, stage, device)?;
+    if let Some(spec) = &config.lora {
+        if stage != Stage::Finetune {
+            return Err(RunError::Config(
+                "LoRA adapts the language model, which trains in stage 2 only".into(),
+            ));
+        }
+        spec.validate().map_err(llava_model::Error::from)?;
+        model.add_lora(spec, config.seed)?;
+    }
     let side = model.config.image_side()?;
     let tokens_per_image = model.tokens_per_image(side, side);
     let (records_file, images) = match (&config.data, &config.images) {
@@ -321,7 +363,7 @@ pub fn run(
     let (records, bad_records) = data::RecordFile::open(&records_file)?;
     let processor = ProcessorConfig {
         pad_to_square: stage == Stage::Finetune,
-        ..model.image_processor(config.vision.as_deref())?
+        ..model.image_processor(config.model.as_deref().or(config.vision.as_deref()))?
     };
     let dataset = Arc::new(Dataset {
         records,
@@ -353,6 +395,8 @@ pub fn run(
         seed: config.seed,
         save_every: config.save_every,
         resume: config.resume.clone(),
+        connector_lr: config.connector_lr,
+        activation_checkpointing: config.activation_checkpointing,
     };
     let n = dataset.records.len();
     let lengths = dataset.modality_lengths();
@@ -379,11 +423,30 @@ pub fn run(
             .expect("serialises")
             .as_bytes(),
     )?;
-    match stage {
-        Stage::Pretrain => model
+    match (stage, &config.lora) {
+        (Stage::Pretrain, _) => model
             .connector
             .save(config.output.join("connector.safetensors"))?,
-        Stage::Finetune => model.save_pretrained(
+        (Stage::Finetune, Some(spec)) => {
+            // The adapter applies to the model the run started from: the `--model` directory, or
+            // else the assembled model (frozen, so as it was at the start), written beside it.
+            let base = match &config.model {
+                Some(dir) => dir.clone(),
+                None => {
+                    let dir = base_dir(&config.output);
+                    model.save_pretrained(&dir, Some(&dataset.templater.tokenizer))?;
+                    dir
+                }
+            };
+            let base = std::path::absolute(&base).unwrap_or(base);
+            model.save_adapter(
+                adapter_dir(&config.output),
+                spec,
+                true,
+                Some(&base.display().to_string()),
+            )?
+        }
+        (Stage::Finetune, None) => model.save_pretrained(
             config.output.join("model"),
             Some(&dataset.templater.tokenizer),
         )?,
@@ -394,4 +457,15 @@ pub fn run(
 /// The model directory a finished stage-2 run wrote.
 pub fn model_dir(output: &Path) -> PathBuf {
     output.join("model")
+}
+
+/// The PEFT adapter directory a finished stage-2 LoRA run wrote.
+pub fn adapter_dir(output: &Path) -> PathBuf {
+    output.join("adapter")
+}
+
+/// The base model a finished stage-2 LoRA run wrote beside its adapter (when it did not start
+/// from `--model`): the adapter's `base_model_name_or_path`.
+pub fn base_dir(output: &Path) -> PathBuf {
+    output.join("base")
 }

@@ -54,6 +54,11 @@ pub struct StageConfig {
     pub save_every: Option<usize>,
     /// Continue from this checkpoint directory.
     pub resume: Option<std::path::PathBuf>,
+    /// The connector's peak learning rate when it differs from `lr` (LLaVA's `mm_projector_lr`);
+    /// it follows the same schedule.
+    pub connector_lr: Option<f64>,
+    /// Keep only each decoder layer's input and recompute the layer in backward.
+    pub activation_checkpointing: bool,
 }
 
 /// Where a checkpoint says the run was (`trainer_state.json`).
@@ -343,6 +348,29 @@ fn guarded<T>(
     }
 }
 
+/// What a stage trains, by name, with everything else frozen: the connector always; in stage 2
+/// the language model too, or only its LoRA adapters when it carries them (the base weights then
+/// stay bit-identical). The vision tower never trains.
+fn trainable(model: &mut LlavaModel, stage: Stage) -> Vec<(String, Tensor)> {
+    model.vision_vs.freeze();
+    model.connector_vs.unfreeze();
+    let mut params: Vec<(String, Tensor)> = model.connector_vs.variables().into_iter().collect();
+    match (stage, &mut model.lora_vs) {
+        (Stage::Pretrain, _) => model.lm_vs.freeze(),
+        (Stage::Finetune, Some(adapters)) => {
+            model.lm_vs.freeze();
+            adapters.unfreeze();
+            params.extend(adapters.variables());
+        }
+        (Stage::Finetune, None) => {
+            model.lm_vs.unfreeze();
+            params.extend(model.lm_vs.variables());
+        }
+    }
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    params
+}
+
 /// The batch as tensors on `device`.
 fn tensors(batch: &Batch, device: Device) -> (Tensor, Tensor, Option<Tensor>) {
     let shape = [batch.batch_size as i64, batch.seq_len as i64];
@@ -371,18 +399,13 @@ pub fn train(
     order_for: impl Fn(u64) -> Vec<usize>,
     mut on_step: impl FnMut(&StepMetrics),
 ) -> Result<Summary, StageError> {
-    model.vision_vs.freeze();
-    match config.stage {
-        Stage::Pretrain => model.lm_vs.freeze(),
-        Stage::Finetune => model.lm_vs.unfreeze(),
+    let mut optimizer = AdamW::new(trainable(model, config.stage), config.adamw);
+    if let Some(connector_lr) = config.connector_lr {
+        let connector: std::collections::HashSet<String> =
+            model.connector_vs.variables().into_keys().collect();
+        optimizer.set_lr_scale(|name| connector.contains(name), connector_lr / config.lr);
     }
-    model.connector_vs.unfreeze();
-    let mut params: Vec<(String, Tensor)> = model.connector_vs.variables().into_iter().collect();
-    if config.stage == Stage::Finetune {
-        params.extend(model.lm_vs.variables());
-    }
-    params.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut optimizer = AdamW::new(params, config.adamw);
+    model.set_training(true);
 
     let samples = dataset.records.len();
     let accumulation = config
@@ -465,9 +488,23 @@ pub fn train(
                     eprintln!("skipped sample {id}: {reason}: {detail}");
                 }
             }
+            if micro == 0 {
+                // Adapter dropout draws from libtorch's generator: seeding it per optimizer step
+                // makes a resumed run draw what the uninterrupted one drew.
+                tch::manual_seed((config.seed.wrapping_mul(1_000_003) as i64) ^ step as i64);
+            }
             if batch.batch_size > 0 && batch.label_tokens > 0 {
                 let loss = guarded(step + 1, &batch, output, config.save_every, || {
                     let (ids, labels, pixels) = tensors(&batch, device);
+                    if config.activation_checkpointing {
+                        let (loss, _) = model.loss_backward_checkpointed(
+                            &ids,
+                            pixels.as_ref(),
+                            &labels,
+                            accumulation as f64,
+                        )?;
+                        return Ok(loss);
+                    }
                     let hidden = model.forward(&ids, pixels.as_ref(), None)?;
                     let (loss, _) = model.loss(&hidden, &labels)?;
                     (&loss / accumulation as f64).backward();
@@ -547,6 +584,7 @@ pub fn train(
             }
         }
     }
+    model.set_training(false);
     Ok(Summary {
         steps: step,
         samples_seen: seen,

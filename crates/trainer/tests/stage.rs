@@ -66,6 +66,8 @@ fn config(stage: Stage, lr: f64, epochs: usize) -> StageConfig {
         seed: 0,
         save_every: None,
         resume: None,
+        connector_lr: None,
+        activation_checkpointing: false,
     }
 }
 

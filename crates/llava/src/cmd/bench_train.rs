@@ -39,6 +39,13 @@ pub struct Args {
     /// total milliseconds, calls, kernel).
     #[arg(long)]
     profile: Option<PathBuf>,
+    /// Stage 2: train LoRA adapters of this rank (alpha = 2 r, every projection, dropout 0.05)
+    /// and the connector instead of the whole language model.
+    #[arg(long)]
+    lora_r: Option<i64>,
+    /// Recompute each decoder layer in backward.
+    #[arg(long)]
+    activation_checkpointing: bool,
 }
 
 /// Runs `llava bench-train`.
@@ -61,6 +68,12 @@ pub fn run(a: &Args) -> llava::Result<ExitCode> {
         steps: a.steps,
         warmup: a.warmup,
         profile: a.profile.clone(),
+        lora: a.lora_r.map(|r| llava::gemma_lm::LoraSpec {
+            r,
+            alpha: 2.0 * r as f64,
+            ..llava::gemma_lm::LoraSpec::llava()
+        }),
+        activation_checkpointing: a.activation_checkpointing,
     };
     let report = llava::bench::train(&a.preset, device, &shape)?;
     print_json(&report, a.json);

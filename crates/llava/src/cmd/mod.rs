@@ -12,6 +12,7 @@ pub mod eval_synthetic;
 pub mod generate;
 pub mod generate_text;
 pub mod grade;
+pub mod merge_lora;
 pub mod parity;
 pub mod plan;
 pub mod score;
@@ -103,6 +104,10 @@ pub struct ImageModel {
     /// (`Intel/llava-gemma-2b`, through the local Hugging Face cache).
     #[arg(long)]
     pub model: PathBuf,
+    /// A PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors) to apply to
+    /// the model, such as `llava train --lora` writes; merged into the weights when loading.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// The image (JPEG, PNG, WebP, GIF, BMP or TIFF).
     #[arg(long)]
     pub image: PathBuf,
@@ -120,10 +125,12 @@ impl ImageModel {
         let model = &model_path(&self.model)?;
         let start = Instant::now();
         let scale = self.scale_image_features.then_some(true);
-        let chat = ImageChat::open(model, &self.image, device, kind, scale)?;
+        let adapter = self.adapter.as_deref();
+        let chat = ImageChat::open(model, adapter, &self.image, device, kind, scale)?;
         eprintln!(
-            "loaded {} on {device:?} as {kind:?} in {:.2}s",
+            "loaded {}{} on {device:?} as {kind:?} in {:.2}s",
             model.display(),
+            adapter.map_or(String::new(), |a| format!(" with adapter {}", a.display())),
             start.elapsed().as_secs_f64()
         );
         Ok(chat)

@@ -10,6 +10,9 @@ pub struct ServeArgs {
     /// (`Intel/llava-gemma-2b`, through the local Hugging Face cache).
     #[arg(long)]
     model: PathBuf,
+    /// A PEFT LoRA adapter directory to apply to the model (merged when it loads).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -55,6 +58,7 @@ pub struct ServeArgs {
 pub fn run(args: &ServeArgs) -> llava::Result<ExitCode> {
     let config = serve::ServerConfig {
         model: llava::foundation::hub::resolve_model(&args.model)?,
+        adapter: args.adapter.clone(),
         // A model named by its Hugging Face id is listed under that id.
         model_id: args
             .model_id

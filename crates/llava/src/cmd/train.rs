@@ -72,6 +72,38 @@ pub struct Args {
     /// Tiny preset: training images of the built-in synthetic dataset.
     #[arg(long)]
     synthetic_images: Option<usize>,
+    /// Stage 2: start from this whole LLaVA directory or Hugging Face id (a released LLaVA-Gemma,
+    /// or an earlier run's model/) instead of --lm, --vision and --connector.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Stage 2: train LoRA adapters on the language model instead of all of it (LLaVA's
+    /// finetune_lora.sh: r 128, alpha 256, dropout 0.05, every projection; lr 2e-4 and connector
+    /// lr 2e-5 on the paper presets). Writes a PEFT adapter directory, adapter/.
+    #[arg(long)]
+    lora: bool,
+    /// LoRA rank (implies --lora).
+    #[arg(long)]
+    lora_r: Option<i64>,
+    /// LoRA alpha: updates are scaled by alpha / r (implies --lora).
+    #[arg(long)]
+    lora_alpha: Option<f64>,
+    /// Dropout on the adapters' input (implies --lora).
+    #[arg(long)]
+    lora_dropout: Option<f64>,
+    /// The projections that get adapters, comma-separated, from q_proj, k_proj, v_proj, o_proj,
+    /// gate_proj, up_proj, down_proj (implies --lora; default: all).
+    #[arg(long, value_delimiter = ',')]
+    lora_targets: Option<Vec<String>>,
+    /// Scale LoRA updates by alpha / sqrt(r) (rsLoRA; implies --lora).
+    #[arg(long)]
+    lora_rslora: bool,
+    /// The connector's peak learning rate, when it differs from --lr (LLaVA's mm_projector_lr).
+    #[arg(long)]
+    connector_lr: Option<f64>,
+    /// Keep only each decoder layer's input and recompute the layer in backward: less memory for
+    /// activations, about one more forward pass of compute.
+    #[arg(long)]
+    activation_checkpointing: bool,
 }
 
 /// Runs `llava train`.
@@ -99,6 +131,8 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
     config.images = args.images.clone();
     config.connector = match (&args.connector, args.stage, args.skip_pretraining) {
         (Some(file), _, _) => Some(file.clone()),
+        // A whole model brings its own connector.
+        (None, _, _) if args.model.is_some() => None,
         (None, 2, false) => {
             Some(PathBuf::from("out/pretrain/connector.safetensors")).filter(|p| p.exists())
         }
@@ -127,15 +161,44 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
         config.save_every = args.save_every;
     }
     config.resume = args.resume.clone();
+    config.model = args.model.as_deref().map(model_path).transpose()?;
+    let lora = args.lora
+        || args.lora_r.is_some()
+        || args.lora_alpha.is_some()
+        || args.lora_dropout.is_some()
+        || args.lora_targets.is_some()
+        || args.lora_rslora;
+    if lora {
+        let defaults = llava::gemma_lm::LoraSpec::llava();
+        config.lora = Some(llava::gemma_lm::LoraSpec {
+            r: args.lora_r.unwrap_or(defaults.r),
+            alpha: args.lora_alpha.unwrap_or(defaults.alpha),
+            dropout: args.lora_dropout.unwrap_or(defaults.dropout),
+            rslora: args.lora_rslora,
+            targets: args.lora_targets.clone().unwrap_or(defaults.targets),
+        });
+        // finetune_lora.sh's rates for real models; the tiny preset keeps its own.
+        if config.preset != "tiny" && args.lr.is_none() {
+            config.lr = 2e-4;
+        }
+        if config.preset != "tiny" && args.connector_lr.is_none() {
+            config.connector_lr = Some(2e-5);
+        }
+    }
+    if args.connector_lr.is_some() {
+        config.connector_lr = args.connector_lr;
+    }
+    config.activation_checkpointing = args.activation_checkpointing;
     eprintln!(
         "stage {} ({}), output {}, connector {}",
         config.stage,
         config.preset,
         config.output.display(),
-        config
-            .connector
-            .as_ref()
-            .map_or("random".into(), |c| c.display().to_string())
+        match (&config.connector, &config.model) {
+            (Some(c), _) => c.display().to_string(),
+            (None, Some(m)) => format!("from {}", m.display()),
+            (None, None) => "random".into(),
+        }
     );
     let start = Instant::now();
     // A progress bar on a terminal; one plain line per step (every tenth on long runs) otherwise.
