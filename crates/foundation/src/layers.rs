@@ -47,10 +47,11 @@ impl Lora {
         } else {
             x
         };
+        // The scale is folded into `B` (`[out, r]`, small) rather than applied to the `[.., out]`
+        // update: one activation-sized temporary less in each pass.
         let kind = x.kind();
         x.linear::<Tensor>(&self.a.to_kind(kind), None)
-            .linear::<Tensor>(&self.b.to_kind(kind), None)
-            * self.scale
+            .linear::<Tensor>(&(&self.b * self.scale).to_kind(kind), None)
     }
 
     /// `scale * B A`, `[out, in]` in the adapter's dtype: what merging adds to the weight.
@@ -83,7 +84,12 @@ impl Linear {
         let y = x.linear(&self.weight, self.bias.as_ref());
         match &self.lora {
             None => y,
-            Some(lora) => y + lora.update(x),
+            // In place: the base product is not needed by its own backward pass.
+            Some(lora) => {
+                let mut y = y;
+                y += lora.update(x);
+                y
+            }
         }
     }
 

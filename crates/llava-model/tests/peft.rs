@@ -201,7 +201,8 @@ fn altered(
 
 #[test]
 fn adapters_we_cannot_apply_are_refused_by_name() {
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+    type Make = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Make)> = vec![
         (
             "vision tower",
             Box::new(|d| {

@@ -26,7 +26,7 @@ enum Command {
     /// Generate text with a Gemma checkpoint (a Hugging Face model directory).
     GenerateText(cmd::generate_text::Args),
     /// Train one stage of the recipe (stage 1: connector; stage 2: connector + language model).
-    Train(cmd::train::Args),
+    Train(Box<cmd::train::Args>),
     /// Answer the held-out synthetic questions with a trained model; prints accuracy per question
     /// kind, and for the same questions about the wrong images.
     EvalSynthetic(cmd::eval_synthetic::Args),

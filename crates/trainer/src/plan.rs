@@ -295,6 +295,9 @@ pub struct PlanConfig {
     pub gpus: u64,
     /// Stage 2 with rank-`r` LoRA adapters (f32) instead of the whole LM.
     pub lora_rank: Option<u64>,
+    /// Whether the adapters apply dropout to their inputs (LLaVA's 0.05): each adapted layer then
+    /// keeps its own dropped copy of the input and the mask.
+    pub lora_dropout: bool,
     /// Keep only each layer's input and recompute the layer in the backward pass.
     pub activation_checkpointing: bool,
     /// Where.
@@ -425,7 +428,25 @@ pub fn plan(shape: &ModelShape, c: &PlanConfig) -> Plan {
         lm.layers * one_layer
     };
     let adapters = if lora > 0 {
-        lm.layers * 7 * tokens * c.lora_rank.unwrap_or(0) * s
+        let kept_layers = if c.activation_checkpointing {
+            1
+        } else {
+            lm.layers
+        };
+        let intermediate = lm.layers * 7 * tokens * c.lora_rank.unwrap_or(0) * s;
+        // With dropout, `A` keeps the dropped input instead of the input itself, and dropout its
+        // mask (f32 noise on the CPU, bool on CUDA): per layer seven dropped copies (q, k, v, o,
+        // gate, up, down) in place of the four distinct inputs the plain count has.
+        let dropout = if c.lora_dropout {
+            let q = lm.heads * lm.head_dim;
+            let adapted = 6 * lm.hidden + q + lm.intermediate;
+            let distinct = 2 * lm.hidden + q + lm.intermediate;
+            let mask = if cpu { 4 } else { 1 };
+            kept_layers * tokens * (adapted * (s + mask) - distinct * s)
+        } else {
+            0
+        };
+        intermediate + dropout
     } else {
         0
     };
@@ -480,6 +501,7 @@ mod tests {
             loss_tokens: None,
             gpus: 1,
             lora_rank: None,
+            lora_dropout: false,
             activation_checkpointing: false,
             device: PlanDevice::Cuda,
             memory_bytes: 80_000_000_000,

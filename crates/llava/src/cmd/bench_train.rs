@@ -39,10 +39,13 @@ pub struct Args {
     /// total milliseconds, calls, kernel).
     #[arg(long)]
     profile: Option<PathBuf>,
-    /// Stage 2: train LoRA adapters of this rank (alpha = 2 r, every projection, dropout 0.05)
+    /// Stage 2: train LoRA adapters of this rank (alpha = 2 r, every projection)
     /// and the connector instead of the whole language model.
     #[arg(long)]
     lora_r: Option<i64>,
+    /// Dropout on the adapters' input (with --lora-r).
+    #[arg(long, default_value_t = 0.05)]
+    lora_dropout: f64,
     /// Recompute each decoder layer in backward.
     #[arg(long)]
     activation_checkpointing: bool,
@@ -71,6 +74,7 @@ pub fn run(a: &Args) -> llava::Result<ExitCode> {
         lora: a.lora_r.map(|r| llava::gemma_lm::LoraSpec {
             r,
             alpha: 2.0 * r as f64,
+            dropout: a.lora_dropout,
             ..llava::gemma_lm::LoraSpec::llava()
         }),
         activation_checkpointing: a.activation_checkpointing,

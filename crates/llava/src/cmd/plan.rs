@@ -40,6 +40,9 @@ pub struct Args {
     /// Keep only each layer's input; recompute the layer in the backward pass.
     #[arg(long)]
     activation_checkpointing: bool,
+    /// LoRA dropout (0 for none): dropout keeps a copy of each adapted input and its mask.
+    #[arg(long, default_value_t = 0.05)]
+    lora_dropout: f64,
     /// cuda (bf16 weights, f32 masters) or cpu (everything f32).
     #[arg(long, default_value = "cuda")]
     device: String,
@@ -76,6 +79,7 @@ pub fn run(a: &Args) -> llava::Result<ExitCode> {
             loss_tokens: a.loss_tokens,
             gpus: a.gpus.max(1),
             lora_rank: a.lora.then_some(a.lora_r),
+            lora_dropout: a.lora && a.lora_dropout > 0.0,
             activation_checkpointing: a.activation_checkpointing,
             device,
             memory_bytes: (a.gpu_memory * 1e9) as u64,
