@@ -40,6 +40,12 @@ pub fn emit_link_args() {
 /// (exceptions into error strings) and the C++ ABI `torch-sys` uses (`LIBTORCH_CXX11_ABI`,
 /// default 1, as for every PyTorch wheel since 2.7).
 pub fn compile_cpp(name: &str, files: &[&str]) {
+    compile_cpp_with(name, files, &[], &[]);
+}
+
+/// [`compile_cpp`] with more include directories (relative to the crate) and preprocessor
+/// definitions (`NAME` or `NAME=VALUE`).
+pub fn compile_cpp_with(name: &str, files: &[&str], includes: &[&str], defines: &[&str]) {
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     for file in files {
         println!("cargo:rerun-if-changed={file}");
@@ -50,7 +56,8 @@ pub fn compile_cpp(name: &str, files: &[&str]) {
         panic!("LIBTORCH is not set or does not exist; run `cargo xtask setup` first")
     });
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .pic(true)
         .std("c++17")
@@ -58,9 +65,17 @@ pub fn compile_cpp(name: &str, files: &[&str]) {
         .include(dir.join("include/torch/csrc/api/include"))
         .include(Path::new(env!("CARGO_MANIFEST_DIR")).join("include"))
         .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
-        .flag_if_supported("-Wno-unused-parameter")
-        .files(files)
-        .compile(name);
+        .flag_if_supported("-Wno-unused-parameter");
+    for dir in includes {
+        build.include(dir);
+    }
+    for define in defines {
+        match define.split_once('=') {
+            Some((name, value)) => build.define(name, value),
+            None => build.define(define, None),
+        };
+    }
+    build.files(files).compile(name);
 }
 
 /// The linker arguments for a libtorch whose shared libraries are in `lib`.

@@ -5,6 +5,7 @@
 //! [`optim::AdamW`] with state a checkpoint can hold; [`schedule::WarmupCosine`]. Checkpoints,
 //! resume, presets and the `pretrain` / `finetune` commands come with the rest of issue 6.
 
+pub mod dist;
 pub mod optim;
 pub mod plan;
 pub mod plot;

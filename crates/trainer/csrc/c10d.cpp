@@ -1,0 +1,165 @@
+// libtorch's c10d (the engine under PyTorch DDP and FSDP) behind a C ABI: TCPStore rendezvous and a
+// Gloo process group with the collectives data-parallel training needs. tch wraps none of it.
+//
+// Gloo's own headers are not in the torch wheel; ProcessGroupGloo.hpp is compiled against the
+// headers of the gloo commit torch 2.11.0 was built with, vendored in third_party/gloo (see its
+// README for why and how that commit was established). Only out-of-line c10d code and pointers to
+// gloo objects are used here, so nothing depends on gloo's class layouts.
+//
+// Tensors cross as tch's `at::Tensor *`. Every function returns NULL on success or a malloc'd
+// error message (free it with `llava_dist_free_message`); no C++ exception crosses into Rust.
+
+#include <c10/util/Exception.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct Group {
+    c10::intrusive_ptr<c10d::Store> store;
+    c10::intrusive_ptr<c10d::Backend> backend;
+    std::chrono::milliseconds timeout;
+};
+
+template <typename F>
+char *guarded(F &&body) {
+    try {
+        body();
+        return nullptr;
+    } catch (const c10::Error &e) {
+        return strdup(e.what_without_backtrace());
+    } catch (const std::exception &e) {
+        return strdup(e.what());
+    } catch (...) {
+        return strdup("unknown C++ exception");
+    }
+}
+
+c10d::ReduceOp reduce_op(int op) {
+    switch (op) {
+        case 0: return c10d::ReduceOp(c10d::ReduceOp::SUM);
+        case 1: return c10d::ReduceOp(c10d::ReduceOp::AVG);
+        case 2: return c10d::ReduceOp(c10d::ReduceOp::MAX);
+        case 3: return c10d::ReduceOp(c10d::ReduceOp::MIN);
+        default: TORCH_CHECK(false, "unknown reduce op ", op);
+    }
+}
+
+void wait(Group *g, const c10::intrusive_ptr<c10d::Work> &work) { work->wait(g->timeout); }
+
+}  // namespace
+
+extern "C" {
+
+void llava_dist_free_message(char *message) { free(message); }
+
+// Joins a group of `world` ranks as `rank`: rank 0 serves a TCPStore on `host:port` (every rank
+// connects to it), then a Gloo process group is built over it. Collectives and the store give up
+// after `timeout_ms`.
+char *llava_dist_open(const char *host, int port, int rank, int world, int64_t timeout_ms,
+                      void **out) {
+    return guarded([&] {
+        TORCH_CHECK(world >= 1 && rank >= 0 && rank < world, "rank ", rank, " of a world of ",
+                    world);
+        TORCH_CHECK(port > 0 && port < 65536, "port ", port);
+        auto timeout = std::chrono::milliseconds(timeout_ms);
+        c10d::TCPStoreOptions options;
+        options.port = static_cast<uint16_t>(port);
+        options.isServer = rank == 0;
+        options.numWorkers = static_cast<size_t>(world);
+        options.waitWorkers = true;
+        options.timeout = timeout;
+        auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), options);
+        auto gloo = c10d::ProcessGroupGloo::Options::create(timeout);
+        gloo->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(host));
+        auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, gloo);
+        *out = new Group{store, backend, timeout};
+    });
+}
+
+void llava_dist_close(void *group) { delete static_cast<Group *>(group); }
+
+// In place: `tensor` becomes the reduction (0 sum, 1 average, 2 max, 3 min) over the ranks.
+char *llava_dist_allreduce(void *group, at::Tensor *tensor, int op) {
+    return guarded([&] {
+        auto *g = static_cast<Group *>(group);
+        std::vector<at::Tensor> tensors{*tensor};
+        c10d::AllreduceOptions options;
+        options.reduceOp = reduce_op(op);
+        options.timeout = g->timeout;
+        wait(g, g->backend->allreduce(tensors, options));
+    });
+}
+
+// `output` (1/world of `input`'s elements) becomes this rank's shard of the reduction of `input`.
+char *llava_dist_reduce_scatter(void *group, at::Tensor *output, at::Tensor *input, int op) {
+    return guarded([&] {
+        auto *g = static_cast<Group *>(group);
+        c10d::ReduceScatterOptions options;
+        options.reduceOp = reduce_op(op);
+        options.timeout = g->timeout;
+        wait(g, g->backend->_reduce_scatter_base(*output, *input, options));
+    });
+}
+
+// `output` (world times `input`'s elements) becomes every rank's `input`, in rank order.
+char *llava_dist_allgather(void *group, at::Tensor *output, at::Tensor *input) {
+    return guarded([&] {
+        auto *g = static_cast<Group *>(group);
+        c10d::AllgatherOptions options;
+        options.timeout = g->timeout;
+        wait(g, g->backend->_allgather_base(*output, *input, options));
+    });
+}
+
+// In place: `tensor` becomes rank `root`'s.
+char *llava_dist_broadcast(void *group, at::Tensor *tensor, int root) {
+    return guarded([&] {
+        auto *g = static_cast<Group *>(group);
+        std::vector<at::Tensor> tensors{*tensor};
+        c10d::BroadcastOptions options;
+        options.rootRank = root;
+        options.timeout = g->timeout;
+        wait(g, g->backend->broadcast(tensors, options));
+    });
+}
+
+// Waits until every rank has called it.
+char *llava_dist_barrier(void *group) {
+    return guarded([&] {
+        auto *g = static_cast<Group *>(group);
+        c10d::BarrierOptions options;
+        options.timeout = g->timeout;
+        wait(g, g->backend->barrier(options));
+    });
+}
+
+// The store's key-value operations, for what the ranks must agree on besides tensors.
+char *llava_dist_store_set(void *group, const char *key, const uint8_t *value, int64_t len) {
+    return guarded([&] {
+        auto *g = static_cast<Group *>(group);
+        g->store->set(std::string(key), std::vector<uint8_t>(value, value + len));
+    });
+}
+
+// `*value` (malloc'd, free it with `llava_dist_free_message`) and `*len` become key's value,
+// waiting for it up to the timeout.
+char *llava_dist_store_get(void *group, const char *key, uint8_t **value, int64_t *len) {
+    return guarded([&] {
+        auto *g = static_cast<Group *>(group);
+        auto bytes = g->store->get(std::string(key));
+        *len = static_cast<int64_t>(bytes.size());
+        *value = static_cast<uint8_t *>(malloc(bytes.size() + 1));
+        if (!bytes.empty()) std::memcpy(*value, bytes.data(), bytes.size());
+    });
+}
+
+}  // extern "C"
