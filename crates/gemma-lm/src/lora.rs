@@ -7,9 +7,6 @@
 //! `lora_A.weight` / `lora_B.weight` (`model.layers.3.self_attn.q_proj.lora_A.weight`): the base
 //! weights stay in theirs, frozen and bit-identical.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-
 use foundation::layers::{Linear, Lora};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -135,7 +132,7 @@ impl Gemma {
         seed: u64,
     ) -> Result<usize> {
         spec.validate()?;
-        let training = self.training_flag();
+        let training = self.training.clone();
         let mut count = 0;
         for (index, (name, linear)) in self.linears_mut().into_iter().enumerate() {
             if !spec.targets_module(&name) {
@@ -175,7 +172,7 @@ impl Gemma {
         scale: f64,
         dropout: f64,
     ) -> Result<()> {
-        let training = self.training_flag();
+        let training = self.training.clone();
         let mut linears: std::collections::BTreeMap<String, &mut Linear> =
             self.linears_mut().into_iter().collect();
         for (name, (a, b)) in adapters {
@@ -230,12 +227,8 @@ impl Gemma {
 
     /// Switches training behaviour (the adapters' dropout) on or off.
     pub fn set_training(&self, on: bool) {
-        self.training_flag()
+        self.training
             .store(on, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn training_flag(&self) -> Arc<AtomicBool> {
-        self.training.clone()
     }
 }
 

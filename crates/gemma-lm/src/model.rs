@@ -545,14 +545,7 @@ impl Gemma {
         mut cache: Option<&mut KvCache>,
         output_hidden_states: bool,
     ) -> Result<ModelOutput> {
-        let size = embeds.size();
-        if size.len() != 3 || size[2] != self.config.hidden_size {
-            return Err(Error::Input(format!(
-                "embeddings must be [batch, len, {}], got {size:?}",
-                self.config.hidden_size
-            )));
-        }
-        let (b, l) = (size[0], size[1]);
+        let (b, l) = self.check_embeds(embeds)?;
         let past = cache.as_ref().map_or(0, |c| c.len());
         if let Some(c) = &cache
             && past + l > c.capacity()
@@ -632,14 +625,8 @@ impl Gemma {
         embeds: &Tensor,
         head: impl FnOnce(&Tensor) -> Result<(Tensor, R)>,
     ) -> Result<R> {
-        let size = embeds.size();
-        if size.len() != 3 || size[2] != self.config.hidden_size {
-            return Err(Error::Input(format!(
-                "embeddings must be [batch, len, {}], got {size:?}",
-                self.config.hidden_size
-            )));
-        }
-        let plan = AttentionPlan::new(None, size[0], size[1], 0, self.device, self.kind());
+        let (b, l) = self.check_embeds(embeds)?;
+        let plan = AttentionPlan::new(None, b, l, 0, self.device, self.kind());
         let cos_sin = self.rotary.cos_sin(&plan.positions, self.kind());
         let dropout = self.training.load(std::sync::atomic::Ordering::Relaxed)
             && self
@@ -751,6 +738,18 @@ impl Gemma {
             0.0,
         );
         Ok((loss, count))
+    }
+
+    /// `(batch, len)` of input embeddings, which must be `[batch, len, hidden]`.
+    fn check_embeds(&self, embeds: &Tensor) -> Result<(i64, i64)> {
+        let size = embeds.size();
+        if size.len() != 3 || size[2] != self.config.hidden_size {
+            return Err(Error::Input(format!(
+                "embeddings must be [batch, len, {}], got {size:?}",
+                self.config.hidden_size
+            )));
+        }
+        Ok((size[0], size[1]))
     }
 
     fn check_ids(&self, ids: &Tensor) -> Result<()> {

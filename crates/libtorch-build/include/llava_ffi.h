@@ -3,6 +3,8 @@
 // exception ever unwinds into Rust.
 #pragma once
 
+#include <c10/util/Exception.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -14,6 +16,9 @@ char *guarded(F &&body) {
     try {
         body();
         return nullptr;
+    } catch (const c10::Error &e) {
+        // libtorch's own errors without the C++ backtrace `what()` appends.
+        return strdup(e.what_without_backtrace());
     } catch (const std::exception &e) {
         return strdup(e.what());
     } catch (...) {

@@ -9,7 +9,7 @@
 // Tensors cross as tch's `at::Tensor *`. Every function returns NULL on success or a malloc'd
 // error message (free it with `llava_dist_free_message`); no C++ exception crosses into Rust.
 
-#include <c10/util/Exception.h>
+#include <llava_ffi.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
@@ -28,20 +28,6 @@ struct Group {
     c10::intrusive_ptr<c10d::Backend> backend;
     std::chrono::milliseconds timeout;
 };
-
-template <typename F>
-char *guarded(F &&body) {
-    try {
-        body();
-        return nullptr;
-    } catch (const c10::Error &e) {
-        return strdup(e.what_without_backtrace());
-    } catch (const std::exception &e) {
-        return strdup(e.what());
-    } catch (...) {
-        return strdup("unknown C++ exception");
-    }
-}
 
 c10d::ReduceOp reduce_op(int op) {
     switch (op) {
@@ -66,7 +52,7 @@ void llava_dist_free_message(char *message) { free(message); }
 // after `timeout_ms`.
 char *llava_dist_open(const char *host, int port, int rank, int world, int64_t timeout_ms,
                       void **out) {
-    return guarded([&] {
+    return llava_ffi::guarded([&] {
         TORCH_CHECK(world >= 1 && rank >= 0 && rank < world, "rank ", rank, " of a world of ",
                     world);
         TORCH_CHECK(port > 0 && port < 65536, "port ", port);
@@ -89,7 +75,7 @@ void llava_dist_close(void *group) { delete static_cast<Group *>(group); }
 
 // In place: `tensor` becomes the reduction (0 sum, 1 average, 2 max, 3 min) over the ranks.
 char *llava_dist_allreduce(void *group, at::Tensor *tensor, int op) {
-    return guarded([&] {
+    return llava_ffi::guarded([&] {
         auto *g = static_cast<Group *>(group);
         std::vector<at::Tensor> tensors{*tensor};
         c10d::AllreduceOptions options;
@@ -101,7 +87,7 @@ char *llava_dist_allreduce(void *group, at::Tensor *tensor, int op) {
 
 // `output` (1/world of `input`'s elements) becomes this rank's shard of the reduction of `input`.
 char *llava_dist_reduce_scatter(void *group, at::Tensor *output, at::Tensor *input, int op) {
-    return guarded([&] {
+    return llava_ffi::guarded([&] {
         auto *g = static_cast<Group *>(group);
         c10d::ReduceScatterOptions options;
         options.reduceOp = reduce_op(op);
@@ -112,7 +98,7 @@ char *llava_dist_reduce_scatter(void *group, at::Tensor *output, at::Tensor *inp
 
 // `output` (world times `input`'s elements) becomes every rank's `input`, in rank order.
 char *llava_dist_allgather(void *group, at::Tensor *output, at::Tensor *input) {
-    return guarded([&] {
+    return llava_ffi::guarded([&] {
         auto *g = static_cast<Group *>(group);
         c10d::AllgatherOptions options;
         options.timeout = g->timeout;
@@ -122,7 +108,7 @@ char *llava_dist_allgather(void *group, at::Tensor *output, at::Tensor *input) {
 
 // In place: `tensor` becomes rank `root`'s.
 char *llava_dist_broadcast(void *group, at::Tensor *tensor, int root) {
-    return guarded([&] {
+    return llava_ffi::guarded([&] {
         auto *g = static_cast<Group *>(group);
         std::vector<at::Tensor> tensors{*tensor};
         c10d::BroadcastOptions options;
@@ -134,7 +120,7 @@ char *llava_dist_broadcast(void *group, at::Tensor *tensor, int root) {
 
 // Waits until every rank has called it.
 char *llava_dist_barrier(void *group) {
-    return guarded([&] {
+    return llava_ffi::guarded([&] {
         auto *g = static_cast<Group *>(group);
         c10d::BarrierOptions options;
         options.timeout = g->timeout;
@@ -144,7 +130,7 @@ char *llava_dist_barrier(void *group) {
 
 // The store's key-value operations, for what the ranks must agree on besides tensors.
 char *llava_dist_store_set(void *group, const char *key, const uint8_t *value, int64_t len) {
-    return guarded([&] {
+    return llava_ffi::guarded([&] {
         auto *g = static_cast<Group *>(group);
         g->store->set(std::string(key), std::vector<uint8_t>(value, value + len));
     });
@@ -153,7 +139,7 @@ char *llava_dist_store_set(void *group, const char *key, const uint8_t *value, i
 // `*value` (malloc'd, free it with `llava_dist_free_message`) and `*len` become key's value,
 // waiting for it up to the timeout.
 char *llava_dist_store_get(void *group, const char *key, uint8_t **value, int64_t *len) {
-    return guarded([&] {
+    return llava_ffi::guarded([&] {
         auto *g = static_cast<Group *>(group);
         auto bytes = g->store->get(std::string(key));
         *len = static_cast<int64_t>(bytes.size());
