@@ -261,18 +261,35 @@ impl Loader {
         batch_size: usize,
         prefetch: usize,
     ) -> Self {
+        let batch_size = batch_size.max(1);
+        let start = start.min(order.len());
+        let mut slices = Vec::new();
+        let mut position = start;
+        while position < order.len() {
+            let end = (position + batch_size).min(order.len());
+            slices.push((order[position..end].to_vec(), end));
+            position = end;
+        }
+        Self::from_slices(dataset, slices, prefetch)
+    }
+
+    /// Loads one batch per slice of record indices, in order, keeping up to `prefetch` ready;
+    /// each batch's `next_position` is the number given with its slice. An empty slice gives an
+    /// empty batch (a data-parallel rank with no share of a step still takes part in it).
+    pub fn from_slices(
+        dataset: Arc<Dataset>,
+        slices: Vec<(Vec<usize>, usize)>,
+        prefetch: usize,
+    ) -> Self {
         let (sender, receiver): (SyncSender<Batch>, _) = sync_channel(prefetch.max(1));
         let worker = std::thread::spawn(move || {
-            let batch_size = batch_size.max(1);
-            let mut position = start.min(order.len());
-            while position < order.len() {
-                let end = (position + batch_size).min(order.len());
+            for (indices, next_position) in slices {
                 // Decode the batch's images on rayon's threads; results keep the order's order.
-                let loaded: Vec<_> = order[position..end]
+                let loaded: Vec<_> = indices
                     .par_iter()
                     .map(|&index| (index, dataset.sample(index)))
                     .collect();
-                let mut samples = Vec::with_capacity(end - position);
+                let mut samples = Vec::with_capacity(indices.len());
                 let mut skipped = Vec::new();
                 for (index, result) in loaded {
                     match result {
@@ -285,8 +302,7 @@ impl Loader {
                 let mut batch =
                     collate(samples, dataset.templater.tokenizer.pad, &dataset.processor);
                 batch.skipped = skipped;
-                batch.next_position = end;
-                position = end;
+                batch.next_position = next_position;
                 if sender.send(batch).is_err() {
                     return; // The consumer stopped early.
                 }

@@ -287,6 +287,19 @@ pub struct SyntheticFiles {
     pub eval_answers: PathBuf,
 }
 
+impl SyntheticFiles {
+    /// Where [`write`] puts a dataset under `dir` (for a reader of one another process wrote).
+    pub fn in_dir(dir: &Path) -> Self {
+        SyntheticFiles {
+            images: dir.join("images"),
+            stage1: dir.join("stage1.json"),
+            stage2: dir.join("stage2.json"),
+            eval_questions: dir.join("eval_questions.jsonl"),
+            eval_answers: dir.join("eval_answers.jsonl"),
+        }
+    }
+}
+
 /// Writes a synthetic dataset under `dir`: `images/`, `stage1.json`, `stage2.json`,
 /// `eval_questions.jsonl`, `eval_answers.jsonl`.
 pub fn write(dir: &Path, config: &SyntheticConfig) -> Result<SyntheticFiles> {
@@ -365,13 +378,7 @@ pub fn write(dir: &Path, config: &SyntheticConfig) -> Result<SyntheticFiles> {
             record(&format!("q{k}"), &q.text, &q.answer);
         }
     }
-    let files = SyntheticFiles {
-        images,
-        stage1: dir.join("stage1.json"),
-        stage2: dir.join("stage2.json"),
-        eval_questions: dir.join("eval_questions.jsonl"),
-        eval_answers: dir.join("eval_answers.jsonl"),
-    };
+    let files = SyntheticFiles::in_dir(dir);
     let write =
         |path: &Path, text: String| std::fs::write(path, text).map_err(|e| Error::io(path, e));
     write(&files.stage1, serde_json::Value::Array(stage1).to_string())?;

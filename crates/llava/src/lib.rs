@@ -11,6 +11,7 @@ pub mod bench;
 pub mod chat;
 pub mod data_cmd;
 pub mod eval_cmd;
+pub mod launch;
 pub mod parity;
 pub mod score_cmd;
 

@@ -91,3 +91,11 @@ char *llava_clear_grads(at::Tensor *const *params, int64_t n) {
     });
 }
 }
+
+extern "C" {
+// Makes `grad` the gradient of `param` (shared, not copied): a data-parallel step hands the
+// optimizer gradients it reduced itself.
+char *llava_set_grad(at::Tensor *param, at::Tensor *grad) {
+    return llava_ffi::guarded([&] { param->mutable_grad() = *grad; });
+}
+}

@@ -10,24 +10,59 @@
 // error message (free it with `llava_dist_free_message`); no C++ exception crosses into Rust.
 
 #include <llava_ffi.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
+
+// Every rank counts up `heartbeat/<rank>` in the store from a thread of its own, over a store
+// client of its own, so that when a collective fails the survivors can tell which rank stopped.
+struct Heartbeat {
+    std::atomic<bool> stop{false};
+    std::thread thread;
+
+    ~Heartbeat() {
+        stop = true;
+        if (thread.joinable()) thread.join();
+    }
+};
 
 struct Group {
     c10::intrusive_ptr<c10d::Store> store;
     c10::intrusive_ptr<c10d::Backend> backend;
     std::chrono::milliseconds timeout;
+    int world;
+    std::unique_ptr<Heartbeat> heartbeat;
 };
+
+// A store client (or, for rank 0 without a launcher's store, the server) under `prefix`.
+c10::intrusive_ptr<c10d::Store> connect(const std::string &host, int port, bool server, int world,
+                                        bool wait, std::chrono::milliseconds timeout,
+                                        const std::string &prefix) {
+    c10d::TCPStoreOptions options;
+    options.port = static_cast<uint16_t>(port);
+    options.isServer = server;
+    // Every rank's client counts itself in; the server waits for all (as torch's env:// does).
+    options.numWorkers = static_cast<size_t>(world);
+    options.waitWorkers = wait;
+    options.timeout = timeout;
+    c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::TCPStore>(host, options);
+    if (!prefix.empty()) store = c10::make_intrusive<c10d::PrefixStore>(prefix, store);
+    return store;
+}
+
+std::string heartbeat_key(int rank) { return "llava/heartbeat/" + std::to_string(rank); }
 
 c10d::ReduceOp reduce_op(int op) {
     switch (op) {
@@ -48,26 +83,50 @@ extern "C" {
 void llava_dist_free_message(char *message) { free(message); }
 
 // Joins a group of `world` ranks as `rank`: rank 0 serves a TCPStore on `host:port` (every rank
-// connects to it), then a Gloo process group is built over it. Collectives and the store give up
-// after `timeout_ms`.
+// connects to it), or, with `agent_store`, every rank is a client of the store a launcher already
+// serves there (torchrun's), under `prefix`; then a Gloo process group is built over it and the
+// rank's heartbeat starts. Collectives and the store give up after `timeout_ms`.
 char *llava_dist_open(const char *host, int port, int rank, int world, int64_t timeout_ms,
-                      void **out) {
+                      int agent_store, const char *prefix, void **out) {
     return llava_ffi::guarded([&] {
         TORCH_CHECK(world >= 1 && rank >= 0 && rank < world, "rank ", rank, " of a world of ",
                     world);
         TORCH_CHECK(port > 0 && port < 65536, "port ", port);
         auto timeout = std::chrono::milliseconds(timeout_ms);
-        c10d::TCPStoreOptions options;
-        options.port = static_cast<uint16_t>(port);
-        options.isServer = rank == 0;
-        options.numWorkers = static_cast<size_t>(world);
-        options.waitWorkers = true;
-        options.timeout = timeout;
-        auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), options);
+        std::string h(host), p(prefix);
+        auto store = connect(h, port, !agent_store && rank == 0, world, true, timeout, p);
         auto gloo = c10d::ProcessGroupGloo::Options::create(timeout);
-        gloo->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(host));
+        gloo->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(h));
         auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, gloo);
-        *out = new Group{store, backend, timeout};
+        auto heartbeat = std::make_unique<Heartbeat>();
+        auto beats = connect(h, port, false, world, false, timeout, p);
+        beats->add(heartbeat_key(rank), 1);
+        heartbeat->thread = std::thread([beats, rank, stop = &heartbeat->stop] {
+            while (!*stop) {
+                try {
+                    beats->add(heartbeat_key(rank), 1);
+                } catch (...) {
+                    return;  // The store is gone; whoever asks will find that out.
+                }
+                for (int i = 0; i < 10 && !*stop; ++i)
+                    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            }
+        });
+        *out = new Group{store, backend, timeout, world, std::move(heartbeat)};
+    });
+}
+
+// Which ranks stopped beating: reads every rank's heartbeat, waits `wait_ms`, reads again.
+// `lost[r]` becomes 1 for a rank whose count did not move. Fails when the store itself is
+// unreachable (its host, rank 0 or the launcher, is gone).
+char *llava_dist_lost_ranks(void *group, int64_t wait_ms, uint8_t *lost) {
+    return llava_ffi::guarded([&] {
+        auto *g = static_cast<Group *>(group);
+        std::vector<int64_t> before(g->world);
+        for (int r = 0; r < g->world; ++r) before[r] = g->store->add(heartbeat_key(r), 0);
+        std::this_thread::sleep_for(std::chrono::milliseconds(wait_ms));
+        for (int r = 0; r < g->world; ++r)
+            lost[r] = g->store->add(heartbeat_key(r), 0) == before[r] ? 1 : 0;
     });
 }
 

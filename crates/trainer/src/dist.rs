@@ -17,8 +17,11 @@ unsafe extern "C" {
         rank: i32,
         world: i32,
         timeout_ms: i64,
+        agent_store: i32,
+        prefix: *const c_char,
         out: *mut *mut c_void,
     ) -> *mut c_char;
+    fn llava_dist_lost_ranks(group: *mut c_void, wait_ms: i64, lost: *mut u8) -> *mut c_char;
     fn llava_dist_close(group: *mut c_void);
     fn llava_dist_allreduce(group: *mut c_void, tensor: *const c_void, op: i32) -> *mut c_char;
     fn llava_dist_reduce_scatter(
@@ -103,6 +106,11 @@ pub struct Launch {
     pub master_addr: String,
     /// Its port.
     pub master_port: u16,
+    /// The launcher already serves the store on that port (torchrun's agent store,
+    /// `TORCHELASTIC_USE_AGENT_STORE=True`): every rank connects as a client, under this key
+    /// prefix (`/worker/attempt_<restart>`, as `torch.distributed` does), so a restarted job
+    /// does not meet its previous attempt's keys.
+    pub agent_store: Option<String>,
 }
 
 impl Launch {
@@ -143,6 +151,11 @@ impl Launch {
                 local_world: number("LOCAL_WORLD_SIZE")?.unwrap_or(world),
                 master_addr: vars("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into()),
                 master_port: port(None)?,
+                agent_store: (vars("TORCHELASTIC_USE_AGENT_STORE").as_deref() == Some("True"))
+                    .then(|| {
+                        let attempt = vars("TORCHELASTIC_RESTART_COUNT");
+                        format!("/worker/attempt_{}", attempt.as_deref().unwrap_or("0"))
+                    }),
             }
         } else if let Some(rank) = number("SLURM_PROCID")? {
             let world = number("SLURM_NTASKS")?.unwrap_or(1);
@@ -160,6 +173,7 @@ impl Launch {
                     .or(first_host)
                     .unwrap_or_else(|| "127.0.0.1".into()),
                 master_port: port(Some(29500))?,
+                agent_store: None,
             }
         } else {
             return Ok(None);
@@ -214,13 +228,30 @@ impl ProcessGroup {
         world: usize,
         timeout: Duration,
     ) -> Result<Self, DistError> {
+        Self::open_with(host, port, rank, world, timeout, None)
+    }
+
+    /// [`open`](Self::open), or with `agent_store` a client of the store a launcher serves on
+    /// `host:port`, under that key prefix (see [`Launch::agent_store`]).
+    pub fn open_with(
+        host: &str,
+        port: u16,
+        rank: usize,
+        world: usize,
+        timeout: Duration,
+        agent_store: Option<&str>,
+    ) -> Result<Self, DistError> {
         let op = || format!("rendezvous of rank {rank} of {world} at {host}:{port}");
         let c_host = CString::new(host).map_err(|_| DistError {
             op: op(),
             message: "the host name has a NUL byte".into(),
         })?;
+        let prefix = CString::new(agent_store.unwrap_or_default()).map_err(|_| DistError {
+            op: op(),
+            message: "the store prefix has a NUL byte".into(),
+        })?;
         let mut ptr = std::ptr::null_mut();
-        // SAFETY: a valid C string and out-pointer; the shim checks rank and world.
+        // SAFETY: valid C strings and out-pointer; the shim checks rank and world.
         checked(op, unsafe {
             llava_dist_open(
                 c_host.as_ptr(),
@@ -228,6 +259,8 @@ impl ProcessGroup {
                 rank as i32,
                 world as i32,
                 timeout.as_millis() as i64,
+                i32::from(agent_store.is_some()),
+                prefix.as_ptr(),
                 &mut ptr,
             )
         })?;
@@ -236,13 +269,58 @@ impl ProcessGroup {
 
     /// Joins the group a launcher described.
     pub fn from_launch(launch: &Launch, timeout: Duration) -> Result<Self, DistError> {
-        Self::open(
+        Self::open_with(
             &launch.master_addr,
             launch.master_port,
             launch.rank,
             launch.world,
             timeout,
+            launch.agent_store.as_deref(),
         )
+    }
+
+    /// The ranks that stopped beating: every rank counts up a heartbeat in the store twice a
+    /// second; this reads them all, waits `wait`, and answers those whose count did not move.
+    /// `Err` when the store itself is unreachable, which means its host (rank 0, or the launcher
+    /// serving it) is gone.
+    pub fn lost_ranks(&self, wait: Duration) -> Result<Vec<usize>, DistError> {
+        let mut lost = vec![0u8; self.world];
+        // SAFETY: a live group and a buffer of `world` bytes.
+        checked(|| "reading the heartbeats".into(), unsafe {
+            llava_dist_lost_ranks(self.ptr, wait.as_millis() as i64, lost.as_mut_ptr())
+        })?;
+        Ok((0..self.world).filter(|&r| lost[r] == 1).collect())
+    }
+
+    /// `err` from a collective, explained: when ranks died, the error names them (gloo's own
+    /// message names a peer's address only). Rank 0 then stays a little longer, so that the
+    /// other survivors can still read the heartbeats in its store.
+    pub fn explain(&self, err: DistError) -> DistError {
+        let wait = Duration::from_millis(2500);
+        let verdict = match self.lost_ranks(wait) {
+            Ok(lost) if lost.is_empty() => return err,
+            Ok(lost) => {
+                let names: Vec<String> = lost.iter().map(usize::to_string).collect();
+                let s = if lost.len() == 1 { "" } else { "s" };
+                format!(
+                    "lost rank{s} {} of {} (no heartbeat for {:.1} s)",
+                    names.join(", "),
+                    self.world,
+                    wait.as_secs_f64()
+                )
+            }
+            Err(_) => format!(
+                "lost rank 0 of {} (its store, the job's rendezvous, is unreachable)",
+                self.world
+            ),
+        };
+        if self.rank == 0 {
+            std::thread::sleep(wait + Duration::from_millis(500));
+        }
+        DistError {
+            op: format!("rank {}: {verdict}; {}", self.rank, err.op),
+            message: err.message,
+        }
     }
 
     /// This process's rank.
@@ -257,10 +335,13 @@ impl ProcessGroup {
 
     /// Replaces `tensor` with its reduction over the ranks.
     pub fn all_reduce(&self, tensor: &Tensor, op: Reduce) -> Result<(), DistError> {
+        let host = on_host(tensor);
         // SAFETY: a live group and tensor.
         checked(|| "allreduce".into(), unsafe {
-            llava_dist_allreduce(self.ptr, tensor.as_ptr().cast(), op.code())
-        })
+            llava_dist_allreduce(self.ptr, host.as_ptr().cast(), op.code())
+        })?;
+        back(tensor, &host);
+        Ok(())
     }
 
     /// Writes into `output` (`input`'s elements / world) this rank's shard of the reduction of
@@ -271,31 +352,40 @@ impl ProcessGroup {
         input: &Tensor,
         op: Reduce,
     ) -> Result<(), DistError> {
+        let (host_out, host_in) = (on_host(output), on_host(input));
         // SAFETY: live tensors; c10d checks their sizes.
         checked(|| "reduce_scatter".into(), unsafe {
             llava_dist_reduce_scatter(
                 self.ptr,
-                output.as_ptr().cast(),
-                input.as_ptr().cast(),
+                host_out.as_ptr().cast(),
+                host_in.as_ptr().cast(),
                 op.code(),
             )
-        })
+        })?;
+        back(output, &host_out);
+        Ok(())
     }
 
     /// Writes into `output` (`input`'s elements × world) every rank's `input`, in rank order.
     pub fn all_gather(&self, output: &Tensor, input: &Tensor) -> Result<(), DistError> {
+        let (host_out, host_in) = (on_host(output), on_host(input));
         // SAFETY: live tensors; c10d checks their sizes.
         checked(|| "allgather".into(), unsafe {
-            llava_dist_allgather(self.ptr, output.as_ptr().cast(), input.as_ptr().cast())
-        })
+            llava_dist_allgather(self.ptr, host_out.as_ptr().cast(), host_in.as_ptr().cast())
+        })?;
+        back(output, &host_out);
+        Ok(())
     }
 
     /// Replaces `tensor` with rank `root`'s.
     pub fn broadcast(&self, tensor: &Tensor, root: usize) -> Result<(), DistError> {
+        let host = on_host(tensor);
         // SAFETY: a live group and tensor.
         checked(|| format!("broadcast from rank {root}"), unsafe {
-            llava_dist_broadcast(self.ptr, tensor.as_ptr().cast(), root as i32)
-        })
+            llava_dist_broadcast(self.ptr, host.as_ptr().cast(), root as i32)
+        })?;
+        back(tensor, &host);
+        Ok(())
     }
 
     /// Returns when every rank has called it.
@@ -325,6 +415,22 @@ impl ProcessGroup {
         let bytes = unsafe { std::slice::from_raw_parts(value, len as usize) }.to_vec();
         unsafe { llava_dist_free_message(value.cast()) };
         Ok(bytes)
+    }
+}
+
+/// Gloo works on host memory: a tensor elsewhere (CUDA) goes through a host copy.
+fn on_host(tensor: &Tensor) -> Tensor {
+    if tensor.device() == tch::Device::Cpu {
+        tensor.shallow_clone()
+    } else {
+        tensor.to_device(tch::Device::Cpu)
+    }
+}
+
+/// Copies a collective's host result back into `tensor` when [`on_host`] staged it.
+fn back(tensor: &Tensor, host: &Tensor) {
+    if tensor.device() != tch::Device::Cpu {
+        tch::no_grad(|| tensor.shallow_clone().copy_(host));
     }
 }
 
@@ -450,6 +556,7 @@ mod tests {
                 local_world: 8,
                 master_addr: "10.0.0.2".into(),
                 master_port: 29400,
+                agent_store: None,
             }
         );
         let slurm = Launch::from_vars(env(&[

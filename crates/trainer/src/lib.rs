@@ -7,6 +7,7 @@
 
 pub mod dist;
 pub mod optim;
+pub mod parallel;
 pub mod plan;
 pub mod plot;
 pub mod run;
@@ -16,4 +17,7 @@ pub mod stage;
 pub use optim::{AdamW, AdamWConfig};
 pub use run::{RunConfig, RunError, run};
 pub use schedule::WarmupCosine;
-pub use stage::{Stage, StageConfig, StageError, StepMetrics, Summary, TrainerState, train};
+pub use stage::{
+    Parallel, Stage, StageConfig, StageError, StepMetrics, Summary, TrainerState, train,
+    train_parallel,
+};

@@ -80,6 +80,17 @@ pub struct AdamW {
 impl AdamW {
     /// An optimizer for `params` (each must require gradients), with zeroed moments.
     pub fn new(params: Vec<(String, Tensor)>, config: AdamWConfig) -> Self {
+        let decay = params.iter().map(|(_, p)| p.dim() > 1).collect();
+        Self::with_decay(params, config, decay)
+    }
+
+    /// [`new`](Self::new), saying which parameters weight decay applies to (`new` decays every
+    /// tensor of more than one dimension; a flat shard of one cannot tell by its shape).
+    pub fn with_decay(
+        params: Vec<(String, Tensor)>,
+        config: AdamWConfig,
+        decay: Vec<bool>,
+    ) -> Self {
         let moments = || {
             params
                 .iter()
@@ -95,7 +106,7 @@ impl AdamW {
             masters,
             exp_avg: moments(),
             exp_avg_sq: moments(),
-            decay: params.iter().map(|(_, p)| p.dim() > 1).collect(),
+            decay,
             lr_scale: vec![1.0; params.len()],
             params,
             steps: 0,
@@ -175,6 +186,50 @@ impl AdamW {
         let (norm, scale) = tch::no_grad(|| fused::grad_norm(&grads, max_norm))?;
         self.grad_scale = Some(scale);
         Ok(norm)
+    }
+
+    /// [`clip_grad_norm`](Self::clip_grad_norm) when each rank holds a part of the gradients:
+    /// `sum_squares` replaces the local sum of squared gradients (one f32 element) with its sum
+    /// over the ranks, so the norm and the clipping are the global ones.
+    pub fn clip_grad_norm_across<E>(
+        &mut self,
+        max_norm: f64,
+        sum_squares: impl FnOnce(&Tensor) -> Result<(), E>,
+    ) -> Result<Result<Tensor, E>, TchError> {
+        let grads: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|(_, p)| p.grad())
+            .filter(Tensor::defined)
+            .collect();
+        let device = self
+            .params
+            .first()
+            .map_or(tch::Device::Cpu, |(_, p)| p.device());
+        let local = if grads.is_empty() {
+            Tensor::zeros([], (Kind::Float, device))
+        } else {
+            tch::no_grad(|| fused::grad_norm(&grads, max_norm))?.0
+        };
+        let squares = local.square().reshape([1]);
+        if let Err(e) = sum_squares(&squares) {
+            return Ok(Err(e));
+        }
+        let norm = squares.sqrt().reshape([]);
+        self.grad_scale = Some(((&norm + 1e-6) / max_norm).clamp_min(1.0).reshape([1]));
+        Ok(Ok(norm))
+    }
+
+    /// Bytes of optimizer state: the f32 moments and the f32 masters kept beside narrower
+    /// parameters (an f32 parameter is its own master).
+    pub fn state_bytes(&self) -> u64 {
+        let f32s: i64 = self
+            .params
+            .iter()
+            .zip(&self.masters)
+            .map(|((_, p), m)| p.numel() as i64 * if m.is_some() { 3 } else { 2 })
+            .sum();
+        f32s as u64 * 4
     }
 
     /// One update with learning rate `lr`, for every parameter that has a gradient: libtorch's
@@ -265,6 +320,28 @@ impl AdamW {
             ));
         }
         out
+    }
+
+    /// Sets parameter `name`'s moments; false when there is no such parameter.
+    pub fn set_moments(&mut self, name: &str, exp_avg: &Tensor, exp_avg_sq: &Tensor) -> bool {
+        let Some(i) = self.params.iter().position(|(n, _)| n == name) else {
+            return false;
+        };
+        let p = &self.params[i].1;
+        self.exp_avg[i] = exp_avg
+            .to_device(p.device())
+            .to_kind(Kind::Float)
+            .reshape(p.size());
+        self.exp_avg_sq[i] = exp_avg_sq
+            .to_device(p.device())
+            .to_kind(Kind::Float)
+            .reshape(p.size());
+        true
+    }
+
+    /// Sets the optimizer steps taken (the bias corrections' step count).
+    pub fn set_steps(&mut self, steps: i64) {
+        self.steps = steps;
     }
 
     /// Restores what [`state`](Self::state) saved. Every parameter must have its moments, of the

@@ -16,7 +16,7 @@ use serde::Serialize;
 use tch::{Device, Kind};
 
 use crate::AdamWConfig;
-use crate::stage::{Stage, StageConfig, StageError, Summary, train};
+use crate::stage::{Stage, StageConfig, StageError, Summary, train_parallel};
 
 /// Everything a stage run needs; every field is a command-line flag, and a run writes the whole
 /// resolved set to `config.json` in its output.
@@ -74,6 +74,12 @@ pub struct RunConfig {
     pub connector_lr: Option<f64>,
     /// Recompute each decoder layer in backward instead of keeping its activations.
     pub activation_checkpointing: bool,
+    /// With several ranks (torchrun, Slurm or `--nproc-per-node`), split the optimizer state
+    /// across them (ZeRO-2) rather than replicate it.
+    pub shard_optimizer: bool,
+    /// With several ranks, how long a collective may wait for the others, in seconds, before the
+    /// run stops with an error (a rank that died is noticed at once; this bounds a hung one).
+    pub dist_timeout_s: u64,
 }
 
 /// The presets [`RunConfig::preset`] knows.
@@ -118,6 +124,8 @@ impl RunConfig {
             lora: None,
             connector_lr: None,
             activation_checkpointing: false,
+            shard_optimizer: true,
+            dist_timeout_s: 600,
         }
     }
 
@@ -181,6 +189,9 @@ pub enum RunError {
     /// A setting that cannot work.
     #[error("{0}")]
     Config(String),
+    /// Joining the other ranks failed.
+    #[error("data parallel: {0}")]
+    Dist(#[from] crate::dist::DistError),
 }
 
 /// The `tiny` model with a start that depends on `seed` alone (not on libtorch's global generator).
@@ -312,14 +323,47 @@ pub fn run(
     };
     std::fs::create_dir_all(&config.output)
         .map_err(|e| foundation::Error::io(&config.output, e))?;
-    write_atomic(
-        config.output.join("config.json"),
-        serde_json::to_string_pretty(config)
-            .expect("serialises")
-            .as_bytes(),
-    )?;
-
-    let device = foundation::device::parse_device(&config.device)?;
+    let launch = crate::dist::Launch::from_env()?.filter(|l| l.world > 1);
+    let leader = launch.as_ref().is_none_or(|l| l.rank == 0);
+    if leader {
+        write_atomic(
+            config.output.join("config.json"),
+            serde_json::to_string_pretty(config)
+                .expect("serialises")
+                .as_bytes(),
+        )?;
+    }
+    let mut device = foundation::device::parse_device(&config.device)?;
+    let parallel = match &launch {
+        Some(launch) => {
+            match device {
+                // Rank r of a node drives its CUDA device r.
+                Device::Cuda(_) => device = Device::Cuda(launch.local_rank),
+                // CPU ranks of a node share its cores.
+                _ => {
+                    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                    let threads = (cores / launch.local_world.max(1)).max(1);
+                    tch::set_num_threads(threads as i32);
+                    let _ = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build_global();
+                }
+            }
+            let timeout = std::time::Duration::from_secs(config.dist_timeout_s.max(1));
+            Some(crate::Parallel {
+                group: std::rc::Rc::new(crate::dist::ProcessGroup::from_launch(launch, timeout)?),
+                shard_optimizer: config.shard_optimizer,
+            })
+        }
+        None => None,
+    };
+    let barrier = || match &parallel {
+        Some(p) => p
+            .group
+            .barrier()
+            .map_err(|e| RunError::Dist(p.group.explain(e))),
+        None => Ok(()),
+    };
     let (mut model, tokenizer) = build_model(config, stage, device)?;
     if let Some(spec) = &config.lora {
         if stage != Stage::Finetune {
@@ -349,7 +393,13 @@ pub fn run(
                 eval_images: 200,
                 questions_per_image: 3,
             };
-            let files = data::synthetic::write(&dir, &synthetic)?;
+            // Rank 0 writes the synthetic data; the others read it.
+            let files = if leader {
+                data::synthetic::write(&dir, &synthetic)?
+            } else {
+                data::synthetic::SyntheticFiles::in_dir(&dir)
+            };
+            barrier()?;
             (
                 if stage == Stage::Pretrain {
                     files.stage1
@@ -401,7 +451,7 @@ pub fn run(
     let n = dataset.records.len();
     let lengths = dataset.modality_lengths();
     let (seed, global) = (config.seed, config.global_batch);
-    let summary = train(
+    let summary = train_parallel(
         &mut model,
         dataset.clone(),
         &stage_config,
@@ -411,7 +461,28 @@ pub fn run(
             Stage::Finetune => data::modality_grouped(&lengths, global, seed, epoch),
         },
         &mut on_step,
+        parallel.as_ref(),
     )?;
+    // Rank 0 alone writes what the run leaves; the others wait for it, so that the job ends
+    // only once the model is on disk.
+    if !leader {
+        barrier()?;
+        return Ok(summary);
+    }
+    write_outputs(config, stage, &model, &dataset, &summary)?;
+    barrier()?;
+    Ok(summary)
+}
+
+/// Rank 0's part of the end of a run: the loss curve, `summary.json`, and the connector, the
+/// model or the adapter.
+fn write_outputs(
+    config: &RunConfig,
+    stage: Stage,
+    model: &LlavaModel,
+    dataset: &Dataset,
+    summary: &Summary,
+) -> Result<(), RunError> {
     crate::plot::write_loss_curve(
         &config.output.join("metrics.jsonl"),
         &config.output.join("loss.png"),
@@ -419,7 +490,7 @@ pub fn run(
     .map_err(RunError::Config)?;
     write_atomic(
         config.output.join("summary.json"),
-        serde_json::to_string_pretty(&summary)
+        serde_json::to_string_pretty(summary)
             .expect("serialises")
             .as_bytes(),
     )?;
@@ -451,7 +522,7 @@ pub fn run(
             Some(&dataset.templater.tokenizer),
         )?,
     }
-    Ok(summary)
+    Ok(())
 }
 
 /// The model directory a finished stage-2 run wrote.

@@ -10,12 +10,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use data::{Batch, Dataset, Loader, SkipCounter};
+use data::{Batch, Dataset, Loader, SkipCounter, SkipReason};
 use llava_model::LlavaModel;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::optim::{AdamW, AdamWConfig};
+use crate::dist::{DistError, ProcessGroup, Reduce};
+use crate::optim::AdamWConfig;
+use crate::parallel::{self, Optimizer, OptimizerError};
 use crate::schedule::WarmupCosine;
 
 /// Which stage.
@@ -76,14 +78,24 @@ pub struct TrainerState {
     pub skipped: std::collections::BTreeMap<String, usize>,
     /// Loss of the first step.
     pub first_loss: f64,
+    /// Ranks that wrote it (a resume may use another number).
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Writes a checkpoint atomically: into `checkpoint-<step>.tmp`, then renamed. A run killed at any
-/// moment leaves either no checkpoint of that step or a whole one.
+/// moment leaves either no checkpoint of that step or a whole one. With several ranks, each
+/// writes its shard of the optimizer state, and rank 0 commits the checkpoint (its
+/// `trainer_state.json` and the rename) only once every rank has written.
 fn save_checkpoint(
     output: &Path,
-    optimizer: &AdamW,
+    optimizer: &Optimizer,
     state: &TrainerState,
+    group: Option<&ProcessGroup>,
 ) -> Result<(), StageError> {
     let dir = output.join(format!("checkpoint-{}", state.step));
     let tmp = output.join(format!("checkpoint-{}.tmp", state.step));
@@ -91,26 +103,29 @@ fn save_checkpoint(
         let path = path.to_path_buf();
         move |source| StageError::Io { path, source }
     };
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let mut tensors: Vec<(String, Tensor)> = optimizer
-        .master_weights()
-        .into_iter()
-        .map(|(n, t)| (format!("param.{n}"), t))
-        .collect();
-    tensors.extend(
-        optimizer
-            .state()
-            .into_iter()
-            .map(|(n, t)| (format!("optim.{n}"), t)),
-    );
-    foundation::save_safetensors(tmp.join("state.safetensors"), &tensors, None)
-        .map_err(StageError::Checkpoint)?;
-    let json = serde_json::to_string_pretty(state).expect("state serialises");
-    foundation::write_atomic(tmp.join("trainer_state.json"), json.as_bytes())
-        .map_err(StageError::Checkpoint)?;
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir).map_err(io(&dir))
+    let leader = group.is_none_or(|g| g.rank() == 0);
+    let barrier = || match group {
+        Some(g) => g.barrier().map_err(|e| StageError::Dist(g.explain(e))),
+        None => Ok(()),
+    };
+    if leader {
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    barrier()?;
+    if let Some(file) = optimizer.checkpoint_file() {
+        foundation::save_safetensors(tmp.join(file), &optimizer.checkpoint_tensors(), None)
+            .map_err(StageError::Checkpoint)?;
+    }
+    barrier()?;
+    if leader {
+        let json = serde_json::to_string_pretty(state).expect("state serialises");
+        foundation::write_atomic(tmp.join("trainer_state.json"), json.as_bytes())
+            .map_err(StageError::Checkpoint)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+    }
+    barrier()
 }
 
 /// The checkpoint to resume from: `dir` itself when it is one, else the latest complete
@@ -146,8 +161,9 @@ pub fn resolve_checkpoint(dir: &Path) -> Result<std::path::PathBuf, StageError> 
         })
 }
 
-/// Restores weights and optimizer state from `dir`; returns where the run was.
-fn load_checkpoint(dir: &Path, optimizer: &mut AdamW) -> Result<TrainerState, StageError> {
+/// Restores weights and optimizer state from `dir` (written at any world size); returns where
+/// the run was.
+fn load_checkpoint(dir: &Path, optimizer: &mut Optimizer) -> Result<TrainerState, StageError> {
     let state_file = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&state_file).map_err(|source| StageError::Io {
         path: state_file.clone(),
@@ -155,29 +171,7 @@ fn load_checkpoint(dir: &Path, optimizer: &mut AdamW) -> Result<TrainerState, St
     })?;
     let state: TrainerState = serde_json::from_str(&text)
         .map_err(|e| StageError::Resume(format!("{}: {e}", state_file.display())))?;
-    let tensors = foundation::checkpoint::read_all(dir.join("state.safetensors"))
-        .map_err(StageError::Checkpoint)?;
-    let names: Vec<String> = optimizer
-        .named_params()
-        .iter()
-        .map(|(n, _)| n.clone())
-        .collect();
-    for name in names {
-        let saved = tensors.get(&format!("param.{name}")).ok_or_else(|| {
-            StageError::Resume(format!("{}: no weights for `{name}`", dir.display()))
-        })?;
-        optimizer.set_weight(&name, saved);
-    }
-    let optim: std::collections::HashMap<String, Tensor> = tensors
-        .iter()
-        .filter_map(|(k, v)| {
-            k.strip_prefix("optim.")
-                .map(|k| (k.to_string(), v.shallow_clone()))
-        })
-        .collect();
-    optimizer
-        .load_state(&optim)
-        .map_err(|e| StageError::Resume(format!("{}: {e}", dir.display())))?;
+    optimizer.restore(dir).map_err(StageError::Resume)?;
     Ok(state)
 }
 
@@ -222,6 +216,11 @@ pub struct Summary {
     /// The process's peak resident set (Linux `VmHWM`): host memory only; tch does not expose the
     /// CUDA allocator's statistics, so GPU memory is measured by `bench-train`'s driver query.
     pub peak_memory_bytes: Option<u64>,
+    /// Ranks that trained.
+    pub world_size: usize,
+    /// Bytes of optimizer state (f32 masters and moments) each rank holds: 1/N of the whole
+    /// with a sharded optimizer.
+    pub optimizer_state_bytes: u64,
 }
 
 pub use foundation::device::peak_host_memory;
@@ -271,6 +270,9 @@ pub enum StageError {
         /// libtorch's message.
         message: String,
     },
+    /// A collective failed: a rank died or stopped answering.
+    #[error("data parallel: {0}")]
+    Dist(DistError),
     /// Writing metrics failed.
     #[error("{path}: {source}")]
     Io {
@@ -389,6 +391,75 @@ fn tensors(batch: &Batch, device: Device) -> (Tensor, Tensor, Option<Tensor>) {
     (ids, labels, pixels)
 }
 
+/// The ranks a stage trains on, when more than one process does.
+#[derive(Debug, Clone)]
+pub struct Parallel {
+    /// The process group of every rank of the job.
+    pub group: std::rc::Rc<ProcessGroup>,
+    /// Split the optimizer state across the ranks (ZeRO-2) instead of replicating it.
+    pub shard_optimizer: bool,
+}
+
+/// What the ranks add up about a step before its backward passes: each micro-batch's labelled
+/// tokens (the denominators of its loss, which a micro-batch cut among ranks needs whole), and
+/// the step's samples, tokens and skips by reason, for the metrics.
+struct StepTotals {
+    labels: Vec<f64>,
+    samples: usize,
+    tokens: usize,
+    skipped: Vec<usize>,
+}
+
+impl StepTotals {
+    /// The totals over every rank of the step of `micro_batches` micro-batches of which this rank
+    /// loaded `batches` (micro-batch index, batch).
+    fn reduce(
+        batches: &[(usize, Batch)],
+        micro_batches: usize,
+        group: Option<&ProcessGroup>,
+    ) -> Result<Self, DistError> {
+        let reasons = SkipReason::ALL.len();
+        let mut local = vec![0f64; micro_batches + 2 + reasons];
+        for (micro, batch) in batches {
+            local[*micro] += batch.label_tokens as f64;
+            local[micro_batches] += batch.batch_size as f64;
+            local[micro_batches + 1] +=
+                batch.attention_mask.iter().filter(|&&m| m == 1).count() as f64;
+            for (_, reason, _) in &batch.skipped {
+                let r = SkipReason::ALL
+                    .iter()
+                    .position(|x| x == reason)
+                    .expect("listed");
+                local[micro_batches + 2 + r] += 1.0;
+            }
+        }
+        if let Some(group) = group {
+            let t = Tensor::from_slice(&local);
+            group.all_reduce(&t, Reduce::Sum)?;
+            local = Vec::<f64>::try_from(&t).expect("f64 values");
+        }
+        Ok(StepTotals {
+            labels: local[..micro_batches].to_vec(),
+            samples: local[micro_batches] as usize,
+            tokens: local[micro_batches + 1] as usize,
+            skipped: local[micro_batches + 2..]
+                .iter()
+                .map(|&n| n as usize)
+                .collect(),
+        })
+    }
+}
+
+/// The sum of `value` over the ranks.
+fn sum_over(group: Option<&ProcessGroup>, value: f64) -> Result<f64, DistError> {
+    let Some(group) = group else {
+        return Ok(value);
+    };
+    let t = Tensor::from_slice(&[value]);
+    group.all_reduce(&t, Reduce::Sum)?;
+    Ok(t.double_value(&[0]))
+}
+
 /// Trains `model` for one stage on `dataset`, writing `metrics.jsonl` into `output`. `order_for`
 /// gives the sample order of an epoch.
 pub fn train(
@@ -397,9 +468,44 @@ pub fn train(
     config: &StageConfig,
     output: &Path,
     order_for: impl Fn(u64) -> Vec<usize>,
-    mut on_step: impl FnMut(&StepMetrics),
+    on_step: impl FnMut(&StepMetrics),
 ) -> Result<Summary, StageError> {
-    let mut optimizer = AdamW::new(trainable(model, config.stage), config.adamw);
+    train_parallel(model, dataset, config, output, order_for, on_step, None)
+}
+
+/// [`train`] as one rank of `parallel`: every rank takes its share of each step the one-process
+/// run takes ([`parallel::share`]), the gradients are summed across the ranks before the update,
+/// and rank 0 alone writes the metrics and calls `on_step`. Checkpoints are written by all.
+pub fn train_parallel(
+    model: &mut LlavaModel,
+    dataset: Arc<Dataset>,
+    config: &StageConfig,
+    output: &Path,
+    order_for: impl Fn(u64) -> Vec<usize>,
+    mut on_step: impl FnMut(&StepMetrics),
+    parallel: Option<&Parallel>,
+) -> Result<Summary, StageError> {
+    let group = parallel.map(|p| p.group.as_ref());
+    let (rank, world) = group.map_or((0, 1), |g| (g.rank(), g.world()));
+    let leader = rank == 0;
+    // A failed collective is explained (which rank was lost) before it stops the run.
+    let dist = |e: DistError| {
+        StageError::Dist(match group {
+            Some(g) => g.explain(e),
+            None => e,
+        })
+    };
+    let optimizer_error = |e: OptimizerError| match e {
+        OptimizerError::Torch(e) => StageError::Optimizer(e),
+        OptimizerError::Dist(e) => dist(e),
+    };
+    let mut optimizer = Optimizer::new(
+        trainable(model, config.stage),
+        config.adamw,
+        parallel.map(|p| p.group.clone()),
+        parallel.is_some_and(|p| p.shard_optimizer),
+    )
+    .map_err(optimizer_error)?;
     if let Some(connector_lr) = config.connector_lr {
         let connector: std::collections::HashSet<String> =
             model.connector_vs.variables().into_keys().collect();
@@ -420,41 +526,35 @@ pub fn train(
         .max(1);
     let schedule = WarmupCosine::with_ratio(config.lr, config.warmup_ratio, total);
     let resumed = match &config.resume {
-        Some(dir) => Some(load_checkpoint(&resolve_checkpoint(dir)?, &mut optimizer)?),
+        Some(dir) => match resolve_checkpoint(dir) {
+            Ok(checkpoint) => Some(load_checkpoint(&checkpoint, &mut optimizer)?),
+            // A job restarted with `--resume` on its own output (torchrun's --max-restarts)
+            // before its first checkpoint starts over.
+            Err(_) if same_dir(dir, output) => {
+                if leader {
+                    eprintln!(
+                        "no checkpoint in {} yet: starting from the beginning",
+                        dir.display()
+                    );
+                }
+                None
+            }
+            Err(e) => return Err(e),
+        },
         None => None,
     };
     let metrics_path = output.join("metrics.jsonl");
-    // A resumed run keeps the metrics up to its checkpoint (a run killed later had written lines
-    // for steps it now takes again) and appends.
-    if let Some(state) = &resumed
-        && let Ok(text) = std::fs::read_to_string(&metrics_path)
-    {
-        let kept: String = text
-            .lines()
-            .filter(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|v| v.get("step")?.as_u64())
-                    .is_some_and(|s| s as usize <= state.step)
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        foundation::write_atomic(&metrics_path, kept.as_bytes()).map_err(StageError::Checkpoint)?;
-    }
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(resumed.is_some())
-        .write(true)
-        .truncate(resumed.is_none())
-        .open(&metrics_path)
-        .map_err(|source| StageError::Io {
-            path: metrics_path.clone(),
-            source,
-        })?;
+    let mut metrics = if leader {
+        Some(open_metrics(&metrics_path, resumed.as_ref())?)
+    } else {
+        None
+    };
 
     let run_started = Instant::now();
     let device = model.device();
-    let mut skipped = SkipCounter::default();
+    // This rank's skips, for the log; `skipped` counts every rank's.
+    let mut logged = SkipCounter::default();
+    let mut skipped: std::collections::BTreeMap<SkipReason, usize> = Default::default();
     let (mut step, mut seen) = (0, 0);
     let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
     let (mut start_epoch, mut start_position) = (0, 0);
@@ -462,8 +562,8 @@ pub fn train(
         (step, seen, first_loss) = (state.step, state.samples_seen, state.first_loss);
         (start_epoch, start_position) = (state.epoch, state.position);
         for (reason, n) in &state.skipped {
-            if let Some(r) = data::SkipReason::ALL.iter().find(|r| r.name() == reason) {
-                skipped.counts.insert(*r, *n);
+            if let Some(r) = SkipReason::ALL.iter().find(|r| r.name() == reason) {
+                skipped.insert(*r, *n);
             }
         }
     }
@@ -475,61 +575,85 @@ pub fn train(
         };
         let order = order_for(epoch);
         let epoch_len = order.len();
-        let loader = Loader::new(dataset.clone(), order, position, config.micro_batch, 2);
-        let mut micro = 0;
-        let mut step_loss = Tensor::zeros([], (Kind::Float, device));
-        let (mut step_samples, mut step_tokens) = (0, 0);
-        let mut started = Instant::now();
-        let mut batches = loader.peekable();
-        while let Some(batch) = batches.next() {
-            let next_position = batch.next_position;
-            for (id, reason, detail) in &batch.skipped {
-                if skipped.add(id, *reason, detail) {
-                    eprintln!("skipped sample {id}: {reason}: {detail}");
+        let plan = parallel::plan_epoch(&order, position, config.micro_batch, accumulation);
+        let shares: Vec<Vec<parallel::Piece>> = plan
+            .iter()
+            .map(|planned| parallel::share(planned, rank, world))
+            .collect();
+        let slices = shares
+            .iter()
+            .flatten()
+            .map(|piece| (piece.samples.clone(), 0))
+            .collect();
+        let mut loader = Loader::from_slices(dataset.clone(), slices, 2);
+        for (planned, pieces) in plan.iter().zip(&shares) {
+            let started = Instant::now();
+            let batches: Vec<(usize, Batch)> = pieces
+                .iter()
+                .map(|piece| (piece.micro, loader.next().expect("a batch per piece")))
+                .collect();
+            for (_, batch) in &batches {
+                for (id, reason, detail) in &batch.skipped {
+                    if logged.add(id, *reason, detail) {
+                        eprintln!("skipped sample {id}: {reason}: {detail}");
+                    }
                 }
             }
-            if micro == 0 {
-                // Adapter dropout draws from libtorch's generator: seeding it per optimizer step
-                // makes a resumed run draw what the uninterrupted one drew.
-                tch::manual_seed((config.seed.wrapping_mul(1_000_003) as i64) ^ step as i64);
+            let micro_batches = planned.micro_batches.len();
+            let totals = StepTotals::reduce(&batches, micro_batches, group).map_err(dist)?;
+            for (reason, n) in SkipReason::ALL.iter().zip(&totals.skipped) {
+                if *n > 0 {
+                    *skipped.entry(*reason).or_default() += n;
+                }
             }
-            if batch.batch_size > 0 && batch.label_tokens > 0 {
-                let loss = guarded(step + 1, &batch, output, config.save_every, || {
-                    let (ids, labels, pixels) = tensors(&batch, device);
+            let mut step_loss = Tensor::zeros([], (Kind::Float, device));
+            for (micro, batch) in &batches {
+                if batch.batch_size == 0 || batch.label_tokens == 0 {
+                    continue;
+                }
+                // Adapter dropout draws from libtorch's generator: seeding it per micro-batch
+                // makes a resumed run, and a rank taking this micro-batch, draw what the
+                // uninterrupted one-process run drew.
+                tch::manual_seed(
+                    (config.seed.wrapping_mul(1_000_003) as i64)
+                        ^ (step as i64)
+                        ^ ((*micro as i64) << 40),
+                );
+                // The micro-batch's loss is the mean over its labelled tokens; a rank holding a
+                // slice of it contributes its tokens' share.
+                let share = batch.label_tokens as f64 / totals.labels[*micro];
+                let loss = guarded(step + 1, batch, output, config.save_every, || {
+                    let (ids, labels, pixels) = tensors(batch, device);
+                    let divisor = accumulation as f64 / share;
                     if config.activation_checkpointing {
                         let (loss, _) = model.loss_backward_checkpointed(
                             &ids,
                             pixels.as_ref(),
                             &labels,
-                            accumulation as f64,
+                            divisor,
                         )?;
                         return Ok(loss);
                     }
                     let hidden = model.forward(&ids, pixels.as_ref(), None)?;
                     let (loss, _) = model.loss(&hidden, &labels)?;
-                    (&loss / accumulation as f64).backward();
+                    (&loss / divisor).backward();
                     Ok(loss.detach())
                 })?;
-                step_loss += loss;
-                step_samples += batch.batch_size;
-                step_tokens += batch.attention_mask.iter().filter(|&&m| m == 1).count();
+                step_loss += loss * share;
             }
-            micro += 1;
-            let last_of_epoch = batches.peek().is_none();
-            if micro % accumulation != 0 && !last_of_epoch {
-                continue;
-            }
-            let loss = step_loss.double_value(&[]) / micro.min(accumulation).max(1) as f64;
+            let loss = sum_over(group, step_loss.double_value(&[])).map_err(dist)?
+                / micro_batches.max(1) as f64;
             step += 1;
             if !loss.is_finite() {
                 return Err(StageError::NonFinite { step, loss });
             }
             let lr = schedule.lr(step - 1);
             let grad_norm = guarded(step, &Batch::default(), output, config.save_every, || {
+                optimizer.reduce_gradients().map_err(optimizer_error)?;
                 let norm = optimizer
-                    .clip_grad_norm(config.max_grad_norm)?
-                    .double_value(&[]);
-                optimizer.step(lr)?;
+                    .clip_grad_norm(config.max_grad_norm)
+                    .map_err(optimizer_error)?;
+                optimizer.step(lr).map_err(optimizer_error)?;
                 Ok(norm)
             })?;
             optimizer.zero_grad();
@@ -540,44 +664,39 @@ pub fn train(
                 loss,
                 lr,
                 grad_norm,
-                samples_per_s: step_samples as f64 / seconds,
-                tokens_per_s: step_tokens as f64 / seconds,
-                samples_skipped: skipped.total(),
+                samples_per_s: totals.samples as f64 / seconds,
+                tokens_per_s: totals.tokens as f64 / seconds,
+                samples_skipped: skipped.values().sum(),
             };
-            let line = serde_json::to_string(&m).expect("metrics serialise");
-            writeln!(metrics, "{line}").map_err(|source| StageError::Io {
-                path: metrics_path.clone(),
-                source,
-            })?;
-            on_step(&m);
+            if let Some(metrics) = &mut metrics {
+                let line = serde_json::to_string(&m).expect("metrics serialise");
+                writeln!(metrics, "{line}").map_err(|source| StageError::Io {
+                    path: metrics_path.clone(),
+                    source,
+                })?;
+                on_step(&m);
+            }
             if step == 1 {
                 first_loss = loss;
             }
             last_loss = loss;
-            seen += step_samples;
-            micro = 0;
-            step_loss = Tensor::zeros([], (Kind::Float, device));
-            (step_samples, step_tokens) = (0, 0);
-            started = Instant::now();
+            seen += totals.samples;
             if config.save_every.is_some_and(|every| step % every == 0) {
-                let (epoch, position) = if next_position >= epoch_len {
+                let (epoch, position) = if planned.end >= epoch_len {
                     (epoch + 1, 0)
                 } else {
-                    (epoch, next_position)
+                    (epoch, planned.end)
                 };
                 let state = TrainerState {
                     step,
                     epoch,
                     position,
                     samples_seen: seen,
-                    skipped: skipped
-                        .counts
-                        .iter()
-                        .map(|(r, n)| (r.name().to_string(), *n))
-                        .collect(),
+                    skipped: by_name(&skipped),
                     first_loss,
+                    world_size: world,
                 };
-                save_checkpoint(output, &optimizer, &state)?;
+                save_checkpoint(output, &optimizer, &state, group)?;
             }
             if step >= total {
                 break 'epochs;
@@ -588,17 +707,63 @@ pub fn train(
     Ok(Summary {
         steps: step,
         samples_seen: seen,
-        samples_skipped: skipped.total(),
-        skipped_by_reason: skipped
-            .counts
-            .iter()
-            .map(|(r, n)| (r.name().to_string(), *n))
-            .collect(),
+        samples_skipped: skipped.values().sum(),
+        skipped_by_reason: by_name(&skipped),
         final_loss: last_loss,
         first_loss,
         seconds: run_started.elapsed().as_secs_f64(),
         peak_memory_bytes: peak_host_memory(),
+        world_size: world,
+        optimizer_state_bytes: optimizer.state_bytes(),
     })
+}
+
+/// Skip counts keyed by the reasons' names (as `summary.json` and checkpoints hold them).
+fn by_name(
+    counts: &std::collections::BTreeMap<SkipReason, usize>,
+) -> std::collections::BTreeMap<String, usize> {
+    counts
+        .iter()
+        .map(|(r, n)| (r.name().to_string(), *n))
+        .collect()
+}
+
+/// Whether `a` and `b` name the same directory.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// `metrics.jsonl`, new, or for a resumed run kept up to its checkpoint (a run killed later had
+/// written lines for steps it now takes again) and appended to.
+fn open_metrics(path: &Path, resumed: Option<&TrainerState>) -> Result<std::fs::File, StageError> {
+    if let Some(state) = resumed
+        && let Ok(text) = std::fs::read_to_string(path)
+    {
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v.get("step")?.as_u64())
+                    .is_some_and(|s| s as usize <= state.step)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        foundation::write_atomic(path, kept.as_bytes()).map_err(StageError::Checkpoint)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(resumed.is_some())
+        .write(true)
+        .truncate(resumed.is_none())
+        .open(path)
+        .map_err(|source| StageError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 #[cfg(test)]

@@ -104,10 +104,28 @@ pub struct Args {
     /// activations, about one more forward pass of compute.
     #[arg(long)]
     activation_checkpointing: bool,
+    /// Train on N local processes (data parallel on c10d's Gloo), as `torchrun --nproc-per-node
+    /// N` would start them; the global batch and sample order stay those of one process. Under
+    /// torchrun or Slurm, leave it out: their environment says where this rank sits.
+    #[arg(long, default_value_t = 1)]
+    nproc_per_node: usize,
+    /// With several ranks, keep the whole optimizer state on each (by default each keeps 1/N of
+    /// it, as ZeRO-2).
+    #[arg(long)]
+    no_shard_optimizer: bool,
+    /// With several ranks, how long a collective waits for the others before the run stops, in
+    /// seconds (a rank that dies is noticed at once; this bounds a hung one).
+    #[arg(long, default_value_t = 600)]
+    dist_timeout: u64,
 }
 
 /// Runs `llava train`.
 pub fn run(args: &Args) -> llava::Result<ExitCode> {
+    if args.nproc_per_node > 1 && !llava::launch::launched() {
+        llava::launch::run_local(args.nproc_per_node)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let leader = llava::launch::leader();
     let default_output = PathBuf::from(if args.stage == 1 {
         "out/pretrain"
     } else {
@@ -189,20 +207,24 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
         config.connector_lr = args.connector_lr;
     }
     config.activation_checkpointing = args.activation_checkpointing;
-    eprintln!(
-        "stage {} ({}), output {}, connector {}",
-        config.stage,
-        config.preset,
-        config.output.display(),
-        match (&config.connector, &config.model) {
-            (Some(c), _) => c.display().to_string(),
-            (None, Some(m)) => format!("from {}", m.display()),
-            (None, None) => "random".into(),
-        }
-    );
+    config.shard_optimizer = !args.no_shard_optimizer;
+    config.dist_timeout_s = args.dist_timeout;
+    if leader {
+        eprintln!(
+            "stage {} ({}), output {}, connector {}",
+            config.stage,
+            config.preset,
+            config.output.display(),
+            match (&config.connector, &config.model) {
+                (Some(c), _) => c.display().to_string(),
+                (None, Some(m)) => format!("from {}", m.display()),
+                (None, None) => "random".into(),
+            }
+        );
+    }
     let start = Instant::now();
     // A progress bar on a terminal; one plain line per step (every tenth on long runs) otherwise.
-    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+    let bar = (leader && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
@@ -233,6 +255,9 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
     if let Some(bar) = bar {
         bar.finish();
     }
+    if !leader {
+        return Ok(ExitCode::SUCCESS);
+    }
     eprintln!(
         "done in {:.1}s: {} steps, {} samples, {} skipped, loss {:.4} -> {:.4}",
         start.elapsed().as_secs_f64(),
@@ -244,6 +269,13 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
     );
     if let Some(bytes) = summary.peak_memory_bytes {
         eprintln!("peak memory {:.2} GiB", bytes as f64 / (1u64 << 30) as f64);
+    }
+    if summary.world_size > 1 {
+        eprintln!(
+            "{} ranks, {:.1} MiB of optimizer state each",
+            summary.world_size,
+            summary.optimizer_state_bytes as f64 / (1u64 << 20) as f64
+        );
     }
     eprintln!("wrote {}", config.output.display());
     Ok(ExitCode::SUCCESS)

@@ -29,6 +29,7 @@ unsafe extern "C" {
         scale: *mut *mut c_void,
     ) -> *mut c_char;
     fn llava_clear_grads(params: *const *const c_void, n: i64) -> *mut c_char;
+    fn llava_set_grad(param: *const c_void, grad: *const c_void) -> *mut c_char;
 }
 
 /// AdamW's hyperparameters for one call.
@@ -128,4 +129,10 @@ pub fn clear_grads(params: &[Tensor]) -> Result<(), TchError> {
     let p = pointers(params);
     // SAFETY: as in `adamw`.
     checked(unsafe { llava_clear_grads(p.as_ptr(), params.len() as i64) })
+}
+
+/// Makes `grad` (shared, not copied) the gradient of `param`.
+pub fn set_grad(param: &Tensor, grad: &Tensor) -> Result<(), TchError> {
+    // SAFETY: two live tensors for the call's duration.
+    checked(unsafe { llava_set_grad(param.as_ptr().cast(), grad.as_ptr().cast()) })
 }

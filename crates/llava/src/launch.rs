@@ -1,0 +1,133 @@
+//! `--nproc-per-node N`: one node's ranks started by the command itself, as `torchrun
+//! --standalone --nproc-per-node N` would start them: N copies of this program with torchrun's
+//! environment (`RANK`, `LOCAL_RANK`, `WORLD_SIZE`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR`,
+//! `MASTER_PORT`), watched until they end.
+
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+/// How long the other ranks get to stop on their own after one failed (they notice a lost peer
+/// within seconds and say which), before they are killed.
+const GRACE: Duration = Duration::from_secs(30);
+
+/// Whether this process is a rank some launcher (ours, torchrun or Slurm) started.
+pub fn launched() -> bool {
+    std::env::var_os("RANK").is_some() || std::env::var_os("SLURM_PROCID").is_some()
+}
+
+/// Whether this process is rank 0 of its job, or runs alone (it alone talks to the user).
+pub fn leader() -> bool {
+    std::env::var("RANK").map_or(true, |r| r.trim() == "0")
+}
+
+/// `args` without `--nproc-per-node N` (or `--nproc-per-node=N`).
+fn without_nproc(args: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut skip = false;
+    for arg in args {
+        if skip {
+            skip = false;
+        } else if arg == "--nproc-per-node" {
+            skip = true;
+        } else if !arg.starts_with("--nproc-per-node=") {
+            out.push(arg.clone());
+        }
+    }
+    out
+}
+
+/// Runs this program's command line again as `n` local ranks and waits for them. When a rank
+/// fails, the others get [`GRACE`] to stop (each says which rank it lost), then are killed; the
+/// answer says which rank failed and how.
+pub fn run_local(n: usize) -> crate::Result<()> {
+    let program = std::env::current_exe()
+        .map_err(|e| crate::Error::Unsupported(format!("finding this program: {e}")))?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = without_nproc(&args);
+    // torchrun's way: a port the system says is free now.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| crate::Error::Unsupported(format!("finding a free port: {e}")))?
+        .port();
+    let mut children: Vec<Option<Child>> = Vec::with_capacity(n);
+    for rank in 0..n {
+        let child = Command::new(&program)
+            .args(&args)
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("WORLD_SIZE", n.to_string())
+            .env("LOCAL_WORLD_SIZE", n.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .spawn()
+            .map_err(|e| crate::Error::Unsupported(format!("starting rank {rank}: {e}")))?;
+        children.push(Some(child));
+    }
+    let mut failure: Option<(usize, ExitStatus)> = None;
+    let mut failed_at: Option<Instant> = None;
+    loop {
+        for (rank, slot) in children.iter_mut().enumerate() {
+            let Some(child) = slot else { continue };
+            if let Ok(Some(status)) = child.try_wait() {
+                *slot = None;
+                if !status.success() && failure.is_none() {
+                    failure = Some((rank, status));
+                    failed_at = Some(Instant::now());
+                }
+            }
+        }
+        if children.iter().all(Option::is_none) {
+            break;
+        }
+        if failed_at.is_some_and(|t| t.elapsed() > GRACE) {
+            for (rank, child) in children.iter_mut().enumerate() {
+                if let Some(child) = child {
+                    eprintln!("rank {rank} did not stop on its own; killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    match failure {
+        None => Ok(()),
+        Some((rank, status)) => Err(crate::Error::Unsupported(format!(
+            "rank {rank} of {n} failed ({}); the run can continue from its last checkpoint \
+             with --resume",
+            describe(status)
+        ))),
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return format!("killed by signal {signal}");
+        }
+    }
+    status.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ranks_get_the_command_line_without_the_launch_flag() {
+        let args: Vec<String> = [
+            "train",
+            "--nproc-per-node",
+            "2",
+            "--stage",
+            "2",
+            "--nproc-per-node=3",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(without_nproc(&args), ["train", "--stage", "2"]);
+    }
+}
