@@ -212,11 +212,14 @@ pub struct TrainReport {
     pub activation_checkpointing: bool,
     /// Timed steps (after the warm-up).
     pub steps: usize,
-    /// Seconds per optimizer step (forward, backward, clipping, AdamW).
+    /// Ranks, each training on a micro-batch of its own (`--nproc-per-node`).
+    pub world_size: usize,
+    /// Seconds per optimizer step (forward, backward, the ranks' gradient reduction, clipping,
+    /// AdamW).
     pub step_s: f64,
-    /// `micro_batch * seq / step_s`.
+    /// `world_size * micro_batch * seq / step_s`: over all ranks.
     pub tokens_per_s: f64,
-    /// `micro_batch / step_s`.
+    /// `world_size * micro_batch / step_s`.
     pub samples_per_s: f64,
     /// Peak memory: on CUDA the device memory in use after the timed steps (libtorch's caching
     /// allocator keeps what it reserved, so this bounds the peak from above, the CUDA context
@@ -276,6 +279,18 @@ pub struct TrainShape {
 /// bf16 and the optimizer keeps f32 masters; on the CPU everything is f32. `warmup` steps are
 /// not timed.
 pub fn train(preset_name: &str, device: Device, shape: &TrainShape) -> Result<TrainReport> {
+    train_on(preset_name, device, shape, None)
+}
+
+/// [`train`] as one rank of `group` (data parallel, each rank a micro-batch of its own, the
+/// gradients reduced through the sharded optimizer): the report's throughput counts every rank.
+pub fn train_on(
+    preset_name: &str,
+    device: Device,
+    shape: &TrainShape,
+    group: Option<std::rc::Rc<trainer::dist::ProcessGroup>>,
+) -> Result<TrainReport> {
+    let world = group.as_ref().map_or(1, |g| g.world());
     let &TrainShape {
         stage,
         micro_batch,
@@ -310,7 +325,9 @@ pub fn train(preset_name: &str, device: Device, shape: &TrainShape) -> Result<Tr
         None => {}
     }
     params.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut optimizer = trainer::AdamW::new(params, trainer::AdamWConfig::default());
+    let mut optimizer =
+        trainer::parallel::Optimizer::new(params, trainer::AdamWConfig::default(), group, true)
+            .map_err(|e| Error::Unsupported(e.to_string()))?;
 
     let image_token = model.image_token();
     let per_image = config.image_seq_length.unwrap_or(576) as usize;
@@ -337,7 +354,9 @@ pub fn train(preset_name: &str, device: Device, shape: &TrainShape) -> Result<Tr
     let mut loss_value = Tensor::zeros([], (Kind::Float, device));
     // One optimizer step; with `phases`, the device is drained after each part and its seconds
     // added there (forward with the loss, backward, clipping, AdamW).
-    let mut step = |optimizer: &mut trainer::AdamW, phases: Option<&mut Phases>| -> Result<()> {
+    let mut step = |optimizer: &mut trainer::parallel::Optimizer,
+                    phases: Option<&mut Phases>|
+     -> Result<()> {
         let mut clock = phases.map(|p| (p, Instant::now()));
         let mut lap = |slot: fn(&mut Phases) -> &mut f64| {
             if let Some((phases, start)) = clock.as_mut() {
@@ -359,12 +378,12 @@ pub fn train(preset_name: &str, device: Device, shape: &TrainShape) -> Result<Tr
             loss.backward();
             loss
         };
+        let failed = |e: trainer::parallel::OptimizerError| Error::Unsupported(e.to_string());
+        optimizer.reduce_gradients().map_err(failed)?;
         lap(|p| &mut p.backward_s);
-        let _ = optimizer
-            .clip_grad_norm(1.0)
-            .map_err(gemma_lm::Error::from)?;
+        let _ = optimizer.clip_grad_norm(1.0).map_err(failed)?;
         lap(|p| &mut p.clip_s);
-        optimizer.step(1e-5).map_err(gemma_lm::Error::from)?;
+        optimizer.step(1e-5).map_err(failed)?;
         optimizer.zero_grad();
         lap(|p| &mut p.optimizer_s);
         loss_value = loss.detach();
@@ -430,8 +449,9 @@ pub fn train(preset_name: &str, device: Device, shape: &TrainShape) -> Result<Tr
         activation_checkpointing: shape.activation_checkpointing,
         steps: steps.max(1),
         step_s,
-        tokens_per_s: tokens / step_s,
-        samples_per_s: b as f64 / step_s,
+        world_size: world,
+        tokens_per_s: world as f64 * tokens / step_s,
+        samples_per_s: world as f64 * b as f64 / step_s,
         peak_memory_bytes: if device.is_cuda() {
             peak_device
         } else {

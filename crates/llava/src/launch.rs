@@ -3,7 +3,7 @@
 //! environment (`RANK`, `LOCAL_RANK`, `WORLD_SIZE`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR`,
 //! `MASTER_PORT`), watched until they end.
 
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long the other ranks get to stop on their own after one failed (they notice a lost peer
@@ -40,27 +40,49 @@ fn without_nproc(args: &[String]) -> Vec<String> {
 /// fails, the others get [`GRACE`] to stop (each says which rank it lost), then are killed; the
 /// answer says which rank failed and how.
 pub fn run_local(n: usize) -> crate::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    spawn(n, &without_nproc(&args), false).map(|_| ())
+}
+
+/// Runs this program with `args` as `n` local ranks, as [`run_local`] does, and answers what
+/// rank 0 printed on its standard output.
+pub fn run_local_output(n: usize, args: &[String]) -> crate::Result<String> {
+    spawn(n, &without_nproc(args), true)
+}
+
+fn spawn(n: usize, args: &[String], capture: bool) -> crate::Result<String> {
     let program = std::env::current_exe()
         .map_err(|e| crate::Error::Unsupported(format!("finding this program: {e}")))?;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let args = without_nproc(&args);
     // torchrun's way: a port the system says is free now.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| crate::Error::Unsupported(format!("finding a free port: {e}")))?
         .port();
     let mut children: Vec<Option<Child>> = Vec::with_capacity(n);
+    let mut reader = None;
     for rank in 0..n {
-        let child = Command::new(&program)
-            .args(&args)
+        let mut command = Command::new(&program);
+        command
+            .args(args)
             .env("RANK", rank.to_string())
             .env("LOCAL_RANK", rank.to_string())
             .env("WORLD_SIZE", n.to_string())
             .env("LOCAL_WORLD_SIZE", n.to_string())
             .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string())
+            .env("MASTER_PORT", port.to_string());
+        if capture && rank == 0 {
+            command.stdout(Stdio::piped());
+        }
+        let mut child = command
             .spawn()
             .map_err(|e| crate::Error::Unsupported(format!("starting rank {rank}: {e}")))?;
+        if let Some(mut stdout) = child.stdout.take() {
+            reader = Some(std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+                text
+            }));
+        }
         children.push(Some(child));
     }
     let mut failure: Option<(usize, ExitStatus)> = None;
@@ -91,8 +113,11 @@ pub fn run_local(n: usize) -> crate::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let output = reader
+        .map(|r| r.join().unwrap_or_default())
+        .unwrap_or_default();
     match failure {
-        None => Ok(()),
+        None => Ok(output),
         Some((rank, status)) => Err(crate::Error::Unsupported(format!(
             "rank {rank} of {n} failed ({}); the run can continue from its last checkpoint \
              with --resume",

@@ -49,11 +49,43 @@ pub struct Args {
     /// Recompute each decoder layer in backward.
     #[arg(long)]
     activation_checkpointing: bool,
+    /// Also train on N local ranks (data parallel, each rank a micro-batch of its own, the
+    /// optimizer sharded) and report their throughput over all ranks and the scaling efficiency
+    /// against one rank measured in the same run.
+    #[arg(long, default_value_t = 1)]
+    nproc_per_node: usize,
+    /// libtorch's CPU threads per rank (default: libtorch's choice; with --nproc-per-node N, the
+    /// cores divided by N, for the single rank too).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 /// Runs `llava bench-train`.
 pub fn run(a: &Args) -> llava::Result<ExitCode> {
-    let device = llava::foundation::device::parse_device(&a.device)?;
+    if a.nproc_per_node > 1 && !llava::launch::launched() {
+        return scaling(a);
+    }
+    if let Some(threads) = a.threads {
+        tch::set_num_threads(threads as i32);
+    }
+    let launch = llava::trainer::dist::Launch::from_env()
+        .map_err(|e| llava::Error::Unsupported(e.to_string()))?
+        .filter(|l| l.world > 1);
+    let mut device = llava::foundation::device::parse_device(&a.device)?;
+    let group = match &launch {
+        Some(launch) => {
+            if device.is_cuda() {
+                device = tch::Device::Cuda(launch.local_rank);
+            }
+            let group = llava::trainer::dist::ProcessGroup::from_launch(
+                launch,
+                std::time::Duration::from_secs(600),
+            )
+            .map_err(|e| llava::Error::Unsupported(e.to_string()))?;
+            Some(std::rc::Rc::new(group))
+        }
+        None => None,
+    };
     let small = a.preset == "bench-small";
     let shape = llava::bench::TrainShape {
         stage: a.stage,
@@ -79,7 +111,79 @@ pub fn run(a: &Args) -> llava::Result<ExitCode> {
         }),
         activation_checkpointing: a.activation_checkpointing,
     };
-    let report = llava::bench::train(&a.preset, device, &shape)?;
-    print_json(&report, a.json);
+    let report = llava::bench::train_on(&a.preset, device, &shape, group)?;
+    if llava::launch::leader() {
+        print_json(&report, a.json);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One rank, then N ranks, each with the same threads, and what N ranks make of one.
+fn scaling(a: &Args) -> llava::Result<ExitCode> {
+    let n = a.nproc_per_node;
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let threads = a.threads.unwrap_or((cores / n).max(1));
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    args.retain(|arg| arg != "--json");
+    if a.threads.is_none() {
+        args.extend(["--threads".into(), threads.to_string()]);
+    }
+    args.push("--json".into());
+    let parse = |text: &str, what: &str| -> llava::Result<serde_json::Value> {
+        serde_json::from_str(text.trim()).map_err(|e| {
+            llava::Error::Unsupported(format!("{what} printed no report ({e}): {text}"))
+        })
+    };
+    let program = std::env::current_exe()
+        .map_err(|e| llava::Error::Unsupported(format!("finding this program: {e}")))?;
+    let without: Vec<String> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, arg)| {
+            !arg.starts_with("--nproc-per-node")
+                && !(*i > 0 && args[i - 1] == "--nproc-per-node")
+        })
+        .map(|(_, arg)| arg.clone())
+        .collect();
+    let one = std::process::Command::new(&program)
+        .args(&without)
+        .output()
+        .map_err(|e| llava::Error::Unsupported(format!("starting the one-rank run: {e}")))?;
+    if !one.status.success() {
+        return Err(llava::Error::Unsupported(format!(
+            "the one-rank run failed: {}",
+            String::from_utf8_lossy(&one.stderr)
+        )));
+    }
+    let one = parse(&String::from_utf8_lossy(&one.stdout), "the one-rank run")?;
+    let many = parse(
+        &llava::launch::run_local_output(n, &args)?,
+        &format!("rank 0 of {n}"),
+    )?;
+    let rate = |r: &serde_json::Value| r["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+    let report = serde_json::json!({
+        "threads_per_rank": threads,
+        "one_rank": one,
+        "ranks": many,
+        "world_size": n,
+        "speedup": rate(&many) / rate(&one),
+        "scaling_efficiency": rate(&many) / (n as f64 * rate(&one)),
+    });
+    if a.json {
+        println!("{report}");
+    } else {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("serialises")
+        );
+        eprintln!(
+            "{n} ranks of {threads} thread(s): {:.0} tokens/s against {:.0} on one rank, {:.2}x, \
+             scaling efficiency {:.0} %",
+            rate(&many),
+            rate(&one),
+            rate(&many) / rate(&one),
+            100.0 * rate(&many) / (n as f64 * rate(&one))
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
