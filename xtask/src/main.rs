@@ -19,6 +19,7 @@ Commands:
                         synthetic data (CPU), then the held-out questions -> out/demo/report.json
   pretrain [args]       stage 1 (connector) on the tiny preset and synthetic data (llava train --stage 1)
   finetune [args]       stage 2 (connector + LM), from stage 1's connector (llava train --stage 2)
+                        (both: --nproc-per-node N trains on N local ranks, data parallel)
   eval --model DIR --bench NAME|all --data DIR
                         answer and score benchmarks (LLaVA's playground/data/eval layout), print
                         the paper's Table 1 row (llava eval --help)

@@ -354,41 +354,40 @@ pub fn train_on(
     let mut loss_value = Tensor::zeros([], (Kind::Float, device));
     // One optimizer step; with `phases`, the device is drained after each part and its seconds
     // added there (forward with the loss, backward, clipping, AdamW).
-    let mut step = |optimizer: &mut trainer::parallel::Optimizer,
-                    phases: Option<&mut Phases>|
-     -> Result<()> {
-        let mut clock = phases.map(|p| (p, Instant::now()));
-        let mut lap = |slot: fn(&mut Phases) -> &mut f64| {
-            if let Some((phases, start)) = clock.as_mut() {
-                sync(device);
-                *slot(phases) += start.elapsed().as_secs_f64();
-                *start = Instant::now();
-            }
+    let mut step =
+        |optimizer: &mut trainer::parallel::Optimizer, phases: Option<&mut Phases>| -> Result<()> {
+            let mut clock = phases.map(|p| (p, Instant::now()));
+            let mut lap = |slot: fn(&mut Phases) -> &mut f64| {
+                if let Some((phases, start)) = clock.as_mut() {
+                    sync(device);
+                    *slot(phases) += start.elapsed().as_secs_f64();
+                    *start = Instant::now();
+                }
+            };
+            let loss = if shape.activation_checkpointing {
+                // Forward and backward are one call here: their time goes to `backward_s`.
+                lap(|p| &mut p.forward_s);
+                model
+                    .loss_backward_checkpointed(&ids, Some(&pixels), &labels, 1.0)?
+                    .0
+            } else {
+                let hidden = model.forward(&ids, Some(&pixels), None)?;
+                let (loss, _) = model.loss(&hidden, &labels)?;
+                lap(|p| &mut p.forward_s);
+                loss.backward();
+                loss
+            };
+            let failed = |e: trainer::parallel::OptimizerError| Error::Unsupported(e.to_string());
+            optimizer.reduce_gradients().map_err(failed)?;
+            lap(|p| &mut p.backward_s);
+            let _ = optimizer.clip_grad_norm(1.0).map_err(failed)?;
+            lap(|p| &mut p.clip_s);
+            optimizer.step(1e-5).map_err(failed)?;
+            optimizer.zero_grad();
+            lap(|p| &mut p.optimizer_s);
+            loss_value = loss.detach();
+            Ok(())
         };
-        let loss = if shape.activation_checkpointing {
-            // Forward and backward are one call here: their time goes to `backward_s`.
-            lap(|p| &mut p.forward_s);
-            model
-                .loss_backward_checkpointed(&ids, Some(&pixels), &labels, 1.0)?
-                .0
-        } else {
-            let hidden = model.forward(&ids, Some(&pixels), None)?;
-            let (loss, _) = model.loss(&hidden, &labels)?;
-            lap(|p| &mut p.forward_s);
-            loss.backward();
-            loss
-        };
-        let failed = |e: trainer::parallel::OptimizerError| Error::Unsupported(e.to_string());
-        optimizer.reduce_gradients().map_err(failed)?;
-        lap(|p| &mut p.backward_s);
-        let _ = optimizer.clip_grad_norm(1.0).map_err(failed)?;
-        lap(|p| &mut p.clip_s);
-        optimizer.step(1e-5).map_err(failed)?;
-        optimizer.zero_grad();
-        lap(|p| &mut p.optimizer_s);
-        loss_value = loss.detach();
-        Ok(())
-    };
     for _ in 0..warmup {
         step(&mut optimizer, None)?;
     }

@@ -21,7 +21,7 @@ pub fn leader() -> bool {
 }
 
 /// `args` without `--nproc-per-node N` (or `--nproc-per-node=N`).
-fn without_nproc(args: &[String]) -> Vec<String> {
+pub fn without_nproc(args: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     let mut skip = false;
     for arg in args {

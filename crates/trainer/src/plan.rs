@@ -14,9 +14,10 @@
 //! - **context**: the CUDA context, cuBLAS workspaces and the caching allocator's slack (1 GiB; 0 on
 //!   the CPU, where the process's baseline is subtracted instead).
 //!
-//! With `gpus > 1` the optimizer is assumed sharded as ZeRO-2 shards it: each device keeps 1/N of
-//! the masters and moments and, gradients being reduce-scattered, 1/N of the gradients; the weights
-//! stay replicated.
+//! With `gpus > 1` the optimizer is sharded as the trainer shards it ([`crate::parallel`]): each
+//! device keeps 1/N of the masters and moments; the weights stay replicated, and so do the
+//! gradients until the step's last backward pass ends (they are reduce-scattered then, not bucket
+//! by bucket during the pass), when the device briefly holds them and its reduced 1/N.
 //!
 //! The peak is the larger of two moments of a step: the start of the backward pass (every
 //! activation still held, the logits' gradients in flight, and of the gradients only the LM head's,
@@ -407,7 +408,7 @@ pub fn plan(shape: &ModelShape, c: &PlanConfig) -> Plan {
         trainable: trainable_narrow + lora,
     };
     let weights = (shape.vision_params + shape.connector_params + lm_params) * s + lora * 4;
-    let gradients = (trainable_narrow * s + lora * 4).div_ceil(n);
+    let gradients = trainable_narrow * s + lora * 4;
     let master_weights = if cpu {
         0
     } else {
@@ -457,8 +458,12 @@ pub fn plan(shape: &ModelShape, c: &PlanConfig) -> Plan {
     // gradient and (on CUDA) their bf16 cast.
     let logits = labelled * lm.vocab * (3 * 4 + if cpu { 0 } else { s });
     let activations = layers + adapters + edges + logits;
-    let head_gradients = if full_lm { lm.head_params() * s / n } else { 0 };
-    let optimizer_transient = if cpu {
+    let head_gradients = if full_lm { lm.head_params() * s } else { 0 };
+    // Sharded: the reduce-scattered 1/N beside the whole gradients, and one bucket's flat copy;
+    // unsharded: one group of gradients made f32 in the update.
+    let optimizer_transient = if n > 1 {
+        gradients.div_ceil(n) + (crate::parallel::BUCKET_ELEMENTS as u64).min(params.trainable) * s
+    } else if cpu {
         0
     } else {
         trainable_narrow.min(crate::optim::GROUP_ELEMENTS as u64) * 4
@@ -560,7 +565,7 @@ mod tests {
     }
 
     #[test]
-    fn sharding_divides_the_optimizer_and_gradients_not_the_weights() {
+    fn sharding_divides_the_optimizer_state_not_the_weights_or_gradients() {
         let shape = shape("paper-7b-clip");
         let one = plan(&shape, &config(2));
         let eight = plan(
@@ -574,7 +579,8 @@ mod tests {
         assert_eq!(eight.activations, one.activations);
         assert_eq!(eight.moments, one.moments.div_ceil(8));
         assert_eq!(eight.master_weights, one.master_weights.div_ceil(8));
-        assert_eq!(eight.gradients, one.gradients.div_ceil(8));
+        assert_eq!(eight.gradients, one.gradients);
+        assert!(eight.optimizer_transient >= one.gradients / 8);
         assert!(eight.total < one.total);
     }
 

@@ -136,15 +136,7 @@ fn scaling(a: &Args) -> llava::Result<ExitCode> {
     };
     let program = std::env::current_exe()
         .map_err(|e| llava::Error::Unsupported(format!("finding this program: {e}")))?;
-    let without: Vec<String> = args
-        .iter()
-        .enumerate()
-        .filter(|(i, arg)| {
-            !arg.starts_with("--nproc-per-node")
-                && !(*i > 0 && args[i - 1] == "--nproc-per-node")
-        })
-        .map(|(_, arg)| arg.clone())
-        .collect();
+    let without = llava::launch::without_nproc(&args);
     let one = std::process::Command::new(&program)
         .args(&without)
         .output()

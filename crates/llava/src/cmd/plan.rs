@@ -103,10 +103,7 @@ fn print_table(preset: &str, p: &Plan) {
         c.seq,
         c.device,
         if c.gpus > 1 {
-            format!(
-                ", {} devices (ZeRO-2: optimizer state and gradients sharded)",
-                c.gpus
-            )
+            format!(", {} devices (optimizer state sharded)", c.gpus)
         } else {
             String::new()
         },
