@@ -133,7 +133,7 @@ pub struct Batch {
     pub labels: Vec<i64>,
     /// `[batch_size, seq_len]`, 1 for tokens, 0 for padding.
     pub attention_mask: Vec<i64>,
-    /// Rows.
+    /// Rows (samples, or with packing rows of several samples each).
     pub batch_size: usize,
     /// Columns.
     pub seq_len: usize,
@@ -143,8 +143,14 @@ pub struct Batch {
     pub images: usize,
     /// `(H, W)` of each image.
     pub image_size: (usize, usize),
-    /// The record ids of the rows.
+    /// The record ids of the samples, in order.
     pub ids: Vec<String>,
+    /// Packed batches: each token's position within its sample, `[batch_size, seq_len]`
+    /// (empty when every row is one sample).
+    pub position_ids: Vec<i64>,
+    /// Packed batches: each token's sample within its row (0, 1, …), -1 at padding,
+    /// `[batch_size, seq_len]` (empty when every row is one sample).
+    pub segment_ids: Vec<i64>,
     /// Samples of this batch's slice of the order that were skipped: record id, reason, detail.
     pub skipped: Vec<(String, SkipReason, String)>,
     /// Labelled positions (the loss's denominator).
@@ -210,6 +216,73 @@ pub fn collate(samples: Vec<Sample>, pad: i64, processor: &ImageProcessor) -> Ba
         batch.image_size = (h as usize, w as usize);
     }
     batch
+}
+
+/// Packs tokenized samples into rows of at most `budget` tokens, in order (a sample goes into the
+/// current row when it fits, else starts the next), right-pads the rows, and preprocesses the
+/// images as [`collate`] does. Each sample's positions restart at 0 and its first token carries no
+/// label (it follows the previous sample, which it must not be predicted from), so the loss over
+/// the packed batch, with attention kept within each sample, is the unpacked batch's.
+pub fn collate_packed(
+    samples: Vec<Sample>,
+    pad: i64,
+    processor: &ImageProcessor,
+    budget: usize,
+) -> Batch {
+    let mut rows: Vec<Vec<usize>> = Vec::new();
+    let mut used = 0;
+    for (i, s) in samples.iter().enumerate() {
+        let n = s.tokens.input_ids.len();
+        match rows.last_mut() {
+            Some(row) if used + n <= budget => row.push(i),
+            _ => {
+                rows.push(vec![i]);
+                used = 0;
+            }
+        }
+        used += n;
+    }
+    let width = |row: &Vec<usize>| -> usize {
+        row.iter().map(|&i| samples[i].tokens.input_ids.len()).sum()
+    };
+    let seq_len = rows.iter().map(width).max().unwrap_or(0);
+    // The images and their counts as collate makes them, from the samples in order.
+    let mut batch = Batch {
+        position_ids: Vec::with_capacity(rows.len() * seq_len),
+        segment_ids: Vec::with_capacity(rows.len() * seq_len),
+        ..Batch::default()
+    };
+    for row in &rows {
+        for (segment, &i) in row.iter().enumerate() {
+            let t = &samples[i].tokens;
+            let n = t.input_ids.len();
+            batch.input_ids.extend(&t.input_ids);
+            batch.labels.push(IGNORE);
+            batch.labels.extend(t.labels.iter().skip(1));
+            batch.attention_mask.extend(std::iter::repeat_n(1, n));
+            batch.position_ids.extend(0..n as i64);
+            batch
+                .segment_ids
+                .extend(std::iter::repeat_n(segment as i64, n));
+        }
+        let pad_len = seq_len - width(row);
+        batch.input_ids.extend(std::iter::repeat_n(pad, pad_len));
+        batch.labels.extend(std::iter::repeat_n(IGNORE, pad_len));
+        batch.attention_mask.extend(std::iter::repeat_n(0, pad_len));
+        batch.position_ids.extend(std::iter::repeat_n(0, pad_len));
+        batch.segment_ids.extend(std::iter::repeat_n(-1, pad_len));
+    }
+    let unpacked = collate(samples, pad, processor);
+    Batch {
+        batch_size: rows.len(),
+        seq_len,
+        pixel_values: unpacked.pixel_values,
+        images: unpacked.images,
+        image_size: unpacked.image_size,
+        ids: unpacked.ids,
+        label_tokens: unpacked.label_tokens,
+        ..batch
+    }
 }
 
 /// Counts skipped samples by reason and keeps the first few of each for the log.
@@ -281,6 +354,17 @@ impl Loader {
         slices: Vec<(Vec<usize>, usize)>,
         prefetch: usize,
     ) -> Self {
+        Self::from_slices_packed(dataset, slices, prefetch, None)
+    }
+
+    /// [`from_slices`](Self::from_slices), packing each batch's samples into rows of at most
+    /// `pack` tokens ([`collate_packed`]) when given.
+    pub fn from_slices_packed(
+        dataset: Arc<Dataset>,
+        slices: Vec<(Vec<usize>, usize)>,
+        prefetch: usize,
+        pack: Option<usize>,
+    ) -> Self {
         let (sender, receiver): (SyncSender<Batch>, _) = sync_channel(prefetch.max(1));
         let worker = std::thread::spawn(move || {
             for (indices, next_position) in slices {
@@ -299,8 +383,11 @@ impl Loader {
                         }
                     }
                 }
-                let mut batch =
-                    collate(samples, dataset.templater.tokenizer.pad, &dataset.processor);
+                let pad = dataset.templater.tokenizer.pad;
+                let mut batch = match pack {
+                    Some(budget) => collate_packed(samples, pad, &dataset.processor, budget),
+                    None => collate(samples, pad, &dataset.processor),
+                };
                 batch.skipped = skipped;
                 batch.next_position = next_position;
                 if sender.send(batch).is_err() {

@@ -25,7 +25,9 @@ pub mod template;
 
 use std::path::PathBuf;
 
-pub use batch::{Batch, Dataset, Loader, Sample, SkipCounter, collate, modality_grouped, shuffled};
+pub use batch::{
+    Batch, Dataset, Loader, Sample, SkipCounter, collate, collate_packed, modality_grouped, shuffled,
+};
 pub use check::{CheckReport, check, check_with_progress};
 pub use images::ImageSource;
 pub use record::{BadRecord, Record, Records, SkipReason, Speaker, Turn, read_records};

@@ -46,5 +46,5 @@ pub use config::{Activation, GemmaConfig, TokenIds};
 pub use error::{Error, Result};
 pub use generation::{GenerationConfig, Sampler, generate, generate_from_embeds, left_pad};
 pub use lora::LoraSpec;
-pub use model::{AttentionPlan, Gemma, IGNORE_INDEX, ModelOutput};
+pub use model::{AttentionPlan, Gemma, IGNORE_INDEX, ModelOutput, Packing};
 pub use tokenizer::{GemmaTokenizer, Message, Role, TextStreamer, apply_chat_template};

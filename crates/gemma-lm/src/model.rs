@@ -173,6 +173,38 @@ impl AttentionPlan {
     }
 }
 
+/// Several samples packed into each row of a training batch: each attends only to itself, and
+/// its positions restart at 0.
+#[derive(Debug)]
+pub struct Packing {
+    /// Each token's position within its sample, `[batch, len]`.
+    pub positions: Tensor,
+    /// Each token's sample within its row (0, 1, …), -1 at padding, `[batch, len]`.
+    pub segments: Tensor,
+}
+
+impl AttentionPlan {
+    /// The plan of a packed batch: a block-diagonal causal mask, query `i` seeing key `j` when
+    /// both are of the same sample and `j <= i`. The samples' outputs are those each would have
+    /// alone (padding rows attend to nothing and are ignored).
+    pub fn packed(packing: &Packing, device: Device, kind: Kind) -> Self {
+        let segments = packing.segments.to_device(device);
+        let len = segments.size()[1];
+        let same = segments
+            .unsqueeze(2)
+            .eq_tensor(&segments.unsqueeze(1)) // [b, len, len]
+            .logical_and(&segments.ge(0).unsqueeze(1));
+        let keep = same
+            .logical_and(&causal(len, 0, device).unsqueeze(0))
+            .unsqueeze(1);
+        AttentionPlan {
+            positions: packing.positions.to_device(device),
+            mask: Some(additive(&keep, kind)),
+            is_causal: false,
+        }
+    }
+}
+
 /// A boolean keep-mask as an additive attention mask in `kind` (0 where kept, the dtype's lowest
 /// finite value elsewhere), as [`AttentionPlan`] builds its own.
 pub fn additive_mask(keep: &Tensor, kind: Kind) -> Tensor {
@@ -625,8 +657,24 @@ impl Gemma {
         embeds: &Tensor,
         head: impl FnOnce(&Tensor) -> Result<(Tensor, R)>,
     ) -> Result<R> {
+        self.backward_checkpointed_packed(embeds, None, head)
+    }
+
+    /// [`backward_checkpointed`](Self::backward_checkpointed) for a batch that may be packed.
+    pub fn backward_checkpointed_packed<R>(
+        &self,
+        embeds: &Tensor,
+        packing: Option<&Packing>,
+        head: impl FnOnce(&Tensor) -> Result<(Tensor, R)>,
+    ) -> Result<R> {
         let (b, l) = self.check_embeds(embeds)?;
-        let plan = AttentionPlan::new(None, b, l, 0, self.device, self.kind());
+        let plan = match packing {
+            Some(packing) => {
+                self.check_packing(packing, b, l)?;
+                AttentionPlan::packed(packing, self.device, self.kind())
+            }
+            None => AttentionPlan::new(None, b, l, 0, self.device, self.kind()),
+        };
         let cos_sin = self.rotary.cos_sin(&plan.positions, self.kind());
         let dropout = self.training.load(std::sync::atomic::Ordering::Relaxed)
             && self
@@ -676,6 +724,35 @@ impl Gemma {
             (first * grad).sum(Kind::Float).backward();
         }
         Ok(out)
+    }
+
+    /// Runs the decoder on a packed training batch's input embeddings `[batch, len, hidden]`
+    /// (see [`Packing`]); returns the last hidden state after the final norm.
+    pub fn forward_packed(&self, embeds: &Tensor, packing: &Packing) -> Result<Tensor> {
+        let (b, l) = self.check_embeds(embeds)?;
+        self.check_packing(packing, b, l)?;
+        let plan = AttentionPlan::packed(packing, self.device, self.kind());
+        let cos_sin = self.rotary.cos_sin(&plan.positions, self.kind());
+        let mut x = embeds.to_device(self.device).to_kind(self.kind());
+        for layer in &self.layers {
+            x = layer.forward(&x, &cos_sin, &plan, None);
+        }
+        Ok(self.norm.forward(&x))
+    }
+
+    fn check_packing(&self, packing: &Packing, b: i64, l: i64) -> Result<()> {
+        for (name, t) in [
+            ("positions", &packing.positions),
+            ("segments", &packing.segments),
+        ] {
+            if t.size() != [b, l] {
+                return Err(Error::Input(format!(
+                    "packing {name} {:?} do not match the batch's [{b}, {l}]",
+                    t.size()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Runs the model on token ids `[batch, len]`.

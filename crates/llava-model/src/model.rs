@@ -208,6 +208,21 @@ impl LlavaModel {
             .last_hidden_state)
     }
 
+    /// The decoder's last hidden states for a training batch, packed (several samples per row,
+    /// see `gemma_lm::Packing`) or not (right padding, causal attention).
+    pub fn forward_train(
+        &self,
+        input_ids: &Tensor,
+        pixel_values: Option<&Tensor>,
+        packing: Option<&gemma_lm::Packing>,
+    ) -> Result<Tensor> {
+        let Some(packing) = packing else {
+            return self.forward(input_ids, pixel_values, None);
+        };
+        let embeds = self.embed(input_ids, pixel_values)?;
+        Ok(self.lm.forward_packed(&embeds, packing)?)
+    }
+
     /// Logits over the vocabulary.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
         self.lm.logits(hidden)
@@ -228,8 +243,21 @@ impl LlavaModel {
         labels: &Tensor,
         divisor: f64,
     ) -> Result<(Tensor, i64)> {
+        self.loss_backward_checkpointed_packed(input_ids, pixel_values, labels, divisor, None)
+    }
+
+    /// [`loss_backward_checkpointed`](Self::loss_backward_checkpointed) for a batch that may be
+    /// packed.
+    pub fn loss_backward_checkpointed_packed(
+        &self,
+        input_ids: &Tensor,
+        pixel_values: Option<&Tensor>,
+        labels: &Tensor,
+        divisor: f64,
+        packing: Option<&gemma_lm::Packing>,
+    ) -> Result<(Tensor, i64)> {
         let embeds = self.embed(input_ids, pixel_values)?;
-        Ok(self.lm.backward_checkpointed(&embeds, |hidden| {
+        Ok(self.lm.backward_checkpointed_packed(&embeds, packing, |hidden| {
             let (loss, count) = self.lm.loss(hidden, labels)?;
             Ok((&loss / divisor, (loss.detach(), count)))
         })?)

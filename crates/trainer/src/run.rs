@@ -74,6 +74,8 @@ pub struct RunConfig {
     pub connector_lr: Option<f64>,
     /// Recompute each decoder layer in backward instead of keeping its activations.
     pub activation_checkpointing: bool,
+    /// Pack several samples into each row, up to `max_length` tokens (the same loss, less padding).
+    pub pack: bool,
     /// With several ranks (torchrun, Slurm or `--nproc-per-node`), split the optimizer state
     /// across them (ZeRO-2) rather than replicate it.
     pub shard_optimizer: bool,
@@ -124,6 +126,7 @@ impl RunConfig {
             lora: None,
             connector_lr: None,
             activation_checkpointing: false,
+            pack: false,
             shard_optimizer: true,
             dist_timeout_s: 600,
         }
@@ -447,6 +450,7 @@ pub fn run(
         resume: config.resume.clone(),
         connector_lr: config.connector_lr,
         activation_checkpointing: config.activation_checkpointing,
+        pack: config.pack,
     };
     let n = dataset.records.len();
     let lengths = dataset.modality_lengths();

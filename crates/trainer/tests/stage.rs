@@ -68,6 +68,7 @@ fn config(stage: Stage, lr: f64, epochs: usize) -> StageConfig {
         resume: None,
         connector_lr: None,
         activation_checkpointing: false,
+        pack: false,
     }
 }
 
@@ -298,5 +299,125 @@ fn a_run_resumed_from_a_checkpoint_has_the_losses_of_the_uninterrupted_run() {
             .file_name()
             .to_string_lossy()
             .ends_with(".tmp"))
+    );
+}
+
+/// Every trainable gradient of `model`, by name.
+fn gradients(model: &LlavaModel) -> Vec<(String, Tensor)> {
+    let mut out: Vec<(String, Tensor)> = [&model.connector_vs, &model.lm_vs]
+        .into_iter()
+        .flat_map(|vs| vs.variables())
+        .map(|(n, t)| (n, t.grad().copy()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn a_packed_batch_has_the_unpacked_loss_and_gradients() {
+    let tmp = tempfile::tempdir().unwrap();
+    let synthetic = data::synthetic::SyntheticConfig {
+        image_size: side(),
+        train_images: 12,
+        eval_images: 0,
+        ..Default::default()
+    };
+    let files = data::synthetic::write(tmp.path(), &synthetic).unwrap();
+    let set = dataset(tmp.path(), &files.stage2, Template::Gemma);
+    let samples = || (0..10).map(|i| set.sample(i).unwrap()).collect::<Vec<_>>();
+    let pad = set.templater.tokenizer.pad;
+    let plain = data::collate(samples(), pad, &set.processor);
+    // A budget that puts several samples of different lengths in a row.
+    let longest = plain.seq_len;
+    let packed = data::collate_packed(samples(), pad, &set.processor, 3 * longest);
+    assert!(packed.batch_size < plain.batch_size / 2, "{} rows", packed.batch_size);
+    assert_eq!(packed.label_tokens, plain.label_tokens);
+    assert_eq!(packed.ids, plain.ids);
+    assert!(packed.segment_ids.iter().any(|&s| s >= 2));
+
+    let run = |batch: &data::Batch| {
+        let model = trainer::run::seeded_tiny(3).unwrap();
+        model.lm_vs.unfreeze();
+        let shape = [batch.batch_size as i64, batch.seq_len as i64];
+        let tensor = |v: &[i64]| Tensor::from_slice(v).view(shape);
+        let (h, w) = batch.image_size;
+        let pixels = Tensor::from_slice(&batch.pixel_values).view([
+            batch.images as i64,
+            3,
+            h as i64,
+            w as i64,
+        ]);
+        let packing = (!batch.segment_ids.is_empty()).then(|| gemma_lm::Packing {
+            positions: tensor(&batch.position_ids),
+            segments: tensor(&batch.segment_ids),
+        });
+        let hidden = model
+            .forward_train(&tensor(&batch.input_ids), Some(&pixels), packing.as_ref())
+            .unwrap();
+        let (loss, count) = model.loss(&hidden, &tensor(&batch.labels)).unwrap();
+        loss.backward();
+        (loss.double_value(&[]), count, gradients(&model))
+    };
+    let (plain_loss, plain_count, plain_grads) = run(&plain);
+    let (packed_loss, packed_count, packed_grads) = run(&packed);
+    assert_eq!(plain_count, packed_count);
+    assert!(
+        (plain_loss - packed_loss).abs() <= 1e-5 * plain_loss.abs(),
+        "{plain_loss} against {packed_loss}"
+    );
+    for ((name, a), (_, b)) in plain_grads.iter().zip(&packed_grads) {
+        let diff = (a - b).abs().max().double_value(&[]);
+        let scale = a.abs().max().double_value(&[]).max(1e-6);
+        assert!(diff <= 1e-4 * scale, "{name}: {diff} of {scale}");
+    }
+}
+
+#[test]
+fn packed_training_follows_the_unpacked_losses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let synthetic = data::synthetic::SyntheticConfig {
+        image_size: side(),
+        train_images: 16,
+        eval_images: 0,
+        ..Default::default()
+    };
+    let files = data::synthetic::write(tmp.path(), &synthetic).unwrap();
+    let set = dataset(tmp.path(), &files.stage2, Template::Gemma);
+    let losses = |pack: bool| {
+        let out = tmp.path().join(format!("pack-{pack}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let cfg = StageConfig {
+            pack,
+            max_steps: Some(6),
+            activation_checkpointing: pack,
+            ..config(Stage::Finetune, 2e-3, 1)
+        };
+        let mut losses = Vec::new();
+        let mut padding = Vec::new();
+        train(
+            &mut trainer::run::seeded_tiny(1).unwrap(),
+            set.clone(),
+            &cfg,
+            &out,
+            |e| shuffled(set.records.len(), 5, e),
+            |m| {
+                losses.push(m.loss);
+                padding.push(m.padding_fraction);
+            },
+        )
+        .unwrap();
+        (losses, padding)
+    };
+    let (plain, plain_padding) = losses(false);
+    // Packed, and through the checkpointed path too.
+    let (packed, packed_padding) = losses(true);
+    assert_eq!(plain.len(), 6);
+    for (a, b) in plain.iter().zip(&packed) {
+        assert!((a - b).abs() <= 1e-4 * a.abs(), "{plain:?} vs {packed:?}");
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(
+        mean(&packed_padding) < mean(&plain_padding),
+        "{packed_padding:?} vs {plain_padding:?}"
     );
 }

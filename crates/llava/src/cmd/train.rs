@@ -104,6 +104,11 @@ pub struct Args {
     /// activations, about one more forward pass of compute.
     #[arg(long)]
     activation_checkpointing: bool,
+    /// Pack each micro-batch's samples into rows of up to --max-length tokens, each sample
+    /// attending only to itself (positions restart per sample): the same loss with less padding.
+    /// metrics.jsonl's `padding_fraction` says what is left.
+    #[arg(long)]
+    pack: bool,
     /// Train on N local processes (data parallel on c10d's Gloo), as `torchrun --nproc-per-node
     /// N` would start them; the global batch and sample order stay those of one process. Under
     /// torchrun or Slurm, leave it out: their environment says where this rank sits.
@@ -208,6 +213,7 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
     }
     config.activation_checkpointing = args.activation_checkpointing;
     config.shard_optimizer = !args.no_shard_optimizer;
+    config.pack = args.pack;
     config.dist_timeout_s = args.dist_timeout;
     if leader {
         eprintln!(
