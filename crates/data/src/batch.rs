@@ -218,38 +218,25 @@ pub fn collate(samples: Vec<Sample>, pad: i64, processor: &ImageProcessor) -> Ba
     batch
 }
 
-/// Packs tokenized samples into rows of at most `budget` tokens, in order (a sample goes into the
-/// current row when it fits, else starts the next), right-pads the rows, and preprocesses the
-/// images as [`collate`] does. Each sample's positions restart at 0 and its first token carries no
-/// label (it follows the previous sample, which it must not be predicted from), so the loss over
-/// the packed batch, with attention kept within each sample, is the unpacked batch's.
+/// Packs tokenized samples into as few rows of at most `budget` tokens as it can, balanced (the
+/// longest samples first, each into the row with the fewest tokens: rows come out about equally
+/// long, so little padding is left), right-pads the rows, and preprocesses the images as
+/// [`collate`] does, in the packed order. Each sample's positions restart at 0 and its first token
+/// carries no label (it follows another sample, which it must not be predicted from), so the loss
+/// over the packed batch, with attention kept within each sample, is the unpacked batch's.
 pub fn collate_packed(
     samples: Vec<Sample>,
     pad: i64,
     processor: &ImageProcessor,
     budget: usize,
 ) -> Batch {
-    let mut rows: Vec<Vec<usize>> = Vec::new();
-    let mut used = 0;
-    for (i, s) in samples.iter().enumerate() {
-        let n = s.tokens.input_ids.len();
-        match rows.last_mut() {
-            Some(row) if used + n <= budget => row.push(i),
-            _ => {
-                rows.push(vec![i]);
-                used = 0;
-            }
-        }
-        used += n;
-    }
-    let width = |row: &Vec<usize>| -> usize {
-        row.iter().map(|&i| samples[i].tokens.input_ids.len()).sum()
-    };
+    let lengths: Vec<usize> = samples.iter().map(|s| s.tokens.input_ids.len()).collect();
+    let rows = balanced_rows(&lengths, budget.max(1));
+    let width = |row: &Vec<usize>| -> usize { row.iter().map(|&i| lengths[i]).sum() };
     let seq_len = rows.iter().map(width).max().unwrap_or(0);
-    // The images and their counts as collate makes them, from the samples in order.
     let mut batch = Batch {
-        position_ids: Vec::with_capacity(rows.len() * seq_len),
-        segment_ids: Vec::with_capacity(rows.len() * seq_len),
+        batch_size: rows.len(),
+        seq_len,
         ..Batch::default()
     };
     for row in &rows {
@@ -272,16 +259,55 @@ pub fn collate_packed(
         batch.position_ids.extend(std::iter::repeat_n(0, pad_len));
         batch.segment_ids.extend(std::iter::repeat_n(-1, pad_len));
     }
-    let unpacked = collate(samples, pad, processor);
+    // The images (and ids, and the label count) in the packed order, which is the order the
+    // `<image>` runs appear in reading the rows.
+    let mut slots: Vec<Option<Sample>> = samples.into_iter().map(Some).collect();
+    let ordered: Vec<Sample> = rows
+        .iter()
+        .flatten()
+        .map(|&i| slots[i].take().expect("each sample in one row"))
+        .collect();
+    let unpacked = collate(ordered, pad, processor);
     Batch {
-        batch_size: rows.len(),
-        seq_len,
         pixel_values: unpacked.pixel_values,
         images: unpacked.images,
         image_size: unpacked.image_size,
         ids: unpacked.ids,
         label_tokens: unpacked.label_tokens,
         ..batch
+    }
+}
+
+/// Sample indices per row: the fewest rows of at most `budget` tokens that the longest-first
+/// greedy fill manages, each row's samples in their original order.
+fn balanced_rows(lengths: &[usize], budget: usize) -> Vec<Vec<usize>> {
+    if lengths.is_empty() {
+        return Vec::new();
+    }
+    let mut by_length: Vec<usize> = (0..lengths.len()).collect();
+    by_length.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    let total: usize = lengths.iter().sum();
+    let mut count = total.div_ceil(budget).max(1);
+    loop {
+        let mut rows: Vec<Vec<usize>> = vec![Vec::new(); count];
+        let mut used = vec![0usize; count];
+        let fits = by_length.iter().all(|&i| {
+            let row = (0..count).min_by_key(|&r| used[r]).expect("a row");
+            if used[row] + lengths[i] > budget && !rows[row].is_empty() {
+                return false;
+            }
+            used[row] += lengths[i];
+            rows[row].push(i);
+            true
+        });
+        if fits {
+            for row in &mut rows {
+                row.sort_unstable();
+            }
+            rows.retain(|r| !r.is_empty());
+            return rows;
+        }
+        count += 1;
     }
 }
 
@@ -423,6 +449,25 @@ impl Iterator for Loader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packing_balances_rows_within_the_budget() {
+        let lengths = [300, 20, 250, 40, 200, 100, 90, 5];
+        let rows = balanced_rows(&lengths, 512);
+        let sums: Vec<usize> = rows
+            .iter()
+            .map(|r| r.iter().map(|&i| lengths[i]).sum())
+            .collect();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert!(sums.iter().all(|&s| s <= 512), "{sums:?}");
+        let mut all: Vec<usize> = rows.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..8).collect::<Vec<_>>());
+        assert!(rows.iter().all(|r| r.windows(2).all(|w| w[0] < w[1])));
+        // A sample longer than the budget still gets a row of its own.
+        assert_eq!(balanced_rows(&[600, 10], 512).len(), 2);
+        assert!(balanced_rows(&[], 512).is_empty());
+    }
 
     #[test]
     fn shuffles_are_seeded_per_epoch() {

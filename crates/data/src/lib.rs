@@ -26,7 +26,8 @@ pub mod template;
 use std::path::PathBuf;
 
 pub use batch::{
-    Batch, Dataset, Loader, Sample, SkipCounter, collate, collate_packed, modality_grouped, shuffled,
+    Batch, Dataset, Loader, Sample, SkipCounter, collate, collate_packed, modality_grouped,
+    shuffled,
 };
 pub use check::{CheckReport, check, check_with_progress};
 pub use images::ImageSource;

@@ -257,10 +257,12 @@ impl LlavaModel {
         packing: Option<&gemma_lm::Packing>,
     ) -> Result<(Tensor, i64)> {
         let embeds = self.embed(input_ids, pixel_values)?;
-        Ok(self.lm.backward_checkpointed_packed(&embeds, packing, |hidden| {
-            let (loss, count) = self.lm.loss(hidden, labels)?;
-            Ok((&loss / divisor, (loss.detach(), count)))
-        })?)
+        Ok(self
+            .lm
+            .backward_checkpointed_packed(&embeds, packing, |hidden| {
+                let (loss, count) = self.lm.loss(hidden, labels)?;
+                Ok((&loss / divisor, (loss.detach(), count)))
+            })?)
     }
 
     /// Replaces each single `<image>` in `ids` by `per_image` copies, as the HF processor does.

@@ -330,13 +330,22 @@ fn a_packed_batch_has_the_unpacked_loss_and_gradients() {
     // A budget that puts several samples of different lengths in a row.
     let longest = plain.seq_len;
     let packed = data::collate_packed(samples(), pad, &set.processor, 3 * longest);
-    assert!(packed.batch_size < plain.batch_size / 2, "{} rows", packed.batch_size);
+    assert!(
+        packed.batch_size < plain.batch_size / 2,
+        "{} rows",
+        packed.batch_size
+    );
     assert_eq!(packed.label_tokens, plain.label_tokens);
-    assert_eq!(packed.ids, plain.ids);
+    let sorted = |ids: &[String]| {
+        let mut ids = ids.to_vec();
+        ids.sort();
+        ids
+    };
+    assert_eq!(sorted(&packed.ids), sorted(&plain.ids));
     assert!(packed.segment_ids.iter().any(|&s| s >= 2));
 
     let run = |batch: &data::Batch| {
-        let model = trainer::run::seeded_tiny(3).unwrap();
+        let mut model = trainer::run::seeded_tiny(3).unwrap();
         model.lm_vs.unfreeze();
         let shape = [batch.batch_size as i64, batch.seq_len as i64];
         let tensor = |v: &[i64]| Tensor::from_slice(v).view(shape);
@@ -390,7 +399,7 @@ fn packed_training_follows_the_unpacked_losses() {
             pack,
             max_steps: Some(6),
             activation_checkpointing: pack,
-            ..config(Stage::Finetune, 2e-3, 1)
+            ..config(Stage::Finetune, 2e-3, 2)
         };
         let mut losses = Vec::new();
         let mut padding = Vec::new();
