@@ -279,8 +279,8 @@ pub fn collate_packed(
 }
 
 /// Sample indices per row: the fewest rows of at most `budget` tokens that the longest-first
-/// greedy fill manages, each row's samples in their original order.
-fn balanced_rows(lengths: &[usize], budget: usize) -> Vec<Vec<usize>> {
+/// greedy fill manages, each row's samples in their original order ([`collate_packed`]'s rows).
+pub fn balanced_rows(lengths: &[usize], budget: usize) -> Vec<Vec<usize>> {
     if lengths.is_empty() {
         return Vec::new();
     }

@@ -101,19 +101,7 @@ pub fn write_mix_like(path: &Path, records: usize, seed: u64) -> Result<u64> {
     out.write_all(b"[\n").map_err(io)?;
     let mut written = 2u64;
     for i in 0..records {
-        let mut pick = rng.random_range(0..total);
-        let source = SOURCES
-            .iter()
-            .find(|(_, n)| {
-                if pick < *n {
-                    true
-                } else {
-                    pick -= n;
-                    false
-                }
-            })
-            .map(|s| s.0)
-            .expect("a source is picked");
+        let source = pick_source(&mut rng, total);
         let record = record(&mut rng, source, i);
         let text = serde_json::to_string(&record).expect("records serialise");
         out.write_all(text.as_bytes()).map_err(io)?;
@@ -124,6 +112,66 @@ pub fn write_mix_like(path: &Path, records: usize, seed: u64) -> Result<u64> {
     out.write_all(b"]\n").map_err(io)?;
     out.flush().map_err(io)?;
     Ok(written + 2)
+}
+
+/// The shape of one record drawn as [`write_mix_like`] draws them: whether it has an image, its
+/// turns and its words (what its token length follows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordShape {
+    /// Whether the record has an image.
+    pub image: bool,
+    /// Turns of the conversation.
+    pub turns: usize,
+    /// Whitespace-separated words over all turns.
+    pub words: usize,
+}
+
+impl RecordShape {
+    /// Approximate tokens after Gemma's chat template: `<bos>`, the image's tokens, about 1.3
+    /// tokens per English word (SentencePiece with Gemma's 256K vocabulary) and 5 tokens of
+    /// template per turn (`<start_of_turn>user\n … <end_of_turn>\n`).
+    pub fn tokens(&self, image_tokens: usize) -> usize {
+        1 + if self.image { image_tokens } else { 0 } + (self.words * 13).div_ceil(10) + 5 * self.turns
+    }
+}
+
+/// The shapes of `records` records drawn as [`write_mix_like`] draws them (same seed, same
+/// records), without writing them: the length distribution of the 665K mix, for benchmarks.
+pub fn mix_like_shapes(records: usize, seed: u64) -> Vec<RecordShape> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let total: u32 = SOURCES.iter().map(|s| s.1).sum();
+    (0..records)
+        .map(|i| {
+            let source = pick_source(&mut rng, total);
+            let record = record(&mut rng, source, i);
+            let turns = record["conversations"].as_array().map_or(&[][..], |v| v);
+            RecordShape {
+                image: record.get("image").is_some(),
+                turns: turns.len(),
+                words: turns
+                    .iter()
+                    .filter_map(|t| t["value"].as_str())
+                    .map(|v| v.split_whitespace().count())
+                    .sum(),
+            }
+        })
+        .collect()
+}
+
+fn pick_source(rng: &mut StdRng, total: u32) -> Source {
+    let mut pick = rng.random_range(0..total);
+    SOURCES
+        .iter()
+        .find(|(_, n)| {
+            if pick < *n {
+                true
+            } else {
+                pick -= n;
+                false
+            }
+        })
+        .map(|s| s.0)
+        .expect("a source is picked")
 }
 
 fn words(rng: &mut StdRng, range: std::ops::Range<usize>) -> String {
@@ -248,6 +296,22 @@ fn record(rng: &mut StdRng, source: Source, i: usize) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shapes_are_the_written_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mix.json");
+        write_mix_like(&path, 300, 5).unwrap();
+        let records: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let shapes = mix_like_shapes(300, 5);
+        for (r, s) in records.iter().zip(&shapes) {
+            assert_eq!(r.get("image").is_some(), s.image);
+            assert_eq!(r["conversations"].as_array().unwrap().len(), s.turns);
+        }
+        let text_only = shapes.iter().filter(|s| !s.image).count();
+        assert!(text_only > 0 && text_only < 60, "{text_only}");
+    }
 
     #[test]
     fn a_mix_like_file_reads_whole_and_is_seeded() {

@@ -212,12 +212,19 @@ pub struct TrainReport {
     pub activation_checkpointing: bool,
     /// Timed steps (after the warm-up).
     pub steps: usize,
+    /// Whether sample lengths were drawn as the 665K mix's spread (`--length-mix`).
+    pub length_mix: bool,
+    /// Whether each micro-batch was packed into rows (`--pack`).
+    pub packed: bool,
+    /// The fraction of the timed steps' token slots that were padding.
+    pub padding_fraction: f64,
     /// Ranks, each training on a micro-batch of its own (`--nproc-per-node`).
     pub world_size: usize,
     /// Seconds per optimizer step (forward, backward, the ranks' gradient reduction, clipping,
     /// AdamW).
     pub step_s: f64,
-    /// `world_size * micro_batch * seq / step_s`: over all ranks.
+    /// Real (non-padding) tokens per second over all ranks: `world_size * micro_batch * seq /
+    /// step_s` for fixed lengths.
     pub tokens_per_s: f64,
     /// `world_size * micro_batch / step_s`.
     pub samples_per_s: f64,
@@ -271,6 +278,89 @@ pub struct TrainShape {
     pub lora: Option<gemma_lm::LoraSpec>,
     /// Recompute each decoder layer in backward.
     pub activation_checkpointing: bool,
+    /// Give each sample a length drawn as the 665K mix's lengths spread (at most `seq`; text-only
+    /// samples among them), micro-batches taken in the recipe's modality- and length-grouped
+    /// order, so the step sees real-world padding.
+    pub length_mix: bool,
+    /// With `length_mix`: pack each micro-batch into rows of at most `seq` tokens.
+    pub pack: bool,
+}
+
+/// One step's inputs on the device.
+struct StepInputs {
+    ids: Tensor,
+    labels: Tensor,
+    pixels: Option<Tensor>,
+    packing: Option<gemma_lm::Packing>,
+    /// Tokens that are not padding.
+    real: usize,
+    /// Token slots, padding included.
+    slots: usize,
+}
+
+/// A micro-batch of samples `(length, has image)`: `<bos>`, the image's tokens when it has one,
+/// random text labelled throughout; right-padded, or packed into rows of at most `budget`.
+#[allow(clippy::too_many_arguments)]
+fn mixed_inputs(
+    samples: &[(usize, bool)],
+    per_image: usize,
+    image_token: i64,
+    vocab: i64,
+    budget: Option<usize>,
+    side: i64,
+    kind: Kind,
+    device: Device,
+) -> StepInputs {
+    let rows: Vec<Vec<usize>> = match budget {
+        Some(budget) => {
+            let lengths: Vec<usize> = samples.iter().map(|s| s.0).collect();
+            data::batch::balanced_rows(&lengths, budget)
+        }
+        None => (0..samples.len()).map(|i| vec![i]).collect(),
+    };
+    let width = |row: &Vec<usize>| -> usize { row.iter().map(|&i| samples[i].0).sum() };
+    let len = rows.iter().map(width).max().unwrap_or(1);
+    let (mut ids, mut labels, mut positions, mut segments) = (vec![], vec![], vec![], vec![]);
+    let mut images = 0;
+    for row in &rows {
+        for (segment, &i) in row.iter().enumerate() {
+            let (n, image) = samples[i];
+            let image_len = if image { per_image } else { 0 };
+            let text = Tensor::randint(vocab, [n as i64], (Kind::Int64, Device::Cpu));
+            let mut text = Vec::<i64>::try_from(&text).expect("ids");
+            text[0] = 2;
+            for t in text.iter_mut().skip(1).take(image_len) {
+                *t = image_token;
+            }
+            labels.extend(
+                text.iter()
+                    .enumerate()
+                    .map(|(p, &t)| if p <= image_len { -100 } else { t }),
+            );
+            ids.extend(text);
+            positions.extend(0..n as i64);
+            segments.extend(std::iter::repeat_n(segment as i64, n));
+            images += usize::from(image);
+        }
+        let pad = len - width(row);
+        ids.extend(std::iter::repeat_n(0, pad));
+        labels.extend(std::iter::repeat_n(-100, pad));
+        positions.extend(std::iter::repeat_n(0, pad));
+        segments.extend(std::iter::repeat_n(-1, pad));
+    }
+    let shape = [rows.len() as i64, len as i64];
+    let tensor = |v: &[i64]| Tensor::from_slice(v).view(shape).to_device(device);
+    StepInputs {
+        ids: tensor(&ids),
+        labels: tensor(&labels),
+        pixels: (images > 0).then(|| Tensor::randn([images as i64, 3, side, side], (kind, device))),
+        packing: budget.map(|_| gemma_lm::Packing {
+            positions: tensor(&positions),
+            segments: tensor(&segments),
+        }),
+        real: samples.iter().map(|s| s.0).sum(),
+        slots: rows.len() * len,
+    }
 }
 
 /// Training steps on a random-weight model of `preset` with random data shaped as the Python
@@ -339,17 +429,58 @@ pub fn train_on(
     }
     let (b, l) = (micro_batch as i64, seq as i64);
     let vocab = config.text_config.vocab_size.min(image_token);
-    let ids = Tensor::randint(vocab, [b, l], (Kind::Int64, Device::Cpu));
-    let _ = ids.narrow(1, 0, 1).fill_(2);
-    let _ = ids.narrow(1, 1, per_image as i64).fill_(image_token);
     let labelled = loss_tokens
         .unwrap_or(seq - per_image - 1)
         .min(seq - per_image - 1);
-    let labels = ids.copy();
-    let _ = labels.narrow(1, 0, l - labelled as i64).fill_(-100);
-    let (ids, labels) = (ids.to_device(device), labels.to_device(device));
     let size = model.config.image_side()?;
-    let pixels = Tensor::randn([b, 3, size, size], (kind, device));
+    let inputs: Vec<StepInputs> = if shape.length_mix {
+        // Lengths as the 665K mix's spread, capped at `seq`, in the recipe's grouped order.
+        let pool = data::mix::mix_like_shapes(4096, 0);
+        let lengths: Vec<(usize, bool)> = pool
+            .iter()
+            .map(|s| (s.tokens(per_image).min(seq), s.image))
+            .collect();
+        let signed: Vec<i64> = lengths
+            .iter()
+            .map(|&(n, image)| if image { n as i64 } else { -(n as i64) })
+            .collect();
+        let order = data::modality_grouped(&signed, micro_batch * 8, 0, 0);
+        let needed = warmup + steps.max(1) + 2 * PHASE_STEPS;
+        order
+            .chunks_exact(micro_batch)
+            .take(needed)
+            .map(|chunk| {
+                let samples: Vec<(usize, bool)> = chunk.iter().map(|&i| lengths[i]).collect();
+                mixed_inputs(
+                    &samples,
+                    per_image,
+                    image_token,
+                    vocab,
+                    shape.pack.then_some(seq),
+                    size,
+                    kind,
+                    device,
+                )
+            })
+            .collect()
+    } else {
+        let ids = Tensor::randint(vocab, [b, l], (Kind::Int64, Device::Cpu));
+        let _ = ids.narrow(1, 0, 1).fill_(2);
+        let _ = ids.narrow(1, 1, per_image as i64).fill_(image_token);
+        let labels = ids.copy();
+        let _ = labels.narrow(1, 0, l - labelled as i64).fill_(-100);
+        vec![StepInputs {
+            ids: ids.to_device(device),
+            labels: labels.to_device(device),
+            pixels: Some(Tensor::randn([b, 3, size, size], (kind, device))),
+            packing: None,
+            real: (b * l) as usize,
+            slots: (b * l) as usize,
+        }]
+    };
+    // Which inputs the next step takes, and the real and padded tokens of the steps so far.
+    let next = std::cell::Cell::new(0usize);
+    let counted = std::cell::Cell::new((0usize, 0usize));
 
     let mut loss_value = Tensor::zeros([], (Kind::Float, device));
     // One optimizer step; with `phases`, the device is drained after each part and its seconds
@@ -364,15 +495,26 @@ pub fn train_on(
                     *start = Instant::now();
                 }
             };
+            let input = &inputs[next.get() % inputs.len()];
+            next.set(next.get() + 1);
+            let (real, slots) = counted.get();
+            counted.set((real + input.real, slots + input.slots));
+            let (ids, labels, pixels) = (&input.ids, &input.labels, input.pixels.as_ref());
             let loss = if shape.activation_checkpointing {
                 // Forward and backward are one call here: their time goes to `backward_s`.
                 lap(|p| &mut p.forward_s);
                 model
-                    .loss_backward_checkpointed(&ids, Some(&pixels), &labels, 1.0)?
+                    .loss_backward_checkpointed_packed(
+                        ids,
+                        pixels,
+                        labels,
+                        1.0,
+                        input.packing.as_ref(),
+                    )?
                     .0
             } else {
-                let hidden = model.forward(&ids, Some(&pixels), None)?;
-                let (loss, _) = model.loss(&hidden, &labels)?;
+                let hidden = model.forward_train(ids, pixels, input.packing.as_ref())?;
+                let (loss, _) = model.loss(&hidden, labels)?;
                 lap(|p| &mut p.forward_s);
                 loss.backward();
                 loss
@@ -391,12 +533,14 @@ pub fn train_on(
     for _ in 0..warmup {
         step(&mut optimizer, None)?;
     }
+    counted.set((0, 0));
     let seconds = timed(device, || {
         for _ in 0..steps.max(1) {
             step(&mut optimizer, None)?;
         }
         Ok(())
     })?;
+    let (real, slots) = counted.get();
     // Untimed: the same steps again, drained between their parts, for where the time goes.
     let mut phases = Phases::default();
     for _ in 0..PHASE_STEPS {
@@ -433,7 +577,8 @@ pub fn train_on(
         count(&model.vision_vs),
         count(&model.lm_vs) + count(&model.connector_vs),
     );
-    let tokens = (b * l) as f64;
+    // Real (non-padding) tokens per timed step.
+    let tokens = real as f64 / steps.max(1) as f64;
     let flops = if stage == 2 { 6.0 } else { 4.0 } * n_lm * tokens
         + 2.0 * n_vis * (per_image as f64 + 1.0) * b as f64;
     Ok(TrainReport {
@@ -446,6 +591,9 @@ pub fn train_on(
         loss_tokens: labelled,
         lora_rank: shape.lora.as_ref().map(|l| l.r),
         activation_checkpointing: shape.activation_checkpointing,
+        length_mix: shape.length_mix,
+        packed: shape.pack && shape.length_mix,
+        padding_fraction: 1.0 - real as f64 / slots.max(1) as f64,
         steps: steps.max(1),
         step_s,
         world_size: world,

@@ -54,6 +54,14 @@ pub struct Args {
     /// against one rank measured in the same run.
     #[arg(long, default_value_t = 1)]
     nproc_per_node: usize,
+    /// Give each sample a length drawn as the 665K mix's lengths spread (at most --seq, some
+    /// text-only), micro-batches in the recipe's grouped order: the report's padding_fraction and
+    /// tokens_per_s (padding excluded) are then what real data sees.
+    #[arg(long)]
+    length_mix: bool,
+    /// With --length-mix: pack each micro-batch into rows of at most --seq tokens.
+    #[arg(long)]
+    pack: bool,
     /// libtorch's CPU threads per rank (default: libtorch's choice; with --nproc-per-node N, the
     /// cores divided by N, for the single rank too).
     #[arg(long)]
@@ -62,6 +70,11 @@ pub struct Args {
 
 /// Runs `llava bench-train`.
 pub fn run(a: &Args) -> llava::Result<ExitCode> {
+    if a.pack && !a.length_mix {
+        return Err(llava::Error::Unsupported(
+            "--pack packs samples of different lengths: add --length-mix".into(),
+        ));
+    }
     if a.nproc_per_node > 1 && !llava::launch::launched() {
         return scaling(a);
     }
@@ -110,6 +123,8 @@ pub fn run(a: &Args) -> llava::Result<ExitCode> {
             ..llava::gemma_lm::LoraSpec::llava()
         }),
         activation_checkpointing: a.activation_checkpointing,
+        length_mix: a.length_mix,
+        pack: a.pack,
     };
     let report = llava::bench::train_on(&a.preset, device, &shape, group)?;
     if llava::launch::leader() {
