@@ -131,7 +131,9 @@ impl RecordShape {
     /// tokens per English word (SentencePiece with Gemma's 256K vocabulary) and 5 tokens of
     /// template per turn (`<start_of_turn>user\n … <end_of_turn>\n`).
     pub fn tokens(&self, image_tokens: usize) -> usize {
-        1 + if self.image { image_tokens } else { 0 } + (self.words * 13).div_ceil(10) + 5 * self.turns
+        1 + if self.image { image_tokens } else { 0 }
+            + (self.words * 13).div_ceil(10)
+            + 5 * self.turns
     }
 }
 
