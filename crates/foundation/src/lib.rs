@@ -32,6 +32,20 @@ pub fn parity_fixtures() -> std::path::PathBuf {
     }
 }
 
+/// A program of the Python environment whose torch this workspace links (`cargo xtask setup`
+/// points `.libtorch` into it): `bin/<name>` of the nearest ancestor of `.libtorch`'s target that
+/// has one (`python`, `torchrun`). Tests use it to check against the real tools.
+pub fn torch_env_bin(name: &str) -> Option<std::path::PathBuf> {
+    let torch = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.libtorch")
+        .canonicalize()
+        .ok()?;
+    torch
+        .ancestors()
+        .map(|dir| dir.join("bin").join(name))
+        .find(|p| p.exists())
+}
+
 /// Creates a variable store on `device`, builds a model in it with `build` (variables are created
 /// in f32 with their random initialisation) and converts every variable to `kind`.
 pub fn build<M, E>(

@@ -4,7 +4,7 @@
 //! time, naming it; `--resume` then reproduces the uninterrupted run, at the same world size or
 //! another (re-sharding the optimizer state); torchrun's `--max-restarts` recovers by itself.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -297,18 +297,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// The cached torch environment's `torchrun`.
-fn torchrun() -> Option<PathBuf> {
-    let torch = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../.libtorch")
-        .canonicalize()
-        .ok()?;
-    torch
-        .ancestors()
-        .map(|dir| dir.join("bin/torchrun"))
-        .find(|p| p.exists())
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -319,7 +307,7 @@ fn free_port() -> u16 {
 
 #[test]
 fn torchrun_launches_the_ranks_and_restarts_them_after_a_kill() {
-    let Some(torchrun) = torchrun() else {
+    let Some(torchrun) = llava::foundation::torch_env_bin("torchrun") else {
         panic!("no torchrun beside libtorch: run `cargo xtask setup`");
     };
     let dir = tempfile::tempdir().unwrap();

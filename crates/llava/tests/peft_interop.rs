@@ -34,15 +34,8 @@ fn run_ok(command: &mut Command) -> String {
 
 /// The cached torch environment's python with transformers and peft, or why not.
 fn python_with_peft() -> Result<PathBuf, String> {
-    let torch = root()
-        .join(".libtorch")
-        .canonicalize()
-        .map_err(|e| format!(".libtorch: {e}"))?;
-    let python = torch
-        .ancestors()
-        .map(|dir| dir.join("bin/python"))
-        .find(|p| p.exists())
-        .ok_or("no python beside libtorch")?;
+    let python = llava::foundation::torch_env_bin("python")
+        .ok_or("no python beside libtorch (.libtorch; run `cargo xtask setup`)")?;
     let ready = || {
         Command::new(&python)
             .args(["-c", "import peft, transformers; assert transformers.__version__.startswith('5.17'); assert peft.__version__ == '0.21.2'"])

@@ -9,15 +9,6 @@ use std::process::Command;
 
 use common::*;
 
-/// The virtual environment's python: the ancestor of `.libtorch`'s target that has `bin/python`.
-fn venv_python() -> Option<PathBuf> {
-    let torch = root().join(".libtorch").canonicalize().ok()?;
-    torch
-        .ancestors()
-        .map(|dir| dir.join("bin/python"))
-        .find(|p| p.exists())
-}
-
 fn has_openai(python: &PathBuf) -> bool {
     Command::new(python)
         .args(["-c", "import openai"])
@@ -27,7 +18,7 @@ fn has_openai(python: &PathBuf) -> bool {
 
 #[test]
 fn the_openai_python_client_works() {
-    let python = venv_python().unwrap_or_else(|| PathBuf::from("python3"));
+    let python = foundation::torch_env_bin("python").unwrap_or_else(|| PathBuf::from("python3"));
     if !has_openai(&python) {
         let installed = Command::new(&python)
             .args(["-m", "pip", "install", "--quiet", "openai"])
