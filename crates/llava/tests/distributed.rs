@@ -1,6 +1,6 @@
 //! Data-parallel training as users run it, on CPU ranks over c10d's Gloo: `llava train
 //! --nproc-per-node N` and `torchrun --no-python` (the cached torch environment's own torchrun)
-//! give the losses of one process; a rank killed with SIGKILL stops the others within a bounded
+//! give the losses of one process, on one node or as two torchrun nodes; a rank killed with SIGKILL stops the others within a bounded
 //! time, naming it; `--resume` then reproduces the uninterrupted run, at the same world size or
 //! another (re-sharding the optimizer state); torchrun's `--max-restarts` recovers by itself.
 
@@ -330,6 +330,42 @@ fn torchrun_launches_the_ranks_and_restarts_them_after_a_kill() {
     );
     assert_same_losses(&losses(&one), &losses(&launched), "under torchrun");
     assert_eq!(summary(&launched)["world_size"], 2);
+
+    // Two nodes of one rank each, as two torchrun agents meeting through c10d's rendezvous (on
+    // this one host): RANK and LOCAL_RANK differ, and rank 1's agent is not the store's host.
+    let nodes = dir.path().join("nodes");
+    let endpoint = format!("127.0.0.1:{}", free_port());
+    let agents: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(&torchrun)
+                .args(["--no-python", "--nnodes", "2", "--nproc-per-node", "1"])
+                .args([
+                    "--rdzv-backend",
+                    "c10d",
+                    "--rdzv-id",
+                    "nodes",
+                    "--rdzv-endpoint",
+                ])
+                .arg(&endpoint)
+                .arg(env!("CARGO_BIN_EXE_llava"))
+                .args(SHORT)
+                .arg("--output")
+                .arg(&nodes)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for agent in agents {
+        let out = agent.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_same_losses(&losses(&one), &losses(&nodes), "two torchrun nodes");
 
     // torchrun --max-restarts with --resume on the run's own output: a killed rank costs the
     // steps since the last checkpoint, and the run ends as an uninterrupted one.
