@@ -73,9 +73,19 @@ fn spawn(n: usize, args: &[String], capture: bool) -> crate::Result<String> {
         if capture && rank == 0 {
             command.stdout(Stdio::piped());
         }
-        let mut child = command
-            .spawn()
-            .map_err(|e| crate::Error::Unsupported(format!("starting rank {rank}: {e}")))?;
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                // The ranks already started would wait for this one until their timeout.
+                for child in children.iter_mut().flatten() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                return Err(crate::Error::Unsupported(format!(
+                    "starting rank {rank}: {e}"
+                )));
+            }
+        };
         if let Some(mut stdout) = child.stdout.take() {
             reader = Some(std::thread::spawn(move || {
                 let mut text = String::new();

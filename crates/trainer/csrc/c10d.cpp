@@ -62,6 +62,21 @@ c10::intrusive_ptr<c10d::Store> connect(const std::string &host, int port, bool 
     return store;
 }
 
+// The local interface Gloo's pairs listen on, chosen as torch's Gloo backend chooses it:
+// `GLOO_SOCKET_IFNAME` when set, else the address this host's name resolves to. A job whose
+// master is on the loopback address runs on this host alone and stays on the loopback. (The
+// master's own address is bindable on the master's host only.)
+std::shared_ptr<::gloo::transport::Device> local_device(const std::string &master) {
+    if (const char *names = std::getenv("GLOO_SOCKET_IFNAME"); names && *names) {
+        std::string first(names);
+        first = first.substr(0, first.find(','));
+        return c10d::ProcessGroupGloo::createDeviceForInterface(first);
+    }
+    if (master == "localhost" || master.rfind("127.", 0) == 0 || master == "::1")
+        return c10d::ProcessGroupGloo::createDeviceForHostname(master);
+    return c10d::ProcessGroupGloo::createDefaultDevice();
+}
+
 std::string heartbeat_key(int rank) { return "llava/heartbeat/" + std::to_string(rank); }
 
 c10d::ReduceOp reduce_op(int op) {
@@ -96,7 +111,7 @@ char *llava_dist_open(const char *host, int port, int rank, int world, int64_t t
         std::string h(host), p(prefix);
         auto store = connect(h, port, !agent_store && rank == 0, world, true, timeout, p);
         auto gloo = c10d::ProcessGroupGloo::Options::create(timeout);
-        gloo->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(h));
+        gloo->devices.push_back(local_device(h));
         auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, gloo);
         auto heartbeat = std::make_unique<Heartbeat>();
         auto beats = connect(h, port, false, world, false, timeout, p);
@@ -106,7 +121,10 @@ char *llava_dist_open(const char *host, int port, int rank, int world, int64_t t
                 try {
                     beats->add(heartbeat_key(rank), 1);
                 } catch (...) {
-                    return;  // The store is gone; whoever asks will find that out.
+                    // The store may be gone (whoever asks will find that out) or briefly
+                    // unreachable: keep trying, so a live rank is never taken for a lost one.
+                    for (int i = 0; i < 20 && !*stop; ++i)
+                        std::this_thread::sleep_for(std::chrono::milliseconds(50));
                 }
                 for (int i = 0; i < 10 && !*stop; ++i)
                     std::this_thread::sleep_for(std::chrono::milliseconds(50));

@@ -310,7 +310,8 @@ impl ProcessGroup {
                 )
             }
             Err(_) => format!(
-                "lost rank 0 of {} (its store, the job's rendezvous, is unreachable)",
+                "the job's store is unreachable: its host is gone (rank 0 of {}, or the node of \
+                 torchrun's agent that serves it)",
                 self.world
             ),
         };

@@ -458,7 +458,29 @@ impl Optimizer {
                 .or_default()
                 .push((start, numel, name));
         }
+        // What the model's parameters hold, to refuse a checkpoint of another shape (another
+        // LoRA rank, another model) rather than read its elements into the wrong places.
+        let sizes: std::collections::HashMap<&str, i64> = self
+            .params
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.numel() as i64))
+            .collect();
         let read = |kind: &str, base: &str, start: i64, len: i64| -> Result<Tensor, String> {
+            let saved: i64 = pieces
+                .get(&(kind, base))
+                .into_iter()
+                .flatten()
+                .map(|&(from, numel, _)| from + numel)
+                .max()
+                .unwrap_or(0);
+            let expected = sizes.get(base).copied().unwrap_or(start + len);
+            if saved != 0 && saved != expected {
+                return Err(format!(
+                    "{}: `{base}` has {saved} elements there and {expected} in this model \
+                     (another model, or another LoRA rank or targets?)",
+                    dir.display()
+                ));
+            }
             let out = Tensor::zeros([len], (Kind::Float, Device::Cpu));
             let mut covered = 0;
             for &(from, numel, name) in pieces.get(&(kind, base)).into_iter().flatten() {
@@ -617,6 +639,32 @@ mod tests {
         );
         let step = &plan_epoch(&order, 0, 8, 1)[0];
         assert_eq!(share(step, 1, 2)[0].samples, [4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_shape_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let param = |cols: i64| {
+            vec![(
+                "lm.lora_B".to_string(),
+                Tensor::ones([4, cols], (Kind::Float, Device::Cpu)).set_requires_grad(true),
+            )]
+        };
+        let saved = Optimizer::new(param(2), AdamWConfig::default(), None, false).unwrap();
+        foundation::save_safetensors(
+            dir.path().join("state.safetensors"),
+            &saved.checkpoint_tensors(),
+            None,
+        )
+        .unwrap();
+        let mut same = Optimizer::new(param(2), AdamWConfig::default(), None, false).unwrap();
+        same.restore(dir.path()).unwrap();
+        let mut wider = Optimizer::new(param(3), AdamWConfig::default(), None, false).unwrap();
+        let err = wider.restore(dir.path()).unwrap_err();
+        assert!(
+            err.contains("lm.lora_B") && err.contains("8 elements"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -125,8 +125,15 @@ fn save_checkpoint(
         let json = serde_json::to_string_pretty(state).expect("state serialises");
         foundation::write_atomic(tmp.join("trainer_state.json"), json.as_bytes())
             .map_err(StageError::Checkpoint)?;
-        let _ = std::fs::remove_dir_all(&dir);
+        // A checkpoint of this step from an earlier attempt is set aside, not deleted, until
+        // the new one is in place: a kill at any moment leaves one of them whole.
+        let old = output.join(format!("checkpoint-{}.old", state.step));
+        let _ = std::fs::remove_dir_all(&old);
+        if dir.exists() {
+            std::fs::rename(&dir, &old).map_err(io(&old))?;
+        }
         std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+        let _ = std::fs::remove_dir_all(&old);
     }
     barrier()
 }
@@ -146,15 +153,16 @@ pub fn resolve_checkpoint(dir: &Path) -> Result<std::path::PathBuf, StageError> 
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("trainer_state.json").exists())
         .filter_map(|p| {
-            let step = p
-                .file_name()?
-                .to_str()?
-                .strip_prefix("checkpoint-")?
-                .parse::<usize>()
-                .ok()?;
-            Some((step, p))
+            let name = p.file_name()?.to_str()?.strip_prefix("checkpoint-")?;
+            // `checkpoint-<step>.old` is a whole checkpoint set aside while its step was being
+            // written again; it counts when the new one did not make it.
+            let (step, current) = match name.strip_suffix(".old") {
+                Some(step) => (step, false),
+                None => (name, true),
+            };
+            Some(((step.parse::<usize>().ok()?, current), p))
         })
-        .max_by_key(|(step, _)| *step)
+        .max_by_key(|(key, _)| *key)
         .map(|(_, p)| p)
         .ok_or_else(|| {
             StageError::Resume(format!(

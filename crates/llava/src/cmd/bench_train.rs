@@ -115,7 +115,8 @@ pub fn run(a: &Args) -> llava::Result<ExitCode> {
         loss_tokens: a.loss_tokens.or(small.then_some(96)),
         steps: a.steps,
         warmup: a.warmup,
-        profile: a.profile.clone(),
+        // One profile per job: rank 0's.
+        profile: a.profile.clone().filter(|_| llava::launch::leader()),
         lora: a.lora_r.map(|r| llava::gemma_lm::LoraSpec {
             r,
             alpha: 2.0 * r as f64,
