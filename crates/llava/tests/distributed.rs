@@ -181,6 +181,24 @@ fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
     }
 }
 
+/// Once the run writing into `output` has committed checkpoint 10, SIGKILLs rank 1 among the
+/// children of `launcher` (ours or torchrun); returns when.
+fn kill_rank_1_after_checkpoint_10(launcher: u32, output: &Path) -> Instant {
+    wait_for("checkpoint-10", Duration::from_secs(120), || {
+        output.join("checkpoint-10/trainer_state.json").exists()
+    });
+    let rank1 = children(launcher)
+        .into_iter()
+        .find(|&pid| rank_of(pid).as_deref() == Some("1"))
+        .expect("rank 1 runs");
+    let killed = Instant::now();
+    Command::new("kill")
+        .args(["-9", &rank1.to_string()])
+        .status()
+        .unwrap();
+    killed
+}
+
 #[test]
 fn a_killed_rank_stops_the_job_naming_it_and_resume_reproduces_the_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -199,18 +217,7 @@ fn a_killed_rank_stops_the_job_naming_it_and_resume_reproduces_the_run() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("checkpoint-10", Duration::from_secs(120), || {
-        run.join("checkpoint-10/trainer_state.json").exists()
-    });
-    let rank1 = children(launcher.id())
-        .into_iter()
-        .find(|&pid| rank_of(pid).as_deref() == Some("1"))
-        .expect("rank 1 runs");
-    let killed = Instant::now();
-    Command::new("kill")
-        .args(["-9", &rank1.to_string()])
-        .status()
-        .unwrap();
+    let killed = kill_rank_1_after_checkpoint_10(launcher.id(), &run);
     let out = {
         let mut stderr = launcher.stderr.take().unwrap();
         let mut text = String::new();
@@ -390,17 +397,7 @@ fn torchrun_launches_the_ranks_and_restarts_them_after_a_kill() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("checkpoint-10", Duration::from_secs(120), || {
-        recovered.join("checkpoint-10/trainer_state.json").exists()
-    });
-    let rank1 = children(job.id())
-        .into_iter()
-        .find(|&pid| rank_of(pid).as_deref() == Some("1"))
-        .expect("rank 1 runs");
-    Command::new("kill")
-        .args(["-9", &rank1.to_string()])
-        .status()
-        .unwrap();
+    kill_rank_1_after_checkpoint_10(job.id(), &recovered);
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut job.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(job.wait().unwrap().success(), "{stderr}");

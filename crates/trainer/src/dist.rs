@@ -279,6 +279,16 @@ impl ProcessGroup {
         )
     }
 
+    /// A collective's outcome; a failure is [`explain`](Self::explain)ed, so that it names the
+    /// ranks that were lost.
+    fn collective(
+        &self,
+        op: impl FnOnce() -> String,
+        message: *mut c_char,
+    ) -> Result<(), DistError> {
+        checked(op, message).map_err(|e| self.explain(e))
+    }
+
     /// The ranks that stopped beating: every rank counts up a heartbeat in the store twice a
     /// second; this reads them all, waits `wait`, and answers those whose count did not move.
     /// `Err` when the store itself is unreachable, which means its host (rank 0, or the launcher
@@ -292,8 +302,8 @@ impl ProcessGroup {
         Ok((0..self.world).filter(|&r| lost[r] == 1).collect())
     }
 
-    /// `err` from a collective, explained: when ranks died, the error names them (gloo's own
-    /// message names a peer's address only). Rank 0 then stays a little longer, so that the
+    /// `err` from a collective, explained (every collective here does this on failure): when
+    /// ranks died, the error names them (gloo's own message names a peer's address only). Rank 0 then stays a little longer, so that the
     /// other survivors can still read the heartbeats in its store.
     pub fn explain(&self, err: DistError) -> DistError {
         let wait = Duration::from_millis(2500);
@@ -338,7 +348,7 @@ impl ProcessGroup {
     pub fn all_reduce(&self, tensor: &Tensor, op: Reduce) -> Result<(), DistError> {
         let host = on_host(tensor);
         // SAFETY: a live group and tensor.
-        checked(|| "allreduce".into(), unsafe {
+        self.collective(|| "allreduce".into(), unsafe {
             llava_dist_allreduce(self.ptr, host.as_ptr().cast(), op.code())
         })?;
         back(tensor, &host);
@@ -355,7 +365,7 @@ impl ProcessGroup {
     ) -> Result<(), DistError> {
         let (host_out, host_in) = (on_host(output), on_host(input));
         // SAFETY: live tensors; c10d checks their sizes.
-        checked(|| "reduce_scatter".into(), unsafe {
+        self.collective(|| "reduce_scatter".into(), unsafe {
             llava_dist_reduce_scatter(
                 self.ptr,
                 host_out.as_ptr().cast(),
@@ -371,7 +381,7 @@ impl ProcessGroup {
     pub fn all_gather(&self, output: &Tensor, input: &Tensor) -> Result<(), DistError> {
         let (host_out, host_in) = (on_host(output), on_host(input));
         // SAFETY: live tensors; c10d checks their sizes.
-        checked(|| "allgather".into(), unsafe {
+        self.collective(|| "allgather".into(), unsafe {
             llava_dist_allgather(self.ptr, host_out.as_ptr().cast(), host_in.as_ptr().cast())
         })?;
         back(output, &host_out);
@@ -382,7 +392,7 @@ impl ProcessGroup {
     pub fn broadcast(&self, tensor: &Tensor, root: usize) -> Result<(), DistError> {
         let host = on_host(tensor);
         // SAFETY: a live group and tensor.
-        checked(|| format!("broadcast from rank {root}"), unsafe {
+        self.collective(|| format!("broadcast from rank {root}"), unsafe {
             llava_dist_broadcast(self.ptr, host.as_ptr().cast(), root as i32)
         })?;
         back(tensor, &host);
@@ -392,7 +402,7 @@ impl ProcessGroup {
     /// Returns when every rank has called it.
     pub fn barrier(&self) -> Result<(), DistError> {
         // SAFETY: a live group.
-        checked(|| "barrier".into(), unsafe { llava_dist_barrier(self.ptr) })
+        self.collective(|| "barrier".into(), unsafe { llava_dist_barrier(self.ptr) })
     }
 
     /// Sets `key` in the group's store.

@@ -162,6 +162,15 @@ impl AdamW {
         true
     }
 
+    /// The gradients the parameters have (a parameter backward did not reach has none).
+    fn grads(&self) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .map(|(_, p)| p.grad())
+            .filter(Tensor::defined)
+            .collect()
+    }
+
     /// Drops the gradients (`zero_grad(set_to_none=True)`): the next backward pass writes them
     /// rather than adding to zeros.
     pub fn zero_grad(&mut self) {
@@ -174,12 +183,7 @@ impl AdamW {
     /// reading it is the caller's one host synchronisation). The scaling itself happens in the
     /// next [`step`](Self::step), inside the fused kernel, which saves a pass over every gradient.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<Tensor, TchError> {
-        let grads: Vec<Tensor> = self
-            .params
-            .iter()
-            .map(|(_, p)| p.grad())
-            .filter(Tensor::defined)
-            .collect();
+        let grads = self.grads();
         if grads.is_empty() {
             return Ok(Tensor::zeros([], (Kind::Float, tch::Device::Cpu)));
         }
@@ -196,12 +200,7 @@ impl AdamW {
         max_norm: f64,
         sum_squares: impl FnOnce(&Tensor) -> Result<(), E>,
     ) -> Result<Result<Tensor, E>, TchError> {
-        let grads: Vec<Tensor> = self
-            .params
-            .iter()
-            .map(|(_, p)| p.grad())
-            .filter(Tensor::defined)
-            .collect();
+        let grads = self.grads();
         let device = self
             .params
             .first()

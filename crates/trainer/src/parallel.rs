@@ -217,41 +217,32 @@ impl Optimizer {
         let group = group.filter(|g| g.world() > 1);
         let world = group.as_ref().map_or(1, |g| g.world());
         let buckets = buckets(&params, world);
-        let Some(group) = group else {
-            let adamw = AdamW::new(
-                params
-                    .iter()
-                    .map(|(n, p)| (n.clone(), p.shallow_clone()))
-                    .collect(),
-                config,
-            );
-            return Ok(Optimizer {
-                params,
-                buckets,
-                mode: Mode::Local,
-                adamw,
-            });
+        if let Some(group) = &group {
+            for bucket in &buckets {
+                let flat = flatten(&params, bucket, |p| p.detach(), 0);
+                group.broadcast(&flat, 0)?;
+                unflatten_into(&params, bucket, &flat)?;
+            }
+        }
+        let group = match group {
+            Some(group) if shard => group,
+            // Unsharded: AdamW over the parameters themselves, on one rank or replicated.
+            group => {
+                let adamw = AdamW::new(
+                    params
+                        .iter()
+                        .map(|(n, p)| (n.clone(), p.shallow_clone()))
+                        .collect(),
+                    config,
+                );
+                return Ok(Optimizer {
+                    params,
+                    buckets,
+                    mode: group.map_or(Mode::Local, Mode::Replicated),
+                    adamw,
+                });
+            }
         };
-        for bucket in &buckets {
-            let flat = flatten(&params, bucket, |p| p.detach(), 0);
-            group.broadcast(&flat, 0)?;
-            unflatten_into(&params, bucket, &flat)?;
-        }
-        if !shard {
-            let adamw = AdamW::new(
-                params
-                    .iter()
-                    .map(|(n, p)| (n.clone(), p.shallow_clone()))
-                    .collect(),
-                config,
-            );
-            return Ok(Optimizer {
-                params,
-                buckets,
-                mode: Mode::Replicated(group),
-                adamw,
-            });
-        }
         let rank = group.rank() as i64;
         let (mut shards, mut segments) = (Vec::new(), Vec::new());
         let (mut named, mut decay) = (Vec::new(), Vec::new());

@@ -361,10 +361,7 @@ pub fn run(
         None => None,
     };
     let barrier = || match &parallel {
-        Some(p) => p
-            .group
-            .barrier()
-            .map_err(|e| RunError::Dist(p.group.explain(e))),
+        Some(p) => p.group.barrier().map_err(RunError::Dist),
         None => Ok(()),
     };
     let (mut model, tokenizer) = build_model(config, stage, device)?;

@@ -108,7 +108,7 @@ fn save_checkpoint(
     };
     let leader = group.is_none_or(|g| g.rank() == 0);
     let barrier = || match group {
-        Some(g) => g.barrier().map_err(|e| StageError::Dist(g.explain(e))),
+        Some(g) => g.barrier().map_err(StageError::Dist),
         None => Ok(()),
     };
     if leader {
@@ -518,16 +518,9 @@ pub fn train_parallel(
     let group = parallel.map(|p| p.group.as_ref());
     let (rank, world) = group.map_or((0, 1), |g| (g.rank(), g.world()));
     let leader = rank == 0;
-    // A failed collective is explained (which rank was lost) before it stops the run.
-    let dist = |e: DistError| {
-        StageError::Dist(match group {
-            Some(g) => g.explain(e),
-            None => e,
-        })
-    };
     let optimizer_error = |e: OptimizerError| match e {
         OptimizerError::Torch(e) => StageError::Optimizer(e),
-        OptimizerError::Dist(e) => dist(e),
+        OptimizerError::Dist(e) => StageError::Dist(e),
     };
     let mut optimizer = Optimizer::new(
         trainable(model, config.stage),
@@ -631,7 +624,8 @@ pub fn train_parallel(
                 }
             }
             let micro_batches = planned.micro_batches.len();
-            let totals = StepTotals::reduce(&batches, micro_batches, group).map_err(dist)?;
+            let totals =
+                StepTotals::reduce(&batches, micro_batches, group).map_err(StageError::Dist)?;
             for (reason, n) in SkipReason::ALL.iter().zip(&totals.skipped) {
                 if *n > 0 {
                     *skipped.entry(*reason).or_default() += n;
@@ -674,7 +668,7 @@ pub fn train_parallel(
                 })?;
                 step_loss += loss * share;
             }
-            let loss = sum_over(group, step_loss.double_value(&[])).map_err(dist)?
+            let loss = sum_over(group, step_loss.double_value(&[])).map_err(StageError::Dist)?
                 / micro_batches.max(1) as f64;
             step += 1;
             if !loss.is_finite() {
