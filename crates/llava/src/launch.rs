@@ -10,14 +10,21 @@ use std::time::{Duration, Instant};
 /// within seconds and say which), before they are killed.
 const GRACE: Duration = Duration::from_secs(30);
 
-/// Whether this process is a rank some launcher (ours, torchrun or Slurm) started.
+use trainer::dist::Launch;
+
+/// Whether this process is a rank some launcher (ours, torchrun or Slurm) started, as the trainer
+/// reads the environment (a malformed one counts: the run then says what is wrong with it).
 pub fn launched() -> bool {
-    std::env::var_os("RANK").is_some() || std::env::var_os("SLURM_PROCID").is_some()
+    !matches!(Launch::from_env(), Ok(None))
 }
 
-/// Whether this process is rank 0 of its job, or runs alone (it alone talks to the user).
+/// Whether this process is rank 0 of its job, or runs alone (it alone talks to the user): under
+/// Slurm too, where `RANK` is not set.
 pub fn leader() -> bool {
-    std::env::var("RANK").map_or(true, |r| r.trim() == "0")
+    Launch::from_env()
+        .ok()
+        .flatten()
+        .is_none_or(|l| l.rank == 0)
 }
 
 /// `args` without `--nproc-per-node N` (or `--nproc-per-node=N`).
