@@ -63,6 +63,9 @@ train=("$BIN/llava" bench-train --preset "$PRESET" --device "$DEVICE" --json)
 step smoke 60 "$BIN/llava" bench-train --preset bench-small --device "$DEVICE" --steps 2 --warmup 1 --json
 step train_s2_4x1024 120 "${train[@]}" --stage 2 --micro-batch 4 --seq 1024 --steps 8 --warmup 3 \
     --profile "$OUT/profile_rust_s2_4x1024.tsv"
+# The same step with our CUDA kernels off (libtorch's operations): the kernels' gain, same run.
+step train_s2_4x1024_libtorch 120 env LLAVA_CUDA_KERNELS=0 "${train[@]}" --stage 2 --micro-batch 4 \
+    --seq 1024 --steps 8 --warmup 3
 step train_s2_8x1024 120 "${train[@]}" --stage 2 --micro-batch 8 --seq 1024 --steps 8 --warmup 3
 step train_s1_8x640 90 "${train[@]}" --stage 1 --micro-batch 8 --seq 640 --steps 8 --warmup 3 \
     --profile "$OUT/profile_rust_s1_8x640.tsv"
@@ -72,7 +75,16 @@ if [ -z "${SKIP_HF:-}" ]; then
 fi
 if [ -z "${QUICK:-}" ]; then
     step vision 60 "$BIN/llava" bench-vision --preset "$PRESET" --device "$DEVICE" --batch 32
-    step generate 90 "$BIN/llava" bench-generate --preset "$PRESET" --device "$DEVICE" --prompt-len 608 --new-tokens 128
+    # Decoding through CUDA graphs against eager steps, in the same run; then batch 32 (evaluation).
+    gen=("$BIN/llava" bench-generate --preset "$PRESET" --device "$DEVICE" --prompt-len 608)
+    step generate 90 "${gen[@]}" --new-tokens 128
+    step generate_eager 90 "${gen[@]}" --new-tokens 128 --decode eager
+    step generate_b32 90 "${gen[@]}" --new-tokens 64 --batch 32 --runs 1
+    step generate_b32_eager 90 "${gen[@]}" --new-tokens 64 --batch 32 --runs 1 --decode eager
+    # Packed sequences against padded batches on the 665K mix's lengths.
+    mix=("${train[@]}" --stage 2 --micro-batch 8 --seq 2048 --steps 6 --warmup 2 --length-mix)
+    step train_mix 120 "${mix[@]}"
+    step train_mix_pack 120 "${mix[@]}" --pack
 
     for test in "$BIN"/test-*; do
         step "$(basename "$test")" 90 "$test" --test-threads 1

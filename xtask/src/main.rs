@@ -337,10 +337,12 @@ fn device_bundle() -> Result<(), String> {
     std::fs::create_dir_all(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
     cargo(&["build", "--release", "--package", "llava", "--bin", "llava"])?;
     copy(&root.join("target/release/llava"), &bin.join("llava"))?;
-    for (package, test) in [
-        ("gemma-lm", "gemma"),
-        ("vision-encoders", "towers"),
-        ("llava-model", "llava"),
+    for (package, test, name) in [
+        ("gemma-lm", "gemma", "test-gemma-lm"),
+        ("gemma-lm", "cuda", "test-gemma-lm-cuda"),
+        ("trainer", "cuda", "test-trainer-cuda"),
+        ("vision-encoders", "towers", "test-vision-encoders"),
+        ("llava-model", "llava", "test-llava-model"),
     ] {
         let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args([
@@ -371,13 +373,10 @@ fn device_bundle() -> Result<(), String> {
                     .map(str::to_string)
             })
             .ok_or_else(|| format!("no test binary for {package}/{test}"))?;
-        copy(
-            std::path::Path::new(&exe),
-            &bin.join(format!("test-{package}")),
-        )?;
+        copy(std::path::Path::new(&exe), &bin.join(name))?;
     }
-    // The device tool carries at most 64 MiB: without their debug information the four
-    // binaries come to about 28 MB.
+    // The device tool carries at most 64 MiB: without their debug information the six
+    // binaries come to about 40 MB.
     for entry in std::fs::read_dir(&bin).map_err(|e| format!("{}: {e}", bin.display()))? {
         let path = entry.map_err(|e| format!("{}: {e}", bin.display()))?.path();
         let status = Command::new("strip")

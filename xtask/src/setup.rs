@@ -20,8 +20,67 @@ use std::process::Command;
 /// The PyTorch release that `tch = 0.24.0` binds.
 pub const TORCH_VERSION: &str = "2.11.0";
 
-/// Makes sure `<root>/.libtorch` points at a usable libtorch and returns its directory.
+/// The CUDA compiler and the headers it and the CUDA runtime's headers need, from PyPI, of the
+/// CUDA 13.0 that torch 2.11's wheel is built with (`nvidia-cuda-runtime` 13.0): with them the
+/// build adds CUDA graphs and our kernels (`crates/foundation/csrc`); without them it builds the
+/// same code minus those, and the model falls back to libtorch's operations.
+pub const CUDA_COMPILER: [&str; 4] = [
+    "nvidia-cuda-nvcc==13.0.88",
+    "nvidia-nvvm==13.0.88",
+    "nvidia-cuda-crt==13.0.88",
+    "nvidia-cuda-cccl==13.0.85",
+];
+
+/// Makes sure `<root>/.libtorch` points at a usable libtorch and returns its directory; for the
+/// cached environment's CUDA torch, installs the CUDA compiler next to it on first use.
 pub fn ensure_libtorch(root: &Path) -> Result<PathBuf, String> {
+    let dir = find_libtorch(root)?;
+    ensure_cuda_compiler(&dir);
+    Ok(dir)
+}
+
+/// Installs [`CUDA_COMPILER`] into the cached environment that holds the CUDA torch at `torch`,
+/// when it is not there yet (about 100 MB, once). Torch of another environment is the user's: we
+/// only say how. A failed install is a warning: the build is complete without it.
+fn ensure_cuda_compiler(torch: &Path) {
+    let Some(site) = torch.parent() else { return };
+    let nvcc = site.join("nvidia/cu13/bin/nvcc");
+    if !torch.join("lib/libtorch_cuda.so").exists()
+        || nvcc.exists() && site.join("nvidia/cu13/nvvm/bin/cicc").exists()
+    {
+        return;
+    }
+    let cached = cache_dir()
+        .ok()
+        .and_then(|c| c.canonicalize().ok())
+        .is_some_and(|c| torch.starts_with(c));
+    let pip = torch
+        .ancestors()
+        .map(|d| d.join("bin/pip"))
+        .find(|p| p.exists());
+    let (true, Some(pip)) = (cached, pip) else {
+        eprintln!(
+            "xtask: note: no nvcc beside {}; for CUDA graphs and our CUDA kernels, `pip install {}` there",
+            torch.display(),
+            CUDA_COMPILER.join(" ")
+        );
+        return;
+    };
+    eprintln!("xtask: installing the CUDA compiler from PyPI next to torch (about 100 MB, once)");
+    let installed = run(Command::new(&pip)
+        .args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+        ])
+        .args(CUDA_COMPILER));
+    if let Err(e) = installed {
+        eprintln!("xtask: warning: {e}; building without CUDA graphs and our CUDA kernels");
+    }
+}
+
+fn find_libtorch(root: &Path) -> Result<PathBuf, String> {
     let link = root.join(".libtorch");
     // `.cargo/config.toml` sets LIBTORCH to the link for every cargo-run process, this one included;
     // only another value is the user's own choice.

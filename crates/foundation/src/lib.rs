@@ -12,6 +12,7 @@
 //!   turned back into errors.
 
 pub mod checkpoint;
+pub mod cuda;
 pub mod device;
 mod error;
 pub mod ffi;

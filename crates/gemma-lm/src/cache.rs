@@ -81,6 +81,11 @@ impl KvCache {
         )
     }
 
+    /// The keys and values of every layer, the filled length and the capacity.
+    pub(crate) fn into_parts(self) -> (Vec<Tensor>, Vec<Tensor>, i64, i64) {
+        (self.keys, self.values, self.len, self.capacity)
+    }
+
     /// Records that `new` positions were written to every layer.
     pub fn advance(&mut self, new: i64) {
         self.len += new;

@@ -2,9 +2,10 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::cache::KvCache;
+use crate::decode::{Decode, StaticDecoder};
 use crate::model::Gemma;
 use crate::{Error, Result};
 
@@ -25,6 +26,8 @@ pub struct GenerationConfig {
     pub pad_token: i64,
     /// Seed for sampling.
     pub seed: u64,
+    /// How the decoding steps run: CUDA graphs on a GPU by default (see [`Decode`]).
+    pub decode: Decode,
 }
 
 impl Default for GenerationConfig {
@@ -37,6 +40,7 @@ impl Default for GenerationConfig {
             stop_tokens: Vec::new(),
             pad_token: 0,
             seed: 0,
+            decode: Decode::Auto,
         }
     }
 }
@@ -176,16 +180,17 @@ pub fn generate_from_embeds(
     }
     let device = model.device();
     let mut cache = KvCache::for_model(model, batch, prompt_len + max_new);
-    let mut mask = padding.map(|m| m.to_device(device).to_kind(Kind::Int64));
+    let mask = padding.map(|m| m.to_device(device).to_kind(Kind::Int64));
     let mut sampler = config.is_sampling().then(|| Sampler::new(config));
     let mut finished = vec![false; batch as usize];
 
-    let mut hidden =
+    let hidden =
         tch::no_grad(|| model.forward_embeds(embeds, mask.as_ref(), Some(&mut cache), false))?
             .last_hidden_state
             .narrow(1, prompt_len - 1, 1);
+    let mut logits = model.logits(&hidden).squeeze_dim(1).to_kind(Kind::Float);
+    let mut steps = Steps::new(config.decode, device, cache, mask);
     for step in 0..max_new {
-        let logits = model.logits(&hidden).squeeze_dim(1).to_kind(Kind::Float);
         let next: Vec<i64> = match sampler.as_mut() {
             None => Vec::<i64>::try_from(logits.argmax(-1, false).to_device(tch::Device::Cpu))?,
             Some(sampler) => {
@@ -209,18 +214,84 @@ pub fn generate_from_embeds(
         if finished.iter().all(|&f| f) || step + 1 == max_new {
             break;
         }
-        let ids = Tensor::from_slice(&chosen)
-            .view([batch, 1])
-            .to_device(device);
-        if let Some(m) = mask.as_mut() {
-            *m = Tensor::cat(&[&*m, &m.ones_like().narrow(1, 0, 1)], 1);
-        }
-        hidden = tch::no_grad(|| {
-            model.forward_embeds(&model.embed(&ids), mask.as_ref(), Some(&mut cache), false)
-        })?
-        .last_hidden_state;
+        logits = steps.next(model, &chosen)?;
     }
     Ok(outputs)
+}
+
+/// The decoding steps after the prefill, eager or static (see [`Decode`]); a static decoder is
+/// made at the first step.
+enum Steps {
+    Eager {
+        cache: KvCache,
+        mask: Option<Tensor>,
+    },
+    Static {
+        pending: Option<(KvCache, Option<Tensor>)>,
+        decoder: Option<StaticDecoder>,
+        graph: bool,
+        /// Whether a failed capture may fall back to static steps ([`Decode::Auto`]).
+        fallback: bool,
+    },
+}
+
+impl Steps {
+    /// The steps `requested` means on `device`, continuing from a prefilled `cache` (and the
+    /// padding `mask` of the prompts, if any).
+    fn new(requested: Decode, device: Device, cache: KvCache, mask: Option<Tensor>) -> Steps {
+        match requested.resolve(device) {
+            resolved @ (Decode::Static | Decode::Graph) => Steps::Static {
+                pending: Some((cache, mask)),
+                decoder: None,
+                graph: resolved == Decode::Graph,
+                fallback: requested == Decode::Auto,
+            },
+            Decode::Eager | Decode::Auto => Steps::Eager { cache, mask },
+        }
+    }
+
+    /// The logits `[batch, vocab]` (f32) after the tokens `chosen`, one per row.
+    fn next(&mut self, model: &Gemma, chosen: &[i64]) -> Result<Tensor> {
+        let device = model.device();
+        let batch = chosen.len() as i64;
+        match self {
+            Steps::Eager { cache, mask } => {
+                let ids = Tensor::from_slice(chosen)
+                    .view([batch, 1])
+                    .to_device(device);
+                if let Some(m) = mask.as_mut() {
+                    *m = Tensor::cat(&[&*m, &m.ones_like().narrow(1, 0, 1)], 1);
+                }
+                let hidden = tch::no_grad(|| {
+                    model.forward_embeds(&model.embed(&ids), mask.as_ref(), Some(cache), false)
+                })?
+                .last_hidden_state;
+                Ok(model.logits(&hidden).squeeze_dim(1).to_kind(Kind::Float))
+            }
+            Steps::Static {
+                pending,
+                decoder,
+                graph,
+                fallback,
+            } => {
+                if let Some((cache, mask)) = pending.take() {
+                    *decoder = Some(StaticDecoder::new(model, cache, mask.as_ref(), *graph)?);
+                }
+                let decoder = decoder.as_mut().expect("made above");
+                match decoder.next(model, chosen) {
+                    Err(e) if *fallback => {
+                        eprintln!(
+                            "warning: CUDA-graph decoding is off for this call, steps run one kernel at a time ({e})"
+                        );
+                        *fallback = false;
+                        decoder.without_graph();
+                        decoder.next(model, chosen)
+                    }
+                    other => other,
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@
 pub mod batch;
 pub mod cache;
 pub mod config;
+pub mod decode;
 mod error;
 pub mod generation;
 pub mod lora;
@@ -43,6 +44,7 @@ pub(crate) fn global_rng() -> std::sync::MutexGuard<'static, ()> {
 }
 pub use cache::KvCache;
 pub use config::{Activation, GemmaConfig, TokenIds};
+pub use decode::Decode;
 pub use error::{Error, Result};
 pub use generation::{GenerationConfig, Sampler, generate, generate_from_embeds, left_pad};
 pub use lora::LoraSpec;

@@ -98,6 +98,30 @@ fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     x * cos + rotate_half(x) * sin
 }
 
+/// The rotary embedding of queries and keys in the projections' layout `[batch, len, heads, dim]`,
+/// returned as `[batch, heads, len, dim]` (a transposed view). On a GPU with our kernels built in,
+/// one kernel per tensor (in place when nothing needs a gradient); libtorch's operations otherwise.
+fn rotate_queries_keys(q: Tensor, k: Tensor, cos_sin: &(Tensor, Tensor)) -> (Tensor, Tensor) {
+    let (cos, sin) = cos_sin;
+    let fused = foundation::cuda::kernels_for(q.device(), q.kind())
+        && [&q, &k, cos, sin].iter().all(|t| t.is_contiguous());
+    if !fused {
+        let (q, k) = (q.transpose(1, 2), k.transpose(1, 2));
+        return (apply_rotary(&q, cos, sin), apply_rotary(&k, cos, sin));
+    }
+    // A kernel error here is our bug (the shapes were checked above and by the caller); unwrap
+    // panics as tch does, so a caller catching libtorch errors catches it too.
+    let rotate = |x: Tensor| {
+        if x.requires_grad() {
+            foundation::cuda::rotary(&x, cos, sin).unwrap()
+        } else {
+            foundation::cuda::rotary_(&x, cos, sin).unwrap();
+            x
+        }
+    };
+    (rotate(q).transpose(1, 2), rotate(k).transpose(1, 2))
+}
+
 /// How queries may attend, prepared once per forward and shared by every layer.
 #[derive(Debug)]
 pub struct AttentionPlan {
@@ -107,6 +131,97 @@ pub struct AttentionPlan {
     mask: Option<Tensor>,
     /// Whether to let the kernel apply the causal mask itself (no past, no explicit mask).
     is_causal: bool,
+    /// Sequences laid end to end instead of a mask (packed batches).
+    varlen: Option<Varlen>,
+}
+
+/// The tokens of a batch as sequences laid end to end, each attending only to itself, causally:
+/// a packed batch's samples (and each row's padding, whose outputs are ignored). On a GPU this is
+/// one varlen flash-attention call; elsewhere one causal attention per sequence. Either way no
+/// query is computed against keys it cannot see, as a block-diagonal mask would.
+#[derive(Debug)]
+pub(crate) struct Varlen {
+    /// Where each sequence starts in the flattened `[batch * len]` tokens, and the total: int32,
+    /// on the batch's device (flash attention's `cu_seqlens`).
+    cu_seqlens: Tensor,
+    /// The same boundaries on the host.
+    bounds: Vec<i64>,
+    /// The longest sequence.
+    max_len: i64,
+}
+
+impl Varlen {
+    /// The sequences of `segments` `[batch, len]` (sample ids, -1 at padding): each row's runs of
+    /// one id. `None` when a sample's tokens are not one run, which a mask handles instead.
+    fn from_segments(segments: &Tensor, device: Device) -> Option<Varlen> {
+        let (b, l) = (segments.size()[0], segments.size()[1]);
+        let ids = Vec::<i64>::try_from(segments.to_device(Device::Cpu).reshape([-1])).ok()?;
+        let mut bounds = vec![0i64];
+        for row in 0..b as usize {
+            let row_ids = &ids[row * l as usize..(row + 1) * l as usize];
+            let mut seen = std::collections::HashSet::new();
+            for (i, &id) in row_ids.iter().enumerate() {
+                let starts = i == 0 || row_ids[i - 1] != id;
+                if starts {
+                    if i > 0 {
+                        bounds.push((row * l as usize + i) as i64);
+                    }
+                    if id >= 0 && !seen.insert(id) {
+                        return None;
+                    }
+                }
+            }
+            bounds.push(((row + 1) * l as usize) as i64);
+        }
+        bounds.dedup();
+        let max_len = bounds.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        let host: Vec<i32> = bounds.iter().map(|&x| x as i32).collect();
+        Some(Varlen {
+            cu_seqlens: Tensor::from_slice(&host).to_device(device),
+            bounds,
+            max_len,
+        })
+    }
+
+    /// Causal attention within each sequence, for `q` `[tokens, heads, dim]` and `k`, `v`
+    /// `[tokens, kv_heads, dim]`; returns `[tokens, heads, dim]`.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        if q.device().is_cuda() && matches!(q.kind(), Kind::BFloat16 | Kind::Half) {
+            // Errors here are our bugs (the layout is ours); unwrap panics as tch does.
+            return foundation::cuda::flash_varlen(q, k, v, &self.cu_seqlens, self.max_len)
+                .unwrap();
+        }
+        let groups = q.size()[1] / k.size()[1];
+        let outputs: Vec<Tensor> = self
+            .bounds
+            .windows(2)
+            .map(|w| {
+                let part = |t: &Tensor| t.narrow(0, w[0], w[1] - w[0]).transpose(0, 1).unsqueeze(0);
+                let (k, v) = (part(k), part(v));
+                let (k, v) = if groups > 1 {
+                    (
+                        k.repeat_interleave_self_int(groups, 1, None),
+                        v.repeat_interleave_self_int(groups, 1, None),
+                    )
+                } else {
+                    (k, v)
+                };
+                Tensor::scaled_dot_product_attention(
+                    &part(q),
+                    &k,
+                    &v,
+                    None::<&Tensor>,
+                    0.0,
+                    true,
+                    None,
+                    false,
+                )
+                .squeeze_dim(0)
+                .transpose(0, 1)
+            })
+            .collect();
+        Tensor::cat(&outputs, 0)
+    }
 }
 
 impl AttentionPlan {
@@ -138,6 +253,7 @@ impl AttentionPlan {
                     positions,
                     is_causal: past == 0 && len > 1,
                     mask,
+                    varlen: None,
                 }
             }
             Some(padding) => {
@@ -154,6 +270,7 @@ impl AttentionPlan {
                     positions,
                     mask: Some(additive(&keep, kind)),
                     is_causal: false,
+                    varlen: None,
                 }
             }
         }
@@ -169,6 +286,7 @@ impl AttentionPlan {
             positions,
             mask,
             is_causal,
+            varlen: None,
         }
     }
 }
@@ -184,10 +302,24 @@ pub struct Packing {
 }
 
 impl AttentionPlan {
-    /// The plan of a packed batch: a block-diagonal causal mask, query `i` seeing key `j` when
-    /// both are of the same sample and `j <= i`. The samples' outputs are those each would have
-    /// alone (padding rows attend to nothing and are ignored).
+    /// The plan of a packed batch: query `i` sees key `j` when both are of the same sample and
+    /// `j <= i`, so the samples' outputs are those each would have alone (outputs at padding are
+    /// ignored). The samples run as sequences laid end to end ([`Varlen`]) when each is one run
+    /// of tokens, as [`crate::Packing`]'s makers lay them; otherwise under a block-diagonal mask.
     pub fn packed(packing: &Packing, device: Device, kind: Kind) -> Self {
+        if let Some(varlen) = Varlen::from_segments(&packing.segments, device) {
+            return AttentionPlan {
+                positions: packing.positions.to_device(device),
+                mask: None,
+                is_causal: false,
+                varlen: Some(varlen),
+            };
+        }
+        Self::packed_masked(packing, device, kind)
+    }
+
+    /// [`packed`](Self::packed) under a block-diagonal mask, whatever the layout of the samples.
+    pub fn packed_masked(packing: &Packing, device: Device, kind: Kind) -> Self {
         let segments = packing.segments.to_device(device);
         let len = segments.size()[1];
         let same = segments
@@ -201,6 +333,7 @@ impl AttentionPlan {
             positions: packing.positions.to_device(device),
             mask: Some(additive(&keep, kind)),
             is_causal: false,
+            varlen: None,
         }
     }
 }
@@ -263,12 +396,19 @@ impl Attention {
         cache: Option<(&mut dyn LayerCache, usize)>,
     ) -> Tensor {
         let (b, l) = (x.size()[0], x.size()[1]);
-        let split = |t: Tensor, n: i64| t.view([b, l, n, self.head_dim]).transpose(1, 2);
+        let split = |t: Tensor, n: i64| t.view([b, l, n, self.head_dim]);
         let q = split(self.q_proj.forward(x), self.heads);
         let k = split(self.k_proj.forward(x), self.kv_heads);
-        let v = split(self.v_proj.forward(x), self.kv_heads);
-        let q = apply_rotary(&q, &cos_sin.0, &cos_sin.1);
-        let k = apply_rotary(&k, &cos_sin.0, &cos_sin.1);
+        let v = split(self.v_proj.forward(x), self.kv_heads).transpose(1, 2);
+        let (q, k) = rotate_queries_keys(q, k, cos_sin);
+        if let Some(varlen) = &plan.varlen {
+            // [b, n, l, d] back to the tokens laid end to end, [b * l, n, d].
+            let flat = |t: &Tensor| t.transpose(1, 2).reshape([b * l, -1, self.head_dim]);
+            let out = varlen.attend(&flat(&q), &flat(&k), &flat(&v));
+            return self
+                .o_proj
+                .forward(&out.reshape([b, l, self.heads * self.head_dim]));
+        }
         let (k, v) = match cache {
             Some((cache, layer)) => cache.update(layer, &k, &v),
             None => (k, v),
@@ -328,8 +468,18 @@ impl Mlp {
             Activation::GeluTanh => "tanh",
             Activation::Gelu => "none",
         };
-        let gate = self.gate_proj.forward(x).gelu(approximate);
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)))
+        let (gate, up) = (self.gate_proj.forward(x), self.up_proj.forward(x));
+        let fused = self.activation == Activation::GeluTanh
+            && foundation::cuda::kernels_for(gate.device(), gate.kind())
+            && gate.is_contiguous()
+            && up.is_contiguous();
+        let hidden = if fused {
+            // One kernel each way; an error is our bug, and panics as tch's own would.
+            foundation::cuda::gelu_mul(&gate, &up).unwrap()
+        } else {
+            gate.gelu(approximate) * up
+        };
+        self.down_proj.forward(&hidden)
     }
 }
 
@@ -565,6 +715,11 @@ impl Gemma {
             .to_kind(self.kind())
             .to_device(self.device);
         self.embed_tokens.forward(&input_ids.to_device(self.device)) * scale
+    }
+
+    /// The embedding rows of `input_ids` (on the model's device), without the scale.
+    pub(crate) fn embed_tokens_only(&self, input_ids: &Tensor) -> Tensor {
+        self.embed_tokens.forward(input_ids)
     }
 
     /// Runs the decoder on input embeddings `[batch, len, hidden]` (already scaled, see
@@ -848,5 +1003,63 @@ impl Gemma {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segments(rows: &[&[i64]]) -> Tensor {
+        let flat: Vec<i64> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+        Tensor::from_slice(&flat).view([rows.len() as i64, rows[0].len() as i64])
+    }
+
+    #[test]
+    fn each_run_of_a_sample_or_of_padding_is_one_sequence() {
+        let v = Varlen::from_segments(
+            &segments(&[&[0, 0, 1, 1, 1, -1], &[0, 0, 0, 0, 1, 1]]),
+            Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(v.bounds, [0, 2, 5, 6, 10, 12]);
+        assert_eq!(v.max_len, 4);
+        assert_eq!(
+            Vec::<i32>::try_from(&v.cu_seqlens).unwrap(),
+            [0, 2, 5, 6, 10, 12]
+        );
+    }
+
+    #[test]
+    fn a_sample_split_in_two_runs_takes_the_mask() {
+        assert!(Varlen::from_segments(&segments(&[&[0, 1, 0, -1]]), Device::Cpu).is_none());
+    }
+
+    #[test]
+    fn sequences_laid_end_to_end_attend_as_the_block_diagonal_mask() {
+        let _rng = crate::global_rng();
+        tch::manual_seed(3);
+        let vs = VarStore::new(Device::Cpu);
+        let config = GemmaConfig::tiny(64); // one key/value head for four query heads
+        let model = Gemma::new(&vs.root(), &config).unwrap();
+        let packing = Packing {
+            positions: Tensor::from_slice(&[0i64, 1, 2, 0, 1, 0, 0, 1, 2, 3, 0, 1]).view([2, 6]),
+            segments: segments(&[&[0, 0, 0, 1, 1, -1], &[0, 0, 0, 0, 1, 1]]),
+        };
+        let embeds = Tensor::randn([2, 6, config.hidden_size], (Kind::Float, Device::Cpu));
+        let run = |plan: &AttentionPlan| {
+            let cos_sin = model.rotary.cos_sin(&plan.positions, Kind::Float);
+            let mut x = embeds.shallow_clone();
+            for layer in &model.layers {
+                x = layer.forward(&x, &cos_sin, plan, None);
+            }
+            x
+        };
+        let varlen = AttentionPlan::packed(&packing, Device::Cpu, Kind::Float);
+        assert!(varlen.varlen.is_some());
+        let masked = AttentionPlan::packed_masked(&packing, Device::Cpu, Kind::Float);
+        let keep = packing.segments.ge(0).unsqueeze(-1);
+        let (a, b) = (run(&varlen) * &keep, run(&masked) * &keep);
+        assert!(a.allclose(&b, 1e-5, 1e-5, false), "{}", (a - b).abs().max());
     }
 }

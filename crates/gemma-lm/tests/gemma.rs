@@ -382,3 +382,51 @@ fn bos_comes_first_with_or_without_a_post_processor() {
     let without = gemma_lm::GemmaTokenizer::from_file(tmp.path()).unwrap();
     assert_eq!(without.encode(text, true).unwrap(), ids);
 }
+
+/// Static decoding steps (what a CUDA graph records: the whole cache under a mask, inputs in
+/// device tensors) choose the tokens eager steps choose, with left-padded prompts too.
+#[test]
+fn static_decoding_steps_generate_what_eager_steps_generate() {
+    use gemma_lm::Decode;
+    let model = load(&fixture_model());
+    let prompts = vec![vec![2i64, 17, 300, 5, 44, 99], vec![2i64, 600, 8]];
+    let run = |decode| {
+        let config = GenerationConfig {
+            max_new_tokens: 12,
+            decode,
+            ..Default::default()
+        };
+        let mut streamed = Vec::new();
+        let out = generate(&model, &prompts, &config, |row, token| {
+            streamed.push((row, token))
+        })
+        .unwrap();
+        (out, streamed)
+    };
+    let eager = run(Decode::Eager);
+    assert_eq!(eager.0[0].len(), 12);
+    assert_eq!(run(Decode::Static), eager);
+    assert_eq!(run(Decode::Auto), eager, "on the CPU, Auto is eager");
+    // One prompt alone (no padding mask) as well.
+    let single = |decode| {
+        let config = GenerationConfig {
+            max_new_tokens: 9,
+            decode,
+            ..Default::default()
+        };
+        generate(&model, &prompts[..1], &config, |_, _| {}).unwrap()
+    };
+    assert_eq!(single(Decode::Static), single(Decode::Eager));
+}
+
+#[test]
+fn graph_decoding_off_a_gpu_is_an_error_that_says_so() {
+    let model = load(&fixture_model());
+    let config = GenerationConfig {
+        max_new_tokens: 3,
+        decode: gemma_lm::Decode::Graph,
+        ..Default::default()
+    };
+    let err = generate(&model, &[vec![2i64, 17]], &config, |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("CUDA"), "{err}");
+}

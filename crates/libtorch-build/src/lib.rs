@@ -78,6 +78,108 @@ pub fn compile_cpp_with(name: &str, files: &[&str], includes: &[&str], defines: 
     build.files(files).compile(name);
 }
 
+/// The CUDA toolkit pieces that PyPI ships next to torch (`site-packages/nvidia/cu13`): the
+/// runtime's headers always come with a CUDA torch; `cargo xtask setup` adds the compiler
+/// (`nvidia-cuda-nvcc`, `nvidia-nvvm`) and the headers the runtime's need (`nvidia-cuda-crt`,
+/// `nvidia-cuda-cccl`). `LLAVA_CUDA_HOME` points elsewhere (a system toolkit); `LLAVA_NO_CUDA=1`
+/// builds as if there were none.
+#[derive(Debug, Clone)]
+pub struct CudaToolkit {
+    /// `include/` with `cuda_runtime.h` and `crt/host_config.h`: enough to compile C++ against
+    /// libtorch's CUDA headers (CUDA graphs, streams).
+    pub include: PathBuf,
+    /// `lib/` with `libcudart.so`.
+    pub lib: PathBuf,
+    /// `bin/nvcc`, when the compiler and its `cicc` are there too.
+    pub nvcc: Option<PathBuf>,
+}
+
+/// The toolkit beside libtorch (see [`CudaToolkit`]), or `None` when libtorch has no CUDA or the
+/// headers are incomplete.
+pub fn cuda_toolkit() -> Option<CudaToolkit> {
+    println!("cargo:rerun-if-env-changed=LLAVA_CUDA_HOME");
+    println!("cargo:rerun-if-env-changed=LLAVA_NO_CUDA");
+    if std::env::var_os("LLAVA_NO_CUDA").is_some_and(|v| v != "0") {
+        return None;
+    }
+    let torch = libtorch_dir()?;
+    if !torch.join("lib/libtorch_cuda.so").exists() {
+        return None;
+    }
+    let root = match std::env::var_os("LLAVA_CUDA_HOME") {
+        Some(home) => PathBuf::from(home),
+        None => torch.parent()?.join("nvidia/cu13"),
+    };
+    toolkit_at(&root)
+}
+
+/// The toolkit under `root`, laid out as PyPI's `nvidia/cu13` or a system `/usr/local/cuda`.
+pub fn toolkit_at(root: &Path) -> Option<CudaToolkit> {
+    let include = root.join("include");
+    let lib = [root.join("lib"), root.join("lib64")]
+        .into_iter()
+        .find(|l| l.exists())?;
+    for header in ["cuda_runtime.h", "crt/host_config.h"] {
+        println!("cargo:rerun-if-changed={}", include.join(header).display());
+        if !include.join(header).exists() {
+            return None;
+        }
+    }
+    let nvcc = root.join("bin/nvcc");
+    let cicc = root.join("nvvm/bin/cicc");
+    println!("cargo:rerun-if-changed={}", nvcc.display());
+    let nvcc = (nvcc.exists() && cicc.exists()).then_some(nvcc);
+    Some(CudaToolkit { include, lib, nvcc })
+}
+
+/// Compiles CUDA `files` with `toolkit`'s nvcc into a static library `name` for the GPUs torch's
+/// wheels serve (Ampere, Hopper; PTX for newer ones), with the CUDA runtime linked statically (its
+/// kernels launch on libtorch's streams through the driver's primary context, which both runtimes
+/// share), so the binaries need no path to the toolkit where they run.
+pub fn compile_cuda(name: &str, files: &[&str], toolkit: &CudaToolkit) {
+    let nvcc = toolkit.nvcc.as_ref().expect("compile_cuda needs nvcc");
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR in a build script"));
+    let mut objects = Vec::new();
+    for file in files {
+        let object = out.join(format!(
+            "{}.o",
+            Path::new(file).file_stem().unwrap().to_string_lossy()
+        ));
+        let status = std::process::Command::new(nvcc)
+            .args([
+                "-O3",
+                "-std=c++17",
+                "-Xcompiler",
+                "-fPIC",
+                "--expt-relaxed-constexpr",
+            ])
+            .args(["-gencode", "arch=compute_80,code=sm_80"])
+            .args(["-gencode", "arch=compute_90,code=sm_90"])
+            .args(["-gencode", "arch=compute_90,code=compute_90"])
+            .arg("-c")
+            .arg(file)
+            .arg("-o")
+            .arg(&object)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", nvcc.display()));
+        assert!(status.success(), "nvcc failed on {file}");
+        objects.push(object);
+    }
+    let mut build = cc::Build::new();
+    for object in &objects {
+        build.object(object);
+    }
+    build.compile(name);
+    println!("cargo:rustc-link-search=native={}", toolkit.lib.display());
+    println!("cargo:rustc-link-lib=static=cudart_static");
+    for system in ["rt", "dl", "pthread"] {
+        println!("cargo:rustc-link-lib=dylib={system}");
+    }
+}
+
 /// The linker arguments for a libtorch whose shared libraries are in `lib`.
 pub fn link_args(lib: &Path) -> Vec<String> {
     let lib = lib.display();

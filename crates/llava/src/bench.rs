@@ -33,6 +33,8 @@ pub struct GenerateReport {
     pub gen_s: f64,
     /// New tokens per second over all rows: `batch * new_tokens / gen_s`.
     pub tokens_per_s: f64,
+    /// How the decoding steps ran: `Graph` (CUDA graphs), `Eager`, `Static`; `Auto` is resolved.
+    pub decode: String,
 }
 
 /// Waits until `device` has finished the work queued on it.
@@ -60,8 +62,10 @@ fn preset(name: &str) -> Result<llava_model::LlavaConfig> {
 }
 
 /// Greedy generation with a random-weight model of `preset`: `batch` prompts of `prompt_len`
-/// tokens (one image each, the rest random text), `new_tokens` new tokens each; one warm-up, then
-/// the best of `runs`.
+/// tokens (one image each, the rest random text), `new_tokens` new tokens each, decoding as
+/// `decode` says; one warm-up, then the best of `runs`. A CUDA graph is recorded per generation
+/// call, inside the timed part.
+#[allow(clippy::too_many_arguments)]
 pub fn generate(
     preset_name: &str,
     device: Device,
@@ -70,6 +74,7 @@ pub fn generate(
     prompt_len: usize,
     new_tokens: usize,
     runs: usize,
+    decode: gemma_lm::Decode,
 ) -> Result<GenerateReport> {
     let config = preset(preset_name)?;
     tch::manual_seed(0);
@@ -102,6 +107,7 @@ pub fn generate(
     let pixels = Tensor::randn([batch as i64, 3, size, size], (kind, device));
     let config = GenerationConfig {
         max_new_tokens: new_tokens,
+        decode,
         ..GenerationConfig::default()
     };
     let warm = GenerationConfig {
@@ -135,6 +141,7 @@ pub fn generate(
         prefill_s: best_prefill,
         gen_s: best_gen,
         tokens_per_s: (batch * new_tokens) as f64 / best_gen,
+        decode: format!("{:?}", decode.resolve(device)),
     })
 }
 

@@ -245,13 +245,53 @@ impl AdamW {
             eps,
             weight_decay,
         } = self.config;
-        let with_grad: Vec<(usize, Tensor)> = self
+        let mut with_grad: Vec<(usize, Tensor)> = self
             .params
             .iter()
             .enumerate()
             .map(|(i, (_, p))| (i, p.grad()))
             .filter(|(_, g)| g.defined())
             .collect();
+        // On a GPU with our kernels, a weight with an f32 master takes its whole update in one
+        // pass (gradient read in bf16, master and moments updated, weight rounded); the rest go
+        // through libtorch's fused AdamW below.
+        with_grad.retain(|(i, grad)| {
+            let (param, master) = (&self.params[*i].1, &self.masters[*i]);
+            let Some(master) = master else { return true };
+            if !foundation::cuda::kernels_for(param.device(), param.kind())
+                || !grad.is_contiguous()
+                || !param.is_contiguous()
+            {
+                return true;
+            }
+            let decay = if weight_decay > 0.0 && self.decay[*i] {
+                weight_decay
+            } else {
+                0.0
+            };
+            let h = foundation::cuda::AdamW {
+                lr: lr * self.lr_scale[*i],
+                beta1,
+                beta2,
+                weight_decay: decay,
+                eps,
+            };
+            // Errors here are our bugs (the shapes are the model's own): panic as tch does.
+            tch::no_grad(|| {
+                foundation::cuda::adamw_cast(
+                    master,
+                    grad,
+                    &self.exp_avg[*i],
+                    &self.exp_avg_sq[*i],
+                    Some(param),
+                    grad_scale.as_ref(),
+                    self.steps as f64,
+                    h,
+                )
+            })
+            .unwrap();
+            false
+        });
         let mut scales: Vec<f64> = self.lr_scale.clone();
         scales.sort_by(f64::total_cmp);
         scales.dedup();

@@ -27,6 +27,9 @@ pub struct Args {
     /// f32, bf16 or f16 (default: bf16 on CUDA, f32 on CPU).
     #[arg(long)]
     dtype: Option<String>,
+    /// How decoding steps run: auto (CUDA graphs on a GPU), eager, static or graph.
+    #[arg(long, default_value = "auto")]
+    decode: String,
 }
 
 /// Runs it: one JSON object.
@@ -40,6 +43,7 @@ pub fn run(a: &Args) -> llava::Result<ExitCode> {
         a.prompt_len,
         a.new_tokens,
         a.runs,
+        a.decode.parse::<llava::gemma_lm::Decode>()?,
     )?;
     print_json(&report, true);
     Ok(ExitCode::SUCCESS)
