@@ -1,8 +1,22 @@
 //! Devices and dtypes, as users name them on the command line.
 
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 use crate::{Error, Result};
+
+/// `t` on `device` without waiting for the device: a host tensor bound for a GPU goes through
+/// pinned memory as an asynchronous copy, queued behind the work already there. A plain copy from
+/// pageable memory waits for everything queued first (libtorch synchronises the stream), so the
+/// host could not prepare the next micro-batch while the GPU computes the last one. Elsewhere, as
+/// `to_device`.
+pub fn upload(t: &Tensor, device: Device) -> Tensor {
+    if device.is_cuda() && t.device() == Device::Cpu {
+        t.pin_memory(device)
+            .to_device_(device, t.kind(), true, false)
+    } else {
+        t.to_device(device)
+    }
+}
 
 /// Parses `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available, else CPU), and checks that a
 /// CUDA device is there before anything is allocated on it: libtorch would otherwise fail deep

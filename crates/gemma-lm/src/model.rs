@@ -948,11 +948,14 @@ impl Gemma {
         if l < 2 {
             return Ok((hidden.sum(Kind::Float) * 0.0, 0));
         }
-        let targets = labels
-            .to_device(self.device)
-            .narrow(1, 1, l - 1)
-            .reshape([-1]);
+        // Labels on the host are searched there and uploaded without waiting for the device
+        // (finding the labelled positions on it would wait for everything queued before).
+        let targets = labels.narrow(1, 1, l - 1).reshape([-1]);
         let keep = targets.ne(IGNORE_INDEX).nonzero().squeeze_dim(1);
+        let (targets, keep) = (
+            foundation::device::upload(&targets, self.device),
+            foundation::device::upload(&keep, self.device),
+        );
         let count = keep.size()[0];
         if count == 0 {
             return Ok((hidden.sum(Kind::Float) * 0.0, 0));

@@ -253,3 +253,14 @@ fn graph_decoding_generates_what_uncaptured_steps_generate() {
         assert_eq!(graph[0].len(), 24);
     }
 }
+
+#[test]
+fn uploads_through_pinned_memory_arrive_intact() {
+    let Some(device) = gpu("upload", false) else {
+        return;
+    };
+    let host = Tensor::arange(100_000, (Kind::Int64, Device::Cpu)).view([100, 1000]);
+    let on_gpu = foundation::device::upload(&host, device);
+    assert_eq!(on_gpu.device(), device);
+    assert!(on_gpu.to_device(Device::Cpu).equal(&host));
+}

@@ -197,6 +197,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_toolkit_needs_its_headers_and_nvcc_needs_cicc() {
+        let root = std::env::temp_dir().join(format!("toolkit-test-{}", std::process::id()));
+        let touch = |path: &str| {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"").unwrap();
+        };
+        touch("include/cuda_runtime.h");
+        touch("lib/libcudart_static.a");
+        assert!(
+            toolkit_at(&root).is_none(),
+            "the runtime's headers alone need crt/"
+        );
+        touch("include/crt/host_config.h");
+        let headers = toolkit_at(&root).unwrap();
+        assert!(headers.nvcc.is_none());
+        touch("bin/nvcc");
+        assert!(
+            toolkit_at(&root).unwrap().nvcc.is_none(),
+            "nvcc without cicc cannot compile"
+        );
+        touch("nvvm/bin/cicc");
+        assert_eq!(toolkit_at(&root).unwrap().nvcc, Some(root.join("bin/nvcc")));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
     fn cuda_library_is_linked_only_when_present() {
         let dir = std::env::temp_dir().join(format!("libtorch-build-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

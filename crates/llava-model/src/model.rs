@@ -167,11 +167,17 @@ impl LlavaModel {
     /// Input embeddings for `input_ids` `[batch, len]` in which each image appears as its run of
     /// `<image>` tokens; their rows become the images' features, in order (several images per
     /// batch, text-only rows alike). The number of `<image>` tokens must equal the features'.
+    ///
+    /// Ids on the host are counted there and uploaded without waiting for the device; ids already
+    /// on the device are counted there (which waits for it).
     pub fn embed(&self, input_ids: &Tensor, pixel_values: Option<&Tensor>) -> Result<Tensor> {
-        let ids = input_ids.to_device(self.device());
+        let image_tokens = input_ids
+            .eq(self.image_token())
+            .sum(Kind::Int64)
+            .int64_value(&[]);
+        let ids = foundation::device::upload(input_ids, self.device());
         let is_image = ids.eq(self.image_token());
         let embeds = self.lm.embed(&ids.masked_fill(&is_image, 0));
-        let image_tokens = is_image.sum(Kind::Int64).int64_value(&[]);
         let Some(pixels) = pixel_values else {
             if image_tokens > 0 {
                 return Err(Error::Input(format!(

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use data::{Batch, Dataset, Loader, SkipCounter, SkipReason};
+use foundation::device::upload;
 use llava_model::LlavaModel;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
@@ -386,33 +387,36 @@ fn trainable(model: &mut LlavaModel, stage: Stage) -> Vec<(String, Tensor)> {
     params
 }
 
-/// The batch's packing (positions and segments), when it is packed.
+/// The batch's packing, when it is packed: positions on `device`, segments on the host (the
+/// attention plan reads their boundaries there).
 fn packing(batch: &Batch, device: Device) -> Option<gemma_lm::Packing> {
     if batch.segment_ids.is_empty() {
         return None;
     }
     let shape = [batch.batch_size as i64, batch.seq_len as i64];
-    let tensor = |v: &[i64]| Tensor::from_slice(v).view(shape).to_device(device);
+    let tensor = |v: &[i64]| Tensor::from_slice(v).view(shape);
     Some(gemma_lm::Packing {
-        positions: tensor(&batch.position_ids),
+        positions: upload(&tensor(&batch.position_ids), device),
         segments: tensor(&batch.segment_ids),
     })
 }
 
-/// The batch as tensors on `device`.
+/// The batch as tensors: token ids and labels on the host (the model counts image tokens and
+/// finds labelled positions there, then uploads them, so the host never waits for the device in
+/// the middle of a step), images uploaded to `device` without waiting.
 fn tensors(batch: &Batch, device: Device) -> (Tensor, Tensor, Option<Tensor>) {
     let shape = [batch.batch_size as i64, batch.seq_len as i64];
-    let ids = Tensor::from_slice(&batch.input_ids)
-        .view(shape)
-        .to_device(device);
-    let labels = Tensor::from_slice(&batch.labels)
-        .view(shape)
-        .to_device(device);
+    let ids = Tensor::from_slice(&batch.input_ids).view(shape);
+    let labels = Tensor::from_slice(&batch.labels).view(shape);
     let pixels = (batch.images > 0).then(|| {
         let (h, w) = batch.image_size;
-        Tensor::from_slice(&batch.pixel_values)
-            .view([batch.images as i64, 3, h as i64, w as i64])
-            .to_device(device)
+        let pixels = Tensor::from_slice(&batch.pixel_values).view([
+            batch.images as i64,
+            3,
+            h as i64,
+            w as i64,
+        ]);
+        upload(&pixels, device)
     });
     (ids, labels, pixels)
 }
