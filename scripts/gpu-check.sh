@@ -107,7 +107,7 @@ add_json tiny_report /tmp/gpu-check-tiny/report.json
 # The reference at the batch sizes the H100 could not hold, if time is left (H200: 139 GB).
 if [ -z "${SKIP_HF:-}" ] && [ -z "${QUICK:-}" ]; then
     mkdir -p /tmp/hf8
-    step hf_reference_8x1024 150 env RESULTS_DIR=/tmp/hf8 FINETUNE_B=8 PRETRAIN_B=8 GEN_TOKENS=8 \
+    step hf_reference_8x1024 150 env RESULTS_DIR=/tmp/hf8 FINETUNE_B=8 PRETRAIN_B=8 GEN_TOKENS=8 GEN_BATCH=0 \
         "$PYTHON" scripts/hf_llava_baseline.py
     [ -f /tmp/hf8/hf_baseline.json ] && cp /tmp/hf8/hf_baseline.json "$OUT/hf_baseline_8x1024.json"
 fi

@@ -2,7 +2,7 @@
 # the measurement script behind the throughput table of the shared notes, run by scripts/gpu-check.sh.
 # Reference throughput of the Python stack: HF transformers LLaVA-Gemma-2B (CLIP ViT-L/14-336), random weights, one CUDA GPU.
 # Run on a machine with torch + transformers: `python3 hf_llava_baseline.py`; writes hf_baseline.json into $RESULTS_DIR (default /tmp).
-# Env: PRETRAIN_B (default 8), FINETUNE_B (4), GEN_TOKENS (128). Measure the Rust side in the same run, on the same GPU.
+# Env: PRETRAIN_B (default 8), FINETUNE_B (4), GEN_TOKENS (128), GEN_BATCH (32), GEN_BATCH_TOKENS (64). Measure the Rust side in the same run, on the same GPU.
 import json, os, time, sys, torch
 from transformers import GemmaConfig, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
 torch.backends.cuda.matmul.allow_tf32 = True
@@ -82,3 +82,17 @@ try:
     log("generate_bf16_b1", {"prefill_s": round(ttft, 4), "new_tokens": g.shape[1] - ids.shape[1], "gen_s": round(dt, 3),
         "tokens_per_s": round((g.shape[1] - ids.shape[1]) / dt, 1)})
 except Exception as e: log("generate_err", repr(e)[:300])
+# Batched greedy generation, as the evaluation runs it: GEN_BATCH prompts (default 32) of 608
+# tokens, GEN_BATCH_TOKENS new tokens each (64); 0 skips it.
+try:
+    gb, gt = int(os.environ.get("GEN_BATCH", 32)), int(os.environ.get("GEN_BATCH_TOKENS", 64))
+    if gb > 0:
+        ids, _, pix = batch(gb, 608)
+        with torch.no_grad():
+            for rep in range(2):
+                torch.cuda.synchronize(); t = time.time()
+                g = model.generate(input_ids=ids, pixel_values=pix.bfloat16(), max_new_tokens=gt, min_new_tokens=gt, do_sample=False)
+                torch.cuda.synchronize(); dt = time.time() - t
+        new = g.shape[1] - ids.shape[1]
+        log(f"generate_bf16_b{gb}", {"batch": gb, "new_tokens": new, "gen_s": round(dt, 3), "tokens_per_s": round(gb * new / dt, 1)})
+except Exception as e: log("generate_batch_err", repr(e)[:300])

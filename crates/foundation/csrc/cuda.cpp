@@ -23,6 +23,7 @@
 #ifdef LLAVA_CUDA_HEADERS
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
 
@@ -52,11 +53,13 @@ namespace {
 }
 
 #ifdef LLAVA_CUDA_HEADERS
-// A graph being captured or replayed, and the stream that was current before its capture (a
-// capture runs on a side stream, as `torch.cuda.graph` does: the default stream cannot capture).
+// A graph being captured or replayed on its device, its side stream (warm-up and capture both run
+// there, as `torch.cuda.graph` does: the default stream cannot capture, and the warm-up prepares
+// the stream's own handles and workspaces), and the stream that was current before.
 struct Graph {
     at::cuda::CUDAGraph graph;
     c10::DeviceIndex device;
+    c10::cuda::CUDAStream side;
     std::optional<c10::cuda::CUDAStream> previous;
 };
 #endif
@@ -73,6 +76,12 @@ int dtype_code(const at::Tensor &t) {
 
 void *stream_of(const at::Tensor &t) {
     return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+}
+
+// Our launches go to the current device: make it the tensor's (tch never sets it).
+c10::cuda::CUDAGuard on_device_of(const at::Tensor &t) {
+    TORCH_CHECK(t.is_cuda(), "our CUDA kernels take CUDA tensors, not ", t.device());
+    return c10::cuda::CUDAGuard(t.device());
 }
 
 void check_launch(int code, const char *kernel) {
@@ -114,6 +123,7 @@ using torch::autograd::variable_list;
 struct GeluMul : public torch::autograd::Function<GeluMul> {
     static at::Tensor forward(AutogradContext *ctx, const at::Tensor &gate, const at::Tensor &up) {
         check_like(gate, up, "gelu_mul");
+        auto guard = on_device_of(gate);
         auto out = at::empty_like(gate);
         check_launch(llava_k_gelu_mul_forward(dtype_code(gate), gate.data_ptr(), up.data_ptr(),
                                               out.data_ptr(), gate.numel(), stream_of(gate)),
@@ -127,6 +137,7 @@ struct GeluMul : public torch::autograd::Function<GeluMul> {
         const auto &gate = saved[0];
         const auto &up = saved[1];
         auto grad = grads[0].contiguous();
+        auto guard = on_device_of(gate);
         auto d_gate = at::empty_like(gate);
         auto d_up = at::empty_like(up);
         check_launch(llava_k_gelu_mul_backward(dtype_code(gate), gate.data_ptr(), up.data_ptr(),
@@ -141,6 +152,7 @@ struct Rotary : public torch::autograd::Function<Rotary> {
     static at::Tensor forward(AutogradContext *ctx, const at::Tensor &x, const at::Tensor &cos,
                               const at::Tensor &sin) {
         check_rotary(x, cos, sin);
+        auto guard = on_device_of(x);
         auto out = at::empty_like(x);
         launch_rotary(x, out, cos, sin, 1.0f);
         ctx->save_for_backward({cos, sin});
@@ -150,6 +162,7 @@ struct Rotary : public torch::autograd::Function<Rotary> {
     static variable_list backward(AutogradContext *ctx, variable_list grads) {
         auto saved = ctx->get_saved_variables();
         auto grad = grads[0].contiguous();
+        auto guard = on_device_of(grad);
         auto d_x = at::empty_like(grad);
         launch_rotary(grad, d_x, saved[0], saved[1], -1.0f);
         return {d_x, at::Tensor(), at::Tensor()};
@@ -189,11 +202,20 @@ char *llava_flash_varlen(const at::Tensor *q, const at::Tensor *k, const at::Ten
     });
 }
 
+// `t` (a host tensor) copied into pinned memory: `Tensor::pin_memory()` without the deprecated
+// device argument tch passes (which warns on every call).
+char *llava_pin(const at::Tensor *t, at::Tensor **out) {
+    return llava_ffi::guarded([&] { *out = new at::Tensor(t->pin_memory()); });
+}
+
 #ifdef LLAVA_CUDA_HEADERS
 // A new graph for `device`; nothing is captured yet.
 char *llava_graph_new(int64_t device, void **graph) {
     return llava_ffi::guarded([&] {
-        *graph = new Graph{at::cuda::CUDAGraph(), static_cast<c10::DeviceIndex>(device), {}};
+        auto index = static_cast<c10::DeviceIndex>(device);
+        c10::cuda::CUDAGuard guard(index);
+        *graph = new Graph{at::cuda::CUDAGraph(), index,
+                           c10::cuda::getStreamFromPool(false, index), {}};
     });
 }
 
@@ -204,10 +226,11 @@ void llava_graph_free(void *graph) { delete static_cast<Graph *>(graph); }
 char *llava_graph_side_stream(void *graph, bool enter) {
     return llava_ffi::guarded([&] {
         auto *g = static_cast<Graph *>(graph);
+        c10::cuda::CUDAGuard guard(g->device);
         c10::cuda::device_synchronize();
         if (enter) {
             if (!g->previous) g->previous = c10::cuda::getCurrentCUDAStream(g->device);
-            c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(false, g->device));
+            c10::cuda::setCurrentCUDAStream(g->side);
         } else if (g->previous) {
             c10::cuda::setCurrentCUDAStream(*g->previous);
             g->previous.reset();
@@ -217,17 +240,29 @@ char *llava_graph_side_stream(void *graph, bool enter) {
 
 // Starts capturing the current (side) stream's work into the graph.
 char *llava_graph_capture_begin(void *graph) {
-    return llava_ffi::guarded([&] { static_cast<Graph *>(graph)->graph.capture_begin(); });
+    return llava_ffi::guarded([&] {
+        auto *g = static_cast<Graph *>(graph);
+        c10::cuda::CUDAGuard guard(g->device);
+        g->graph.capture_begin();
+    });
 }
 
 // Ends the capture (an error when something in it could not be captured).
 char *llava_graph_capture_end(void *graph) {
-    return llava_ffi::guarded([&] { static_cast<Graph *>(graph)->graph.capture_end(); });
+    return llava_ffi::guarded([&] {
+        auto *g = static_cast<Graph *>(graph);
+        c10::cuda::CUDAGuard guard(g->device);
+        g->graph.capture_end();
+    });
 }
 
 // Launches the captured work on the current stream.
 char *llava_graph_replay(void *graph) {
-    return llava_ffi::guarded([&] { static_cast<Graph *>(graph)->graph.replay(); });
+    return llava_ffi::guarded([&] {
+        auto *g = static_cast<Graph *>(graph);
+        c10::cuda::CUDAGuard guard(g->device);
+        g->graph.replay();
+    });
 }
 #else
 char *llava_graph_new(int64_t, void **) {
@@ -257,6 +292,7 @@ char *llava_rotary(const at::Tensor *x, const at::Tensor *cos, const at::Tensor 
 char *llava_rotary_(at::Tensor *x, const at::Tensor *cos, const at::Tensor *sin) {
     return llava_ffi::guarded([&] {
         check_rotary(*x, *cos, *sin);
+        auto guard = on_device_of(*x);
         launch_rotary(*x, *x, *cos, *sin, 1.0f);
     });
 }
@@ -271,6 +307,7 @@ char *llava_adamw_cast(at::Tensor *master, const at::Tensor *grad, at::Tensor *e
     return llava_ffi::guarded([&] {
         TORCH_CHECK(master->scalar_type() == at::kFloat, "adamw: the master must be f32, got ",
                     master->dtype());
+        auto guard = on_device_of(*master);
         check_like(*master, *exp_avg, "adamw master and first moment");
         check_like(*master, *exp_avg_sq, "adamw master and second moment");
         TORCH_CHECK(grad->is_contiguous() && grad->sizes() == master->sizes() &&

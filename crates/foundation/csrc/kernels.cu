@@ -3,7 +3,9 @@
 // nvcc next to torch (libtorch-build's `cuda_toolkit`).
 //
 // Each kernel rounds where the libtorch operations it replaces round (to the tensors' dtype after
-// every operation, with f32 arithmetic in between), so its results equal theirs.
+// every operation, with f32 arithmetic in between), so its bf16 and f16 results equal theirs but
+// for rare ties; in f32 the compiler's fused multiply-adds may differ from theirs in the last bit.
+// AdamW follows ATen's expressions one for one and is meant to be bit-identical.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -134,23 +136,28 @@ __global__ void adamw(float *master, const G *grad, float *exp_avg, float *exp_a
     const float step_size = lr / bias_correction1;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
+        // adam_math of ATen 2.11's fused_adam_utils.cuh, expression for expression (the same
+        // fused multiply-adds), so the f32 results are bit-identical.
         float g = load(grad, i);
-        if (grad_scale != nullptr) g = g / *grad_scale;
+        if (grad_scale != nullptr) g /= *grad_scale;
         float p = master[i];
-        p -= lr * weight_decay * p;
-        float m = beta1 * exp_avg[i] + (1.0f - beta1) * g;
-        float v = beta2 * exp_avg_sq[i] + (1.0f - beta2) * g * g;
+        if (weight_decay != 0.0f) p -= lr * weight_decay * p;
+        float m = fmaf(beta1, exp_avg[i], fmaf(-beta1, g, g));
+        float v = fmaf(beta2, exp_avg_sq[i], fmaf(-beta2, g * g, g * g));
         exp_avg[i] = m;
         exp_avg_sq[i] = v;
-        float denom = sqrtf(v) / bias_correction2_sqrt + eps;
+        float denom = (sqrtf(v) / bias_correction2_sqrt) + eps;
         p -= step_size * m / denom;
         master[i] = p;
         if (weight != nullptr) store(weight, i, p);
     }
 }
 
+// Launches `Launch<T>::run(args...)` for the dtype; nothing for no elements (a grid of zero
+// blocks is a CUDA error).
 template <template <typename> class Launch, typename... Args>
-int by_dtype(int dtype, Args... args) {
+int by_dtype(int dtype, int64_t n, Args... args) {
+    if (n == 0) return 0;
     switch (dtype) {
         case F32: Launch<float>::run(args...); break;
         case BF16: Launch<__nv_bfloat16>::run(args...); break;
@@ -223,19 +230,20 @@ extern "C" {
 
 int llava_k_gelu_mul_forward(int dtype, const void *gate, const void *up, void *out, int64_t n,
                              void *stream) {
-    return by_dtype<GeluMulForward>(dtype, gate, up, out, n, static_cast<cudaStream_t>(stream));
+    return by_dtype<GeluMulForward>(dtype, n, gate, up, out, n, static_cast<cudaStream_t>(stream));
 }
 
 int llava_k_gelu_mul_backward(int dtype, const void *gate, const void *up, const void *grad,
                               void *d_gate, void *d_up, int64_t n, void *stream) {
-    return by_dtype<GeluMulBackward>(dtype, gate, up, grad, d_gate, d_up, n,
+    return by_dtype<GeluMulBackward>(dtype, n, gate, up, grad, d_gate, d_up, n,
                                      static_cast<cudaStream_t>(stream));
 }
 
 int llava_k_rotary(int dtype, const void *x, void *out, const void *cos, const void *sin,
                    int64_t rows, int64_t len, int64_t heads, int64_t dim, float sign,
                    void *stream) {
-    return by_dtype<Rotary>(dtype, x, out, cos, sin, rows, len, heads, dim, sign,
+    return by_dtype<Rotary>(dtype, rows * len * heads * (dim / 2), x, out, cos, sin, rows, len,
+                            heads, dim, sign,
                             static_cast<cudaStream_t>(stream));
 }
 
@@ -244,7 +252,7 @@ int llava_k_adamw(int grad_dtype, int weight_dtype, float *master, const void *g
                   float *exp_avg, float *exp_avg_sq, void *weight, int64_t n,
                   const float *grad_scale, float lr, float beta1, float beta2, float weight_decay,
                   float eps, float step, void *stream) {
-    return by_dtype<AdamW>(grad_dtype, weight_dtype, master, grad, exp_avg, exp_avg_sq, weight, n,
+    return by_dtype<AdamW>(grad_dtype, n, weight_dtype, master, grad, exp_avg, exp_avg_sq, weight, n,
                            grad_scale, lr, beta1, beta2, weight_decay, eps, step,
                            static_cast<cudaStream_t>(stream));
 }

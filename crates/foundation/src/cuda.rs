@@ -21,6 +21,7 @@ unsafe extern "C" {
         max_len: i64,
         out: *mut *mut c_void,
     ) -> *mut c_char;
+    fn llava_pin(t: *const c_void, out: *mut *mut c_void) -> *mut c_char;
     fn llava_graph_new(device: i64, graph: *mut *mut c_void) -> *mut c_char;
     fn llava_graph_free(graph: *mut c_void);
     fn llava_graph_side_stream(graph: *mut c_void, enter: bool) -> *mut c_char;
@@ -113,6 +114,14 @@ pub fn flash_varlen(
             &mut out,
         )
     };
+    new_tensor(message, out)
+}
+
+/// `t` (a host tensor) copied into pinned memory, from which copies to a GPU run asynchronously.
+pub fn pin(t: &Tensor) -> Result<Tensor, TchError> {
+    let mut out = std::ptr::null_mut();
+    // SAFETY: as in `flash_varlen`.
+    let message = unsafe { llava_pin(t.as_ptr().cast(), &mut out) };
     new_tensor(message, out)
 }
 

@@ -11,8 +11,11 @@ use crate::{Error, Result};
 /// `to_device`.
 pub fn upload(t: &Tensor, device: Device) -> Tensor {
     if device.is_cuda() && t.device() == Device::Cpu {
-        t.pin_memory(device)
-            .to_device_(device, t.kind(), true, false)
+        // Pinning fails only where CUDA is unusable, and then so would the copy: let it say so.
+        match crate::cuda::pin(t) {
+            Ok(pinned) => pinned.to_device_(device, t.kind(), true, false),
+            Err(_) => t.to_device(device),
+        }
     } else {
         t.to_device(device)
     }

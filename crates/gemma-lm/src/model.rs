@@ -177,7 +177,7 @@ impl Varlen {
         let max_len = bounds.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
         let host: Vec<i32> = bounds.iter().map(|&x| x as i32).collect();
         Some(Varlen {
-            cu_seqlens: Tensor::from_slice(&host).to_device(device),
+            cu_seqlens: foundation::device::upload(&Tensor::from_slice(&host), device),
             bounds,
             max_len,
         })
@@ -320,7 +320,7 @@ impl AttentionPlan {
 
     /// [`packed`](Self::packed) under a block-diagonal mask, whatever the layout of the samples.
     pub fn packed_masked(packing: &Packing, device: Device, kind: Kind) -> Self {
-        let segments = packing.segments.to_device(device);
+        let segments = foundation::device::upload(&packing.segments, device);
         let len = segments.size()[1];
         let same = segments
             .unsqueeze(2)

@@ -217,7 +217,9 @@ impl gemma_lm::LayerCache for NoCache {
 }
 
 /// Greedy decoding through a CUDA graph gives what the same static steps give launched one by
-/// one, bit for bit, and the tokens eager steps give; on the parity fixture in bf16.
+/// one, bit for bit (bf16, the parity fixture); in f32 it also gives the tokens of eager steps,
+/// which attend through other kernels (over the filled cache, without a mask), so only f32's
+/// margin keeps near-ties from flipping.
 #[test]
 fn graph_decoding_generates_what_uncaptured_steps_generate() {
     let Some(device) = gpu("CUDA graphs", false) else {
@@ -228,29 +230,41 @@ fn graph_decoding_generates_what_uncaptured_steps_generate() {
         return;
     }
     let dir = foundation::parity_fixtures().join("gemma/model");
-    let (_vs, model) = Gemma::from_pretrained(&dir, device, Kind::BFloat16).unwrap();
     let prompts = [vec![2i64, 17, 300, 5, 44, 99, 123], vec![2i64, 600, 8]];
-    let run = |decode, prompts: &[Vec<i64>]| {
-        let config = GenerationConfig {
-            max_new_tokens: 24,
-            decode,
-            ..Default::default()
+    for kind in [Kind::BFloat16, Kind::Float] {
+        let (_vs, model) = Gemma::from_pretrained(&dir, device, kind).unwrap();
+        let run = |decode, prompts: &[Vec<i64>]| {
+            let config = GenerationConfig {
+                max_new_tokens: 24,
+                decode,
+                ..Default::default()
+            };
+            generate(&model, prompts, &config, |_, _| {}).unwrap()
         };
-        generate(&model, prompts, &config, |_, _| {}).unwrap()
-    };
-    for prompts in [&prompts[..1], &prompts[..]] {
-        let graph = run(Decode::Graph, prompts);
-        assert_eq!(
-            graph,
-            run(Decode::Static, prompts),
-            "graph against static steps"
-        );
-        assert_eq!(
-            graph,
-            run(Decode::Eager, prompts),
-            "graph against eager steps"
-        );
-        assert_eq!(graph[0].len(), 24);
+        for prompts in [&prompts[..1], &prompts[..]] {
+            let graph = run(Decode::Graph, prompts);
+            assert_eq!(graph[0].len(), 24);
+            assert_eq!(
+                graph,
+                run(Decode::Static, prompts),
+                "{kind:?}: graph against static steps"
+            );
+            let eager = run(Decode::Eager, prompts);
+            if kind == Kind::Float {
+                assert_eq!(graph, eager, "f32: graph against eager steps");
+            } else {
+                let same = graph
+                    .iter()
+                    .flatten()
+                    .zip(eager.iter().flatten())
+                    .filter(|(a, b)| a == b)
+                    .count();
+                eprintln!(
+                    "bf16: {same} of {} tokens as eager steps",
+                    graph.iter().flatten().count()
+                );
+            }
+        }
     }
 }
 
