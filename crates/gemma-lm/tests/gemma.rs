@@ -419,6 +419,41 @@ fn static_decoding_steps_generate_what_eager_steps_generate() {
     assert_eq!(single(Decode::Static), single(Decode::Eager));
 }
 
+/// A row that stops early is fed pad tokens while the others go on, and sampling reads the
+/// static step's logits as it reads eager ones: both as eager steps do.
+#[test]
+fn static_decoding_steps_stop_rows_and_sample_as_eager_steps_do() {
+    use gemma_lm::Decode;
+    let model = load(&fixture_model());
+    let prompts = vec![vec![2i64, 17, 300, 5], vec![2i64, 600, 8, 9, 10, 11]];
+    let free = generate(
+        &model,
+        &prompts,
+        &GenerationConfig {
+            max_new_tokens: 10,
+            decode: Decode::Eager,
+            ..Default::default()
+        },
+        |_, _| {},
+    )
+    .unwrap();
+    let run = |decode, temperature| {
+        let config = GenerationConfig {
+            max_new_tokens: 10,
+            stop_tokens: vec![free[0][3]],
+            temperature,
+            seed: 11,
+            decode,
+            ..Default::default()
+        };
+        generate(&model, &prompts, &config, |_, _| {}).unwrap()
+    };
+    let eager = run(Decode::Eager, None);
+    assert!(eager[0].len() <= 4, "row 0 stops at its fourth token or before");
+    assert_eq!(run(Decode::Static, None), eager);
+    assert_eq!(run(Decode::Static, Some(0.8)), run(Decode::Eager, Some(0.8)));
+}
+
 #[test]
 fn graph_decoding_off_a_gpu_is_an_error_that_says_so() {
     let model = load(&fixture_model());
