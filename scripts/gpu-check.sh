@@ -28,6 +28,10 @@ TORCH_LIB=$("$PYTHON" -c 'import torch, os; print(os.path.dirname(torch.__file__
 export LD_LIBRARY_PATH="$TORCH_LIB:${LD_LIBRARY_PATH:-}"
 export LLAVA_FIXTURES="$PWD/fixtures/hf-parity"
 export PYTHONUNBUFFERED=1
+# Our CUDA kernels and CUDA-graph decoding are off by default until a run like this one has passed
+# their tests (foundation::cuda::ON_BY_DEFAULT): switch them on here; the *_libtorch and *_eager
+# steps switch them off again for the same-run comparison.
+export LLAVA_CUDA_KERNELS=1 LLAVA_CUDA_GRAPHS=1
 
 # step NAME LIMIT COMMAND...: runs COMMAND under min(LIMIT, what is left of BUDGET), logs it, and
 # appends each JSON line it prints to results.jsonl with "step": NAME.

@@ -77,18 +77,32 @@ pub fn kernels_built() -> bool {
     unsafe { llava_cuda_features() & 2 != 0 }
 }
 
-/// Whether our kernels serve tensors on `device` in `kind`: built in, a GPU, and a dtype they take,
-/// and not switched off with `LLAVA_CUDA_KERNELS=0` (to measure or check against libtorch's path).
+/// Whether our kernels and CUDA graphs are used when nothing says otherwise. Off until a GPU run
+/// of `scripts/gpu-check.sh` has passed their CUDA tests: untested device code must not change
+/// what users' training and generation compute by default. `LLAVA_CUDA_KERNELS` and
+/// `LLAVA_CUDA_GRAPHS` (`1` on, `0` off) decide for a process.
+pub const ON_BY_DEFAULT: bool = false;
+
+/// Whether our kernels serve tensors on `device` in `kind`: built in, a GPU, a dtype they take, and
+/// switched on (`LLAVA_CUDA_KERNELS`, else [`ON_BY_DEFAULT`]).
 pub fn kernels_for(device: Device, kind: Kind) -> bool {
     device.is_cuda()
         && matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Half)
         && kernels_built()
-        && !switched_off("LLAVA_CUDA_KERNELS")
+        && switched_on("LLAVA_CUDA_KERNELS")
 }
 
-/// Whether `variable` is set to `0`.
-pub fn switched_off(variable: &str) -> bool {
-    std::env::var_os(variable).is_some_and(|v| v == "0")
+/// Whether CUDA-graph decoding is what `gemma_lm::Decode::Auto` means on a GPU: built in and switched on (`LLAVA_CUDA_GRAPHS`, else [`ON_BY_DEFAULT`]).
+pub fn graphs_by_default() -> bool {
+    graphs_built() && switched_on("LLAVA_CUDA_GRAPHS")
+}
+
+/// `variable` as a switch: `0` off, any other value on, unset [`ON_BY_DEFAULT`].
+fn switched_on(variable: &str) -> bool {
+    match std::env::var_os(variable) {
+        Some(value) => value != "0",
+        None => ON_BY_DEFAULT,
+    }
 }
 
 /// Causal attention of `q` `[tokens, heads, dim]` over `k`, `v` `[tokens, kv_heads, dim]` where

@@ -17,8 +17,9 @@ use crate::{Error, Result};
 /// How generation runs its decoding steps (one token per row each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Decode {
-    /// CUDA graphs on a GPU when they are built in, unless `LLAVA_CUDA_GRAPHS=0`; eager steps
-    /// otherwise. A graph that cannot be captured falls back to static steps, with a warning.
+    /// CUDA graphs on a GPU when they are built in and switched on (`LLAVA_CUDA_GRAPHS=1`; see
+    /// `foundation::cuda::ON_BY_DEFAULT`), eager steps otherwise. A graph that cannot be captured
+    /// falls back to static steps, with a warning.
     #[default]
     Auto,
     /// Each step launched by the host over the cache's filled part.
@@ -33,11 +34,7 @@ impl Decode {
     /// What `self` means for a model on `device`.
     pub fn resolve(self, device: Device) -> Decode {
         match self {
-            Decode::Auto
-                if device.is_cuda()
-                    && foundation::cuda::graphs_built()
-                    && !foundation::cuda::switched_off("LLAVA_CUDA_GRAPHS") =>
-            {
+            Decode::Auto if device.is_cuda() && foundation::cuda::graphs_by_default() => {
                 Decode::Graph
             }
             Decode::Auto => Decode::Eager,

@@ -26,7 +26,7 @@ pub struct GenerationConfig {
     pub pad_token: i64,
     /// Seed for sampling.
     pub seed: u64,
-    /// How the decoding steps run: CUDA graphs on a GPU by default (see [`Decode`]).
+    /// How the decoding steps run (see [`Decode`]).
     pub decode: Decode,
 }
 

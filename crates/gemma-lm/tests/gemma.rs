@@ -449,9 +449,15 @@ fn static_decoding_steps_stop_rows_and_sample_as_eager_steps_do() {
         generate(&model, &prompts, &config, |_, _| {}).unwrap()
     };
     let eager = run(Decode::Eager, None);
-    assert!(eager[0].len() <= 4, "row 0 stops at its fourth token or before");
+    assert!(
+        eager[0].len() <= 4,
+        "row 0 stops at its fourth token or before"
+    );
     assert_eq!(run(Decode::Static, None), eager);
-    assert_eq!(run(Decode::Static, Some(0.8)), run(Decode::Eager, Some(0.8)));
+    assert_eq!(
+        run(Decode::Static, Some(0.8)),
+        run(Decode::Eager, Some(0.8))
+    );
 }
 
 #[test]
