@@ -65,6 +65,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee 
 
 train=("$BIN/llava" bench-train --preset "$PRESET" --device "$DEVICE" --json)
 step smoke 60 "$BIN/llava" bench-train --preset bench-small --device "$DEVICE" --steps 2 --warmup 1 --json
+# First the tests of our kernels, CUDA graphs and varlen attention: they decide whether those may
+# be switched on by default (foundation::cuda::ON_BY_DEFAULT).
+for test in "$BIN"/test-*-cuda; do
+    step "$(basename "$test")" 90 "$test" --test-threads 1 --nocapture
+    cat "$OUT/.step" >>"$OUT/tests.log"
+done
 step train_s2_4x1024 120 "${train[@]}" --stage 2 --micro-batch 4 --seq 1024 --steps 8 --warmup 3 \
     --profile "$OUT/profile_rust_s2_4x1024.tsv"
 # The same step with our CUDA kernels off (libtorch's operations): the kernels' gain, same run.
@@ -91,6 +97,7 @@ if [ -z "${QUICK:-}" ]; then
     step train_mix_pack 120 "${mix[@]}" --pack
 
     for test in "$BIN"/test-*; do
+        [[ $test == *-cuda ]] && continue
         step "$(basename "$test")" 90 "$test" --test-threads 1
         cat "$OUT/.step" >>"$OUT/tests.log"
     done
