@@ -93,9 +93,6 @@ pub(crate) struct StaticDecoder {
     slot: Tensor,
     /// `[batch, 1, 1, capacity]` additive mask: open at real positions written so far.
     mask: Tensor,
-    /// `sqrt(hidden_size)` in the model's dtype, on the host: a host scalar is an argument of the
-    /// kernel, where a device copy of it would be a transfer the graph cannot hold.
-    scale: Tensor,
     graph: Option<(Graph, Tensor)>,
     /// Whether to record a graph (at the first step).
     use_graph: bool,
@@ -147,7 +144,6 @@ impl StaticDecoder {
             positions,
             slot: Tensor::full([1], prompt_len, (Kind::Int64, device)),
             mask: additive_mask(&keep, kind).view([batch, 1, 1, capacity]),
-            scale: Tensor::from((model.config().hidden_size as f64).sqrt()).to_kind(kind),
             graph: None,
             use_graph,
         })
@@ -200,7 +196,7 @@ impl StaticDecoder {
     /// One step on the device tensors alone: embed the ids, open the slot, run the layers
     /// (writing the slot), take the logits, advance positions and slot.
     fn step(&self, model: &Gemma) -> Tensor {
-        let x = model.embed_tokens_only(&self.ids) * &self.scale;
+        let x = model.embed(&self.ids);
         let _ = self.mask.shallow_clone().index_fill_(-1, &self.slot, 0.0);
         let plan = AttentionPlan::from_parts(
             self.positions.shallow_clone(),

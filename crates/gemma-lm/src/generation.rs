@@ -2,7 +2,7 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::cache::KvCache;
 use crate::decode::{Decode, StaticDecoder};
@@ -189,7 +189,7 @@ pub fn generate_from_embeds(
             .last_hidden_state
             .narrow(1, prompt_len - 1, 1);
     let mut logits = model.logits(&hidden).squeeze_dim(1).to_kind(Kind::Float);
-    let mut steps = Steps::new(config.decode, device, cache, mask);
+    let mut steps = Steps::new(model, config.decode, cache, mask)?;
     for step in 0..max_new {
         let next: Vec<i64> = match sampler.as_mut() {
             None => Vec::<i64>::try_from(logits.argmax(-1, false).to_device(tch::Device::Cpu))?,
@@ -219,35 +219,40 @@ pub fn generate_from_embeds(
     Ok(outputs)
 }
 
-/// The decoding steps after the prefill, eager or static (see [`Decode`]); a static decoder is
-/// made at the first step.
+/// The decoding steps after the prefill, eager or static (see [`Decode`]).
 enum Steps {
     Eager {
         cache: KvCache,
         mask: Option<Tensor>,
     },
     Static {
-        pending: Option<(KvCache, Option<Tensor>)>,
-        decoder: Option<StaticDecoder>,
-        graph: bool,
+        decoder: StaticDecoder,
         /// Whether a failed capture may fall back to static steps ([`Decode::Auto`]).
         fallback: bool,
     },
 }
 
 impl Steps {
-    /// The steps `requested` means on `device`, continuing from a prefilled `cache` (and the
+    /// The steps `requested` means for `model`, continuing from a prefilled `cache` (and the
     /// padding `mask` of the prompts, if any).
-    fn new(requested: Decode, device: Device, cache: KvCache, mask: Option<Tensor>) -> Steps {
-        match requested.resolve(device) {
+    fn new(
+        model: &Gemma,
+        requested: Decode,
+        cache: KvCache,
+        mask: Option<Tensor>,
+    ) -> Result<Steps> {
+        Ok(match requested.resolve(model.device()) {
             resolved @ (Decode::Static | Decode::Graph) => Steps::Static {
-                pending: Some((cache, mask)),
-                decoder: None,
-                graph: resolved == Decode::Graph,
+                decoder: StaticDecoder::new(
+                    model,
+                    cache,
+                    mask.as_ref(),
+                    resolved == Decode::Graph,
+                )?,
                 fallback: requested == Decode::Auto,
             },
             Decode::Eager | Decode::Auto => Steps::Eager { cache, mask },
-        }
+        })
     }
 
     /// The logits `[batch, vocab]` (f32) after the tokens `chosen`, one per row.
@@ -268,28 +273,17 @@ impl Steps {
                 .last_hidden_state;
                 Ok(model.logits(&hidden).squeeze_dim(1).to_kind(Kind::Float))
             }
-            Steps::Static {
-                pending,
-                decoder,
-                graph,
-                fallback,
-            } => {
-                if let Some((cache, mask)) = pending.take() {
-                    *decoder = Some(StaticDecoder::new(model, cache, mask.as_ref(), *graph)?);
+            Steps::Static { decoder, fallback } => match decoder.next(model, chosen) {
+                Err(e) if *fallback => {
+                    eprintln!(
+                        "warning: CUDA-graph decoding is off for this call, steps run one kernel at a time ({e})"
+                    );
+                    *fallback = false;
+                    decoder.without_graph();
+                    decoder.next(model, chosen)
                 }
-                let decoder = decoder.as_mut().expect("made above");
-                match decoder.next(model, chosen) {
-                    Err(e) if *fallback => {
-                        eprintln!(
-                            "warning: CUDA-graph decoding is off for this call, steps run one kernel at a time ({e})"
-                        );
-                        *fallback = false;
-                        decoder.without_graph();
-                        decoder.next(model, chosen)
-                    }
-                    other => other,
-                }
-            }
+                other => other,
+            },
         }
     }
 }

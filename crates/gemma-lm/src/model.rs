@@ -197,19 +197,10 @@ impl Varlen {
             .windows(2)
             .map(|w| {
                 let part = |t: &Tensor| t.narrow(0, w[0], w[1] - w[0]).transpose(0, 1).unsqueeze(0);
-                let (k, v) = (part(k), part(v));
-                let (k, v) = if groups > 1 {
-                    (
-                        k.repeat_interleave_self_int(groups, 1, None),
-                        v.repeat_interleave_self_int(groups, 1, None),
-                    )
-                } else {
-                    (k, v)
-                };
                 Tensor::scaled_dot_product_attention(
                     &part(q),
-                    &k,
-                    &v,
+                    &repeat_kv(&part(k), groups),
+                    &repeat_kv(&part(v), groups),
                     None::<&Tensor>,
                     0.0,
                     true,
@@ -413,7 +404,8 @@ impl Attention {
             Some((cache, layer)) => cache.update(layer, &k, &v),
             None => (k, v),
         };
-        let (k, v) = (self.repeat_kv(&k), self.repeat_kv(&v));
+        let groups = self.heads / self.kv_heads;
+        let (k, v) = (repeat_kv(&k, groups), repeat_kv(&v, groups));
         let out = Tensor::scaled_dot_product_attention(
             &q,
             &k,
@@ -429,18 +421,18 @@ impl Attention {
             .reshape([b, l, self.heads * self.head_dim]);
         self.o_proj.forward(&out)
     }
+}
 
-    /// Repeats each key/value head for the query heads that share it.
-    fn repeat_kv(&self, x: &Tensor) -> Tensor {
-        let groups = self.heads / self.kv_heads;
-        if groups == 1 {
-            return x.shallow_clone();
-        }
-        let s = x.size();
-        x.unsqueeze(2)
-            .expand([s[0], s[1], groups, s[2], s[3]], false)
-            .reshape([s[0], s[1] * groups, s[2], s[3]])
+/// Repeats each key/value head of `x` `[batch, kv_heads, len, dim]` for the `groups` query heads
+/// that share it.
+fn repeat_kv(x: &Tensor, groups: i64) -> Tensor {
+    if groups == 1 {
+        return x.shallow_clone();
     }
+    let s = x.size();
+    x.unsqueeze(2)
+        .expand([s[0], s[1], groups, s[2], s[3]], false)
+        .reshape([s[0], s[1] * groups, s[2], s[3]])
 }
 
 /// The gated MLP: `down(act(gate(x)) * up(x))`.
@@ -710,16 +702,12 @@ impl Gemma {
 
     /// Token embeddings scaled by `sqrt(hidden_size)` (the scale rounded to the weights' dtype, as
     /// transformers does). This is where LLaVA inserts image features.
+    ///
+    /// The scale stays a host scalar, an argument of the multiplication's kernel: copying it to
+    /// the device would wait for the device, and could not be recorded in a CUDA graph.
     pub fn embed(&self, input_ids: &Tensor) -> Tensor {
-        let scale = Tensor::from((self.config.hidden_size as f64).sqrt())
-            .to_kind(self.kind())
-            .to_device(self.device);
+        let scale = Tensor::from((self.config.hidden_size as f64).sqrt()).to_kind(self.kind());
         self.embed_tokens.forward(&input_ids.to_device(self.device)) * scale
-    }
-
-    /// The embedding rows of `input_ids` (on the model's device), without the scale.
-    pub(crate) fn embed_tokens_only(&self, input_ids: &Tensor) -> Tensor {
-        self.embed_tokens.forward(input_ids)
     }
 
     /// Runs the decoder on input embeddings `[batch, len, hidden]` (already scaled, see

@@ -264,11 +264,7 @@ impl AdamW {
             {
                 return true;
             }
-            let decay = if weight_decay > 0.0 && self.decay[*i] {
-                weight_decay
-            } else {
-                0.0
-            };
+            let decay = if self.decays(*i) { weight_decay } else { 0.0 };
             let h = foundation::cuda::AdamW {
                 lr: lr * self.lr_scale[*i],
                 beta1,
@@ -302,7 +298,7 @@ impl AdamW {
             let decay = if decayed { weight_decay } else { 0.0 };
             let members: Vec<&(usize, Tensor)> = with_grad
                 .iter()
-                .filter(|(i, _)| (weight_decay > 0.0 && self.decay[*i]) == decayed)
+                .filter(|(i, _)| self.decays(*i) == decayed)
                 .filter(|(i, _)| self.lr_scale[*i] == scale)
                 .collect();
             for group in groups_of(&members, GROUP_ELEMENTS) {
@@ -345,6 +341,11 @@ impl AdamW {
             }
         }
         Ok(())
+    }
+
+    /// Whether weight decay applies to parameter `i` in a step.
+    fn decays(&self, i: usize) -> bool {
+        self.config.weight_decay > 0.0 && self.decay[i]
     }
 
     /// The moments and step count as named tensors (`exp_avg.<name>`, `exp_avg_sq.<name>`,
