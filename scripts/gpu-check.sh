@@ -8,7 +8,9 @@
 #   hf_*.json      the Python reference (hf_llava_baseline.py) on the same GPU
 #   profile_*.tsv  device time per kernel: our stage-1 and stage-2 steps, the reference's stage 2
 #   tests.log      the CUDA tests (bf16 on CUDA against f32 on CPU) and the parity fixtures
-# The steps run in order of importance, each under its own time limit, and the whole check stops
+# The steps run in order of importance (the CUDA tests that decide the defaults, the training
+# steps with and without our kernels and NCCL, the reference, generation, packing, LoRA and
+# checkpointing peaks, then the rest), each under its own time limit, and the whole check stops
 # starting new steps once BUDGET seconds (default 420) have gone, so a device lease is never
 # overrun. PRESET (paper-2b-clip) and DEVICE (cuda) can be changed for a dry run on a CPU;
 # QUICK=1 runs only the training benchmarks, the reference and the tiny trainer.
@@ -76,15 +78,14 @@ step train_s2_4x1024 120 "${train[@]}" --stage 2 --micro-batch 4 --seq 1024 --st
 # The same step with our CUDA kernels off (libtorch's operations): the kernels' gain, same run.
 step train_s2_4x1024_libtorch 120 env LLAVA_CUDA_KERNELS=0 "${train[@]}" --stage 2 --micro-batch 4 \
     --seq 1024 --steps 8 --warmup 3
-step train_s2_8x1024 120 "${train[@]}" --stage 2 --micro-batch 8 --seq 1024 --steps 8 --warmup 3
+# The same step as one rank of an NCCL group of one: data parallel's collectives (broadcast,
+# reduce-scatter, norm all-reduce, all-gather) against none, same run.
+step train_s2_4x1024_nccl1 120 "${train[@]}" --stage 2 --micro-batch 4 --seq 1024 --steps 8 \
+    --warmup 3 --dist-backend nccl
 step train_s1_8x640 90 "${train[@]}" --stage 1 --micro-batch 8 --seq 640 --steps 8 --warmup 3 \
     --profile "$OUT/profile_rust_s1_8x640.tsv"
-if [ -z "${SKIP_HF:-}" ]; then
-    step hf_reference 200 env RESULTS_DIR="$OUT" "$PYTHON" scripts/hf_llava_baseline.py
-    [ -z "${NO_REF_PROFILE:-}" ] && step hf_profile 120 "$PYTHON" scripts/profile_reference.py "$OUT/profile_ref_s2_4x1024.tsv" 4 1024
-fi
+[ -z "${SKIP_HF:-}" ] && step hf_reference 200 env RESULTS_DIR="$OUT" "$PYTHON" scripts/hf_llava_baseline.py
 if [ -z "${QUICK:-}" ]; then
-    step vision 60 "$BIN/llava" bench-vision --preset "$PRESET" --device "$DEVICE" --batch 32
     # Decoding through CUDA graphs against eager steps, in the same run; then batch 32 (evaluation).
     gen=("$BIN/llava" bench-generate --preset "$PRESET" --device "$DEVICE" --prompt-len 608)
     step generate 90 "${gen[@]}" --new-tokens 128
@@ -95,6 +96,14 @@ if [ -z "${QUICK:-}" ]; then
     mix=("${train[@]}" --stage 2 --micro-batch 8 --seq 2048 --steps 6 --warmup 2 --length-mix)
     step train_mix 120 "${mix[@]}"
     step train_mix_pack 120 "${mix[@]}" --pack
+    # LoRA (LLaVA's r 128) and activation checkpointing: peaks against `llava plan`.
+    step train_lora 90 "${train[@]}" --stage 2 --micro-batch 4 --seq 1024 --steps 4 --warmup 2 --lora-r 128
+    step train_ckpt 90 "${train[@]}" --stage 2 --micro-batch 4 --seq 1024 --steps 4 --warmup 2 \
+        --activation-checkpointing
+    step train_s2_8x1024 120 "${train[@]}" --stage 2 --micro-batch 8 --seq 1024 --steps 8 --warmup 3
+    [ -z "${SKIP_HF:-}" ] && [ -z "${NO_REF_PROFILE:-}" ] &&
+        step hf_profile 120 "$PYTHON" scripts/profile_reference.py "$OUT/profile_ref_s2_4x1024.tsv" 4 1024
+    step vision 60 "$BIN/llava" bench-vision --preset "$PRESET" --device "$DEVICE" --batch 32
 
     for test in "$BIN"/test-*; do
         [[ $test == *-cuda ]] && continue

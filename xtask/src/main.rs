@@ -341,6 +341,7 @@ fn device_bundle() -> Result<(), String> {
         ("gemma-lm", "gemma", "test-gemma-lm"),
         ("gemma-lm", "cuda", "test-gemma-lm-cuda"),
         ("trainer", "cuda", "test-trainer-cuda"),
+        ("trainer", "nccl", "test-trainer-nccl-cuda"),
         ("vision-encoders", "towers", "test-vision-encoders"),
         ("llava-model", "llava", "test-llava-model"),
     ] {

@@ -132,6 +132,20 @@ pub fn toolkit_at(root: &Path) -> Option<CudaToolkit> {
     Some(CudaToolkit { include, lib, nvcc })
 }
 
+/// NCCL's headers (`nccl.h`) from the `nvidia-nccl` wheel a CUDA torch depends on
+/// (`site-packages/nvidia/nccl/include`), or `LLAVA_NCCL_HOME/include`; `None` without the file.
+/// With them and a CUDA toolkit's headers ([`cuda_toolkit`]), c10d's `ProcessGroupNCCL` (in
+/// libtorch_cuda) can be compiled against.
+pub fn nccl_include() -> Option<PathBuf> {
+    println!("cargo:rerun-if-env-changed=LLAVA_NCCL_HOME");
+    let dir = match std::env::var_os("LLAVA_NCCL_HOME") {
+        Some(home) => PathBuf::from(home).join("include"),
+        None => libtorch_dir()?.parent()?.join("nvidia/nccl/include"),
+    };
+    println!("cargo:rerun-if-changed={}", dir.join("nccl.h").display());
+    dir.join("nccl.h").exists().then_some(dir)
+}
+
 /// Compiles CUDA `files` with `toolkit`'s nvcc into a static library `name` for the GPUs torch's
 /// wheels serve (Ampere, Hopper; PTX for newer ones), with the CUDA runtime linked statically (its
 /// kernels launch on libtorch's streams through the driver's primary context, which both runtimes

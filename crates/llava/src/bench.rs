@@ -227,6 +227,9 @@ pub struct TrainReport {
     pub padding_fraction: f64,
     /// Ranks, each training on a micro-batch of its own (`--nproc-per-node`).
     pub world_size: usize,
+    /// The process group's backend (`Gloo`, `Nccl(n)`), when there was one (a group of one
+    /// included: `--dist-backend`).
+    pub dist_backend: Option<String>,
     /// Seconds per optimizer step (forward, backward, the ranks' gradient reduction, clipping,
     /// AdamW).
     pub step_s: f64,
@@ -388,6 +391,7 @@ pub fn train_on(
     group: Option<std::rc::Rc<trainer::dist::ProcessGroup>>,
 ) -> Result<TrainReport> {
     let world = group.as_ref().map_or(1, |g| g.world());
+    let dist_backend = group.as_ref().map(|g| format!("{:?}", g.backend()));
     let &TrainShape {
         stage,
         micro_batch,
@@ -604,6 +608,7 @@ pub fn train_on(
         steps: steps.max(1),
         step_s,
         world_size: world,
+        dist_backend,
         tokens_per_s: world as f64 * tokens / step_s,
         samples_per_s: world as f64 * b as f64 / step_s,
         peak_memory_bytes: if device.is_cuda() {

@@ -1,5 +1,9 @@
 // libtorch's c10d (the engine under PyTorch DDP and FSDP) behind a C ABI: TCPStore rendezvous and a
-// Gloo process group with the collectives data-parallel training needs. tch wraps none of it.
+// Gloo (host memory) or NCCL (GPU memory) process group with the collectives data-parallel
+// training needs. tch wraps none of it.
+//
+// NCCL is compiled in only where the build found the CUDA runtime's and NCCL's headers (the
+// nvidia-* wheels a CUDA torch depends on): LLAVA_NCCL. ProcessGroupNCCL itself is libtorch_cuda's.
 //
 // Gloo's own headers are not in the torch wheel; ProcessGroupGloo.hpp is compiled against the
 // headers of the gloo commit torch 2.11.0 was built with, vendored in third_party/gloo (see its
@@ -13,6 +17,9 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef LLAVA_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 #include <atomic>
 #include <chrono>
@@ -43,6 +50,8 @@ struct Group {
     c10::intrusive_ptr<c10d::Backend> backend;
     std::chrono::milliseconds timeout;
     int world;
+    // NCCL: collectives are ordered on the GPU's streams, and the host does not wait for them.
+    bool nccl;
     std::unique_ptr<Heartbeat> heartbeat;
 };
 
@@ -77,6 +86,39 @@ std::shared_ptr<::gloo::transport::Device> local_device(const std::string &maste
     return c10d::ProcessGroupGloo::createDefaultDevice();
 }
 
+// A Gloo process group over `store`, its pairs on this host's interface (see `local_device`).
+c10::intrusive_ptr<c10d::Backend> gloo_backend(const c10::intrusive_ptr<c10d::Store> &store,
+                                               int rank, int world,
+                                               std::chrono::milliseconds timeout,
+                                               const std::string &master) {
+    auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+    options->devices.push_back(local_device(master));
+    return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
+}
+
+// An NCCL process group over `store` (its keys under `nccl/`), bound to CUDA device `device`,
+// its communicator made now rather than at the first collective, so that a rendezvous problem
+// shows here.
+c10::intrusive_ptr<c10d::Backend> nccl_backend(const c10::intrusive_ptr<c10d::Store> &store,
+                                               int rank, int world,
+                                               std::chrono::milliseconds timeout, int device) {
+#ifdef LLAVA_NCCL
+    auto options = c10d::ProcessGroupNCCL::Options::create();
+    options->timeout = timeout;
+    auto prefixed = c10::make_intrusive<c10d::PrefixStore>("nccl", store);
+    auto backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(prefixed, rank, world, options);
+    at::Device bound(at::kCUDA, static_cast<c10::DeviceIndex>(device));
+    backend->setBoundDeviceId(bound);
+    backend->eagerConnectSingleDevice(bound);
+    return backend;
+#else
+    (void)store, (void)rank, (void)world, (void)timeout, (void)device;
+    TORCH_CHECK(false,
+                "this build has no NCCL (it was compiled without the CUDA runtime's and NCCL's "
+                "headers); set LLAVA_DIST_BACKEND=gloo to go through host memory");
+#endif
+}
+
 std::string heartbeat_key(int rank) { return "llava/heartbeat/" + std::to_string(rank); }
 
 c10d::ReduceOp reduce_op(int op) {
@@ -89,7 +131,15 @@ c10d::ReduceOp reduce_op(int op) {
     }
 }
 
-void wait(Group *g, const c10::intrusive_ptr<c10d::Work> &work) { work->wait(g->timeout); }
+// Gloo: the host waits for the collective, up to the group's timeout. NCCL: the current CUDA
+// stream waits for NCCL's, and the host goes on queueing work (a timeout given to an NCCL
+// `wait` would block the host until the collective ran); NCCL's watchdog enforces the timeout.
+void wait(Group *g, const c10::intrusive_ptr<c10d::Work> &work) {
+    if (g->nccl)
+        work->wait();
+    else
+        work->wait(g->timeout);
+}
 
 }  // namespace
 
@@ -97,12 +147,23 @@ extern "C" {
 
 void llava_dist_free_message(char *message) { free(message); }
 
+// Whether NCCL is compiled in.
+int llava_dist_nccl_built(void) {
+#ifdef LLAVA_NCCL
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 // Joins a group of `world` ranks as `rank`: rank 0 serves a TCPStore on `host:port` (every rank
 // connects to it), or, with `agent_store`, every rank is a client of the store a launcher already
-// serves there (torchrun's), under `prefix`; then a Gloo process group is built over it and the
-// rank's heartbeat starts. Collectives and the store give up after `timeout_ms`.
+// serves there (torchrun's), under `prefix`; then a process group is built over it, Gloo
+// (`backend` 0) or NCCL on CUDA device `device` (`backend` 1), and the rank's heartbeat starts.
+// Collectives and the store give up after `timeout_ms`.
 char *llava_dist_open(const char *host, int port, int rank, int world, int64_t timeout_ms,
-                      int agent_store, const char *prefix, void **out) {
+                      int agent_store, const char *prefix, int backend_kind, int device,
+                      void **out) {
     return llava_ffi::guarded([&] {
         TORCH_CHECK(world >= 1 && rank >= 0 && rank < world, "rank ", rank, " of a world of ",
                     world);
@@ -110,9 +171,9 @@ char *llava_dist_open(const char *host, int port, int rank, int world, int64_t t
         auto timeout = std::chrono::milliseconds(timeout_ms);
         std::string h(host), p(prefix);
         auto store = connect(h, port, !agent_store && rank == 0, world, true, timeout, p);
-        auto gloo = c10d::ProcessGroupGloo::Options::create(timeout);
-        gloo->devices.push_back(local_device(h));
-        auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, gloo);
+        TORCH_CHECK(backend_kind == 0 || backend_kind == 1, "unknown backend ", backend_kind);
+        auto backend = backend_kind == 1 ? nccl_backend(store, rank, world, timeout, device)
+                                         : gloo_backend(store, rank, world, timeout, h);
         auto heartbeat = std::make_unique<Heartbeat>();
         auto beats = connect(h, port, false, world, false, timeout, p);
         beats->add(heartbeat_key(rank), 1);
@@ -130,7 +191,7 @@ char *llava_dist_open(const char *host, int port, int rank, int world, int64_t t
                     std::this_thread::sleep_for(std::chrono::milliseconds(50));
             }
         });
-        *out = new Group{store, backend, timeout, world, std::move(heartbeat)};
+        *out = new Group{store, backend, timeout, world, backend_kind == 1, std::move(heartbeat)};
     });
 }
 

@@ -1,13 +1,16 @@
 //! Process groups on libtorch's c10d, the engine PyTorch DDP and FSDP stand on: a `TCPStore`
-//! rendezvous and a Gloo process group (`csrc/c10d.cpp`), with the collectives data-parallel
-//! training needs, and the launch environment as `torchrun` and Slurm set it.
+//! rendezvous and a Gloo or NCCL process group (`csrc/c10d.cpp`), with the collectives
+//! data-parallel training needs, and the launch environment as `torchrun` and Slurm set it.
+//!
+//! CPU ranks use Gloo; CUDA ranks use NCCL where it is built in ([`nccl_built`]), so gradients
+//! never leave the GPU ([`Backend::for_device`]).
 //!
 //! No collective here is ours: every reduction, scatter and gather is c10d's.
 
 use std::ffi::{CString, c_char, c_void};
 use std::time::Duration;
 
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 unsafe extern "C" {
     fn llava_dist_free_message(message: *mut c_char);
@@ -19,8 +22,11 @@ unsafe extern "C" {
         timeout_ms: i64,
         agent_store: i32,
         prefix: *const c_char,
+        backend: i32,
+        device: i32,
         out: *mut *mut c_void,
     ) -> *mut c_char;
+    fn llava_dist_nccl_built() -> i32;
     fn llava_dist_lost_ranks(group: *mut c_void, wait_ms: i64, lost: *mut u8) -> *mut c_char;
     fn llava_dist_close(group: *mut c_void);
     fn llava_dist_allreduce(group: *mut c_void, tensor: *const c_void, op: i32) -> *mut c_char;
@@ -114,6 +120,20 @@ pub struct Launch {
 }
 
 impl Launch {
+    /// A job of one rank on this host, its store on `port`: for running the collectives of a
+    /// world of one without a launcher.
+    pub fn alone(port: u16) -> Self {
+        Launch {
+            rank: 0,
+            world: 1,
+            local_rank: 0,
+            local_world: 1,
+            master_addr: "127.0.0.1".into(),
+            master_port: port,
+            agent_store: None,
+        }
+    }
+
     /// The launch `vars` describe: torchrun's (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`,
     /// `LOCAL_WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`), else Slurm's (`SLURM_PROCID`,
     /// `SLURM_NTASKS`, `SLURM_LOCALID`, `SLURM_NTASKS_PER_NODE`, with `MASTER_ADDR` /
@@ -205,12 +225,86 @@ fn first_host(list: &str) -> String {
     }
 }
 
-/// A group of ranks on c10d's Gloo backend (CPU tensors).
+/// Whether c10d's NCCL backend is built in (the build found the CUDA runtime's and NCCL's headers
+/// beside libtorch).
+pub fn nccl_built() -> bool {
+    // SAFETY: no arguments, no state.
+    unsafe { llava_dist_nccl_built() != 0 }
+}
+
+/// The c10d backend that carries a group's collectives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Gloo, over TCP in host memory: tensors elsewhere go through a host copy.
+    Gloo,
+    /// NCCL on CUDA device `n` (the rank's own GPU): host tensors go through a copy to it.
+    Nccl(usize),
+}
+
+impl Backend {
+    /// The backend for a rank that computes on `device`: NCCL on its GPU for a CUDA rank when
+    /// NCCL is built in, Gloo otherwise. `LLAVA_DIST_BACKEND` (`gloo` or `nccl`) decides instead.
+    pub fn for_device(device: Device) -> Result<Self, DistError> {
+        let choice = std::env::var("LLAVA_DIST_BACKEND").ok();
+        Self::choose(device, choice.as_deref(), nccl_built()).map_err(|mut e| {
+            e.op.push_str(" from LLAVA_DIST_BACKEND");
+            e
+        })
+    }
+
+    /// The backend `name`d (`gloo` or `nccl`) for a rank that computes on `device`, or why it
+    /// cannot serve it.
+    pub fn named(device: Device, name: &str) -> Result<Self, DistError> {
+        Self::choose(device, Some(name), nccl_built())
+    }
+
+    fn choose(device: Device, choice: Option<&str>, nccl: bool) -> Result<Self, DistError> {
+        let unusable = |message: String| DistError {
+            op: "choosing the process group's backend".into(),
+            message,
+        };
+        match (choice.map(str::trim).filter(|c| !c.is_empty()), device) {
+            (Some("gloo"), _) => Ok(Backend::Gloo),
+            (Some("nccl"), Device::Cuda(n)) if nccl => Ok(Backend::Nccl(n)),
+            (Some("nccl"), Device::Cuda(_)) => Err(unusable(
+                "this build has no NCCL (it was compiled without the CUDA runtime's and NCCL's \
+                 headers beside libtorch)"
+                    .into(),
+            )),
+            (Some("nccl"), other) => Err(unusable(format!(
+                "NCCL needs CUDA ranks; this rank computes on {other:?}"
+            ))),
+            (Some(other), _) => Err(unusable(format!(
+                "`{other}` is no backend: use gloo or nccl"
+            ))),
+            (None, Device::Cuda(n)) if nccl => Ok(Backend::Nccl(n)),
+            (None, _) => Ok(Backend::Gloo),
+        }
+    }
+
+    /// Where the backend's collectives take their tensors.
+    pub fn device(self) -> Device {
+        match self {
+            Backend::Gloo => Device::Cpu,
+            Backend::Nccl(n) => Device::Cuda(n),
+        }
+    }
+
+    fn code(self) -> (i32, i32) {
+        match self {
+            Backend::Gloo => (0, 0),
+            Backend::Nccl(n) => (1, n as i32),
+        }
+    }
+}
+
+/// A group of ranks on one of c10d's backends ([`Backend`]).
 #[derive(Debug)]
 pub struct ProcessGroup {
     ptr: *mut c_void,
     rank: usize,
     world: usize,
+    backend: Backend,
 }
 
 // SAFETY: the c10d objects behind the pointer are used from one thread at a time (`&mut`-free API,
@@ -219,8 +313,8 @@ pub struct ProcessGroup {
 unsafe impl Send for ProcessGroup {}
 
 impl ProcessGroup {
-    /// Joins the group of `world` ranks as `rank`, meeting at rank 0's store on `host:port`;
-    /// collectives fail after `timeout` rather than hang.
+    /// Joins the Gloo group of `world` ranks as `rank`, meeting at rank 0's store on
+    /// `host:port`; collectives fail after `timeout` rather than hang.
     pub fn open(
         host: &str,
         port: u16,
@@ -228,11 +322,11 @@ impl ProcessGroup {
         world: usize,
         timeout: Duration,
     ) -> Result<Self, DistError> {
-        Self::open_with(host, port, rank, world, timeout, None)
+        Self::open_with(host, port, rank, world, timeout, None, Backend::Gloo)
     }
 
-    /// [`open`](Self::open), or with `agent_store` a client of the store a launcher serves on
-    /// `host:port`, under that key prefix (see [`Launch::agent_store`]).
+    /// [`open`](Self::open) on `backend`, or with `agent_store` a client of the store a launcher
+    /// serves on `host:port`, under that key prefix (see [`Launch::agent_store`]).
     pub fn open_with(
         host: &str,
         port: u16,
@@ -240,8 +334,9 @@ impl ProcessGroup {
         world: usize,
         timeout: Duration,
         agent_store: Option<&str>,
+        backend: Backend,
     ) -> Result<Self, DistError> {
-        let op = || format!("rendezvous of rank {rank} of {world} at {host}:{port}");
+        let op = || format!("rendezvous of rank {rank} of {world} at {host}:{port} ({backend:?})");
         let c_host = CString::new(host).map_err(|_| DistError {
             op: op(),
             message: "the host name has a NUL byte".into(),
@@ -251,7 +346,8 @@ impl ProcessGroup {
             message: "the store prefix has a NUL byte".into(),
         })?;
         let mut ptr = std::ptr::null_mut();
-        // SAFETY: valid C strings and out-pointer; the shim checks rank and world.
+        let (backend_code, device) = backend.code();
+        // SAFETY: valid C strings and out-pointer; the shim checks rank, world and backend.
         checked(op, unsafe {
             llava_dist_open(
                 c_host.as_ptr(),
@@ -261,14 +357,25 @@ impl ProcessGroup {
                 timeout.as_millis() as i64,
                 i32::from(agent_store.is_some()),
                 prefix.as_ptr(),
+                backend_code,
+                device,
                 &mut ptr,
             )
         })?;
-        Ok(ProcessGroup { ptr, rank, world })
+        Ok(ProcessGroup {
+            ptr,
+            rank,
+            world,
+            backend,
+        })
     }
 
-    /// Joins the group a launcher described.
-    pub fn from_launch(launch: &Launch, timeout: Duration) -> Result<Self, DistError> {
+    /// Joins the group a launcher described, on `backend` (see [`Backend::for_device`]).
+    pub fn from_launch(
+        launch: &Launch,
+        timeout: Duration,
+        backend: Backend,
+    ) -> Result<Self, DistError> {
         Self::open_with(
             &launch.master_addr,
             launch.master_port,
@@ -276,7 +383,13 @@ impl ProcessGroup {
             launch.world,
             timeout,
             launch.agent_store.as_deref(),
+            backend,
         )
+    }
+
+    /// The backend carrying this group's collectives.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// A collective's outcome; a failure is [`explain`](Self::explain)ed, so that it names the
@@ -346,12 +459,12 @@ impl ProcessGroup {
 
     /// Replaces `tensor` with its reduction over the ranks.
     pub fn all_reduce(&self, tensor: &Tensor, op: Reduce) -> Result<(), DistError> {
-        let host = on_host(tensor);
+        let staged = self.staged(tensor);
         // SAFETY: a live group and tensor.
         self.collective(|| "allreduce".into(), unsafe {
-            llava_dist_allreduce(self.ptr, host.as_ptr().cast(), op.code())
+            llava_dist_allreduce(self.ptr, staged.as_ptr().cast(), op.code())
         })?;
-        back(tensor, &host);
+        back(tensor, &staged);
         Ok(())
     }
 
@@ -363,39 +476,39 @@ impl ProcessGroup {
         input: &Tensor,
         op: Reduce,
     ) -> Result<(), DistError> {
-        let (host_out, host_in) = (on_host(output), on_host(input));
+        let (out, inp) = (self.staged(output), self.staged(input));
         // SAFETY: live tensors; c10d checks their sizes.
         self.collective(|| "reduce_scatter".into(), unsafe {
             llava_dist_reduce_scatter(
                 self.ptr,
-                host_out.as_ptr().cast(),
-                host_in.as_ptr().cast(),
+                out.as_ptr().cast(),
+                inp.as_ptr().cast(),
                 op.code(),
             )
         })?;
-        back(output, &host_out);
+        back(output, &out);
         Ok(())
     }
 
     /// Writes into `output` (`input`'s elements × world) every rank's `input`, in rank order.
     pub fn all_gather(&self, output: &Tensor, input: &Tensor) -> Result<(), DistError> {
-        let (host_out, host_in) = (on_host(output), on_host(input));
+        let (out, inp) = (self.staged(output), self.staged(input));
         // SAFETY: live tensors; c10d checks their sizes.
         self.collective(|| "allgather".into(), unsafe {
-            llava_dist_allgather(self.ptr, host_out.as_ptr().cast(), host_in.as_ptr().cast())
+            llava_dist_allgather(self.ptr, out.as_ptr().cast(), inp.as_ptr().cast())
         })?;
-        back(output, &host_out);
+        back(output, &out);
         Ok(())
     }
 
     /// Replaces `tensor` with rank `root`'s.
     pub fn broadcast(&self, tensor: &Tensor, root: usize) -> Result<(), DistError> {
-        let host = on_host(tensor);
+        let staged = self.staged(tensor);
         // SAFETY: a live group and tensor.
         self.collective(|| format!("broadcast from rank {root}"), unsafe {
-            llava_dist_broadcast(self.ptr, host.as_ptr().cast(), root as i32)
+            llava_dist_broadcast(self.ptr, staged.as_ptr().cast(), root as i32)
         })?;
-        back(tensor, &host);
+        back(tensor, &staged);
         Ok(())
     }
 
@@ -403,6 +516,17 @@ impl ProcessGroup {
     pub fn barrier(&self) -> Result<(), DistError> {
         // SAFETY: a live group.
         self.collective(|| "barrier".into(), unsafe { llava_dist_barrier(self.ptr) })
+    }
+
+    /// `tensor` where the backend takes it: itself, or a copy on the host (Gloo) or the rank's
+    /// GPU (NCCL), which [`back`] copies back after the collective.
+    fn staged(&self, tensor: &Tensor) -> Tensor {
+        let device = self.backend.device();
+        if tensor.device() == device {
+            tensor.shallow_clone()
+        } else {
+            tensor.to_device(device)
+        }
     }
 
     /// Sets `key` in the group's store.
@@ -429,19 +553,10 @@ impl ProcessGroup {
     }
 }
 
-/// Gloo works on host memory: a tensor elsewhere (CUDA) goes through a host copy.
-fn on_host(tensor: &Tensor) -> Tensor {
-    if tensor.device() == tch::Device::Cpu {
-        tensor.shallow_clone()
-    } else {
-        tensor.to_device(tch::Device::Cpu)
-    }
-}
-
-/// Copies a collective's host result back into `tensor` when [`on_host`] staged it.
-fn back(tensor: &Tensor, host: &Tensor) {
-    if tensor.device() != tch::Device::Cpu {
-        tch::no_grad(|| tensor.shallow_clone().copy_(host));
+/// Copies a collective's result back into `tensor` when [`ProcessGroup::staged`] moved it.
+fn back(tensor: &Tensor, staged: &Tensor) {
+    if tensor.device() != staged.device() {
+        tch::no_grad(|| tensor.shallow_clone().copy_(staged));
     }
 }
 
@@ -521,6 +636,34 @@ mod tests {
             assert_eq!(out["broadcast"], [11.0]);
             assert_eq!(out["bf16"], [3.0, 3.0, 3.0]);
             assert_eq!(other, format!("rank {}", 1 - rank));
+        }
+    }
+
+    #[test]
+    fn cuda_ranks_take_nccl_where_built_and_the_environment_decides_otherwise() {
+        let cuda = Device::Cuda(3);
+        assert_eq!(Backend::choose(cuda, None, true).unwrap(), Backend::Nccl(3));
+        assert_eq!(Backend::choose(cuda, None, false).unwrap(), Backend::Gloo);
+        assert_eq!(
+            Backend::choose(Device::Cpu, None, true).unwrap(),
+            Backend::Gloo
+        );
+        assert_eq!(
+            Backend::choose(cuda, Some("gloo"), true).unwrap(),
+            Backend::Gloo
+        );
+        assert_eq!(
+            Backend::choose(cuda, Some(""), true).unwrap(),
+            Backend::Nccl(3)
+        );
+        assert_eq!(Backend::Nccl(3).device(), cuda);
+        for (device, choice, nccl, says) in [
+            (cuda, "nccl", false, "no NCCL"),
+            (Device::Cpu, "nccl", true, "CUDA ranks"),
+            (cuda, "mpi", true, "`mpi` is no backend"),
+        ] {
+            let err = Backend::choose(device, Some(choice), nccl).unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
         }
     }
 

@@ -205,16 +205,16 @@ fn split_name(name: &str) -> (&str, i64) {
 }
 
 impl Optimizer {
-    /// AdamW over `params` (named, sorted the same on every rank). With a group of more than
-    /// one rank, rank 0's weights are broadcast first, so every rank starts from the same model;
-    /// `shard` then splits the optimizer state across the ranks.
+    /// AdamW over `params` (named, sorted the same on every rank). With a group, rank 0's
+    /// weights are broadcast first, so every rank starts from the same model; `shard` then
+    /// splits the optimizer state across the ranks. A group of one rank runs the same
+    /// collectives (that is how their cost is measured on one GPU).
     pub fn new(
         params: Vec<(String, Tensor)>,
         config: AdamWConfig,
         group: Option<Rc<ProcessGroup>>,
         shard: bool,
     ) -> Result<Self, OptimizerError> {
-        let group = group.filter(|g| g.world() > 1);
         let world = group.as_ref().map_or(1, |g| g.world());
         let buckets = buckets(&params, world);
         if let Some(group) = &group {

@@ -354,7 +354,11 @@ pub fn run(
             }
             let timeout = std::time::Duration::from_secs(config.dist_timeout_s.max(1));
             Some(crate::Parallel {
-                group: std::rc::Rc::new(crate::dist::ProcessGroup::from_launch(launch, timeout)?),
+                group: std::rc::Rc::new(crate::dist::ProcessGroup::from_launch(
+                    launch,
+                    timeout,
+                    crate::dist::Backend::for_device(device)?,
+                )?),
                 shard_optimizer: config.shard_optimizer,
             })
         }

@@ -62,6 +62,12 @@ pub struct Args {
     /// With --length-mix: pack each micro-batch into rows of at most --seq tokens.
     #[arg(long)]
     pack: bool,
+    /// The process group's backend, gloo or nccl (default: NCCL for CUDA ranks where it is
+    /// built in, else Gloo). Given for a single process, a group of one rank is opened on it, so
+    /// that its step runs data parallel's collectives (the sharded optimizer's reduce-scatter
+    /// and all-gather): their cost against a run without it, same device.
+    #[arg(long)]
+    dist_backend: Option<String>,
     /// libtorch's CPU threads per rank (default: libtorch's choice; with --nproc-per-node N, the
     /// cores divided by N, for the single rank too).
     #[arg(long)]
@@ -81,20 +87,26 @@ pub fn run(a: &Args) -> llava::Result<ExitCode> {
     if let Some(threads) = a.threads {
         tch::set_num_threads(threads as i32);
     }
-    let launch = llava::trainer::dist::Launch::from_env()
-        .map_err(|e| llava::Error::Unsupported(e.to_string()))?
-        .filter(|l| l.world > 1);
+    use llava::trainer::dist::{Backend, Launch, ProcessGroup};
+    let unsupported = |e: llava::trainer::dist::DistError| llava::Error::Unsupported(e.to_string());
+    let launch = match Launch::from_env().map_err(unsupported)? {
+        Some(launch) if launch.world > 1 => Some(launch),
+        _ if a.dist_backend.is_some() => Some(Launch::alone(free_port()?)),
+        _ => None,
+    };
     let mut device = llava::foundation::device::parse_device(&a.device)?;
     let group = match &launch {
         Some(launch) => {
             if device.is_cuda() {
                 device = tch::Device::Cuda(launch.local_rank);
             }
-            let group = llava::trainer::dist::ProcessGroup::from_launch(
-                launch,
-                std::time::Duration::from_secs(600),
-            )
-            .map_err(|e| llava::Error::Unsupported(e.to_string()))?;
+            let backend = match &a.dist_backend {
+                Some(name) => Backend::named(device, name),
+                None => Backend::for_device(device),
+            }
+            .map_err(unsupported)?;
+            let timeout = std::time::Duration::from_secs(600);
+            let group = ProcessGroup::from_launch(launch, timeout, backend).map_err(unsupported)?;
             Some(std::rc::Rc::new(group))
         }
         None => None,
@@ -132,6 +144,14 @@ pub fn run(a: &Args) -> llava::Result<ExitCode> {
         print_json(&report, a.json);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A free port on the loopback for a group of one's store.
+fn free_port() -> llava::Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| llava::Error::Unsupported(format!("finding a free port: {e}")))
 }
 
 /// One rank, then N ranks, each with the same threads, and what N ranks make of one.
