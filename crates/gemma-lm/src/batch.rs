@@ -24,23 +24,10 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::cache::KvCache;
-use crate::model::{AttentionPlan, Gemma, additive_mask};
+use crate::attention::{AttentionPlan, additive_mask};
+use crate::cache::{Buffers, LayerCache};
+use crate::model::Gemma;
 use crate::{Error, Result};
-
-/// Where a decoder layer keeps its keys and values: given the new keys and values
-/// `[batch, kv_heads, new, head_dim]` of `layer`, stores them and returns all keys and values the
-/// new queries attend to.
-pub trait LayerCache {
-    /// Stores the new keys and values of `layer` and returns the keys and values to attend to.
-    fn update(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> (Tensor, Tensor);
-}
-
-impl LayerCache for KvCache {
-    fn update(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
-        KvCache::update(self, layer, k, v)
-    }
-}
 
 /// A key/value cache with one slot per sequence, each with its own length.
 #[derive(Debug)]
@@ -60,34 +47,25 @@ impl SlotCache {
         kv_heads: i64,
         capacity: i64,
         head_dim: i64,
-        (kind, device): (Kind, Device),
+        on: (Kind, Device),
     ) -> Self {
-        let make = || {
-            (0..layers)
-                .map(|_| {
-                    Tensor::zeros([slots as i64, kv_heads, capacity, head_dim], (kind, device))
-                })
-                .collect()
-        };
-        SlotCache {
-            keys: make(),
-            values: make(),
-            lens: vec![None; slots],
-            capacity,
-        }
+        let buffers = Buffers::zeros(layers, slots as i64, kv_heads, capacity, head_dim, on);
+        Self::from_buffers(buffers, slots, capacity)
     }
 
     /// A cache sized for `model`: `slots` sequences of up to `capacity` positions each.
     pub fn for_model(model: &Gemma, slots: usize, capacity: i64) -> Self {
-        let c = model.config();
-        SlotCache::new(
-            c.num_hidden_layers as usize,
-            slots,
-            c.num_key_value_heads,
+        let buffers = Buffers::for_model(model, slots as i64, capacity);
+        Self::from_buffers(buffers, slots, capacity)
+    }
+
+    fn from_buffers(Buffers { keys, values }: Buffers, slots: usize, capacity: i64) -> Self {
+        SlotCache {
+            keys,
+            values,
+            lens: vec![None; slots],
             capacity,
-            c.head_dim,
-            (model.kind(), model.device()),
-        )
+        }
     }
 
     /// Number of slots.

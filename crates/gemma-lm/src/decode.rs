@@ -9,9 +9,9 @@
 use foundation::cuda::Graph;
 use tch::{Device, Kind, Tensor};
 
-use crate::batch::LayerCache;
-use crate::cache::KvCache;
-use crate::model::{AttentionPlan, Gemma, additive_mask};
+use crate::attention::{AttentionPlan, additive_mask};
+use crate::cache::{KvCache, LayerCache};
+use crate::model::Gemma;
 use crate::{Error, Result};
 
 /// How generation runs its decoding steps (one token per row each).

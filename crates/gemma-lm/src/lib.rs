@@ -20,17 +20,23 @@
 //! # Ok(()) }
 //! ```
 
+pub mod attention;
 pub mod batch;
 pub mod cache;
 pub mod config;
 pub mod decode;
 mod error;
 pub mod generation;
+mod layer;
 pub mod lora;
+mod mlp;
 pub mod model;
+mod norm;
+mod rotary;
 pub mod tokenizer;
 
-pub use batch::{LayerCache, SlotCache};
+pub use batch::SlotCache;
+pub use cache::LayerCache;
 
 /// Held by unit tests that use libtorch's process-wide generator (building a model draws its
 /// random start from it; adapter dropout reseeds it), so parallel tests do not draw from each
@@ -42,11 +48,12 @@ pub(crate) static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub(crate) fn global_rng() -> std::sync::MutexGuard<'static, ()> {
     GLOBAL_RNG.lock().unwrap_or_else(|e| e.into_inner())
 }
+pub use attention::{AttentionPlan, Packing};
 pub use cache::KvCache;
 pub use config::{Activation, GemmaConfig, TokenIds};
 pub use decode::Decode;
 pub use error::{Error, Result};
 pub use generation::{GenerationConfig, Sampler, generate, generate_from_embeds, left_pad};
 pub use lora::LoraSpec;
-pub use model::{AttentionPlan, Gemma, IGNORE_INDEX, ModelOutput, Packing};
+pub use model::{Gemma, IGNORE_INDEX, ModelOutput};
 pub use tokenizer::{GemmaTokenizer, Message, Role, TextStreamer, apply_chat_template};

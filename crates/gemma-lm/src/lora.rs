@@ -242,8 +242,8 @@ fn sub_path<'a>(root: &tch::nn::Path<'a>, name: &str) -> tch::nn::Path<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attention::AttentionPlan;
     use crate::config::GemmaConfig;
-    use crate::model::AttentionPlan;
     use tch::{Device, Kind};
 
     fn model_with_adapters(dropout: f64) -> (tch::nn::VarStore, tch::nn::VarStore, Gemma) {

@@ -1,0 +1,156 @@
+//! How queries may attend: positions for the rotary embedding and the mask (causal, padding,
+//! packed samples), prepared once per forward and shared by every layer.
+
+use tch::{Device, Kind, Tensor};
+
+use super::varlen::Varlen;
+
+/// How queries may attend, prepared once per forward and shared by every layer.
+#[derive(Debug)]
+pub struct AttentionPlan {
+    /// Positions `[batch, len]` of the new tokens, for the rotary embedding.
+    pub(crate) positions: Tensor,
+    /// Additive mask `[batch, 1, len, past + len]`, or `None` for plain causal attention.
+    pub(crate) mask: Option<Tensor>,
+    /// Whether to let the kernel apply the causal mask itself (no past, no explicit mask).
+    pub(crate) is_causal: bool,
+    /// Sequences laid end to end instead of a mask (packed batches).
+    pub(crate) varlen: Option<Varlen>,
+}
+
+impl AttentionPlan {
+    /// Plans attention for `len` new tokens after `past` cached ones.
+    ///
+    /// `padding` is the `[batch, past + len]` mask of real tokens (1) and padding (0) over the whole
+    /// sequence. Pass `None` when no row has padding, or when padding is only on the right and
+    /// outputs at padded positions are ignored (training batches): causal attention alone is then
+    /// exact at every real position, and the fast fused kernels apply. With a padding mask,
+    /// positions count real tokens only, as transformers' `generate` does for left padding.
+    pub fn new(
+        padding: Option<&Tensor>,
+        batch: i64,
+        len: i64,
+        past: i64,
+        device: Device,
+        kind: Kind,
+    ) -> Self {
+        match padding {
+            None => {
+                let positions = Tensor::arange_start(past, past + len, (Kind::Int64, device))
+                    .unsqueeze(0)
+                    .expand([batch, len], false);
+                let mask = (past > 0 && len > 1).then(|| {
+                    let keep = causal(len, past, device).unsqueeze(0).unsqueeze(0);
+                    additive(&keep, kind)
+                });
+                AttentionPlan {
+                    positions,
+                    is_causal: past == 0 && len > 1,
+                    mask,
+                    varlen: None,
+                }
+            }
+            Some(padding) => {
+                let padding = padding.to_device(device).to_kind(Kind::Int64);
+                let positions = (padding.cumsum(-1, Kind::Int64) - 1)
+                    .clamp_min(0)
+                    .narrow(-1, past, len);
+                let keys = padding.ne(0).unsqueeze(1).unsqueeze(1); // [b, 1, 1, past + len]
+                let keep = causal(len, past, device)
+                    .unsqueeze(0)
+                    .unsqueeze(0)
+                    .logical_and(&keys);
+                AttentionPlan {
+                    positions,
+                    mask: Some(additive(&keep, kind)),
+                    is_causal: false,
+                    varlen: None,
+                }
+            }
+        }
+    }
+}
+
+impl AttentionPlan {
+    /// A plan from explicit parts: `positions` `[batch, len]` for the rotary embedding, an
+    /// additive `mask` `[batch, 1, len, keys]` (see [`additive_mask`]) or `None`, and whether the
+    /// kernel applies causality itself. [`crate::batch`] uses it for per-row positions.
+    pub fn from_parts(positions: Tensor, mask: Option<Tensor>, is_causal: bool) -> Self {
+        AttentionPlan {
+            positions,
+            mask,
+            is_causal,
+            varlen: None,
+        }
+    }
+}
+
+/// Several samples packed into each row of a training batch: each attends only to itself, and
+/// its positions restart at 0.
+#[derive(Debug)]
+pub struct Packing {
+    /// Each token's position within its sample, `[batch, len]`.
+    pub positions: Tensor,
+    /// Each token's sample within its row (0, 1, …), -1 at padding, `[batch, len]`.
+    pub segments: Tensor,
+}
+
+impl AttentionPlan {
+    /// The plan of a packed batch: query `i` sees key `j` when both are of the same sample and
+    /// `j <= i`, so the samples' outputs are those each would have alone (outputs at padding are
+    /// ignored). The samples run as sequences laid end to end ([`Varlen`]) when each is one run
+    /// of tokens, as [`crate::Packing`]'s makers lay them; otherwise under a block-diagonal mask.
+    pub fn packed(packing: &Packing, device: Device, kind: Kind) -> Self {
+        if let Some(varlen) = Varlen::from_segments(&packing.segments, device) {
+            return AttentionPlan {
+                positions: packing.positions.to_device(device),
+                mask: None,
+                is_causal: false,
+                varlen: Some(varlen),
+            };
+        }
+        Self::packed_masked(packing, device, kind)
+    }
+
+    /// [`packed`](Self::packed) under a block-diagonal mask, whatever the layout of the samples.
+    pub fn packed_masked(packing: &Packing, device: Device, kind: Kind) -> Self {
+        let segments = foundation::device::upload(&packing.segments, device);
+        let len = segments.size()[1];
+        let same = segments
+            .unsqueeze(2)
+            .eq_tensor(&segments.unsqueeze(1)) // [b, len, len]
+            .logical_and(&segments.ge(0).unsqueeze(1));
+        let keep = same
+            .logical_and(&causal(len, 0, device).unsqueeze(0))
+            .unsqueeze(1);
+        AttentionPlan {
+            positions: packing.positions.to_device(device),
+            mask: Some(additive(&keep, kind)),
+            is_causal: false,
+            varlen: None,
+        }
+    }
+}
+
+/// A boolean keep-mask as an additive attention mask in `kind` (0 where kept, the dtype's lowest
+/// finite value elsewhere), as [`AttentionPlan`] builds its own.
+pub fn additive_mask(keep: &Tensor, kind: Kind) -> Tensor {
+    additive(keep, kind)
+}
+
+/// `[len, past + len]`: query `i` (at absolute position `past + i`) sees keys `0..=past + i`.
+fn causal(len: i64, past: i64, device: Device) -> Tensor {
+    Tensor::ones([len, past + len], (Kind::Bool, device)).tril(past)
+}
+
+/// A boolean keep-mask as an additive mask: 0 where kept, the dtype's lowest finite value elsewhere
+/// (finite, so a fully masked row of padding yields numbers rather than NaN).
+fn additive(keep: &Tensor, kind: Kind) -> Tensor {
+    let lowest = match kind {
+        Kind::BFloat16 => -3.389_531_389_251_535_5e38,
+        Kind::Half => -65504.0,
+        Kind::Double => f64::MIN,
+        _ => f32::MIN as f64,
+    };
+    Tensor::zeros(keep.size(), (kind, keep.device())).masked_fill(&keep.logical_not(), lowest)
+}
