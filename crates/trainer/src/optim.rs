@@ -239,12 +239,6 @@ impl AdamW {
     pub fn step(&mut self, lr: f64) -> Result<(), TchError> {
         self.steps += 1;
         let grad_scale = self.grad_scale.take();
-        let AdamWConfig {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        } = self.config;
         let mut with_grad: Vec<(usize, Tensor)> = self
             .params
             .iter()
@@ -255,92 +249,138 @@ impl AdamW {
         // On a GPU with our kernels, a weight with an f32 master takes its whole update in one
         // pass (gradient read in bf16, master and moments updated, weight rounded); the rest go
         // through libtorch's fused AdamW below.
-        with_grad.retain(|(i, grad)| {
-            let (param, master) = (&self.params[*i].1, &self.masters[*i]);
-            let Some(master) = master else { return true };
-            if !foundation::cuda::kernels_for(param.device(), param.kind())
-                || !grad.is_contiguous()
-                || !param.is_contiguous()
-            {
-                return true;
-            }
-            let decay = if self.decays(*i) { weight_decay } else { 0.0 };
-            let h = foundation::cuda::AdamW {
-                lr: lr * self.lr_scale[*i],
-                beta1,
-                beta2,
-                weight_decay: decay,
-                eps,
-            };
-            // Errors here are our bugs (the shapes are the model's own): panic as tch does.
-            tch::no_grad(|| {
-                foundation::cuda::adamw_cast(
-                    master,
-                    grad,
-                    &self.exp_avg[*i],
-                    &self.exp_avg_sq[*i],
-                    Some(param),
-                    grad_scale.as_ref(),
-                    self.steps as f64,
-                    h,
-                )
-            })
-            .unwrap();
-            false
-        });
-        let mut scales: Vec<f64> = self.lr_scale.clone();
-        scales.sort_by(f64::total_cmp);
-        scales.dedup();
-        for (decayed, scale) in [false, true]
-            .into_iter()
-            .flat_map(|d| scales.iter().map(move |&s| (d, s)))
-        {
-            let decay = if decayed { weight_decay } else { 0.0 };
+        with_grad.retain(|(i, grad)| !self.update_in_one_pass(*i, grad, lr, grad_scale.as_ref()));
+        for (decayed, scale) in self.update_groups() {
             let members: Vec<&(usize, Tensor)> = with_grad
                 .iter()
                 .filter(|(i, _)| self.decays(*i) == decayed)
                 .filter(|(i, _)| self.lr_scale[*i] == scale)
                 .collect();
             for group in groups_of(&members, GROUP_ELEMENTS) {
-                let mut weights = Vec::with_capacity(group.len());
-                let mut grads = Vec::with_capacity(group.len());
-                for (i, grad) in group.iter().map(|m| (m.0, &m.1)) {
-                    let weight = self.masters[i].as_ref().unwrap_or(&self.params[i].1);
-                    weights.push(weight.shallow_clone());
-                    grads.push(grad.to_kind(weight.kind()));
-                }
-                let moments = |all: &[Tensor]| -> Vec<Tensor> {
-                    group.iter().map(|m| all[m.0].shallow_clone()).collect()
-                };
-                tch::no_grad(|| {
-                    fused::adamw(
-                        &weights,
-                        &grads,
-                        &moments(&self.exp_avg),
-                        &moments(&self.exp_avg_sq),
-                        self.steps as f64,
-                        fused::Hyper {
-                            lr: lr * scale,
-                            beta1,
-                            beta2,
-                            weight_decay: decay,
-                            eps,
-                        },
-                        grad_scale.as_ref(),
-                    )
-                })?;
-                drop(grads);
-                tch::no_grad(|| {
-                    for m in &group {
-                        if let Some(master) = &self.masters[m.0] {
-                            self.params[m.0].1.shallow_clone().f_copy_(master)?;
-                        }
-                    }
-                    Ok::<_, TchError>(())
-                })?;
+                self.update_fused(&group, lr * scale, decayed, grad_scale.as_ref())?;
             }
         }
         Ok(())
+    }
+
+    /// The kinds of parameters libtorch's fused kernel updates in separate calls: decayed or
+    /// not, and each learning-rate scale.
+    fn update_groups(&self) -> Vec<(bool, f64)> {
+        let mut scales: Vec<f64> = self.lr_scale.clone();
+        scales.sort_by(f64::total_cmp);
+        scales.dedup();
+        [false, true]
+            .into_iter()
+            .flat_map(|d| scales.iter().map(move |&s| (d, s)))
+            .collect()
+    }
+
+    /// The hyperparameters of an update at `lr`, with weight decay when `decayed`.
+    fn hyper(&self, lr: f64, decayed: bool) -> fused::Hyper {
+        let AdamWConfig {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } = self.config;
+        fused::Hyper {
+            lr,
+            beta1,
+            beta2,
+            weight_decay: if decayed { weight_decay } else { 0.0 },
+            eps,
+        }
+    }
+
+    /// Updates parameter `i` with `grad` in one pass of our CUDA kernel, when it can: a weight
+    /// with an f32 master, on a device and in a kind our kernels serve, both contiguous. Returns
+    /// whether it did.
+    fn update_in_one_pass(
+        &self,
+        i: usize,
+        grad: &Tensor,
+        lr: f64,
+        grad_scale: Option<&Tensor>,
+    ) -> bool {
+        let (param, master) = (&self.params[i].1, &self.masters[i]);
+        let Some(master) = master else { return false };
+        if !foundation::cuda::kernels_for(param.device(), param.kind())
+            || !grad.is_contiguous()
+            || !param.is_contiguous()
+        {
+            return false;
+        }
+        let fused::Hyper {
+            lr,
+            beta1,
+            beta2,
+            weight_decay,
+            eps,
+        } = self.hyper(lr * self.lr_scale[i], self.decays(i));
+        let h = foundation::cuda::AdamW {
+            lr,
+            beta1,
+            beta2,
+            weight_decay,
+            eps,
+        };
+        // Errors here are our bugs (the shapes are the model's own): panic as tch does.
+        tch::no_grad(|| {
+            foundation::cuda::adamw_cast(
+                master,
+                grad,
+                &self.exp_avg[i],
+                &self.exp_avg_sq[i],
+                Some(param),
+                grad_scale,
+                self.steps as f64,
+                h,
+            )
+        })
+        .unwrap();
+        true
+    }
+
+    /// Updates the parameters of `group` (index, gradient) at `lr` in one call of libtorch's
+    /// fused AdamW on their f32 masters (their gradients made f32 meanwhile), then rounds the
+    /// masters into the weights.
+    fn update_fused(
+        &self,
+        group: &[&(usize, Tensor)],
+        lr: f64,
+        decayed: bool,
+        grad_scale: Option<&Tensor>,
+    ) -> Result<(), TchError> {
+        let mut weights = Vec::with_capacity(group.len());
+        let mut grads = Vec::with_capacity(group.len());
+        for (i, grad) in group.iter().map(|m| (m.0, &m.1)) {
+            let weight = self.masters[i].as_ref().unwrap_or(&self.params[i].1);
+            weights.push(weight.shallow_clone());
+            grads.push(grad.to_kind(weight.kind()));
+        }
+        let moments = |all: &[Tensor]| -> Vec<Tensor> {
+            group.iter().map(|m| all[m.0].shallow_clone()).collect()
+        };
+        tch::no_grad(|| {
+            fused::adamw(
+                &weights,
+                &grads,
+                &moments(&self.exp_avg),
+                &moments(&self.exp_avg_sq),
+                self.steps as f64,
+                self.hyper(lr, decayed),
+                grad_scale,
+            )
+        })?;
+        drop(grads);
+        tch::no_grad(|| {
+            for m in group {
+                if let Some(master) = &self.masters[m.0] {
+                    self.params[m.0].1.shallow_clone().f_copy_(master)?;
+                }
+            }
+            Ok::<_, TchError>(())
+        })
     }
 
     /// Whether weight decay applies to parameter `i` in a step.

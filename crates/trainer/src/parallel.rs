@@ -10,6 +10,7 @@
 //!
 //! One process is the case of one rank: the same plan, with nothing to reduce.
 
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use foundation::Checkpoint;
@@ -135,9 +136,40 @@ fn buckets(params: &[(String, Tensor)], world: usize) -> Vec<Bucket> {
     out
 }
 
+impl Bucket {
+    /// The slices of its members that elements `lo..hi` of the bucket (a rank's shard) hold;
+    /// `index` is the bucket's.
+    fn segments(
+        &self,
+        params: &[(String, Tensor)],
+        index: usize,
+        lo: i64,
+        hi: i64,
+    ) -> Vec<Segment> {
+        let mut segments = Vec::new();
+        for (&param, &offset) in self.members.iter().zip(&self.offsets) {
+            let end = offset + params[param].1.numel() as i64;
+            let (from, to) = (offset.max(lo), end.min(hi));
+            if from >= to {
+                continue;
+            }
+            segments.push(Segment {
+                param,
+                bucket: index,
+                start: from - offset,
+                offset: from - lo,
+                len: to - from,
+            });
+        }
+        segments
+    }
+}
+
 /// A rank's slice of one parameter, held by the sharded optimizer.
 #[derive(Debug)]
 struct Segment {
+    /// Index into the parameters.
+    param: usize,
     bucket: usize,
     /// First element within the parameter.
     start: i64,
@@ -218,11 +250,7 @@ impl Optimizer {
         let world = group.as_ref().map_or(1, |g| g.world());
         let buckets = buckets(&params, world);
         if let Some(group) = &group {
-            for bucket in &buckets {
-                let flat = flatten(&params, bucket, |p| p.detach(), 0);
-                group.broadcast(&flat, 0)?;
-                unflatten_into(&params, bucket, &flat)?;
-            }
+            broadcast_weights(&params, &buckets, group)?;
         }
         let group = match group {
             Some(group) if shard => group,
@@ -243,11 +271,22 @@ impl Optimizer {
                 });
             }
         };
-        let rank = group.rank() as i64;
+        Ok(Self::sharded(params, buckets, group, config))
+    }
+
+    /// The sharded optimizer of this rank of `group`: the f32 masters of its shard of each
+    /// bucket, and AdamW over the segments of parameters they hold.
+    fn sharded(
+        params: Vec<(String, Tensor)>,
+        buckets: Vec<Bucket>,
+        group: Rc<ProcessGroup>,
+        config: AdamWConfig,
+    ) -> Self {
+        let (rank, world) = (group.rank() as i64, group.world() as i64);
         let (mut shards, mut segments) = (Vec::new(), Vec::new());
         let (mut named, mut decay) = (Vec::new(), Vec::new());
         for (b, bucket) in buckets.iter().enumerate() {
-            let size = bucket.padded / world as i64;
+            let size = bucket.padded / world;
             let (lo, hi) = (rank * size, (rank + 1) * size);
             let flat = flatten(
                 &params,
@@ -256,28 +295,18 @@ impl Optimizer {
                 bucket.padded - bucket.numel,
             );
             let shard = flat.narrow(0, lo, size).copy();
-            for (&param, &offset) in bucket.members.iter().zip(&bucket.offsets) {
-                let end = offset + params[param].1.numel() as i64;
-                let (from, to) = (offset.max(lo), end.min(hi));
-                if from >= to {
-                    continue;
-                }
-                let segment = Segment {
-                    bucket: b,
-                    start: from - offset,
-                    offset: from - lo,
-                    len: to - from,
-                };
+            for segment in bucket.segments(&params, b, lo, hi) {
+                let (name, param) = &params[segment.param];
                 named.push((
-                    segment_name(&params[param].0, segment.start),
+                    segment_name(name, segment.start),
                     shard.narrow(0, segment.offset, segment.len),
                 ));
-                decay.push(params[param].1.dim() > 1);
+                decay.push(param.dim() > 1);
                 segments.push(segment);
             }
             shards.push(shard);
         }
-        Ok(Optimizer {
+        Optimizer {
             adamw: AdamW::with_decay(named, config, decay),
             params,
             buckets,
@@ -286,7 +315,7 @@ impl Optimizer {
                 shards,
                 segments,
             },
-        })
+        }
     }
 
     /// Ranks the optimizer spans.
@@ -428,72 +457,7 @@ impl Optimizer {
     /// hold them.
     pub fn restore(&mut self, dir: &std::path::Path) -> Result<(), String> {
         let checkpoint = Checkpoint::open(dir).map_err(|e| e.to_string())?;
-        let mut pieces: std::collections::HashMap<(&str, &str), Vec<Slice>> =
-            std::collections::HashMap::new();
-        for name in checkpoint.names() {
-            let (kind, rest) = if let Some(rest) = name.strip_prefix("param.") {
-                ("param", rest)
-            } else if let Some(rest) = name.strip_prefix("optim.exp_avg_sq.") {
-                ("exp_avg_sq", rest)
-            } else if let Some(rest) = name.strip_prefix("optim.exp_avg.") {
-                ("exp_avg", rest)
-            } else {
-                continue;
-            };
-            let (base, start) = split_name(rest);
-            let numel: i64 = checkpoint
-                .info(name)
-                .map_or(0, |i| i.shape.iter().product());
-            pieces
-                .entry((kind, base))
-                .or_default()
-                .push((start, numel, name));
-        }
-        // What the model's parameters hold, to refuse a checkpoint of another shape (another
-        // LoRA rank, another model) rather than read its elements into the wrong places.
-        let sizes: std::collections::HashMap<&str, i64> = self
-            .params
-            .iter()
-            .map(|(n, p)| (n.as_str(), p.numel() as i64))
-            .collect();
-        let read = |kind: &str, base: &str, start: i64, len: i64| -> Result<Tensor, String> {
-            let saved: i64 = pieces
-                .get(&(kind, base))
-                .into_iter()
-                .flatten()
-                .map(|&(from, numel, _)| from + numel)
-                .max()
-                .unwrap_or(0);
-            let expected = sizes.get(base).copied().unwrap_or(start + len);
-            if saved != 0 && saved != expected {
-                return Err(format!(
-                    "{}: `{base}` has {saved} elements there and {expected} in this model \
-                     (another model, or another LoRA rank or targets?)",
-                    dir.display()
-                ));
-            }
-            let out = Tensor::zeros([len], (Kind::Float, Device::Cpu));
-            let mut covered = 0;
-            for &(from, numel, name) in pieces.get(&(kind, base)).into_iter().flatten() {
-                let (lo, hi) = (start.max(from), (start + len).min(from + numel));
-                if lo >= hi {
-                    continue;
-                }
-                let saved = checkpoint.tensor(name).map_err(|e| e.to_string())?;
-                let saved = saved.reshape([-1]).to_kind(Kind::Float);
-                out.narrow(0, lo - start, hi - lo)
-                    .copy_(&saved.narrow(0, lo - from, hi - lo));
-                covered += hi - lo;
-            }
-            if covered != len {
-                let what = if kind == "param" { "weights" } else { kind };
-                return Err(format!(
-                    "{}: {what} of `{base}` cover {covered} of the {len} elements from {start}",
-                    dir.display()
-                ));
-            }
-            Ok(out)
-        };
+        let saved = Saved::index(&checkpoint, dir, &self.params);
         let names: Vec<(String, Vec<i64>)> = self
             .adamw
             .named_params()
@@ -503,9 +467,11 @@ impl Optimizer {
         for (name, shape) in names {
             let (base, start) = split_name(&name);
             let len = shape.iter().product::<i64>();
-            let weight = read("param", base, start, len)?.reshape(shape.as_slice());
-            let exp_avg = read("exp_avg", base, start, len)?;
-            let exp_avg_sq = read("exp_avg_sq", base, start, len)?;
+            let weight = saved
+                .read("param", base, start, len)?
+                .reshape(shape.as_slice());
+            let exp_avg = saved.read("exp_avg", base, start, len)?;
+            let exp_avg_sq = saved.read("exp_avg_sq", base, start, len)?;
             self.adamw.set_weight(&name, &weight);
             self.adamw.set_moments(&name, &exp_avg, &exp_avg_sq);
         }
@@ -531,8 +497,134 @@ impl Optimizer {
     }
 }
 
+/// Gives every rank rank 0's weights.
+fn broadcast_weights(
+    params: &[(String, Tensor)],
+    buckets: &[Bucket],
+    group: &ProcessGroup,
+) -> Result<(), OptimizerError> {
+    for bucket in buckets {
+        let flat = flatten(params, bucket, |p| p.detach(), 0);
+        group.broadcast(&flat, 0)?;
+        unflatten_into(params, bucket, &flat)?;
+    }
+    Ok(())
+}
+
 /// Where a checkpoint holds part of a tensor: its first element, its length, the stored name.
 type Slice<'a> = (i64, i64, &'a str);
+
+/// A checkpoint's tensors as slices of the model's: which stored tensors hold which elements of
+/// each parameter's weights (`param`) and moments (`exp_avg`, `exp_avg_sq`).
+struct Saved<'a> {
+    checkpoint: &'a Checkpoint,
+    dir: &'a std::path::Path,
+    /// The slices of each (kind, parameter).
+    pieces: HashMap<(&'a str, &'a str), Vec<Slice<'a>>>,
+    /// Elements of each of the model's parameters, to refuse a checkpoint of another shape
+    /// (another LoRA rank, another model) rather than read its elements into the wrong places.
+    sizes: HashMap<&'a str, i64>,
+}
+
+impl<'a> Saved<'a> {
+    /// The slices `checkpoint` (read from `dir`) holds of `params`.
+    fn index(
+        checkpoint: &'a Checkpoint,
+        dir: &'a std::path::Path,
+        params: &'a [(String, Tensor)],
+    ) -> Self {
+        let mut pieces: HashMap<(&str, &str), Vec<Slice>> = HashMap::new();
+        for name in checkpoint.names() {
+            let Some((kind, rest)) = stored_kind(name) else {
+                continue;
+            };
+            let (base, start) = split_name(rest);
+            let numel: i64 = checkpoint
+                .info(name)
+                .map_or(0, |i| i.shape.iter().product());
+            pieces
+                .entry((kind, base))
+                .or_default()
+                .push((start, numel, name));
+        }
+        let sizes = params
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.numel() as i64))
+            .collect();
+        Saved {
+            checkpoint,
+            dir,
+            pieces,
+            sizes,
+        }
+    }
+
+    /// The slices of `kind` of parameter `base`.
+    fn slices<'k>(&'k self, kind: &'k str, base: &'k str) -> &'k [Slice<'k>] {
+        self.pieces.get(&(kind, base)).map_or(&[], Vec::as_slice)
+    }
+
+    /// Elements `start..start + len` of `kind` of parameter `base`, as f32 on the host, assembled
+    /// from the slices that hold them; an error when the checkpoint's tensor has another size
+    /// than the model's or the slices do not cover them.
+    fn read(&self, kind: &str, base: &str, start: i64, len: i64) -> Result<Tensor, String> {
+        self.check_size(kind, base, start + len)?;
+        let out = Tensor::zeros([len], (Kind::Float, Device::Cpu));
+        let mut covered = 0;
+        for &(from, numel, name) in self.slices(kind, base).iter() {
+            let (lo, hi) = (start.max(from), (start + len).min(from + numel));
+            if lo >= hi {
+                continue;
+            }
+            let saved = self.checkpoint.tensor(name).map_err(|e| e.to_string())?;
+            let saved = saved.reshape([-1]).to_kind(Kind::Float);
+            out.narrow(0, lo - start, hi - lo)
+                .copy_(&saved.narrow(0, lo - from, hi - lo));
+            covered += hi - lo;
+        }
+        if covered != len {
+            let what = if kind == "param" { "weights" } else { kind };
+            return Err(format!(
+                "{}: {what} of `{base}` cover {covered} of the {len} elements from {start}",
+                self.dir.display()
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Refuses `kind` of parameter `base` when the checkpoint holds it with another number of
+    /// elements than the model (`end` when the model has no such parameter).
+    fn check_size(&self, kind: &str, base: &str, end: i64) -> Result<(), String> {
+        let saved: i64 = self
+            .slices(kind, base)
+            .iter()
+            .map(|&(from, numel, _)| from + numel)
+            .max()
+            .unwrap_or(0);
+        let expected = self.sizes.get(base).copied().unwrap_or(end);
+        if saved != 0 && saved != expected {
+            return Err(format!(
+                "{}: `{base}` has {saved} elements there and {expected} in this model \
+                 (another model, or another LoRA rank or targets?)",
+                self.dir.display()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a stored tensor's name says it holds: the kind (`param`, `exp_avg` or `exp_avg_sq`) and
+/// the rest of the name; `None` for anything else (`optim.step`).
+fn stored_kind(name: &str) -> Option<(&'static str, &str)> {
+    if let Some(rest) = name.strip_prefix("param.") {
+        return Some(("param", rest));
+    }
+    if let Some(rest) = name.strip_prefix("optim.exp_avg_sq.") {
+        return Some(("exp_avg_sq", rest));
+    }
+    name.strip_prefix("optim.exp_avg.")
+        .map(|rest| ("exp_avg", rest))
+}
 
 /// The gradient of `p`, zeros where backward left none (a rank without samples in a step).
 fn gradient(p: &Tensor) -> Tensor {

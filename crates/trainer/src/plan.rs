@@ -385,90 +385,64 @@ pub fn layer_activation_bytes(
     tokens * (2 * norm + attention + mlp)
 }
 
+impl PlanConfig {
+    /// Whether the step runs on the CPU.
+    fn is_cpu(&self) -> bool {
+        self.device == PlanDevice::Cpu
+    }
+
+    /// Bytes of an element of the compute dtype: bf16 on CUDA, f32 on the CPU.
+    fn dtype_bytes(&self) -> u64 {
+        if self.is_cpu() { 4 } else { 2 }
+    }
+
+    /// Devices the optimizer state is split over.
+    fn shards(&self) -> u64 {
+        self.gpus.max(1)
+    }
+
+    /// Whether the language model trains (stage 2), whole or through adapters.
+    fn trains_lm(&self) -> bool {
+        self.stage >= 2
+    }
+
+    /// Whether the whole language model trains (stage 2 without LoRA).
+    fn trains_whole_lm(&self) -> bool {
+        self.trains_lm() && self.lora_rank.is_none()
+    }
+
+    /// Samples' tokens in a micro-batch.
+    fn tokens(&self) -> u64 {
+        self.micro_batch * self.seq
+    }
+}
+
 /// The plan for `shape` under `c`.
 pub fn plan(shape: &ModelShape, c: &PlanConfig) -> Plan {
-    let cpu = c.device == PlanDevice::Cpu;
-    let s: u64 = if cpu { 4 } else { 2 };
-    let n = c.gpus.max(1);
-    let lm = &shape.lm;
-    let lm_params = lm.params();
-    let stage2 = c.stage >= 2;
-    let lora = match (stage2, c.lora_rank) {
-        (true, Some(r)) => lm.lora_params(r),
-        _ => 0,
-    };
-    let full_lm = stage2 && c.lora_rank.is_none();
+    let (s, n) = (c.dtype_bytes(), c.shards());
+    let params = param_counts(shape, c);
     // Trainable weights in the compute dtype (they get masters on CUDA) and in f32 (adapters).
-    let trainable_narrow = shape.connector_params + if full_lm { lm_params } else { 0 };
-    let params = ParamCounts {
-        vision: shape.vision_params,
-        connector: shape.connector_params,
-        lm: lm_params,
-        lora,
-        trainable: trainable_narrow + lora,
-    };
-    let weights = (shape.vision_params + shape.connector_params + lm_params) * s + lora * 4;
-    let gradients = trainable_narrow * s + lora * 4;
-    let master_weights = if cpu {
+    let trainable_narrow = params.trainable - params.lora;
+    let weights = (params.vision + params.connector + params.lm) * s + params.lora * 4;
+    let gradients = trainable_narrow * s + params.lora * 4;
+    let master_weights = if c.is_cpu() {
         0
     } else {
         (trainable_narrow * 4).div_ceil(n)
     };
     let moments = (params.trainable * 8).div_ceil(n);
-
-    // Activations.
-    let (b, l) = (c.micro_batch, c.seq);
-    let tokens = b * l;
-    let text = l.saturating_sub(shape.image_tokens + 1);
-    let labelled = b * c.loss_tokens.unwrap_or(text).min(text);
-    let trains = stage2;
-    let one_layer = layer_activation_bytes(lm, tokens, s, trains, full_lm, cpu);
-    let layers = if c.activation_checkpointing {
-        lm.layers * tokens * lm.hidden * s + one_layer
-    } else {
-        lm.layers * one_layer
-    };
-    let adapters = if lora > 0 {
-        let kept_layers = if c.activation_checkpointing {
-            1
-        } else {
-            lm.layers
-        };
-        let intermediate = lm.layers * 7 * tokens * c.lora_rank.unwrap_or(0) * s;
-        // With dropout, `A` keeps the dropped input instead of the input itself, and dropout its
-        // mask (f32 noise on the CPU, bool on CUDA): per layer seven dropped copies (q, k, v, o,
-        // gate, up, down) in place of the four distinct inputs the plain count has.
-        let dropout = if c.lora_dropout {
-            let q = lm.heads * lm.head_dim;
-            let adapted = 6 * lm.hidden + q + lm.intermediate;
-            let distinct = 2 * lm.hidden + q + lm.intermediate;
-            let mask = if cpu { 4 } else { 1 };
-            kept_layers * tokens * (adapted * (s + mask) - distinct * s)
-        } else {
-            0
-        };
-        intermediate + dropout
+    let logits = logit_bytes(shape, c);
+    let activations = decoder_activation_bytes(&shape.lm, c)
+        + adapter_activation_bytes(&shape.lm, c, params.lora)
+        + edge_activation_bytes(shape, c)
+        + logits;
+    let head_gradients = if c.trains_whole_lm() {
+        shape.lm.head_params() * s
     } else {
         0
     };
-    // The final norm's input; the connector's input and GELU's input and output.
-    let edges = tokens * lm.hidden * 4
-        + b * shape.image_tokens * (shape.vision_features + 2 * lm.hidden) * s;
-    // f32 log-softmax output kept, then in the backward pass its gradient, the logits' f32
-    // gradient and (on CUDA) their bf16 cast.
-    let logits = labelled * lm.vocab * (3 * 4 + if cpu { 0 } else { s });
-    let activations = layers + adapters + edges + logits;
-    let head_gradients = if full_lm { lm.head_params() * s } else { 0 };
-    // Sharded: the reduce-scattered 1/N beside the whole gradients, and one bucket's flat copy;
-    // unsharded: one group of gradients made f32 in the update.
-    let optimizer_transient = if n > 1 {
-        gradients.div_ceil(n) + (crate::parallel::BUCKET_ELEMENTS as u64).min(params.trainable) * s
-    } else if cpu {
-        0
-    } else {
-        trainable_narrow.min(crate::optim::GROUP_ELEMENTS as u64) * 4
-    };
-    let context = if cpu { 0 } else { CUDA_CONTEXT_BYTES };
+    let optimizer_transient = optimizer_transient_bytes(c, &params, gradients);
+    let context = if c.is_cpu() { 0 } else { CUDA_CONTEXT_BYTES };
     let state = weights + master_weights + moments + context;
     let backward = state + head_gradients + activations;
     let step = state + gradients + optimizer_transient;
@@ -488,6 +462,103 @@ pub fn plan(shape: &ModelShape, c: &PlanConfig) -> Plan {
         total,
         fits: total <= c.memory_bytes,
     }
+}
+
+/// The parameter counts of `shape`, and what of them trains under `c`.
+fn param_counts(shape: &ModelShape, c: &PlanConfig) -> ParamCounts {
+    let lm_params = shape.lm.params();
+    let lora = match (c.trains_lm(), c.lora_rank) {
+        (true, Some(r)) => shape.lm.lora_params(r),
+        _ => 0,
+    };
+    let lm_trains = if c.trains_whole_lm() { lm_params } else { 0 };
+    ParamCounts {
+        vision: shape.vision_params,
+        connector: shape.connector_params,
+        lm: lm_params,
+        lora,
+        trainable: shape.connector_params + lm_trains + lora,
+    }
+}
+
+/// What the decoder layers keep for the backward pass: every layer's activations, or with
+/// activation checkpointing each layer's input and one layer's activations (the one being
+/// recomputed).
+fn decoder_activation_bytes(lm: &LmShape, c: &PlanConfig) -> u64 {
+    let (tokens, s) = (c.tokens(), c.dtype_bytes());
+    let one_layer = layer_activation_bytes(
+        lm,
+        tokens,
+        s,
+        c.trains_lm(),
+        c.trains_whole_lm(),
+        c.is_cpu(),
+    );
+    if c.activation_checkpointing {
+        lm.layers * tokens * lm.hidden * s + one_layer
+    } else {
+        lm.layers * one_layer
+    }
+}
+
+/// What `lora` adapter parameters add to the activations: each adapter's rank-`r` intermediate,
+/// and with dropout the dropped inputs and their masks.
+fn adapter_activation_bytes(lm: &LmShape, c: &PlanConfig, lora: u64) -> u64 {
+    if lora == 0 {
+        return 0;
+    }
+    let (tokens, s) = (c.tokens(), c.dtype_bytes());
+    let intermediate = lm.layers * 7 * tokens * c.lora_rank.unwrap_or(0) * s;
+    if !c.lora_dropout {
+        return intermediate;
+    }
+    let kept_layers = if c.activation_checkpointing {
+        1
+    } else {
+        lm.layers
+    };
+    // With dropout, `A` keeps the dropped input instead of the input itself, and dropout its
+    // mask (f32 noise on the CPU, bool on CUDA): per layer seven dropped copies (q, k, v, o,
+    // gate, up, down) in place of the four distinct inputs the plain count has.
+    let q = lm.heads * lm.head_dim;
+    let adapted = 6 * lm.hidden + q + lm.intermediate;
+    let distinct = 2 * lm.hidden + q + lm.intermediate;
+    let mask = if c.is_cpu() { 4 } else { 1 };
+    intermediate + kept_layers * tokens * (adapted * (s + mask) - distinct * s)
+}
+
+/// The final norm's input; the connector's input and GELU's input and output.
+fn edge_activation_bytes(shape: &ModelShape, c: &PlanConfig) -> u64 {
+    let lm = &shape.lm;
+    c.tokens() * lm.hidden * 4
+        + c.micro_batch
+            * shape.image_tokens
+            * (shape.vision_features + 2 * lm.hidden)
+            * c.dtype_bytes()
+}
+
+/// The loss's logits at the labelled positions: the f32 log-softmax output kept, then in the
+/// backward pass its gradient, the logits' f32 gradient and (on CUDA) their bf16 cast.
+fn logit_bytes(shape: &ModelShape, c: &PlanConfig) -> u64 {
+    let text = c.seq.saturating_sub(shape.image_tokens + 1);
+    let labelled = c.micro_batch * c.loss_tokens.unwrap_or(text).min(text);
+    let cast = if c.is_cpu() { 0 } else { c.dtype_bytes() };
+    labelled * shape.lm.vocab * (3 * 4 + cast)
+}
+
+/// Sharded: the reduce-scattered 1/N beside the whole gradients, and one bucket's flat copy;
+/// unsharded: one group of gradients made f32 in the update.
+fn optimizer_transient_bytes(c: &PlanConfig, params: &ParamCounts, gradients: u64) -> u64 {
+    let n = c.shards();
+    if n > 1 {
+        let bucket = (crate::parallel::BUCKET_ELEMENTS as u64).min(params.trainable);
+        return gradients.div_ceil(n) + bucket * c.dtype_bytes();
+    }
+    if c.is_cpu() {
+        return 0;
+    }
+    let trainable_narrow = params.trainable - params.lora;
+    trainable_narrow.min(crate::optim::GROUP_ELEMENTS as u64) * 4
 }
 
 #[cfg(test)]

@@ -125,82 +125,110 @@ pub fn loss_curve(points: &[(usize, f64)]) -> RgbImage {
         .filter(|(_, l)| l.is_finite())
         .map(|&(s, l)| (s as f64, l))
         .collect();
-    let (x_lo, x_hi) = (
-        points.first().map_or(0.0, |p| p.0.min(1.0)),
-        points.last().map_or(1.0, |p| p.0.max(2.0)),
-    );
-    let y_hi = points
-        .iter()
-        .map(|p| p.1)
-        .fold(f64::MIN, f64::max)
-        .max(1e-6);
-    // Cross-entropy is never negative: the axis starts at zero so falls read true to scale.
-    let y_lo = 0.0;
-    let (pw, ph) = (
-        (WIDTH - LEFT - RIGHT) as f64,
-        (HEIGHT - TOP - BOTTOM) as f64,
-    );
-    let to_px = |x: f64, y: f64| {
-        (
-            LEFT as f64 + (x - x_lo) / (x_hi - x_lo) * pw,
-            TOP as f64 + (1.0 - (y - y_lo) / (y_hi - y_lo)) * ph,
-        )
-    };
-    for v in ticks(y_lo, y_hi, 6) {
-        let (_, y) = to_px(x_lo, v);
-        line(
-            &mut image,
-            (LEFT as f64, y),
-            ((WIDTH - RIGHT) as f64, y),
-            GRID,
+    let frame = Frame::of(&points);
+    draw_grid(&mut image, &frame);
+    draw_axes(&mut image);
+    draw_curve(&mut image, &frame, &points);
+    image
+}
+
+/// The ranges of steps and losses the plot area spans.
+struct Frame {
+    x_lo: f64,
+    x_hi: f64,
+    y_lo: f64,
+    y_hi: f64,
+}
+
+impl Frame {
+    /// The ranges that hold `points` (sorted by step): steps from the first (or 1) to the last
+    /// (or 2), losses from zero to the highest.
+    fn of(points: &[(f64, f64)]) -> Self {
+        let (x_lo, x_hi) = (
+            points.first().map_or(0.0, |p| p.0.min(1.0)),
+            points.last().map_or(1.0, |p| p.0.max(2.0)),
         );
+        let y_hi = points
+            .iter()
+            .map(|p| p.1)
+            .fold(f64::MIN, f64::max)
+            .max(1e-6);
+        // Cross-entropy is never negative: the axis starts at zero so falls read true to scale.
+        Frame {
+            x_lo,
+            x_hi,
+            y_lo: 0.0,
+            y_hi,
+        }
+    }
+
+    /// The pixel of step `x` and loss `y`.
+    fn to_px(&self, x: f64, y: f64) -> (f64, f64) {
+        let (pw, ph) = (
+            (WIDTH - LEFT - RIGHT) as f64,
+            (HEIGHT - TOP - BOTTOM) as f64,
+        );
+        (
+            LEFT as f64 + (x - self.x_lo) / (self.x_hi - self.x_lo) * pw,
+            TOP as f64 + (1.0 - (y - self.y_lo) / (self.y_hi - self.y_lo)) * ph,
+        )
+    }
+}
+
+/// The grid lines at round losses and steps, with their labels.
+fn draw_grid(image: &mut RgbImage, frame: &Frame) {
+    for v in ticks(frame.y_lo, frame.y_hi, 6) {
+        let (_, y) = frame.to_px(frame.x_lo, v);
+        line(image, (LEFT as f64, y), ((WIDTH - RIGHT) as f64, y), GRID);
         let s = label(v);
         text(
-            &mut image,
+            image,
             LEFT.saturating_sub(text_width(&s) + 6),
             (y as u32).saturating_sub(5),
             &s,
         );
     }
-    for v in ticks(x_lo, x_hi, 8) {
-        let (x, _) = to_px(v, y_lo);
-        line(
-            &mut image,
-            (x, TOP as f64),
-            (x, (HEIGHT - BOTTOM) as f64),
-            GRID,
-        );
+    for v in ticks(frame.x_lo, frame.x_hi, 8) {
+        let (x, _) = frame.to_px(v, frame.y_lo);
+        line(image, (x, TOP as f64), (x, (HEIGHT - BOTTOM) as f64), GRID);
         let s = label(v);
         text(
-            &mut image,
+            image,
             (x as u32).saturating_sub(text_width(&s) / 2),
             HEIGHT - BOTTOM + 8,
             &s,
         );
     }
+}
+
+/// The two axes and their names.
+fn draw_axes(image: &mut RgbImage) {
     let (x0, y0) = (LEFT as f64, (HEIGHT - BOTTOM) as f64);
-    line(&mut image, (x0, TOP as f64), (x0, y0), AXIS);
-    line(&mut image, (x0, y0), ((WIDTH - RIGHT) as f64, y0), AXIS);
-    text(&mut image, LEFT, 10, "loss");
+    line(image, (x0, TOP as f64), (x0, y0), AXIS);
+    line(image, (x0, y0), ((WIDTH - RIGHT) as f64, y0), AXIS);
+    text(image, LEFT, 10, "loss");
     text(
-        &mut image,
+        image,
         WIDTH - RIGHT - text_width("step"),
         HEIGHT - 16,
         "step",
     );
+}
+
+/// The loss curve through `points`; a single point as a short dash.
+fn draw_curve(image: &mut RgbImage, frame: &Frame, points: &[(f64, f64)]) {
     for pair in points.windows(2) {
         line(
-            &mut image,
-            to_px(pair[0].0, pair[0].1),
-            to_px(pair[1].0, pair[1].1),
+            image,
+            frame.to_px(pair[0].0, pair[0].1),
+            frame.to_px(pair[1].0, pair[1].1),
             LINE,
         );
     }
-    if let [only] = points.as_slice() {
-        let (x, y) = to_px(only.0, only.1);
-        line(&mut image, (x - 2.0, y), (x + 2.0, y), LINE);
+    if let [only] = points {
+        let (x, y) = frame.to_px(only.0, only.1);
+        line(image, (x - 2.0, y), (x + 2.0, y), LINE);
     }
-    image
 }
 
 /// Reads `metrics.jsonl` and writes its loss curve to `png` (atomically).

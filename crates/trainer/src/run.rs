@@ -242,49 +242,13 @@ fn build_model(
 ) -> Result<(LlavaModel, gemma_lm::GemmaTokenizer), RunError> {
     let connector = config
         .connector
-        .as_ref()
+        .as_deref()
         .filter(|_| stage == Stage::Finetune);
     if let Some(dir) = &config.model {
-        if stage != Stage::Finetune {
-            return Err(RunError::Config(
-                "--model starts stage 2 from a whole LLaVA directory; stage 1 assembles its model \
-                 from --lm and --vision"
-                    .into(),
-            ));
-        }
-        let kind = foundation::device::default_kind(device);
-        let model = LlavaModel::from_pretrained(dir, device, kind)?;
-        if let Some(file) = connector {
-            model
-                .connector
-                .load(&model.connector_vs, &Checkpoint::open(file)?)?;
-        }
-        let tokenizer =
-            gemma_lm::GemmaTokenizer::from_file(dir).map_err(llava_model::Error::from)?;
-        return Ok((model, tokenizer));
+        return llava_from_dir(dir, stage, connector, device);
     }
     if config.preset == "tiny" {
-        let mut model = seeded_tiny(config.seed)?;
-        if let Some(file) = connector {
-            model
-                .connector
-                .load(&model.connector_vs, &Checkpoint::open(file)?)?;
-        }
-        if device != Device::Cpu {
-            // A new model on the device, given the seeded weights: moving the variable stores
-            // alone would leave the modules' other tensors (position ids, rotary tables) behind.
-            let kind = foundation::device::default_kind(device);
-            let mut on_device = LlavaModel::new(&presets::tiny(), device, kind)?;
-            for (to, from) in [
-                (&mut on_device.vision_vs, &model.vision_vs),
-                (&mut on_device.connector_vs, &model.connector_vs),
-                (&mut on_device.lm_vs, &model.lm_vs),
-            ] {
-                to.copy(from)
-                    .map_err(|e| RunError::Config(format!("moving the tiny model: {e}")))?;
-            }
-            model = on_device;
-        }
+        let model = tiny_on(device, config.seed, connector)?;
         return Ok((model, data::builtin_tokenizer()));
     }
     let (Some(lm), Some(vision)) = (&config.lm, &config.vision) else {
@@ -301,7 +265,7 @@ fn build_model(
     let parts = llava_model::Parts {
         lm: lm.clone(),
         vision: vision.clone(),
-        connector: connector.cloned(),
+        connector: connector.map(Path::to_path_buf),
         seed: config.seed,
         projector_type: config.projector_type.clone(),
         image_size: config.image_size,
@@ -310,116 +274,200 @@ fn build_model(
     Ok(LlavaModel::from_parts(&parts, device, kind)?)
 }
 
+/// Stage 2's start from the whole LLaVA directory `dir` (`--model`), with `connector` in place of
+/// its own when given, and its tokenizer.
+fn llava_from_dir(
+    dir: &Path,
+    stage: Stage,
+    connector: Option<&Path>,
+    device: Device,
+) -> Result<(LlavaModel, gemma_lm::GemmaTokenizer), RunError> {
+    if stage != Stage::Finetune {
+        return Err(RunError::Config(
+            "--model starts stage 2 from a whole LLaVA directory; stage 1 assembles its model \
+             from --lm and --vision"
+                .into(),
+        ));
+    }
+    let kind = foundation::device::default_kind(device);
+    let model = LlavaModel::from_pretrained(dir, device, kind)?;
+    load_connector(&model, connector)?;
+    let tokenizer = gemma_lm::GemmaTokenizer::from_file(dir).map_err(llava_model::Error::from)?;
+    Ok((model, tokenizer))
+}
+
+/// The seeded tiny model, with `connector` when given, on `device`.
+fn tiny_on(device: Device, seed: u64, connector: Option<&Path>) -> Result<LlavaModel, RunError> {
+    let model = seeded_tiny(seed)?;
+    load_connector(&model, connector)?;
+    if device == Device::Cpu {
+        return Ok(model);
+    }
+    // A new model on the device, given the seeded weights: moving the variable stores
+    // alone would leave the modules' other tensors (position ids, rotary tables) behind.
+    let kind = foundation::device::default_kind(device);
+    let mut on_device = LlavaModel::new(&presets::tiny(), device, kind)?;
+    for (to, from) in [
+        (&mut on_device.vision_vs, &model.vision_vs),
+        (&mut on_device.connector_vs, &model.connector_vs),
+        (&mut on_device.lm_vs, &model.lm_vs),
+    ] {
+        to.copy(from)
+            .map_err(|e| RunError::Config(format!("moving the tiny model: {e}")))?;
+    }
+    Ok(on_device)
+}
+
+/// Loads the connector file `file`, when there is one, into `model`'s connector.
+fn load_connector(model: &LlavaModel, file: Option<&Path>) -> Result<(), RunError> {
+    if let Some(file) = file {
+        model
+            .connector
+            .load(&model.connector_vs, &Checkpoint::open(file)?)?;
+    }
+    Ok(())
+}
+
+/// This process's part of a run: alone, or one rank of several.
+struct Job {
+    /// Whether this process writes what the run leaves (rank 0, or the only process).
+    leader: bool,
+    /// The ranks, when there are several.
+    parallel: Option<crate::Parallel>,
+}
+
+impl Job {
+    /// Waits for every rank.
+    fn barrier(&self) -> Result<(), RunError> {
+        match &self.parallel {
+            Some(p) => p.group.barrier().map_err(RunError::Dist),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Runs one stage as `config` says and returns its summary.
 pub fn run(
     config: &RunConfig,
     mut on_step: impl FnMut(&crate::StepMetrics),
 ) -> Result<Summary, RunError> {
-    let stage = match config.stage {
-        1 => Stage::Pretrain,
-        2 => Stage::Finetune,
-        other => {
-            return Err(RunError::Config(format!(
-                "stage {other} does not exist (1 or 2)"
-            )));
-        }
-    };
+    let stage = stage_of(config.stage)?;
     std::fs::create_dir_all(&config.output)
         .map_err(|e| foundation::Error::io(&config.output, e))?;
     let launch = crate::dist::Launch::from_env()?.filter(|l| l.world > 1);
     let leader = launch.as_ref().is_none_or(|l| l.rank == 0);
     if leader {
-        write_atomic(
-            config.output.join("config.json"),
-            serde_json::to_string_pretty(config)
-                .expect("serialises")
-                .as_bytes(),
-        )?;
+        write_json(&config.output.join("config.json"), config)?;
     }
-    let mut device = foundation::device::parse_device(&config.device)?;
-    let parallel = match &launch {
-        Some(launch) => {
-            match device {
-                // Rank r of a node drives its CUDA device r.
-                Device::Cuda(_) => device = Device::Cuda(launch.local_rank),
-                // CPU ranks of a node share its cores.
-                _ => {
-                    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                    let threads = (cores / launch.local_world.max(1)).max(1);
-                    tch::set_num_threads(threads as i32);
-                    let _ = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build_global();
-                }
-            }
-            let timeout = std::time::Duration::from_secs(config.dist_timeout_s.max(1));
-            Some(crate::Parallel {
-                group: std::rc::Rc::new(crate::dist::ProcessGroup::from_launch(
-                    launch,
-                    timeout,
-                    crate::dist::Backend::for_device(device)?,
-                )?),
-                shard_optimizer: config.shard_optimizer,
-            })
-        }
-        None => None,
-    };
-    let barrier = || match &parallel {
-        Some(p) => p.group.barrier().map_err(RunError::Dist),
-        None => Ok(()),
-    };
+    let device = foundation::device::parse_device(&config.device)?;
+    let device = launch.as_ref().map_or(device, |l| rank_device(device, l));
+    let parallel = launch
+        .as_ref()
+        .map(|l| join(l, config, device))
+        .transpose()?;
+    let job = Job { leader, parallel };
     let (mut model, tokenizer) = build_model(config, stage, device)?;
-    if let Some(spec) = &config.lora {
-        if stage != Stage::Finetune {
-            return Err(RunError::Config(
-                "LoRA adapts the language model, which trains in stage 2 only".into(),
-            ));
-        }
-        spec.validate().map_err(llava_model::Error::from)?;
-        model.add_lora(spec, config.seed)?;
+    add_lora(config, stage, &mut model)?;
+    let dataset = Arc::new(dataset(config, stage, &model, tokenizer, &job)?);
+    let summary = train_parallel(
+        &mut model,
+        dataset.clone(),
+        &stage_config(config, stage),
+        &config.output,
+        epoch_order(stage, &dataset, config.seed, config.global_batch),
+        &mut on_step,
+        job.parallel.as_ref(),
+    )?;
+    // Rank 0 alone writes what the run leaves; the others wait for it, so that the job ends
+    // only once the model is on disk.
+    if job.leader {
+        write_outputs(config, stage, &model, &dataset, &summary)?;
     }
+    job.barrier()?;
+    Ok(summary)
+}
+
+/// The stage `number` names (1 or 2).
+fn stage_of(number: u8) -> Result<Stage, RunError> {
+    match number {
+        1 => Ok(Stage::Pretrain),
+        2 => Ok(Stage::Finetune),
+        other => Err(RunError::Config(format!(
+            "stage {other} does not exist (1 or 2)"
+        ))),
+    }
+}
+
+/// Writes `value` as pretty JSON to `path` (atomically).
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), RunError> {
+    let json = serde_json::to_string_pretty(value).expect("serialises");
+    Ok(write_atomic(path, json.as_bytes())?)
+}
+
+/// The device of a rank of `launch`: rank r of a node drives its CUDA device r; CPU ranks of a
+/// node share its cores (libtorch's and rayon's threads are set to their share).
+fn rank_device(device: Device, launch: &crate::dist::Launch) -> Device {
+    if let Device::Cuda(_) = device {
+        return Device::Cuda(launch.local_rank);
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores / launch.local_world.max(1)).max(1);
+    tch::set_num_threads(threads as i32);
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+    device
+}
+
+/// Joins the other ranks of `launch`, computing on `device`.
+fn join(
+    launch: &crate::dist::Launch,
+    config: &RunConfig,
+    device: Device,
+) -> Result<crate::Parallel, RunError> {
+    let timeout = std::time::Duration::from_secs(config.dist_timeout_s.max(1));
+    let backend = crate::dist::Backend::for_device(device)?;
+    Ok(crate::Parallel {
+        group: std::rc::Rc::new(crate::dist::ProcessGroup::from_launch(
+            launch, timeout, backend,
+        )?),
+        shard_optimizer: config.shard_optimizer,
+    })
+}
+
+/// Adds the LoRA adapters `config` asks for to `model` (stage 2 only).
+fn add_lora(config: &RunConfig, stage: Stage, model: &mut LlavaModel) -> Result<(), RunError> {
+    let Some(spec) = &config.lora else {
+        return Ok(());
+    };
+    if stage != Stage::Finetune {
+        return Err(RunError::Config(
+            "LoRA adapts the language model, which trains in stage 2 only".into(),
+        ));
+    }
+    spec.validate().map_err(llava_model::Error::from)?;
+    model.add_lora(spec, config.seed)?;
+    Ok(())
+}
+
+/// The stage's data: its records, images, template (plain for stage 1, Gemma's chat for stage 2)
+/// and image processing (padded to square in stage 2) for `model`.
+fn dataset(
+    config: &RunConfig,
+    stage: Stage,
+    model: &LlavaModel,
+    tokenizer: gemma_lm::GemmaTokenizer,
+    job: &Job,
+) -> Result<Dataset, RunError> {
     let side = model.config.image_side()?;
     let tokens_per_image = model.tokens_per_image(side, side);
-    let (records_file, images) = match (&config.data, &config.images) {
-        (Some(data), images) => (data.clone(), images.clone()),
-        (None, _) if config.preset != "tiny" => {
-            return Err(RunError::Config(format!(
-                "preset `{}` needs --data (and --images): the synthetic data is the tiny preset's",
-                config.preset
-            )));
-        }
-        (None, _) => {
-            let dir = config.output.join("data");
-            let synthetic = data::synthetic::SyntheticConfig {
-                seed: config.seed,
-                image_size: side as u32,
-                train_images: config.synthetic_images,
-                eval_images: 200,
-                questions_per_image: 3,
-            };
-            // Rank 0 writes the synthetic data; the others read it.
-            let files = if leader {
-                data::synthetic::write(&dir, &synthetic)?
-            } else {
-                data::synthetic::SyntheticFiles::in_dir(&dir)
-            };
-            barrier()?;
-            (
-                if stage == Stage::Pretrain {
-                    files.stage1
-                } else {
-                    files.stage2
-                },
-                Some(files.images),
-            )
-        }
-    };
+    let (records_file, images) = data_files(config, stage, side, job)?;
     let (records, bad_records) = data::RecordFile::open(&records_file)?;
     let processor = ProcessorConfig {
         pad_to_square: stage == Stage::Finetune,
         ..model.image_processor(config.model.as_deref().or(config.vision.as_deref()))?
     };
-    let dataset = Arc::new(Dataset {
+    Ok(Dataset {
         records,
         bad_records,
         images: images.as_deref().map(ImageSource::open).transpose()?,
@@ -435,8 +483,52 @@ pub fn run(
             max_length: config.max_length,
         },
         processor: ImageProcessor::new(processor),
-    });
-    let stage_config = StageConfig {
+    })
+}
+
+/// The records file and the images of the run: `--data` and `--images`, or for the tiny preset
+/// the synthetic data of images of `side` pixels, which rank 0 writes under the output while the
+/// others wait.
+fn data_files(
+    config: &RunConfig,
+    stage: Stage,
+    side: i64,
+    job: &Job,
+) -> Result<(PathBuf, Option<PathBuf>), RunError> {
+    if let Some(data) = &config.data {
+        return Ok((data.clone(), config.images.clone()));
+    }
+    if config.preset != "tiny" {
+        return Err(RunError::Config(format!(
+            "preset `{}` needs --data (and --images): the synthetic data is the tiny preset's",
+            config.preset
+        )));
+    }
+    let dir = config.output.join("data");
+    let synthetic = data::synthetic::SyntheticConfig {
+        seed: config.seed,
+        image_size: side as u32,
+        train_images: config.synthetic_images,
+        eval_images: 200,
+        questions_per_image: 3,
+    };
+    let files = if job.leader {
+        data::synthetic::write(&dir, &synthetic)?
+    } else {
+        data::synthetic::SyntheticFiles::in_dir(&dir)
+    };
+    job.barrier()?;
+    let records = match stage {
+        Stage::Pretrain => files.stage1,
+        Stage::Finetune => files.stage2,
+    };
+    Ok((records, Some(files.images)))
+}
+
+/// The stage loop's settings from the run's: the recipe's warmup, AdamW and clipping, the rest
+/// as given.
+fn stage_config(config: &RunConfig, stage: Stage) -> StageConfig {
+    StageConfig {
         stage,
         lr: config.lr,
         micro_batch: config.micro_batch,
@@ -452,31 +544,23 @@ pub fn run(
         connector_lr: config.connector_lr,
         activation_checkpointing: config.activation_checkpointing,
         pack: config.pack,
-    };
+    }
+}
+
+/// The sample order of each epoch: shuffled in stage 1, grouped by modality into global batches
+/// in stage 2 (as LLaVA's `group_by_modality_length`).
+fn epoch_order(
+    stage: Stage,
+    dataset: &Dataset,
+    seed: u64,
+    global_batch: usize,
+) -> impl Fn(u64) -> Vec<usize> + use<> {
     let n = dataset.records.len();
     let lengths = dataset.modality_lengths();
-    let (seed, global) = (config.seed, config.global_batch);
-    let summary = train_parallel(
-        &mut model,
-        dataset.clone(),
-        &stage_config,
-        &config.output,
-        |epoch| match stage {
-            Stage::Pretrain => data::shuffled(n, seed, epoch),
-            Stage::Finetune => data::modality_grouped(&lengths, global, seed, epoch),
-        },
-        &mut on_step,
-        parallel.as_ref(),
-    )?;
-    // Rank 0 alone writes what the run leaves; the others wait for it, so that the job ends
-    // only once the model is on disk.
-    if !leader {
-        barrier()?;
-        return Ok(summary);
+    move |epoch| match stage {
+        Stage::Pretrain => data::shuffled(n, seed, epoch),
+        Stage::Finetune => data::modality_grouped(&lengths, global_batch, seed, epoch),
     }
-    write_outputs(config, stage, &model, &dataset, &summary)?;
-    barrier()?;
-    Ok(summary)
 }
 
 /// Rank 0's part of the end of a run: the loss curve, `summary.json`, and the connector, the
@@ -493,12 +577,7 @@ fn write_outputs(
         &config.output.join("loss.png"),
     )
     .map_err(RunError::Config)?;
-    write_atomic(
-        config.output.join("summary.json"),
-        serde_json::to_string_pretty(summary)
-            .expect("serialises")
-            .as_bytes(),
-    )?;
+    write_json(&config.output.join("summary.json"), summary)?;
     match (stage, &config.lora) {
         (Stage::Pretrain, _) => model
             .connector
