@@ -19,6 +19,7 @@ pub mod check;
 pub mod images;
 pub mod mix;
 pub mod record;
+mod scan;
 pub mod store;
 pub mod synthetic;
 pub mod template;

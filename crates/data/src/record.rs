@@ -262,7 +262,7 @@ pub fn parse_records(text: &str) -> Result<Records> {
 
 fn read_from(path: &Path, reader: impl std::io::Read) -> Result<Records> {
     let mut out = Records::default();
-    crate::store::scan_elements(path, reader, |block, _| {
+    crate::scan::scan_elements(path, reader, |block, _| {
         let checked: Vec<_> = block.par_iter().map(|e| check(e.index, &e.bytes)).collect();
         for result in checked {
             match result {

@@ -17,11 +17,7 @@ use tch::Tensor;
 use crate::Error;
 use crate::score::id_key;
 
-/// LLaVA's short-answer prompt suffix.
-pub const SHORT_ANSWER: &str = "Answer the question using a single word or phrase.";
-/// LLaVA's multiple-choice prompt suffix.
-pub const MULTIPLE_CHOICE: &str =
-    "Answer with the option's letter from the given choices directly.";
+pub use crate::prompt::{MULTIPLE_CHOICE, SHORT_ANSWER};
 
 /// The benchmarks, by the names the commands take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -8,22 +8,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Error;
 use crate::runner::EvalQuestion;
 use crate::score::{Answers, Issues, id_key};
-
-/// Errors of evaluation.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A file could not be read or parsed.
-    #[error("{0}")]
-    File(String),
-    /// From the model.
-    #[error(transparent)]
-    Model(#[from] llava_model::Error),
-    /// From the tokenizer.
-    #[error(transparent)]
-    Gemma(#[from] gemma_lm::Error),
-}
 
 #[derive(Debug, Deserialize)]
 struct KeyLine {

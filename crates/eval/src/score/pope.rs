@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::{Answers, Issues, id_key, read_jsonl};
 use crate::Error;
-use crate::runner::SHORT_ANSWER;
+use crate::prompt::SHORT_ANSWER;
 
 /// How many mismatched answers each category keeps as examples.
 pub const MISMATCH_EXAMPLES: usize = 5;
