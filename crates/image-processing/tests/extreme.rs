@@ -1,60 +1,22 @@
 //! Images of extreme shape cost what the output needs: `expand2square` is never materialised and
 //! the resize computes only the cropped pixels, with the same bytes as the naive path.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
 use image_processing::resize::{Canvas, Filter, Region, resize_canvas};
 use image_processing::{ImageProcessor, ProcessorConfig, Resize, expand_to_square};
 
-/// Counts live heap bytes and their peak, to bound what preprocessing allocates.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-/// Tests that measure memory hold this, so that others do not allocate meanwhile.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(p, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let q = unsafe { System.realloc(p, layout, new_size) };
-        if !q.is_null() {
-            let live = LIVE.fetch_add(new_size, Ordering::Relaxed) + new_size;
-            PEAK.fetch_max(live, Ordering::Relaxed);
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        }
-        q
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
+mod heap;
+use heap::{Peak, SERIAL};
 
 /// Runs `f`, returning its result, its time and the most heap it held beyond what was live before.
 fn measure<T>(f: impl FnOnce() -> T) -> (T, Duration, usize) {
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
+    let heap = Peak::start();
     let start = Instant::now();
     let out = f();
     let elapsed = start.elapsed();
-    (out, elapsed, PEAK.load(Ordering::Relaxed) - base)
+    (out, elapsed, heap.held())
 }
 
 fn pattern(w: u32, h: u32) -> RgbImage {

@@ -2,11 +2,9 @@
 //! with random header sizes) give an image or an error, never a panic, a hang or a runaway
 //! allocation; and any image decoded preprocesses without panicking.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Cursor;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use image::{DynamicImage, ImageFormat};
@@ -14,42 +12,8 @@ use image_processing::{Error, ImageProcessor, ProcessorConfig, decode_with_limit
 use proptest::prelude::*;
 use proptest::sample::Index;
 
-/// Counts live heap bytes and their peak.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-/// The properties measure memory one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(p, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let q = unsafe { System.realloc(p, layout, new_size) };
-        if !q.is_null() {
-            let live = LIVE.fetch_add(new_size, Ordering::Relaxed) + new_size;
-            PEAK.fetch_max(live, Ordering::Relaxed);
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        }
-        q
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
+mod heap;
+use heap::{Peak, SERIAL};
 
 /// The pixel limit of these tests: small, so that a mutated header cannot make a case slow.
 const LIMIT: u64 = 1 << 20;
@@ -198,8 +162,7 @@ fn apply(bytes: &mut Vec<u8>, m: &Mutation) {
 /// Decodes and, when that works, preprocesses with `expand2square` (the path where a thin image
 /// is most expensive); checks time, heap and the pixel limit.
 fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
+    let heap = Peak::start();
     let start = Instant::now();
     let result = decode_with_limit(bytes, "fuzz", LIMIT);
     if let Ok(image) = &result {
@@ -210,7 +173,7 @@ fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
         prop_assert_eq!(out.len(), 3 * h * w);
     }
     let elapsed = start.elapsed();
-    let peak = PEAK.load(Ordering::Relaxed) - base;
+    let peak = heap.held();
     prop_assert!(elapsed < Duration::from_secs(3), "took {:?}", elapsed);
     prop_assert!(
         peak < MAX_HEAP,

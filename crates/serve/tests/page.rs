@@ -102,11 +102,7 @@ impl Browser {
             .stderr(log)
             .spawn()
             .expect("chromedriver starts");
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
+        let agent = agent_with_timeout(Duration::from_secs(60));
         let mut browser = Browser {
             driver,
             base: format!("http://127.0.0.1:{port}"),
@@ -173,12 +169,7 @@ impl Browser {
         };
         let mut response = response.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = response.status().as_u16();
-        let text = response
-            .body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_to_string()
-            .unwrap_or_default();
+        let text = body_text(&mut response);
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         assert_eq!(status, 200, "{method} {path}: {text:.2000}");
         value["value"].clone()

@@ -49,12 +49,28 @@ pub fn start(config: ServerConfig) -> RunningServer {
     serve::spawn(config).expect("the server starts")
 }
 
+/// An HTTP client that returns error statuses as responses, with a 120 s limit per request.
 pub fn agent() -> ureq::Agent {
+    agent_with_timeout(Duration::from_secs(120))
+}
+
+/// An HTTP client that returns error statuses as responses, with `limit` per request.
+pub fn agent_with_timeout(limit: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
+        .timeout_global(Some(limit))
         .build()
         .into()
+}
+
+/// A response's body as text (up to 64 MiB; empty when it cannot be read).
+pub fn body_text(response: &mut ureq::http::Response<ureq::Body>) -> String {
+    response
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
+        .unwrap_or_default()
 }
 
 /// POSTs a JSON body (any string) and returns the status and the parsed body (or the raw text).
@@ -67,12 +83,7 @@ pub fn post(server: &RunningServer, path: &str, body: &str, key: Option<&str>) -
     }
     let mut response = request.send(body).expect("the server answers");
     let status = response.status().as_u16();
-    let text = response
-        .body_mut()
-        .with_config()
-        .limit(64 << 20)
-        .read_to_string()
-        .unwrap_or_default();
+    let text = body_text(&mut response);
     (
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
