@@ -65,7 +65,9 @@ pub fn compile_cpp_with(name: &str, files: &[&str], includes: &[&str], defines: 
         .include(dir.join("include/torch/csrc/api/include"))
         .include(Path::new(env!("CARGO_MANIFEST_DIR")).join("include"))
         .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
-        .flag_if_supported("-Wno-unused-parameter");
+        .flag_if_supported("-Wno-unused-parameter")
+        // c10 CUDA headers (NCCL) align to the interference size, which GCC warns about.
+        .flag_if_supported("-Wno-interference-size");
     for dir in includes {
         build.include(dir);
     }
