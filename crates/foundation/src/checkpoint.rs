@@ -140,6 +140,39 @@ impl Checkpoint {
         })
     }
 
+    /// Fails, naming them, when tensors under `prefix` are neither in `used` (what
+    /// [`load_into`](Self::load_into) returned) nor skipped on purpose (`skip`): a checkpoint
+    /// must not load as a model that ignores part of it.
+    pub fn reject_unused(
+        &self,
+        prefix: &str,
+        used: &[String],
+        skip: impl Fn(&str) -> bool,
+    ) -> Result<()> {
+        let used: std::collections::HashSet<&str> = used.iter().map(String::as_str).collect();
+        let unused: Vec<&str> = self
+            .names()
+            .filter(|n| n.starts_with(prefix) && !used.contains(n) && !skip(n))
+            .collect();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        let mut names = unused
+            .iter()
+            .take(5)
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if unused.len() > 5 {
+            names.push_str(", …");
+        }
+        Err(Error::UnusedTensors {
+            location: self.location.clone(),
+            count: unused.len(),
+            names,
+        })
+    }
+
     /// Reads tensor `name` into a new CPU tensor of its stored dtype.
     pub fn tensor(&self, name: &str) -> Result<Tensor> {
         let info = self.info(name).ok_or_else(|| Error::MissingTensor {

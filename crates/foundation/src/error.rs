@@ -43,6 +43,20 @@ pub enum Error {
         /// The checkpoint names that were tried.
         tried: String,
     },
+    /// The checkpoint has tensors that no module of the model takes: another architecture, or a
+    /// configuration that does not describe this checkpoint.
+    #[error(
+        "{count} tensor(s) of the checkpoint in {location} belong to no module of this model \
+         (another architecture, or a config.json that does not match?): {names}"
+    )]
+    UnusedTensors {
+        /// The checkpoint's directory or file.
+        location: PathBuf,
+        /// How many.
+        count: usize,
+        /// The first few of them.
+        names: String,
+    },
     /// A tensor exists but has the wrong shape for the model's configuration.
     #[error(
         "tensor `{name}` in {file}: the checkpoint has shape {found:?}, the model expects {expected:?}"
@@ -81,6 +95,14 @@ pub enum Error {
         expected: String,
         /// The stored dtype.
         found: String,
+    },
+    /// A parity fixture lacks something its kind needs (an input tensor, …).
+    #[error("{path}: {message}")]
+    Fixture {
+        /// The fixture directory.
+        path: PathBuf,
+        /// What is missing or wrong.
+        message: String,
     },
     /// A model named by a Hugging Face id could not be found or fetched.
     #[error("model `{model}`: {message}")]

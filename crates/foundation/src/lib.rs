@@ -8,6 +8,8 @@
 //! * [`device`]: device and dtype choices (`cpu`, `cuda`, `bf16`, …);
 //! * [`hub`]: models by Hugging Face id, through the local Hugging Face cache;
 //! * [`layers`]: the few layers every model here shares, initialised as Hugging Face initialises them;
+//! * [`parity`]: the shared machinery of the Hugging Face parity checks (fixture metadata, checks,
+//!   reports, `allclose`-style comparison);
 //! * [`torch_panic`]: libtorch errors that `tch` raises as panics (CUDA out of memory), caught and
 //!   turned back into errors.
 
@@ -19,6 +21,7 @@ pub mod ffi;
 pub mod hub;
 pub mod io;
 pub mod layers;
+pub mod parity;
 pub mod profiler;
 pub mod torch_panic;
 

@@ -259,7 +259,7 @@ pub fn decode_step(model: &Gemma, cache: &mut SlotCache, rows: &[(usize, i64)]) 
         additive_mask(&keep.unsqueeze(1).unsqueeze(1), kind)
     });
     let consecutive = slots.windows(2).all(|w| w[1] == w[0] + 1);
-    let plan = AttentionPlan::from_parts(positions.view([n, 1]), mask, false);
+    let plan = AttentionPlan::from_parts(positions.view([n, 1]), mask, false, total);
     let ids = Tensor::from_slice(&tokens).view([n, 1]).to_device(device);
     let mut writer = DecodeWriter {
         cache,

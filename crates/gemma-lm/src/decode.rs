@@ -198,11 +198,14 @@ impl StaticDecoder {
     fn step(&self, model: &Gemma) -> Tensor {
         let x = model.embed(&self.ids);
         let _ = self.mask.shallow_clone().index_fill_(-1, &self.slot, 0.0);
+        let capacity = self.mask.size()[3];
         let plan = AttentionPlan::from_parts(
             self.positions.shallow_clone(),
             Some(self.mask.shallow_clone()),
             false,
-        );
+            capacity,
+        )
+        .with_query_slots(self.slot.view([1, 1]));
         let mut writer = SlotWriter {
             keys: &self.keys,
             values: &self.values,

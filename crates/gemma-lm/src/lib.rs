@@ -32,6 +32,7 @@ pub mod lora;
 mod mlp;
 pub mod model;
 mod norm;
+pub mod parity;
 mod rotary;
 pub mod tokenizer;
 
@@ -50,10 +51,12 @@ pub(crate) fn global_rng() -> std::sync::MutexGuard<'static, ()> {
 }
 pub use attention::{AttentionPlan, Packing};
 pub use cache::KvCache;
-pub use config::{Activation, GemmaConfig, TokenIds};
+pub use config::{Activation, GemmaConfig, Generation, LayerType, Rope, RopeSpec, TokenIds};
 pub use decode::Decode;
 pub use error::{Error, Result};
 pub use generation::{GenerationConfig, Sampler, generate, generate_from_embeds, left_pad};
 pub use lora::LoraSpec;
 pub use model::{Gemma, IGNORE_INDEX, ModelOutput};
-pub use tokenizer::{GemmaTokenizer, Message, Role, TextStreamer, apply_chat_template};
+pub use tokenizer::{
+    ChatTemplate, GemmaTokenizer, Message, Role, TextStreamer, apply_chat_template,
+};

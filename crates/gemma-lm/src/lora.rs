@@ -338,11 +338,11 @@ mod tests {
             .collect();
         let embeds = model.embed(&ids);
         let plan = AttentionPlan::new(None, 2, 6, 0, Device::Cpu, Kind::Float);
-        let cos_sin = model.rotary.cos_sin(&plan.positions, Kind::Float);
+        let inputs = model.layer_inputs(&plan);
         let mut x = embeds.shallow_clone();
-        for (layer, seed) in model.layers.iter().zip(&seeds) {
+        for (i, seed) in seeds.iter().enumerate() {
             tch::manual_seed(*seed);
-            x = layer.forward(&x, &cos_sin, &plan, None);
+            x = model.run_layer(i, &x, &inputs, None);
         }
         let (plain_loss, _) = model.loss(&model.norm.forward(&x), &labels).unwrap();
         plain_loss.backward();

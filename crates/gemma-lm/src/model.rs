@@ -20,13 +20,22 @@ use tch::{Device, Kind, Tensor};
 use crate::attention::{AttentionPlan, Packing};
 use crate::cache::{KvCache, LayerCache};
 use crate::config::GemmaConfig;
+use crate::config::LayerType;
 use crate::layer::DecoderLayer;
 pub use crate::norm::RmsNorm;
-use crate::rotary::Rotary;
+use crate::rotary::{CosSin, Rotaries};
 use crate::{Error, Result};
 
 /// Label value that carries no loss, as in PyTorch's `CrossEntropyLoss`.
 pub const IGNORE_INDEX: i64 = -100;
+
+/// What one forward's layers share: the plan (and the sliding layers' windowed plan) and the
+/// rotary tables.
+pub(crate) struct LayerInputs<'a> {
+    full: &'a AttentionPlan,
+    sliding: Option<AttentionPlan>,
+    cos_sin: CosSin,
+}
 
 /// What a forward pass returns.
 #[derive(Debug)]
@@ -47,7 +56,9 @@ pub struct Gemma {
     pub(crate) norm: RmsNorm,
     /// `[vocab, hidden]` when the head is not tied to the embedding.
     lm_head: Option<Linear>,
-    pub(crate) rotary: Rotary,
+    rotaries: Rotaries,
+    /// The causal LM's final soft-cap (Gemma 2); composite heads switch it off.
+    final_logit_softcap: Option<f64>,
     device: Device,
     /// Whether the model is training: switches the adapters' dropout (see [`crate::lora`]).
     pub(crate) training: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -74,8 +85,13 @@ impl Gemma {
                 let _ = embed_tokens.weight.get(pad).zero_();
             });
         }
-        let layers = (0..config.num_hidden_layers)
-            .map(|i| DecoderLayer::new(&model.sub("layers").sub(i), config, activation))
+        let layers = config
+            .layer_types()?
+            .into_iter()
+            .enumerate()
+            .map(|(i, kind)| {
+                DecoderLayer::new(&model.sub("layers").sub(i), config, activation, kind)
+            })
             .collect();
         let norm = RmsNorm::new(&model.sub("norm"), config.hidden_size, config.rms_norm_eps);
         let lm_head = (!config.tie_word_embeddings).then(|| {
@@ -93,7 +109,8 @@ impl Gemma {
             layers,
             norm,
             lm_head,
-            rotary: Rotary::new(config, root.device()),
+            rotaries: Rotaries::new(config, root.device())?,
+            final_logit_softcap: config.final_softcap(),
             device: root.device(),
             training: Default::default(),
         })
@@ -133,10 +150,13 @@ impl Gemma {
         // Where an untied head sits next to the decoder: `lm_head.weight` beside `model.`, or
         // `language_model.lm_head.weight` beside `language_model.model.`.
         let outer = prefix.strip_suffix("model.").unwrap_or("");
-        checkpoint.load_into(vs, |name| match name.strip_prefix("model.") {
+        let used = checkpoint.load_into(vs, |name| match name.strip_prefix("model.") {
             Some(rest) => vec![format!("{prefix}{rest}")],
             None => vec![format!("{outer}{name}"), name.to_string()],
         })?;
+        // Every tensor of the decoder must be taken (old files keep rotary buffers, which are
+        // recomputed): a Gemma 2 checkpoint read as Gemma 1 leaves its extra norms behind.
+        checkpoint.reject_unused(&prefix, &used, |name| name.ends_with("rotary_emb.inv_freq"))?;
         Ok(())
     }
 
@@ -225,19 +245,15 @@ impl Gemma {
             )));
         }
         let plan = AttentionPlan::new(padding, b, l, past, self.device, self.kind());
-        let cos_sin = self.rotary.cos_sin(&plan.positions, self.kind());
+        let inputs = self.layer_inputs(&plan);
         let mut hidden_states = Vec::new();
         let mut x = embeds.to_device(self.device).to_kind(self.kind());
-        for (i, layer) in self.layers.iter().enumerate() {
+        for i in 0..self.layers.len() {
             if output_hidden_states {
                 hidden_states.push(x.shallow_clone());
             }
-            x = layer.forward(
-                &x,
-                &cos_sin,
-                &plan,
-                cache.as_deref_mut().map(|c| (c as &mut dyn LayerCache, i)),
-            );
+            let cache = cache.as_deref_mut().map(|c| (c as &mut dyn LayerCache, i));
+            x = self.run_layer(i, &x, &inputs, cache);
         }
         let last_hidden_state = self.norm.forward(&x);
         if output_hidden_states {
@@ -261,10 +277,10 @@ impl Gemma {
         plan: &AttentionPlan,
         cache: &mut dyn LayerCache,
     ) -> Tensor {
-        let cos_sin = self.rotary.cos_sin(&plan.positions, self.kind());
+        let inputs = self.layer_inputs(plan);
         let mut x = embeds.to_device(self.device).to_kind(self.kind());
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, &cos_sin, plan, Some((&mut *cache, i)));
+        for i in 0..self.layers.len() {
+            x = self.run_layer(i, &x, &inputs, Some((&mut *cache, i)));
         }
         self.norm.forward(&x)
     }
@@ -302,7 +318,7 @@ impl Gemma {
             }
             None => AttentionPlan::new(None, b, l, 0, self.device, self.kind()),
         };
-        let cos_sin = self.rotary.cos_sin(&plan.positions, self.kind());
+        let inputs = self.layer_inputs(&plan);
         let dropout = self.training.load(std::sync::atomic::Ordering::Relaxed)
             && self
                 .layers
@@ -322,7 +338,7 @@ impl Gemma {
             if let Some(seed) = seeds[i] {
                 tch::manual_seed(seed);
             }
-            self.layers[i].forward(x, &cos_sin, &plan, None)
+            self.run_layer(i, x, &inputs, None)
         };
         let first = embeds.to_device(self.device).to_kind(self.kind());
         let mut inputs = Vec::with_capacity(self.layers.len());
@@ -359,10 +375,10 @@ impl Gemma {
         let (b, l) = self.check_embeds(embeds)?;
         self.check_packing(packing, b, l)?;
         let plan = AttentionPlan::packed(packing, self.device, self.kind());
-        let cos_sin = self.rotary.cos_sin(&plan.positions, self.kind());
+        let inputs = self.layer_inputs(&plan);
         let mut x = embeds.to_device(self.device).to_kind(self.kind());
-        for layer in &self.layers {
-            x = layer.forward(&x, &cos_sin, &plan, None);
+        for i in 0..self.layers.len() {
+            x = self.run_layer(i, &x, &inputs, None);
         }
         Ok(self.norm.forward(&x))
     }
@@ -394,12 +410,60 @@ impl Gemma {
         self.forward_embeds(&self.embed(input_ids), padding, cache, output_hidden_states)
     }
 
-    /// The language-model head: logits over the vocabulary for hidden states `[..., hidden]`.
+    /// The language-model head: logits over the vocabulary for hidden states `[..., hidden]`,
+    /// soft-capped as the causal LM caps them (Gemma 2: `c * tanh(logits / c)`), unless
+    /// [`set_final_logit_softcap`](Self::set_final_logit_softcap) switched that off.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        match &self.lm_head {
+        let logits = match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => hidden.matmul(&self.embed_tokens.weight.tr()),
+        };
+        match self.final_logit_softcap {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
         }
+    }
+
+    /// The final soft-cap [`logits`](Self::logits) applies.
+    pub fn final_logit_softcap(&self) -> Option<f64> {
+        self.final_logit_softcap
+    }
+
+    /// Sets the final soft-cap. A vision-language model's head calls the LM head without it, as
+    /// transformers' `LlavaForConditionalGeneration`, `PaliGemma…` and `Gemma3ForConditional…` do
+    /// (their logits and loss differ from the causal LM's; the argmax does not).
+    pub fn set_final_logit_softcap(&mut self, cap: Option<f64>) {
+        self.final_logit_softcap = cap;
+    }
+
+    /// The plans and rotary tables one forward's layers share, per layer type.
+    pub(crate) fn layer_inputs<'a>(&self, plan: &'a AttentionPlan) -> LayerInputs<'a> {
+        let sliding = self
+            .layers
+            .iter()
+            .any(|l| l.layer_type == LayerType::SlidingAttention);
+        let window = self.config.window().filter(|_| sliding);
+        LayerInputs {
+            full: plan,
+            sliding: window.map(|w| plan.windowed(w, self.kind())),
+            cos_sin: self.rotaries.cos_sin(&plan.positions, self.kind()),
+        }
+    }
+
+    /// Layer `i` on `x` with its type's plan and rotary table.
+    pub(crate) fn run_layer(
+        &self,
+        i: usize,
+        x: &Tensor,
+        inputs: &LayerInputs<'_>,
+        cache: Option<(&mut dyn LayerCache, usize)>,
+    ) -> Tensor {
+        let layer = &self.layers[i];
+        let plan = match (&inputs.sliding, layer.layer_type) {
+            (Some(sliding), LayerType::SlidingAttention) => sliding,
+            _ => inputs.full,
+        };
+        layer.forward(x, inputs.cos_sin.of(layer.layer_type), plan, cache)
     }
 
     /// The causal-LM loss for `hidden` `[batch, len, hidden]` and `labels` `[batch, len]` aligned
@@ -503,15 +567,15 @@ mod tests {
         };
         let embeds = Tensor::randn([2, 6, config.hidden_size], (Kind::Float, Device::Cpu));
         let run = |plan: &AttentionPlan| {
-            let cos_sin = model.rotary.cos_sin(&plan.positions, Kind::Float);
+            let inputs = model.layer_inputs(plan);
             let mut x = embeds.shallow_clone();
-            for layer in &model.layers {
-                x = layer.forward(&x, &cos_sin, plan, None);
+            for i in 0..model.layers.len() {
+                x = model.run_layer(i, &x, &inputs, None);
             }
             x
         };
         let varlen = AttentionPlan::packed(&packing, Device::Cpu, Kind::Float);
-        assert!(varlen.varlen.is_some());
+        assert!(varlen.is_varlen());
         let masked = AttentionPlan::packed_masked(&packing, Device::Cpu, Kind::Float);
         let keep = packing.segments.ge(0).unsqueeze(-1);
         let (a, b) = (run(&varlen) * &keep, run(&masked) * &keep);

@@ -2,7 +2,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::config::GemmaConfig;
+use crate::config::{GemmaConfig, LayerType, Rope};
 
 /// Rotary position embedding in the rotate-half layout.
 #[derive(Debug)]
@@ -12,15 +12,21 @@ pub(crate) struct Rotary {
 }
 
 impl Rotary {
-    pub(crate) fn new(config: &GemmaConfig, device: Device) -> Self {
-        let dim = config.head_dim;
-        let exponents = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, device))
+    /// The frequencies of `rope` over heads of width `head_dim`: `theta^(-2i / head_dim)`, divided
+    /// by the linear scaling factor (transformers' `linear` rope type).
+    pub(crate) fn new(rope: Rope, head_dim: i64, device: Device) -> Self {
+        let exponents = Tensor::arange_start_step(0, head_dim, 2, (Kind::Int64, device))
             .to_kind(Kind::Float)
-            / dim as f64;
-        let inv_freq = Tensor::from(config.rope_theta() as f32)
+            / head_dim as f64;
+        let inv_freq = Tensor::from(rope.theta as f32)
             .to_device(device)
             .pow(&exponents)
             .reciprocal();
+        let inv_freq = if rope.linear_factor == 1.0 {
+            inv_freq
+        } else {
+            inv_freq / rope.linear_factor
+        };
         Rotary { inv_freq }
     }
 
@@ -75,4 +81,50 @@ pub(crate) fn rotate_queries_keys(
         }
     };
     (rotate(q).transpose(1, 2), rotate(k).transpose(1, 2))
+}
+
+/// The rotary embeddings of a model's layer types: one table, or (Gemma 3) a second one for
+/// sliding layers.
+#[derive(Debug)]
+pub(crate) struct Rotaries {
+    full: Rotary,
+    /// `None` when sliding layers use the full layers' table.
+    sliding: Option<Rotary>,
+}
+
+impl Rotaries {
+    pub(crate) fn new(config: &GemmaConfig, device: Device) -> crate::Result<Self> {
+        let full = config.rope(LayerType::FullAttention)?;
+        let sliding = config.rope(LayerType::SlidingAttention)?;
+        Ok(Rotaries {
+            full: Rotary::new(full, config.head_dim, device),
+            sliding: (sliding != full).then(|| Rotary::new(sliding, config.head_dim, device)),
+        })
+    }
+
+    /// `cos` and `sin` for `positions` in each layer type's table: the full layers', and the
+    /// sliding layers' when they have their own.
+    pub(crate) fn cos_sin(&self, positions: &Tensor, kind: Kind) -> CosSin {
+        CosSin {
+            full: self.full.cos_sin(positions, kind),
+            sliding: self.sliding.as_ref().map(|r| r.cos_sin(positions, kind)),
+        }
+    }
+}
+
+/// One forward's `cos` and `sin` per layer type.
+#[derive(Debug)]
+pub(crate) struct CosSin {
+    full: (Tensor, Tensor),
+    sliding: Option<(Tensor, Tensor)>,
+}
+
+impl CosSin {
+    /// The table a layer of `layer_type` takes.
+    pub(crate) fn of(&self, layer_type: LayerType) -> &(Tensor, Tensor) {
+        match (layer_type, &self.sliding) {
+            (LayerType::SlidingAttention, Some(sliding)) => sliding,
+            _ => &self.full,
+        }
+    }
 }

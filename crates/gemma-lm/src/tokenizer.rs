@@ -11,6 +11,9 @@ pub enum Role {
     User,
     /// The model answering (`model`; `assistant` in OpenAI-style messages).
     Model,
+    /// Instructions before the conversation: Gemma 3's template folds them into the first user
+    /// turn; Gemma's and Gemma 2's reject them.
+    System,
 }
 
 impl Role {
@@ -19,17 +22,16 @@ impl Role {
         match self {
             Role::User => "user",
             Role::Model => "model",
+            Role::System => "system",
         }
     }
 
-    /// Parses `user`/`human` or `model`/`assistant`/`gpt`. Gemma has no system role.
+    /// Parses `user`/`human`, `model`/`assistant`/`gpt` or `system`.
     pub fn parse(name: &str) -> Result<Self> {
         match name {
             "user" | "human" => Ok(Role::User),
             "model" | "assistant" | "gpt" => Ok(Role::Model),
-            "system" => Err(Error::Chat(
-                "Gemma's chat template has no system role".into(),
-            )),
+            "system" => Ok(Role::System),
             other => Err(Error::Chat(format!("unknown role `{other}`"))),
         }
     }
@@ -62,34 +64,159 @@ impl Message {
     }
 }
 
-/// Renders `messages` with Gemma's chat template, exactly as its Jinja source does:
-///
-/// ```text
-/// <bos><start_of_turn>user\n{content|trim}<end_of_turn>\n<start_of_turn>model\n{content|trim}<end_of_turn>\n…
-/// ```
-/// followed by `<start_of_turn>model\n` when `add_generation_prompt`. Turns must alternate,
-/// starting with the user, as the template demands.
-pub fn apply_chat_template(messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-    let mut text = String::from("<bos>");
-    for (i, message) in messages.iter().enumerate() {
-        let expected = if i % 2 == 0 { Role::User } else { Role::Model };
-        if message.role != expected {
-            return Err(Error::Chat(format!(
-                "turn {} is `{}`, but turns must alternate user/model starting with user",
-                i + 1,
-                message.role.as_str()
-            )));
+/// The chat templates of the Gemma generations, as their `tokenizer_config.json` ship them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChatTemplate {
+    /// Gemma and Gemma 2 (the same template): alternating user/model turns, no system turn.
+    #[default]
+    Gemma,
+    /// Gemma 3: a leading system turn's text, followed by a blank line, opens the first user
+    /// turn.
+    Gemma3,
+}
+
+impl ChatTemplate {
+    /// The template's Jinja source (what `tokenizer_config.json`'s `chat_template` holds).
+    pub fn jinja(self) -> &'static str {
+        match self {
+            ChatTemplate::Gemma => GEMMA_JINJA,
+            ChatTemplate::Gemma3 => GEMMA3_JINJA,
         }
-        text.push_str("<start_of_turn>");
-        text.push_str(message.role.as_str());
-        text.push('\n');
-        text.push_str(message.content.trim());
-        text.push_str("<end_of_turn>\n");
     }
-    if add_generation_prompt {
-        text.push_str("<start_of_turn>model\n");
+
+    /// The template a `chat_template` source is: Gemma 3's folds the system turn
+    /// (`first_user_prefix`), Gemma's and Gemma 2's do not.
+    pub fn recognise(jinja: &str) -> ChatTemplate {
+        if jinja.contains("first_user_prefix") {
+            ChatTemplate::Gemma3
+        } else {
+            ChatTemplate::Gemma
+        }
     }
-    Ok(text)
+
+    /// Renders `messages` exactly as the template's Jinja source does:
+    ///
+    /// ```text
+    /// <bos><start_of_turn>user\n{content|trim}<end_of_turn>\n<start_of_turn>model\n{content|trim}<end_of_turn>\n…
+    /// ```
+    /// followed by `<start_of_turn>model\n` when `add_generation_prompt`. Turns must alternate,
+    /// starting with the user, as the templates demand; Gemma 3 first takes a system turn's text
+    /// (untrimmed) and a blank line as the start of the first user turn.
+    pub fn render(self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let mut text = String::from("<bos>");
+        let (prefix, turns) = match (self, messages.first()) {
+            (ChatTemplate::Gemma3, Some(m)) if m.role == Role::System => {
+                (format!("{}\n\n", m.content), &messages[1..])
+            }
+            (ChatTemplate::Gemma, Some(m)) if m.role == Role::System => {
+                return Err(Error::Chat(
+                    "System role not supported (Gemma's and Gemma 2's chat template)".into(),
+                ));
+            }
+            _ => (String::new(), messages),
+        };
+        for (i, message) in turns.iter().enumerate() {
+            let expected = if i % 2 == 0 { Role::User } else { Role::Model };
+            if message.role != expected {
+                return Err(Error::Chat(format!(
+                    "turn {} is `{}`, but turns must alternate user/model starting with user",
+                    i + 1,
+                    message.role.as_str()
+                )));
+            }
+            text.push_str("<start_of_turn>");
+            text.push_str(message.role.as_str());
+            text.push('\n');
+            if i == 0 {
+                text.push_str(&prefix);
+            }
+            text.push_str(message.content.trim());
+            text.push_str("<end_of_turn>\n");
+        }
+        if add_generation_prompt {
+            text.push_str("<start_of_turn>model\n");
+        }
+        Ok(text)
+    }
+}
+
+/// Renders `messages` with Gemma's (and Gemma 2's) chat template; see [`ChatTemplate::render`].
+pub fn apply_chat_template(messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+    ChatTemplate::Gemma.render(messages, add_generation_prompt)
+}
+
+/// `google/gemma-2b-it`'s and `google/gemma-2-2b-it`'s `chat_template`.
+pub const GEMMA_JINJA: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}";
+
+/// `google/gemma-3-*-it`'s `chat_template` (text and image parts).
+pub const GEMMA3_JINJA: &str = r#"{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- if messages[0]['content'] is string -%}
+        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- else -%}
+        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
+    {%- endif -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}
+    {%- elif message['content'] is iterable -%}
+        {%- for item in message['content'] -%}
+            {%- if item['type'] == 'image' -%}
+                {{ '<start_of_image>' }}
+            {%- elif item['type'] == 'text' -%}
+                {{ item['text'] | trim }}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{ raise_exception("Invalid content type") }}
+    {%- endif -%}
+    {{ '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%}
+"#;
+
+/// The chat template a model directory ships: `chat_template.jinja`, else `tokenizer_config.json`'s
+/// `chat_template`; Gemma's when neither has one.
+fn shipped_template(dir: &Path) -> Result<ChatTemplate> {
+    let read = |name: &str| -> Result<Option<String>> {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::Io { path, source }),
+        }
+    };
+    if let Some(jinja) = read("chat_template.jinja")? {
+        return Ok(ChatTemplate::recognise(&jinja));
+    }
+    let Some(config) = read("tokenizer_config.json")? else {
+        return Ok(ChatTemplate::Gemma);
+    };
+    let config: serde_json::Value =
+        serde_json::from_str(&config).map_err(|e| Error::Tokenizer {
+            path: dir.join("tokenizer_config.json"),
+            message: e.to_string(),
+        })?;
+    Ok(config
+        .get("chat_template")
+        .and_then(|t| t.as_str())
+        .map_or(ChatTemplate::Gemma, ChatTemplate::recognise))
 }
 
 /// A Gemma tokenizer with its special tokens looked up by name (their ids differ between
@@ -108,6 +235,10 @@ pub struct GemmaTokenizer {
     pub start_of_turn: Option<i64>,
     /// `<end_of_turn>`, if the vocabulary has it.
     pub end_of_turn: Option<i64>,
+    /// The chat template [`encode_chat`](Self::encode_chat) renders: the one
+    /// `tokenizer_config.json` (or `chat_template.jinja`) beside `tokenizer.json` names, else
+    /// Gemma's.
+    pub template: ChatTemplate,
 }
 
 impl GemmaTokenizer {
@@ -121,7 +252,13 @@ impl GemmaTokenizer {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        Self::with_specials(inner, path)
+        let template = path
+            .parent()
+            .map_or(Ok(ChatTemplate::Gemma), shipped_template)?;
+        Ok(GemmaTokenizer {
+            template,
+            ..Self::with_specials(inner, path)?
+        })
     }
 
     /// Parses the text of a `tokenizer.json`; `origin` names it in errors.
@@ -153,6 +290,7 @@ impl GemmaTokenizer {
             },
             start_of_turn: id("<start_of_turn>"),
             end_of_turn: id("<end_of_turn>"),
+            template: ChatTemplate::Gemma,
             inner,
             path,
         })
@@ -203,7 +341,7 @@ impl GemmaTokenizer {
         add_generation_prompt: bool,
     ) -> Result<Vec<i64>> {
         self.encode(
-            &apply_chat_template(messages, add_generation_prompt)?,
+            &self.template.render(messages, add_generation_prompt)?,
             false,
         )
     }
@@ -301,11 +439,19 @@ mod tests {
     fn template_rejects_what_gemma_rejects() {
         assert!(apply_chat_template(&[Message::model("x")], false).is_err());
         assert!(apply_chat_template(&[Message::user("a"), Message::user("b")], false).is_err());
-        assert!(
-            Role::parse("system")
-                .unwrap_err()
-                .to_string()
-                .contains("system")
+        let system = Message {
+            role: Role::parse("system").unwrap(),
+            content: "Be brief.".into(),
+        };
+        let err = apply_chat_template(&[system.clone(), Message::user("a")], false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("System role"), "{err}");
+        assert_eq!(
+            ChatTemplate::Gemma3
+                .render(&[system, Message::user(" a ")], true)
+                .unwrap(),
+            "<bos><start_of_turn>user\nBe brief.\n\na<end_of_turn>\n<start_of_turn>model\n"
         );
         assert_eq!(Role::parse("gpt").unwrap(), Role::Model);
     }

@@ -44,6 +44,7 @@
 //! naming its file, never a panic.
 
 mod decode;
+pub mod parity;
 pub mod resize;
 
 use std::path::{Path, PathBuf};

@@ -4,11 +4,13 @@
 //! * [`LlavaModel`]: image features scattered into the `<image>` positions of the token embeddings,
 //!   the loss at labelled positions, and generation with a KV cache;
 //! * loading every HF LLaVA layout in use, assembling a model from a Gemma, a tower and a connector
-//!   file ([`Parts`]), and saving in the layout transformers loads ([`LlavaModel::save_pretrained`]).
+//!   file ([`Parts`]), and saving in the layout transformers loads ([`LlavaModel::save_pretrained`]);
+//! * [`parity`]: the model against Hugging Face's outputs on a `llava` parity fixture.
 
 pub mod checkpoint;
 pub mod config;
 pub mod model;
+pub mod parity;
 pub mod peft;
 pub mod presets;
 pub mod processor_files;

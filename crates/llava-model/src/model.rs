@@ -44,8 +44,10 @@ impl LlavaModel {
         let vision = config.vision()?;
         let (vision_vs, tower) =
             foundation::build(device, kind, |root| VisionTower::new(root, &vision))?;
-        let (lm_vs, lm) =
+        let (lm_vs, mut lm) =
             foundation::build(device, kind, |root| Gemma::new(root, &config.text_config))?;
+        // transformers' LLaVA head calls the LM head without the causal LM's final soft-cap.
+        lm.set_final_logit_softcap(None);
         let layers = config.feature_layers().len() as i64;
         let (connector_vs, connector) = foundation::build(device, kind, |root| {
             connector::Connector::new(

@@ -99,13 +99,77 @@ pub fn tiny() -> LlavaConfig {
     LlavaConfig::new(&VisionConfig::Clip(vision), text, 639, 9)
 }
 
-/// The preset called `name`: `tiny`, `bench-small`, `paper-2b-clip` or `paper-2b-dinov2`.
+/// `lm` as a Gemma 2: four norms per layer, attention scaled by `head_dim^-0.5` through
+/// `query_pre_attn_scalar`, soft-caps 50 and 30 as the released models have them, layers
+/// alternating sliding (`window`) and global, starting with a sliding one.
+pub fn as_gemma2(lm: GemmaConfig, window: i64) -> GemmaConfig {
+    GemmaConfig {
+        query_pre_attn_scalar: Some(lm.head_dim as f64),
+        sliding_window: Some(Some(window)),
+        attn_logit_softcapping: Some(Some(50.0)),
+        final_logit_softcapping: Some(Some(30.0)),
+        hidden_act: None,
+        hidden_activation: Some("gelu_pytorch_tanh".into()),
+        architectures: Some(vec!["Gemma2ForCausalLM".into()]),
+        model_type: Some("gemma2".into()),
+        ..lm
+    }
+}
+
+/// `lm` as a Gemma 3: Gemma 2's layers with q/k norms and no soft-caps, one global layer after
+/// every sliding one here (Gemma 3's own pattern is 5 to 1, which layers this few would not
+/// show), rotary bases 10000 (sliding) and 1e6 with linear scaling by 8 (global).
+pub fn as_gemma3(lm: GemmaConfig, window: i64) -> GemmaConfig {
+    GemmaConfig {
+        query_pre_attn_scalar: Some(lm.head_dim as f64),
+        sliding_window: Some(Some(window)),
+        sliding_window_pattern: Some(2),
+        rope_theta: Some(1e6),
+        rope_local_base_freq: Some(1e4),
+        rope_scaling: Some(gemma_lm::config::RopeParameters {
+            rope_theta: None,
+            rope_type: "linear".into(),
+            factor: Some(8.0),
+        }),
+        attn_logit_softcapping: Some(None),
+        final_logit_softcapping: Some(None),
+        hidden_act: None,
+        hidden_activation: Some("gelu_pytorch_tanh".into()),
+        architectures: Some(vec!["Gemma3ForCausalLM".into()]),
+        model_type: Some("gemma3_text".into()),
+        ..lm
+    }
+}
+
+/// The preset called `name`: `tiny`, `bench-small`, `paper-2b-clip` or `paper-2b-dinov2`, and
+/// `tiny` and `bench-small` with a Gemma 2 or Gemma 3 language model (`tiny-gemma2`,
+/// `bench-small-gemma3`, …; windows of 16 and 128 tokens, shorter than their sequences).
 pub fn by_name(name: &str) -> Option<LlavaConfig> {
+    let with_lm = |mut config: LlavaConfig, lm: fn(GemmaConfig, i64) -> GemmaConfig, window| {
+        config.text_config = lm(config.text_config, window);
+        config
+    };
     match name {
         "tiny" => Some(tiny()),
+        "tiny-gemma2" => Some(with_lm(tiny(), as_gemma2, 16)),
+        "tiny-gemma3" => Some(with_lm(tiny(), as_gemma3, 16)),
         "bench-small" => Some(bench_small()),
+        "bench-small-gemma2" => Some(with_lm(bench_small(), as_gemma2, 128)),
+        "bench-small-gemma3" => Some(with_lm(bench_small(), as_gemma3, 128)),
         "paper-2b-clip" => Some(paper_2b_clip()),
         "paper-2b-dinov2" => Some(paper_2b_dinov2()),
         _ => None,
     }
 }
+
+/// The names [`by_name`] knows.
+pub const NAMES: [&str; 8] = [
+    "tiny",
+    "tiny-gemma2",
+    "tiny-gemma3",
+    "bench-small",
+    "bench-small-gemma2",
+    "bench-small-gemma3",
+    "paper-2b-clip",
+    "paper-2b-dinov2",
+];

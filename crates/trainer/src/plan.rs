@@ -84,6 +84,10 @@ pub struct LmShape {
     pub tied: bool,
     /// Whether the attention projections have biases.
     pub attention_bias: bool,
+    /// Norms of width `hidden` per layer: 2 (Gemma), 4 (Gemma 2/3).
+    pub norms_per_layer: u64,
+    /// Whether each layer normalises its query and key heads (Gemma 3: two norms of `head_dim`).
+    pub qk_norm: bool,
 }
 
 impl LmShape {
@@ -99,6 +103,8 @@ impl LmShape {
             head_dim: c.head_dim as u64,
             tied: c.tie_word_embeddings,
             attention_bias: c.attention_bias,
+            norms_per_layer: if c.sandwich_norms() { 4 } else { 2 },
+            qk_norm: c.qk_norm(),
         }
     }
 
@@ -118,7 +124,8 @@ impl LmShape {
         } else {
             0
         };
-        linear + bias + 2 * self.hidden
+        let qk_norm = if self.qk_norm { 2 * self.head_dim } else { 0 };
+        linear + bias + self.norms_per_layer * self.hidden + qk_norm
     }
 
     /// Parameters of the embedding, the LM head when untied, and the final norm.
@@ -594,6 +601,26 @@ mod tests {
         let gemma_7b = LmShape::of(&GemmaConfig::gemma_7b()).params();
         assert!(within(gemma_2b, 2.506e9, 0.01), "{gemma_2b}");
         assert!(within(gemma_7b, 8.538e9, 0.01), "{gemma_7b}");
+        // Gemma 2 and 3 (language models; Gemma 3 4B and 12B without their SigLIP tower).
+        for (config, published) in [
+            (GemmaConfig::gemma2_2b(), 2_614_341_888.0),
+            (GemmaConfig::gemma2_9b(), 9_241_705_984.0),
+            (GemmaConfig::gemma3_1b(), 999_885_952.0),
+            (GemmaConfig::gemma3_4b(), 3.883e9),
+            (GemmaConfig::gemma3_12b(), 11.77e9),
+        ] {
+            let count = LmShape::of(&config).params();
+            assert!(
+                within(count, published, 0.01),
+                "{:?}: {count}",
+                config.model_type
+            );
+        }
+        assert_eq!(
+            LmShape::of(&GemmaConfig::gemma2_2b()).params(),
+            2_614_341_888,
+            "exactly google/gemma-2-2b's count"
+        );
         let paper = shape("paper-2b-clip");
         // CLIP ViT-L/14-336 and DINOv2-L as the presets configure them.
         assert!(within(paper.vision_params, 303.5e6, 0.01), "{paper:?}");
@@ -621,6 +648,15 @@ mod tests {
         assert_eq!(shape.lm.params(), count(&model.lm_vs));
         assert_eq!(shape.vision_params, count(&model.vision_vs));
         assert_eq!(shape.connector_params, count(&model.connector_vs));
+        // And Gemma 2 and 3 layers, with their extra norms.
+        for dir in ["gemma2", "gemma3-text"] {
+            let path = foundation::parity_fixtures().join(dir).join("model");
+            let config = GemmaConfig::from_file(&path).unwrap();
+            let (vs, _) =
+                gemma_lm::Gemma::from_pretrained(&path, tch::Device::Cpu, tch::Kind::Float)
+                    .unwrap();
+            assert_eq!(LmShape::of(&config).params(), count(&vs), "{dir}");
+        }
     }
 
     #[test]

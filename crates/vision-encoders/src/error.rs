@@ -6,6 +6,9 @@ pub enum Error {
     /// Reading a checkpoint failed (missing or mis-shaped tensor, bad file).
     #[error(transparent)]
     Checkpoint(#[from] foundation::Error),
+    /// Decoding or preprocessing an image failed.
+    #[error(transparent)]
+    Image(#[from] image_processing::Error),
     /// A file could not be read.
     #[error("{path}: {source}")]
     Io {

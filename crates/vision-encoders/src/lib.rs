@@ -7,10 +7,12 @@
 //!
 //! Weights load from vision-only, full CLIP and LLaVA checkpoints alike. The image processing that
 //! feeds the towers is the pure-Rust [`processing`] crate (no libtorch), re-exported here.
+//! [`parity`] checks the towers and the processors against Hugging Face's outputs.
 
 pub mod clip;
 pub mod dinov2;
 mod error;
+pub mod parity;
 pub mod tower;
 
 pub use image_processing as processing;

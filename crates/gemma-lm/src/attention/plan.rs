@@ -16,6 +16,11 @@ pub struct AttentionPlan {
     pub(crate) is_causal: bool,
     /// Sequences laid end to end instead of a mask (packed batches).
     pub(crate) varlen: Option<Varlen>,
+    /// Each query's index among the keys it attends over (its cache slot), `[batch or 1, len]`:
+    /// what a sliding window is measured in.
+    query_slots: Tensor,
+    /// How many keys the queries attend over.
+    keys: i64,
 }
 
 impl AttentionPlan {
@@ -48,6 +53,8 @@ impl AttentionPlan {
                     is_causal: past == 0 && len > 1,
                     mask,
                     varlen: None,
+                    query_slots: slots(past, len, device),
+                    keys: past + len,
                 }
             }
             Some(padding) => {
@@ -65,6 +72,8 @@ impl AttentionPlan {
                     mask: Some(additive(&keep, kind)),
                     is_causal: false,
                     varlen: None,
+                    query_slots: slots(past, len, device),
+                    keys: past + len,
                 }
             }
         }
@@ -72,16 +81,64 @@ impl AttentionPlan {
 }
 
 impl AttentionPlan {
-    /// A plan from explicit parts: `positions` `[batch, len]` for the rotary embedding, an
-    /// additive `mask` `[batch, 1, len, keys]` (see [`additive_mask`]) or `None`, and whether the
-    /// kernel applies causality itself. [`crate::batch`] uses it for per-row positions.
-    pub fn from_parts(positions: Tensor, mask: Option<Tensor>, is_causal: bool) -> Self {
+    /// A plan from explicit parts: `positions` `[batch, len]` for the rotary embedding, which are
+    /// also the queries' slots among the `keys` keys (a cache without left padding), an additive
+    /// `mask` `[batch, 1, len, keys]` (see [`additive_mask`]) or `None`, and whether the kernel
+    /// applies causality itself. [`crate::batch`] and [`crate::decode`] use it for per-row
+    /// positions.
+    pub fn from_parts(positions: Tensor, mask: Option<Tensor>, is_causal: bool, keys: i64) -> Self {
         AttentionPlan {
+            query_slots: positions.shallow_clone(),
             positions,
             mask,
             is_causal,
             varlen: None,
+            keys,
         }
+    }
+
+    /// The plan with the queries' slots among the keys given apart from their rotary positions
+    /// (`[batch or 1, len]`): a cache whose prompts were left-padded.
+    pub fn with_query_slots(mut self, slots: Tensor) -> Self {
+        self.query_slots = slots;
+        self
+    }
+
+    /// This plan for a sliding-window layer: each query also loses the keys `window` or more
+    /// slots behind its own (transformers' `sliding_window_overlay`: key slot > query slot -
+    /// window). Slots count padding, as transformers' do. `kind` is the mask's dtype (the
+    /// model's).
+    pub fn windowed(&self, window: i64, kind: Kind) -> AttentionPlan {
+        let device = self.positions.device();
+        let keys = Tensor::arange(self.keys, (Kind::Int64, device)).view([1, 1, -1]);
+        let near = keys.gt_tensor(&(self.query_slots.unsqueeze(-1) - window)); // [b, len, keys]
+        let keep = match &self.mask {
+            Some(_) => near,
+            None if self.is_causal => {
+                let len = self.query_slots.size()[1];
+                near.logical_and(&causal(len, self.keys - len, device).unsqueeze(0))
+            }
+            None => near,
+        };
+        let window_mask = additive(&keep.unsqueeze(1), kind);
+        let mask = match &self.mask {
+            // Both masks' lowest values stay the lowest (a sum could overflow to -inf).
+            Some(mask) => mask.minimum(&window_mask.to_kind(mask.kind())),
+            None => window_mask,
+        };
+        AttentionPlan {
+            positions: self.positions.shallow_clone(),
+            mask: (self.varlen.is_none()).then_some(mask),
+            is_causal: false,
+            varlen: self.varlen.as_ref().map(|v| v.windowed(window)),
+            query_slots: self.query_slots.shallow_clone(),
+            keys: self.keys,
+        }
+    }
+
+    /// Whether the plan runs sequences laid end to end.
+    pub fn is_varlen(&self) -> bool {
+        self.varlen.is_some()
     }
 }
 
@@ -102,11 +159,14 @@ impl AttentionPlan {
     /// of tokens, as [`crate::Packing`]'s makers lay them; otherwise under a block-diagonal mask.
     pub fn packed(packing: &Packing, device: Device, kind: Kind) -> Self {
         if let Some(varlen) = Varlen::from_segments(&packing.segments, device) {
+            let len = packing.positions.size()[1];
             return AttentionPlan {
                 positions: packing.positions.to_device(device),
                 mask: None,
                 is_causal: false,
                 varlen: Some(varlen),
+                query_slots: slots(0, len, device),
+                keys: len,
             };
         }
         Self::packed_masked(packing, device, kind)
@@ -128,6 +188,8 @@ impl AttentionPlan {
             mask: Some(additive(&keep, kind)),
             is_causal: false,
             varlen: None,
+            query_slots: slots(0, len, device),
+            keys: len,
         }
     }
 }
@@ -138,8 +200,13 @@ pub fn additive_mask(keep: &Tensor, kind: Kind) -> Tensor {
     additive(keep, kind)
 }
 
+/// `[1, len]`: the slots `past..past + len` of new queries.
+fn slots(past: i64, len: i64, device: Device) -> Tensor {
+    Tensor::arange_start(past, past + len, (Kind::Int64, device)).unsqueeze(0)
+}
+
 /// `[len, past + len]`: query `i` (at absolute position `past + i`) sees keys `0..=past + i`.
-fn causal(len: i64, past: i64, device: Device) -> Tensor {
+pub(crate) fn causal(len: i64, past: i64, device: Device) -> Tensor {
     Tensor::ones([len, past + len], (Kind::Bool, device)).tril(past)
 }
 

@@ -3,7 +3,13 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::repeat_kv;
+use super::additive_mask;
+use super::plan::causal;
+
+/// Attention of one sequence's `q` `[1, heads, n, dim]` over its `k`, `v` `[1, kv_heads, n, dim]`
+/// under an additive mask and/or causality: the layer's own attention (its scale and soft-cap).
+pub(crate) type AttendOne<'a> =
+    dyn Fn(&Tensor, &Tensor, &Tensor, Option<&Tensor>, bool) -> Tensor + 'a;
 
 /// The tokens of a batch as sequences laid end to end, each attending only to itself, causally:
 /// a packed batch's samples (and each row's padding, whose outputs are ignored). On a GPU this is
@@ -18,6 +24,8 @@ pub(crate) struct Varlen {
     bounds: Vec<i64>,
     /// The longest sequence.
     max_len: i64,
+    /// A sliding layer's window: keys this many slots or more behind a query are hidden too.
+    window: Option<i64>,
 }
 
 impl Varlen {
@@ -50,35 +58,58 @@ impl Varlen {
             cu_seqlens: foundation::device::upload(&Tensor::from_slice(&host), device),
             bounds,
             max_len,
+            window: None,
         })
     }
 
+    /// The same sequences for a sliding-window layer.
+    pub(crate) fn windowed(&self, window: i64) -> Varlen {
+        Varlen {
+            cu_seqlens: self.cu_seqlens.shallow_clone(),
+            bounds: self.bounds.clone(),
+            max_len: self.max_len,
+            window: Some(window),
+        }
+    }
+
     /// Causal attention within each sequence, for `q` `[tokens, heads, dim]` and `k`, `v`
-    /// `[tokens, kv_heads, dim]`; returns `[tokens, heads, dim]`.
-    pub(crate) fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
-        if q.device().is_cuda() && matches!(q.kind(), Kind::BFloat16 | Kind::Half) {
+    /// `[tokens, kv_heads, dim]`; returns `[tokens, heads, dim]`. One varlen flash-attention call
+    /// on a GPU when `flash` allows it (plain scaled scores) and no window applies; otherwise
+    /// `one` per sequence.
+    pub(crate) fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        flash: bool,
+        one: &AttendOne<'_>,
+    ) -> Tensor {
+        let fused = flash
+            && self.window.is_none()
+            && q.device().is_cuda()
+            && matches!(q.kind(), Kind::BFloat16 | Kind::Half);
+        if fused {
             // Errors here are our bugs (the layout is ours); unwrap panics as tch does.
             return foundation::cuda::flash_varlen(q, k, v, &self.cu_seqlens, self.max_len)
                 .unwrap();
         }
-        let groups = q.size()[1] / k.size()[1];
         let outputs: Vec<Tensor> = self
             .bounds
             .windows(2)
             .map(|w| {
-                let part = |t: &Tensor| t.narrow(0, w[0], w[1] - w[0]).transpose(0, 1).unsqueeze(0);
-                Tensor::scaled_dot_product_attention(
-                    &part(q),
-                    &repeat_kv(&part(k), groups),
-                    &repeat_kv(&part(v), groups),
-                    None::<&Tensor>,
-                    0.0,
-                    true,
-                    None,
-                    false,
-                )
-                .squeeze_dim(0)
-                .transpose(0, 1)
+                let n = w[1] - w[0];
+                let part = |t: &Tensor| t.narrow(0, w[0], n).transpose(0, 1).unsqueeze(0);
+                let out = match self.window {
+                    Some(window) => {
+                        let slots = Tensor::arange(n, (Kind::Int64, q.device()));
+                        let near = slots.unsqueeze(0).gt_tensor(&(slots.unsqueeze(1) - window));
+                        let keep = near.logical_and(&causal(n, 0, q.device()));
+                        let mask = additive_mask(&keep, q.kind());
+                        one(&part(q), &part(k), &part(v), Some(&mask), false)
+                    }
+                    None => one(&part(q), &part(k), &part(v), None, true),
+                };
+                out.squeeze_dim(0).transpose(0, 1)
             })
             .collect();
         Tensor::cat(&outputs, 0)
