@@ -207,20 +207,10 @@ fn demo(extra: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// The Python that owns the libtorch we build against (the cached virtual environment, or
-/// `python3`), with transformers installed into it on first use.
+/// The Python that owns the libtorch we build against ([`setup::linked_python`]), with
+/// transformers installed into it on first use.
 fn reference_python() -> Result<String, String> {
-    let torch = root()
-        .join(".libtorch")
-        .canonicalize()
-        .map_err(|e| format!(".libtorch: {e}"))?;
-    // <venv>/lib/pythonX.Y/site-packages/torch -> <venv>/bin/python
-    let python = torch
-        .ancestors()
-        .nth(4)
-        .map(|venv| venv.join("bin/python"))
-        .filter(|p| p.exists())
-        .map_or_else(|| "python3".to_string(), |p| p.display().to_string());
+    let python = setup::linked_python(&root())?;
     let has = |module: &str| {
         Command::new(&python)
             .args(["-c", &format!("import {module}")])

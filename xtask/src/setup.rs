@@ -54,11 +54,7 @@ fn ensure_cuda_compiler(torch: &Path) {
         .ok()
         .and_then(|c| c.canonicalize().ok())
         .is_some_and(|c| torch.starts_with(c));
-    let pip = torch
-        .ancestors()
-        .map(|d| d.join("bin/pip"))
-        .find(|p| p.exists());
-    let (true, Some(pip)) = (cached, pip) else {
+    let (true, Some(pip)) = (cached, env_bin(torch, "pip")) else {
         eprintln!(
             "xtask: note: no nvcc beside {}; for CUDA graphs and our CUDA kernels, `pip install {}` there",
             torch.display(),
@@ -134,8 +130,30 @@ fn check_libtorch(dir: &Path) -> Result<(), String> {
     }
 }
 
+/// The Python to use where no environment says which: `$PYTHON`, or `python3`.
 fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// `bin/<name>` (`python`, `pip`) of the Python environment that holds the torch package at
+/// `torch`: that of its nearest ancestor that has one (`<venv>/lib/pythonX.Y/site-packages/torch`
+/// -> `<venv>/bin/<name>`).
+fn env_bin(torch: &Path, name: &str) -> Option<PathBuf> {
+    torch
+        .ancestors()
+        .map(|dir| dir.join("bin").join(name))
+        .find(|p| p.exists())
+}
+
+/// The Python whose torch the workspace links: that of the environment `<root>/.libtorch` points
+/// into (the cached one, after `cargo xtask setup`), else [`python`]. An error when `.libtorch`
+/// points nowhere.
+pub fn linked_python(root: &Path) -> Result<String, String> {
+    let torch = root
+        .join(".libtorch")
+        .canonicalize()
+        .map_err(|e| format!(".libtorch: {e}"))?;
+    Ok(env_bin(&torch, "python").map_or_else(python, |p| p.display().to_string()))
 }
 
 /// The `torch` package directory of `python`, when it has PyTorch 2.11.
@@ -302,5 +320,26 @@ mod tests {
             [0u8, 159, 146, 150]
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_linked_python_is_that_of_the_environment_libtorch_points_into() {
+        let root = std::env::temp_dir().join(format!("xtask-python-{}", std::process::id()));
+        let venv = root.join("cache/torch-2.11.0");
+        let torch = venv.join("lib/python3.11/site-packages/torch");
+        std::fs::create_dir_all(torch.join("bin")).unwrap();
+        assert!(linked_python(&root).unwrap_err().starts_with(".libtorch: "));
+        std::os::unix::fs::symlink(&torch, root.join(".libtorch")).unwrap();
+        assert_eq!(linked_python(&root).unwrap(), python());
+        std::fs::create_dir_all(venv.join("bin")).unwrap();
+        std::fs::write(venv.join("bin/python"), "").unwrap();
+        std::fs::write(venv.join("bin/pip"), "").unwrap();
+        let venv = venv.canonicalize().unwrap();
+        assert_eq!(
+            linked_python(&root).unwrap(),
+            venv.join("bin/python").display().to_string()
+        );
+        assert_eq!(env_bin(&torch, "pip"), Some(venv.join("bin/pip")));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

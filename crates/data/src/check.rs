@@ -1,6 +1,8 @@
 //! Validating a whole dataset before anyone spends GPU hours on it.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -57,6 +59,41 @@ pub struct CheckReport {
     pub bad_samples: Vec<BadSample>,
     /// Token lengths of the usable samples.
     pub tokens: LengthStats,
+}
+
+impl CheckReport {
+    /// The report for people, of the data file `data`: the counts, the reasons, the first ten
+    /// unusable records and the token lengths (what `llava data check` prints without `--json`).
+    pub fn summary(&self, data: &Path) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "{}", data.display());
+        let _ = writeln!(
+            out,
+            "  records {}, usable {} ({} text-only), bad {}",
+            self.records, self.ok, self.text_only, self.bad
+        );
+        for (reason, count) in &self.reasons {
+            let _ = writeln!(out, "    {reason}: {count}");
+        }
+        for b in self.bad_samples.iter().take(10) {
+            let id = b.id.clone().unwrap_or_else(|| "-".into());
+            let _ = writeln!(out, "    #{} {id}: {} ({})", b.index, b.reason, b.detail);
+        }
+        if self.bad_samples.len() > 10 {
+            let _ = writeln!(
+                out,
+                "    … {} more (--json lists them all)",
+                self.bad_samples.len() - 10
+            );
+        }
+        let t = &self.tokens;
+        let _ = writeln!(
+            out,
+            "  tokens per sample: min {}, mean {:.1}, median {}, p95 {}, max {}; truncated {}",
+            t.min, t.mean, t.p50, t.p95, t.max, t.truncated
+        );
+        out
+    }
 }
 
 /// What checking one usable sample finds.
@@ -169,4 +206,40 @@ pub fn check_with_progress(
         report.tokens.p95 = at(0.95);
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_lists_ten_bad_samples_and_counts_the_rest() {
+        let bad_samples: Vec<BadSample> = (0..12)
+            .map(|index| BadSample {
+                index,
+                id: (index % 2 == 0).then(|| format!("r{index}")),
+                reason: "missing_image".into(),
+                detail: "x.jpg: not found".into(),
+            })
+            .collect();
+        let report = CheckReport {
+            records: 20,
+            ok: 8,
+            bad: 12,
+            text_only: 1,
+            reasons: [("missing_image".to_string(), 12)].into(),
+            bad_samples,
+            ..Default::default()
+        };
+        let text = report.summary(Path::new("chat.json"));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "chat.json");
+        assert_eq!(lines[1], "  records 20, usable 8 (1 text-only), bad 12");
+        assert_eq!(lines[2], "    missing_image: 12");
+        assert_eq!(lines[3], "    #0 r0: missing_image (x.jpg: not found)");
+        assert_eq!(lines[4], "    #1 -: missing_image (x.jpg: not found)");
+        assert_eq!(lines[13], "    … 2 more (--json lists them all)");
+        assert!(lines[14].starts_with("  tokens per sample: min 0, mean 0.0"));
+        assert_eq!(lines.len(), 15);
+    }
 }

@@ -8,6 +8,8 @@
 //! `<image>` is moved to the front of the first user turn and expanded to the image's tokens; a
 //! sample is truncated at `max_length`, never through the image tokens.
 
+use std::fmt::Write as _;
+
 use gemma_lm::GemmaTokenizer;
 
 use crate::record::{Record, SkipReason};
@@ -146,6 +148,52 @@ impl Templater {
             has_image,
             truncated,
         })
+    }
+
+    /// `tokens` as a table for people: one line per token (position, id, text, label), each run of
+    /// image tokens on one line, then the count of tokens and of those with loss (what
+    /// `llava data show` prints).
+    pub fn render(&self, tokens: &Tokenized) -> crate::Result<String> {
+        let mut out = String::new();
+        let _ = writeln!(out, "{:>5}  {:>7}  {:<24} label", "pos", "id", "token");
+        let mut pos = 0;
+        while pos < tokens.input_ids.len() {
+            let id = tokens.input_ids[pos];
+            if id == self.image_token {
+                let run = tokens.input_ids[pos..]
+                    .iter()
+                    .take_while(|&&t| t == id)
+                    .count();
+                let _ = writeln!(
+                    out,
+                    "{pos:>5}  {id:>7}  {:<24} -100",
+                    format!("<image> x{run}")
+                );
+                pos += run;
+                continue;
+            }
+            let text = self.tokenizer.decode(&[id], false)?;
+            let label = tokens.labels[pos];
+            let shown = if label == IGNORE {
+                "-100".to_string()
+            } else {
+                format!("{label} (learn)")
+            };
+            let _ = writeln!(
+                out,
+                "{pos:>5}  {id:>7}  {:<24} {shown}",
+                format!("{text:?}")
+            );
+            pos += 1;
+        }
+        let learned = tokens.labels.iter().filter(|&&l| l != IGNORE).count();
+        let _ = writeln!(
+            out,
+            "{} tokens, {learned} with loss{}",
+            tokens.input_ids.len(),
+            if tokens.truncated { ", truncated" } else { "" }
+        );
+        Ok(out)
     }
 }
 

@@ -138,6 +138,37 @@ fn plain_template_is_image_then_caption() {
 }
 
 #[test]
+fn a_sample_renders_one_line_per_token_and_one_per_run_of_image_tokens() {
+    let t = templater(Template::Plain, 2048);
+    let r = record(Some("a.jpg"), &["<image>", "a red circle ."]);
+    let s = t.tokenize(&r).unwrap();
+    let text = t.render(&s).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "  pos       id  token                    label");
+    assert_eq!(
+        lines[1],
+        format!(
+            "    0  {:>7}  \"<bos>\"                  -100",
+            t.tokenizer.bos
+        )
+    );
+    assert_eq!(
+        lines[2],
+        format!("    1  {:>7}  <image> x4               -100", t.image_token)
+    );
+    assert!(
+        lines[3].starts_with("    5  ") && lines[3].ends_with(" (learn)"),
+        "{text}"
+    );
+    let learned = s.labels.iter().filter(|&&l| l != IGNORE).count();
+    assert_eq!(
+        lines.last().unwrap().to_string(),
+        format!("{} tokens, {learned} with loss", s.input_ids.len())
+    );
+    assert_eq!(lines.len(), 2 + s.input_ids.len() - 4 + 1);
+}
+
+#[test]
 fn truncation_keeps_image_tokens_whole_or_skips() {
     let t = templater(Template::Gemma, 40);
     let long = "word ".repeat(50);

@@ -1,19 +1,25 @@
 //! LLaVA-Gemma in Rust: the facade over the workspace's crates, and the `llava` command.
 //!
-//! Each part is its own crate, re-exported here so that one dependency gives the whole system:
-//! [`foundation`] (checkpoints, devices), [`gemma_lm`] (the language model), [`vision_encoders`],
-//! [`connector`], [`llava_model`], [`data`], [`trainer`] and [`eval`]. [`parity`] checks our models
-//! against reference outputs of Hugging Face `transformers`.
+//! The facade holds two things:
+//!
+//! * the crates, re-exported so that one dependency gives the whole system: [`foundation`]
+//!   (checkpoints, devices), [`gemma_lm`] (the language model), [`vision_encoders`],
+//!   [`connector`], [`llava_model`], [`data`], [`trainer`] and [`eval`];
+//! * the few compositions of several crates that a library user calls: [`chat::ImageChat`] (a
+//!   model directory, its tokenizer and one image, ready for a conversation), [`benchmarks::run`]
+//!   (a model directory answering and scoring benchmarks laid out as LLaVA's
+//!   `playground/data/eval`), and [`parity`], which hands a fixture of Hugging Face
+//!   `transformers`' reference outputs to the check of the crate that owns its model.
+//!
+//! Everything only the `llava` command uses (its arguments, the `bench-*` measurements, the
+//! launcher of local ranks, the dataset audit's printing) lives with the command, one room per
+//! subcommand under `src/cmd/`.
 
 pub use {connector, data, eval, foundation, gemma_lm, llava_model, trainer, vision_encoders};
 
-pub mod bench;
+pub mod benchmarks;
 pub mod chat;
-pub mod data_cmd;
-pub mod eval_cmd;
-pub mod launch;
 pub mod parity;
-pub mod score_cmd;
 
 use std::path::PathBuf;
 
@@ -38,6 +44,9 @@ pub enum Error {
     /// From checkpoint handling.
     #[error(transparent)]
     Foundation(#[from] foundation::Error),
+    /// From evaluation.
+    #[error(transparent)]
+    Eval(#[from] eval::Error),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

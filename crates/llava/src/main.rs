@@ -39,11 +39,11 @@ enum Command {
     /// Score a benchmark by its official rules (gqa, mme, pope, vqav2, sqa, mmvp, mmvet).
     Score(cmd::score::Args),
     /// Measure greedy generation on a random-weight model of a preset (one JSON object).
-    BenchGenerate(cmd::bench_generate::Args),
+    BenchGenerate(cmd::bench::generate::Args),
     /// Measure training steps on a random-weight model of a preset (one JSON object).
-    BenchTrain(cmd::bench_train::Args),
+    BenchTrain(cmd::bench::train::Args),
     /// Measure a preset's vision tower on random images (one JSON object).
-    BenchVision(cmd::bench_vision::Args),
+    BenchVision(cmd::bench::vision::Args),
     /// Validate a dataset, or show one sample with its loss mask.
     #[command(subcommand)]
     Data(cmd::data::Args),
@@ -73,9 +73,9 @@ fn main() -> ExitCode {
         Command::Eval(args) => cmd::eval::run(&args),
         Command::Grade(args) => cmd::grade::run(&args),
         Command::EvalSynthetic(args) => cmd::eval_synthetic::run(&args),
-        Command::BenchGenerate(args) => cmd::bench_generate::run(&args),
-        Command::BenchTrain(args) => cmd::bench_train::run(&args),
-        Command::BenchVision(args) => cmd::bench_vision::run(&args),
+        Command::BenchGenerate(args) => cmd::bench::generate::run(&args),
+        Command::BenchTrain(args) => cmd::bench::train::run(&args),
+        Command::BenchVision(args) => cmd::bench::vision::run(&args),
         Command::Plan(args) => cmd::plan::run(&args),
         Command::MergeLora(args) => cmd::merge_lora::run(&args),
     };

@@ -1,8 +1,9 @@
-//! `llava eval` end to end on the synthetic split with the tiny model: answers land in LLaVA's
-//! answer format, a second run recomputes nothing, and a run cut short resumes.
+//! `llava eval` ([`llava::benchmarks::run`]) end to end on the synthetic split with the tiny
+//! model: answers land in LLaVA's answer format, a second run recomputes nothing, and a run cut
+//! short resumes.
 
+use llava::benchmarks::{EvalArgs, run};
 use llava::eval::runner::Bench;
-use llava::eval_cmd::{EvalArgs, run};
 
 #[test]
 fn answers_are_written_scored_and_resumed() {

@@ -3,6 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use llava::data::{Dataset, ImageSource, RecordFile, Template, Templater};
+use llava::gemma_lm::GemmaTokenizer;
+use llava::vision_encoders::processing::{ImageProcessor, ProcessorConfig};
+
 /// Its subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum Args {
@@ -43,6 +47,7 @@ pub enum Args {
     },
 }
 
+/// The dataset to open, and how to tokenize it.
 #[derive(Debug, clap::Args)]
 pub struct DataArgs {
     /// The JSON list of records (chat.json, blip_laion_cc_sbu_558k.json, llava_v1_5_mix665k.json).
@@ -66,15 +71,35 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
-    fn options(&self) -> llava::data_cmd::DataOptions {
-        llava::data_cmd::DataOptions {
-            data: self.data.clone(),
-            images: self.images.clone(),
-            template: self.template.clone(),
-            tokenizer: self.tokenizer.clone(),
-            tokens_per_image: self.tokens_per_image,
-            max_length: self.max_length,
-        }
+    /// Opens the dataset: its records, its images, and the template with the tokenizer (the
+    /// built-in tiny one by default) and CLIP-336's image processing.
+    fn open(&self) -> llava::Result<Dataset> {
+        let template = Template::parse(&self.template).ok_or_else(|| {
+            llava::Error::Unsupported(format!(
+                "unknown template `{}` (gemma, plain)",
+                self.template
+            ))
+        })?;
+        let mut tokenizer = match &self.tokenizer {
+            Some(path) => GemmaTokenizer::from_file(path)?,
+            None => llava::data::builtin_tokenizer(),
+        };
+        let image_token = tokenizer.add_special_token(llava::data::template::IMAGE_MARK);
+        let (records, bad_records) = RecordFile::open(&self.data)?;
+        let images = self.images.as_deref().map(ImageSource::open).transpose()?;
+        Ok(Dataset {
+            records,
+            bad_records,
+            images,
+            templater: Templater {
+                tokenizer,
+                template,
+                image_token,
+                tokens_per_image: self.tokens_per_image,
+                max_length: self.max_length,
+            },
+            processor: ImageProcessor::new(ProcessorConfig::clip_336()),
+        })
     }
 }
 
@@ -85,37 +110,8 @@ pub fn run(command: &Args) -> llava::Result<ExitCode> {
             data,
             json,
             no_decode,
-        } => {
-            let dataset = llava::data_cmd::open(&data.options())?;
-            // A progress bar on a terminal: the 665K mix takes minutes.
-            let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
-                let bar = indicatif::ProgressBar::new(dataset.records.len() as u64);
-                bar.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{bar:30} {pos}/{len} records  {per_sec}  {elapsed} elapsed, {eta} left",
-                    )
-                    .expect("a valid template"),
-                );
-                bar
-            });
-            let report = llava::data::check_with_progress(&dataset, !no_decode, |done| {
-                if let Some(bar) = &bar {
-                    bar.set_position(done as u64);
-                }
-            });
-            if let Some(bar) = bar {
-                bar.finish_and_clear();
-            }
-            if *json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&report).expect("reports serialise")
-                );
-            } else {
-                print!("{}", llava::data_cmd::summary(&report, &data.data));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => check(data, *json, !no_decode)?,
+        Args::Show { data, index, id } => show(data, *index, id.as_deref())?,
         Args::MixLike {
             output,
             records,
@@ -127,22 +123,80 @@ pub fn run(command: &Args) -> llava::Result<ExitCode> {
                 output.display(),
                 bytes as f64 / 1e6
             );
-            Ok(ExitCode::SUCCESS)
-        }
-        Args::Show { data, index, id } => {
-            let dataset = llava::data_cmd::open(&data.options())?;
-            let index = match id {
-                Some(id) => dataset
-                    .records
-                    .iter()
-                    .position(|r| r.is_ok_and(|r| &r.id == id))
-                    .ok_or_else(|| {
-                        llava::Error::Unsupported(format!("no usable record has id `{id}`"))
-                    })?,
-                None => *index,
-            };
-            print!("{}", llava::data_cmd::show(&dataset, index)?);
-            Ok(ExitCode::SUCCESS)
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `llava data check`: every record checked (images decoded when `decode`), with a progress bar
+/// on a terminal; the report as JSON or as a summary.
+fn check(data: &DataArgs, json: bool, decode: bool) -> llava::Result<()> {
+    let dataset = data.open()?;
+    // A progress bar on a terminal: the 665K mix takes minutes.
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let bar = indicatif::ProgressBar::new(dataset.records.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} records  {per_sec}  {elapsed} elapsed, {eta} left",
+            )
+            .expect("a valid template"),
+        );
+        bar
+    });
+    let report = llava::data::check_with_progress(&dataset, decode, |done| {
+        if let Some(bar) = &bar {
+            bar.set_position(done as u64);
+        }
+    });
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("reports serialise")
+        );
+    } else {
+        print!("{}", report.summary(&data.data));
+    }
+    Ok(())
+}
+
+/// `llava data show`: the usable record at `index` (or with the id `id`) as the model sees it,
+/// each token with its label.
+fn show(data: &DataArgs, index: usize, id: Option<&str>) -> llava::Result<()> {
+    let unsupported = llava::Error::Unsupported;
+    let dataset = data.open()?;
+    let index = match id {
+        Some(id) => dataset
+            .records
+            .iter()
+            .position(|r| r.is_ok_and(|r| r.id == id))
+            .ok_or_else(|| unsupported(format!("no usable record has id `{id}`")))?,
+        None => index,
+    };
+    if index >= dataset.records.len() {
+        return Err(unsupported(format!(
+            "no usable record {index} (there are {})",
+            dataset.records.len()
+        )));
+    }
+    let record = dataset.records.get(index).map_err(|bad| {
+        unsupported(format!(
+            "record #{}: {}: {}",
+            bad.index, bad.reason, bad.detail
+        ))
+    })?;
+    let tokens = dataset
+        .templater
+        .tokenize(&record)
+        .map_err(|(reason, detail)| {
+            unsupported(format!("record {}: {reason}: {detail}", record.id))
+        })?;
+    let table = dataset.templater.render(&tokens)?;
+    print!(
+        "record {} (id {}), image {:?}\n{table}",
+        index, record.id, record.image
+    );
+    Ok(())
 }

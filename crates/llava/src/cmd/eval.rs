@@ -46,8 +46,7 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
         args.bench
             .split(',')
             .map(|b| Bench::parse(b.trim()))
-            .collect::<Result<_, _>>()
-            .map_err(|e| llava::Error::Unsupported(e.to_string()))?
+            .collect::<Result<_, _>>()?
     };
     let model = model_path(&args.model)?;
     // A local model keeps its answers beside it; a model from the Hugging Face cache in out/eval/.
@@ -56,7 +55,7 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
     } else {
         PathBuf::from("out/eval").join(args.model.to_string_lossy().replace('/', "--"))
     };
-    let eval_args = llava::eval_cmd::EvalArgs {
+    let eval_args = llava::benchmarks::EvalArgs {
         model,
         benches,
         data: args.data.clone(),
@@ -68,7 +67,7 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
     };
     std::fs::create_dir_all(&eval_args.output)
         .map_err(|e| llava::Error::io(&eval_args.output, e))?;
-    let result = llava::eval_cmd::run(&eval_args, |line| eprintln!("{line}"))?;
+    let result = llava::benchmarks::run(&eval_args, |line| eprintln!("{line}"))?;
     let text = serde_json::to_string_pretty(&result).expect("serialises");
     llava::foundation::write_atomic(eval_args.output.join("scores.json"), text.as_bytes())?;
     if args.json {
@@ -76,7 +75,7 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
     } else {
         println!(
             "{text}\n\n{}",
-            llava::eval_cmd::markdown_row(&result["row"])
+            llava::eval::table::markdown_row(&result["row"])
         );
     }
     Ok(ExitCode::SUCCESS)

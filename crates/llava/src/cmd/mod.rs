@@ -1,10 +1,9 @@
-//! The subcommands of `llava`, a file each: its arguments and its handler. What several share
-//! (sampling flags, device and dtype, model names, JSON output) is here.
+//! The subcommands of `llava`, a room each (a file, or a folder when it grows: `bench/`): its
+//! arguments, its handler and what only it uses. What several share (sampling flags, device and
+//! dtype, model names, JSON output) is here, and the launcher of local ranks in [`launch`].
 
 pub mod assemble;
-pub mod bench_generate;
-pub mod bench_train;
-pub mod bench_vision;
+pub mod bench;
 pub mod chat;
 pub mod data;
 pub mod eval;
@@ -12,6 +11,7 @@ pub mod eval_synthetic;
 pub mod generate;
 pub mod generate_text;
 pub mod grade;
+pub mod launch;
 pub mod merge_lora;
 pub mod parity;
 pub mod plan;
@@ -26,6 +26,7 @@ use llava::chat::ImageChat;
 use llava::foundation::device::{parse_device, parse_kind};
 use llava::gemma_lm::GenerationConfig;
 
+/// The device and dtype of `--device` and `--dtype` (the device's default dtype when not given).
 pub fn device_and_kind(
     device: &str,
     dtype: &Option<String>,

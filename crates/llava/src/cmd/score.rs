@@ -31,7 +31,7 @@ pub struct Args {
     /// POPE: pair answers with labels by `position` (LLaVA's eval_pope.py) or by `image-question`
     /// (for label files whose order does not follow LLaVA's question file).
     #[arg(long, default_value = "position")]
-    pair_by: llava::score_cmd::Pairing,
+    pair_by: llava::eval::score::pope::Pairing,
     /// Print one JSON object on one line (the default prints it indented).
     #[arg(long)]
     json: bool,
@@ -39,8 +39,8 @@ pub struct Args {
 
 /// Runs `llava score`.
 pub fn run(args: &Args) -> llava::Result<ExitCode> {
-    let value = llava::score_cmd::score_with(
-        &llava::score_cmd::ScoreArgs {
+    let value = llava::eval::scoring::score_with(
+        &llava::eval::scoring::ScoreFiles {
             bench: args.bench.clone(),
             answers: args.answers.clone(),
             questions: args.questions.clone(),

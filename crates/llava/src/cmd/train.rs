@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use super::model_path;
+use llava::gemma_lm::LoraSpec;
+use llava::trainer::{RunConfig, Summary};
+
+use super::{launch, model_path};
 
 /// Its arguments.
 #[derive(Debug, clap::Args)]
@@ -126,110 +129,147 @@ pub struct Args {
 
 /// Runs `llava train`.
 pub fn run(args: &Args) -> llava::Result<ExitCode> {
-    if args.nproc_per_node > 1 && !llava::launch::launched() {
-        llava::launch::run_local(args.nproc_per_node)?;
+    if args.nproc_per_node > 1 && !launch::launched() {
+        launch::run_local(args.nproc_per_node)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let leader = llava::launch::leader();
-    let default_output = PathBuf::from(if args.stage == 1 {
-        "out/pretrain"
-    } else {
-        "out/finetune"
-    });
-    let mut config = llava::trainer::RunConfig::preset(
-        &args.preset,
-        args.stage,
-        args.output.clone().unwrap_or(default_output),
-    )
-    .map_err(|e| llava::Error::Unsupported(e.to_string()))?;
-    config.lm = args.lm.as_deref().map(model_path).transpose()?;
-    config.vision = args.vision.as_deref().map(model_path).transpose()?;
-    if let Some(v) = &args.device {
-        config.device = v.clone();
+    let leader = launch::leader();
+    let config = args.config()?;
+    if leader {
+        announce(&config);
     }
-    if let Some(v) = args.max_length {
-        config.max_length = v;
+    let start = Instant::now();
+    let summary = train(&config, leader)?;
+    if leader {
+        report(&summary, start, &config);
     }
-    config.data = args.data.clone();
-    config.images = args.images.clone();
-    config.connector = match (&args.connector, args.stage, args.skip_pretraining) {
-        (Some(file), _, _) => Some(file.clone()),
-        // A whole model brings its own connector.
-        (None, _, _) if args.model.is_some() => None,
-        (None, 2, false) => {
-            Some(PathBuf::from("out/pretrain/connector.safetensors")).filter(|p| p.exists())
+    Ok(ExitCode::SUCCESS)
+}
+
+impl Args {
+    /// The run's configuration: the preset's, with what the flags say.
+    fn config(&self) -> llava::Result<RunConfig> {
+        let default_output = PathBuf::from(if self.stage == 1 {
+            "out/pretrain"
+        } else {
+            "out/finetune"
+        });
+        let output = self.output.clone().unwrap_or(default_output);
+        let mut config = RunConfig::preset(&self.preset, self.stage, output)
+            .map_err(|e| llava::Error::Unsupported(e.to_string()))?;
+        config.lm = self.lm.as_deref().map(model_path).transpose()?;
+        config.vision = self.vision.as_deref().map(model_path).transpose()?;
+        if let Some(v) = &self.device {
+            config.device = v.clone();
         }
-        _ => None,
-    };
-    if let Some(v) = args.lr {
-        config.lr = v;
+        if let Some(v) = self.max_length {
+            config.max_length = v;
+        }
+        config.data = self.data.clone();
+        config.images = self.images.clone();
+        config.connector = self.connector();
+        self.schedule(&mut config);
+        config.resume = self.resume.clone();
+        config.model = self.model.as_deref().map(model_path).transpose()?;
+        self.lora(&mut config);
+        if self.connector_lr.is_some() {
+            config.connector_lr = self.connector_lr;
+        }
+        config.activation_checkpointing = self.activation_checkpointing;
+        config.shard_optimizer = !self.no_shard_optimizer;
+        config.pack = self.pack;
+        config.dist_timeout_s = self.dist_timeout;
+        Ok(config)
     }
-    if let Some(v) = args.micro_batch {
-        config.micro_batch = v;
+
+    /// The connector file to start from: `--connector`, else stage 1's output for stage 2 (unless
+    /// `--skip-pretraining` or a whole `--model`, which brings its own).
+    fn connector(&self) -> Option<PathBuf> {
+        match (&self.connector, self.stage, self.skip_pretraining) {
+            (Some(file), _, _) => Some(file.clone()),
+            // A whole model brings its own connector.
+            (None, _, _) if self.model.is_some() => None,
+            (None, 2, false) => {
+                Some(PathBuf::from("out/pretrain/connector.safetensors")).filter(|p| p.exists())
+            }
+            _ => None,
+        }
     }
-    if let Some(v) = args.global_batch {
-        config.global_batch = v;
+
+    /// The learning rate, batches, epochs, seed, data size, steps and checkpoints the flags set.
+    fn schedule(&self, config: &mut RunConfig) {
+        if let Some(v) = self.lr {
+            config.lr = v;
+        }
+        if let Some(v) = self.micro_batch {
+            config.micro_batch = v;
+        }
+        if let Some(v) = self.global_batch {
+            config.global_batch = v;
+        }
+        if let Some(v) = self.epochs {
+            config.epochs = v;
+        }
+        if let Some(v) = self.seed {
+            config.seed = v;
+        }
+        if let Some(v) = self.synthetic_images {
+            config.synthetic_images = v;
+        }
+        config.max_steps = self.max_steps;
+        if self.save_every.is_some() {
+            config.save_every = self.save_every;
+        }
     }
-    if let Some(v) = args.epochs {
-        config.epochs = v;
-    }
-    if let Some(v) = args.seed {
-        config.seed = v;
-    }
-    if let Some(v) = args.synthetic_images {
-        config.synthetic_images = v;
-    }
-    config.max_steps = args.max_steps;
-    if args.save_every.is_some() {
-        config.save_every = args.save_every;
-    }
-    config.resume = args.resume.clone();
-    config.model = args.model.as_deref().map(model_path).transpose()?;
-    let lora = args.lora
-        || args.lora_r.is_some()
-        || args.lora_alpha.is_some()
-        || args.lora_dropout.is_some()
-        || args.lora_targets.is_some()
-        || args.lora_rslora;
-    if lora {
-        let defaults = llava::gemma_lm::LoraSpec::llava();
-        config.lora = Some(llava::gemma_lm::LoraSpec {
-            r: args.lora_r.unwrap_or(defaults.r),
-            alpha: args.lora_alpha.unwrap_or(defaults.alpha),
-            dropout: args.lora_dropout.unwrap_or(defaults.dropout),
-            rslora: args.lora_rslora,
-            targets: args.lora_targets.clone().unwrap_or(defaults.targets),
+
+    /// LoRA adapters when any LoRA flag is given, with finetune_lora.sh's learning rates for real
+    /// models where the flags do not set them.
+    fn lora(&self, config: &mut RunConfig) {
+        let lora = self.lora
+            || self.lora_r.is_some()
+            || self.lora_alpha.is_some()
+            || self.lora_dropout.is_some()
+            || self.lora_targets.is_some()
+            || self.lora_rslora;
+        if !lora {
+            return;
+        }
+        let defaults = LoraSpec::llava();
+        config.lora = Some(LoraSpec {
+            r: self.lora_r.unwrap_or(defaults.r),
+            alpha: self.lora_alpha.unwrap_or(defaults.alpha),
+            dropout: self.lora_dropout.unwrap_or(defaults.dropout),
+            rslora: self.lora_rslora,
+            targets: self.lora_targets.clone().unwrap_or(defaults.targets),
         });
         // finetune_lora.sh's rates for real models; the tiny preset keeps its own.
-        if config.preset != "tiny" && args.lr.is_none() {
+        if config.preset != "tiny" && self.lr.is_none() {
             config.lr = 2e-4;
         }
-        if config.preset != "tiny" && args.connector_lr.is_none() {
+        if config.preset != "tiny" && self.connector_lr.is_none() {
             config.connector_lr = Some(2e-5);
         }
     }
-    if args.connector_lr.is_some() {
-        config.connector_lr = args.connector_lr;
-    }
-    config.activation_checkpointing = args.activation_checkpointing;
-    config.shard_optimizer = !args.no_shard_optimizer;
-    config.pack = args.pack;
-    config.dist_timeout_s = args.dist_timeout;
-    if leader {
-        eprintln!(
-            "stage {} ({}), output {}, connector {}",
-            config.stage,
-            config.preset,
-            config.output.display(),
-            match (&config.connector, &config.model) {
-                (Some(c), _) => c.display().to_string(),
-                (None, Some(m)) => format!("from {}", m.display()),
-                (None, None) => "random".into(),
-            }
-        );
-    }
-    let start = Instant::now();
-    // A progress bar on a terminal; one plain line per step (every tenth on long runs) otherwise.
+}
+
+/// Says what is about to train, and from where.
+fn announce(config: &RunConfig) {
+    eprintln!(
+        "stage {} ({}), output {}, connector {}",
+        config.stage,
+        config.preset,
+        config.output.display(),
+        match (&config.connector, &config.model) {
+            (Some(c), _) => c.display().to_string(),
+            (None, Some(m)) => format!("from {}", m.display()),
+            (None, None) => "random".into(),
+        }
+    );
+}
+
+/// Trains as `config` says. The leader shows progress: a bar on a terminal; one plain line per
+/// step (every tenth on long runs) otherwise.
+fn train(config: &RunConfig, leader: bool) -> llava::Result<Summary> {
     let bar = (leader && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
@@ -240,7 +280,7 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
         );
         bar
     });
-    let summary = llava::trainer::run(&config, |m| match &bar {
+    let summary = llava::trainer::run(config, |m| match &bar {
         Some(bar) => {
             bar.set_length(m.total_steps as u64);
             bar.set_position(m.step as u64);
@@ -261,9 +301,11 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
     if let Some(bar) = bar {
         bar.finish();
     }
-    if !leader {
-        return Ok(ExitCode::SUCCESS);
-    }
+    Ok(summary)
+}
+
+/// What the run did, since `start`, and where it wrote.
+fn report(summary: &Summary, start: Instant, config: &RunConfig) {
     eprintln!(
         "done in {:.1}s: {} steps, {} samples, {} skipped, loss {:.4} -> {:.4}",
         start.elapsed().as_secs_f64(),
@@ -284,5 +326,4 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
         );
     }
     eprintln!("wrote {}", config.output.display());
-    Ok(ExitCode::SUCCESS)
 }

@@ -46,25 +46,24 @@ pub fn without_nproc(args: &[String]) -> Vec<String> {
 /// Runs this program's command line again as `n` local ranks and waits for them. When a rank
 /// fails, the others get [`GRACE`] to stop (each says which rank it lost), then are killed; the
 /// answer says which rank failed and how.
-pub fn run_local(n: usize) -> crate::Result<()> {
+pub fn run_local(n: usize) -> llava::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     spawn(n, &without_nproc(&args), false).map(|_| ())
 }
 
 /// Runs this program with `args` as `n` local ranks, as [`run_local`] does, and answers what
 /// rank 0 printed on its standard output.
-pub fn run_local_output(n: usize, args: &[String]) -> crate::Result<String> {
+pub fn run_local_output(n: usize, args: &[String]) -> llava::Result<String> {
     spawn(n, &without_nproc(args), true)
 }
 
-fn spawn(n: usize, args: &[String], capture: bool) -> crate::Result<String> {
+/// Starts `n` ranks of this program with `args`, rank 0's standard output captured when
+/// `capture`; waits for them (see [`watch`]) and answers what rank 0 printed.
+fn spawn(n: usize, args: &[String], capture: bool) -> llava::Result<String> {
     let program = std::env::current_exe()
-        .map_err(|e| crate::Error::Unsupported(format!("finding this program: {e}")))?;
+        .map_err(|e| llava::Error::Unsupported(format!("finding this program: {e}")))?;
     // torchrun's way: a port the system says is free now.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| crate::Error::Unsupported(format!("finding a free port: {e}")))?
-        .port();
+    let port = free_port()?;
     let mut children: Vec<Option<Child>> = Vec::with_capacity(n);
     let mut reader = None;
     for rank in 0..n {
@@ -88,7 +87,7 @@ fn spawn(n: usize, args: &[String], capture: bool) -> crate::Result<String> {
                     let _ = child.kill();
                     let _ = child.wait();
                 }
-                return Err(crate::Error::Unsupported(format!(
+                return Err(llava::Error::Unsupported(format!(
                     "starting rank {rank}: {e}"
                 )));
             }
@@ -102,6 +101,23 @@ fn spawn(n: usize, args: &[String], capture: bool) -> crate::Result<String> {
         }
         children.push(Some(child));
     }
+    let failure = watch(&mut children);
+    let output = reader
+        .map(|r| r.join().unwrap_or_default())
+        .unwrap_or_default();
+    match failure {
+        None => Ok(output),
+        Some((rank, status)) => Err(llava::Error::Unsupported(format!(
+            "rank {rank} of {n} failed ({}); the run can continue from its last checkpoint \
+             with --resume",
+            describe(status)
+        ))),
+    }
+}
+
+/// Waits for the ranks `children` until all have ended, or until [`GRACE`] after the first
+/// failure, then kills those left; answers the first rank that failed and how.
+fn watch(children: &mut [Option<Child>]) -> Option<(usize, ExitStatus)> {
     let mut failure: Option<(usize, ExitStatus)> = None;
     let mut failed_at: Option<Instant> = None;
     loop {
@@ -116,7 +132,7 @@ fn spawn(n: usize, args: &[String], capture: bool) -> crate::Result<String> {
             }
         }
         if children.iter().all(Option::is_none) {
-            break;
+            return failure;
         }
         if failed_at.is_some_and(|t| t.elapsed() > GRACE) {
             for (rank, child) in children.iter_mut().enumerate() {
@@ -126,21 +142,18 @@ fn spawn(n: usize, args: &[String], capture: bool) -> crate::Result<String> {
                     let _ = child.wait();
                 }
             }
-            break;
+            return failure;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let output = reader
-        .map(|r| r.join().unwrap_or_default())
-        .unwrap_or_default();
-    match failure {
-        None => Ok(output),
-        Some((rank, status)) => Err(crate::Error::Unsupported(format!(
-            "rank {rank} of {n} failed ({}); the run can continue from its last checkpoint \
-             with --resume",
-            describe(status)
-        ))),
-    }
+}
+
+/// A port on the loopback that the system says is free now.
+pub fn free_port() -> llava::Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| llava::Error::Unsupported(format!("finding a free port: {e}")))
 }
 
 fn describe(status: ExitStatus) -> String {

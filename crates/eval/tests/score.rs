@@ -1,8 +1,9 @@
-//! `llava score` end to end on small files in the benchmarks' own formats.
+//! Scoring benchmarks from their files (what `llava score` runs) on small files in the
+//! benchmarks' own formats.
 
 use std::fs;
 
-use llava::score_cmd::{ScoreArgs, score};
+use eval::scoring::{ScoreFiles, score};
 
 #[test]
 fn pope_pairs_answers_with_labels_by_position_within_a_category() {
@@ -36,12 +37,12 @@ fn pope_pairs_answers_with_labels_by_position_within_a_category() {
          {\"question_id\": 77, \"text\": \"yes\"}\n",
     )
     .unwrap();
-    let v = score(&ScoreArgs {
+    let v = score(&ScoreFiles {
         bench: "pope".into(),
         answers: Some(dir.path().join("answers.jsonl")),
         questions: Some(dir.path().join("questions.jsonl")),
         annotations: Some(labels),
-        ..ScoreArgs::default()
+        ..ScoreFiles::default()
     })
     .unwrap();
     assert_eq!(v["adversarial"]["accuracy"], 1.0);
@@ -64,10 +65,10 @@ fn mme_reads_a_folder_of_result_files() {
         "b.png\tQ1\tYes\tyes\nb.png\tQ2\tNo\tyes\n",
     )
     .unwrap();
-    let v = score(&ScoreArgs {
+    let v = score(&ScoreFiles {
         bench: "mme".into(),
         answers: Some(dir.path().to_path_buf()),
-        ..ScoreArgs::default()
+        ..ScoreFiles::default()
     })
     .unwrap();
     assert_eq!(v["perception"], 200.0);
@@ -77,17 +78,17 @@ fn mme_reads_a_folder_of_result_files() {
 
 #[test]
 fn missing_inputs_name_the_flag() {
-    let err = score(&ScoreArgs {
+    let err = score(&ScoreFiles {
         bench: "gqa".into(),
         answers: Some("nowhere.jsonl".into()),
-        ..ScoreArgs::default()
+        ..ScoreFiles::default()
     })
     .unwrap_err()
     .to_string();
     assert!(err.contains("--annotations"), "{err}");
-    let err = score(&ScoreArgs {
+    let err = score(&ScoreFiles {
         bench: "nope".into(),
-        ..ScoreArgs::default()
+        ..ScoreFiles::default()
     })
     .unwrap_err()
     .to_string();

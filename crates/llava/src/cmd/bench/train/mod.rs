@@ -1,9 +1,18 @@
-//! `llava bench-train`: training steps on a random-weight preset.
+//! `llava bench-train`: training steps on a random-weight preset, on one rank or on several
+//! (`--nproc-per-node`, against one rank measured in the same run).
+
+mod inputs;
+mod steps;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::rc::Rc;
 
-use super::print_json;
+use llava::trainer::dist::{Backend, DistError, Launch, ProcessGroup};
+use tch::Device;
+
+use crate::cmd::{launch, print_json};
+use steps::TrainShape;
 
 /// Its arguments.
 #[derive(Debug, clap::Args)]
@@ -81,77 +90,91 @@ pub fn run(a: &Args) -> llava::Result<ExitCode> {
             "--pack packs samples of different lengths: add --length-mix".into(),
         ));
     }
-    if a.nproc_per_node > 1 && !llava::launch::launched() {
+    if a.nproc_per_node > 1 && !launch::launched() {
         return scaling(a);
     }
     if let Some(threads) = a.threads {
         tch::set_num_threads(threads as i32);
     }
-    use llava::trainer::dist::{Backend, Launch, ProcessGroup};
-    let unsupported = |e: llava::trainer::dist::DistError| llava::Error::Unsupported(e.to_string());
-    let launch = match Launch::from_env().map_err(unsupported)? {
-        Some(launch) if launch.world > 1 => Some(launch),
-        _ if a.dist_backend.is_some() => Some(Launch::alone(free_port()?)),
-        _ => None,
-    };
+    let launch = how_launched(a)?;
     let mut device = llava::foundation::device::parse_device(&a.device)?;
     let group = match &launch {
-        Some(launch) => {
-            if device.is_cuda() {
-                device = tch::Device::Cuda(launch.local_rank);
-            }
-            let backend = match &a.dist_backend {
-                Some(name) => Backend::named(device, name),
-                None => Backend::for_device(device),
-            }
-            .map_err(unsupported)?;
-            let timeout = std::time::Duration::from_secs(600);
-            let group = ProcessGroup::from_launch(launch, timeout, backend).map_err(unsupported)?;
-            Some(std::rc::Rc::new(group))
-        }
+        Some(launch) => Some(process_group(a, launch, &mut device)?),
         None => None,
     };
-    let small = a.preset == "bench-small";
-    let shape = llava::bench::TrainShape {
-        stage: a.stage,
-        micro_batch: a
-            .micro_batch
-            .unwrap_or(if small || a.stage == 2 { 4 } else { 8 }),
-        seq: a.seq.unwrap_or(if small {
-            256
-        } else if a.stage == 1 {
-            640
-        } else {
-            1024
-        }),
-        loss_tokens: a.loss_tokens.or(small.then_some(96)),
-        steps: a.steps,
-        warmup: a.warmup,
-        // One profile per job: rank 0's.
-        profile: a.profile.clone().filter(|_| llava::launch::leader()),
-        lora: a.lora_r.map(|r| llava::gemma_lm::LoraSpec {
-            r,
-            alpha: 2.0 * r as f64,
-            dropout: a.lora_dropout,
-            ..llava::gemma_lm::LoraSpec::llava()
-        }),
-        activation_checkpointing: a.activation_checkpointing,
-        length_mix: a.length_mix,
-        pack: a.pack,
-    };
-    let report = llava::bench::train_on(&a.preset, device, &shape, group)?;
-    if llava::launch::leader() {
+    let report = steps::measure(&a.preset, device, &a.shape(), group)?;
+    if launch::leader() {
         print_json(&report, a.json);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// A free port on the loopback for a group of one's store.
-fn free_port() -> llava::Result<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| llava::Error::Unsupported(format!("finding a free port: {e}")))
+impl Args {
+    /// What to measure: the flags, with the preset's defaults where they are not given.
+    fn shape(&self) -> TrainShape {
+        let small = self.preset == "bench-small";
+        TrainShape {
+            stage: self.stage,
+            micro_batch: self
+                .micro_batch
+                .unwrap_or(if small || self.stage == 2 { 4 } else { 8 }),
+            seq: self.seq.unwrap_or(if small {
+                256
+            } else if self.stage == 1 {
+                640
+            } else {
+                1024
+            }),
+            loss_tokens: self.loss_tokens.or(small.then_some(96)),
+            steps: self.steps,
+            warmup: self.warmup,
+            // One profile per job: rank 0's.
+            profile: self.profile.clone().filter(|_| launch::leader()),
+            lora: self.lora_r.map(|r| llava::gemma_lm::LoraSpec {
+                r,
+                alpha: 2.0 * r as f64,
+                dropout: self.lora_dropout,
+                ..llava::gemma_lm::LoraSpec::llava()
+            }),
+            activation_checkpointing: self.activation_checkpointing,
+            length_mix: self.length_mix,
+            pack: self.pack,
+        }
+    }
+}
+
+/// How this rank was launched: by a launcher that started several, or alone when
+/// `--dist-backend` asks for a group of one; `None` without a process group.
+fn how_launched(a: &Args) -> llava::Result<Option<Launch>> {
+    Ok(match Launch::from_env().map_err(dist_error)? {
+        Some(launch) if launch.world > 1 => Some(launch),
+        _ if a.dist_backend.is_some() => Some(Launch::alone(launch::free_port()?)),
+        _ => None,
+    })
+}
+
+/// The process group of `launch`, on the backend `--dist-backend` names (or the device's). A CUDA
+/// rank moves to its local GPU.
+fn process_group(
+    a: &Args,
+    launch: &Launch,
+    device: &mut Device,
+) -> llava::Result<Rc<ProcessGroup>> {
+    if device.is_cuda() {
+        *device = Device::Cuda(launch.local_rank);
+    }
+    let backend = match &a.dist_backend {
+        Some(name) => Backend::named(*device, name),
+        None => Backend::for_device(*device),
+    }
+    .map_err(dist_error)?;
+    let timeout = std::time::Duration::from_secs(600);
+    let group = ProcessGroup::from_launch(launch, timeout, backend).map_err(dist_error)?;
+    Ok(Rc::new(group))
+}
+
+fn dist_error(e: DistError) -> llava::Error {
+    llava::Error::Unsupported(e.to_string())
 }
 
 /// One rank, then N ranks, each with the same threads, and what N ranks make of one.
@@ -172,7 +195,7 @@ fn scaling(a: &Args) -> llava::Result<ExitCode> {
     };
     let program = std::env::current_exe()
         .map_err(|e| llava::Error::Unsupported(format!("finding this program: {e}")))?;
-    let without = llava::launch::without_nproc(&args);
+    let without = launch::without_nproc(&args);
     let one = std::process::Command::new(&program)
         .args(&without)
         .output()
@@ -185,7 +208,7 @@ fn scaling(a: &Args) -> llava::Result<ExitCode> {
     }
     let one = parse(&String::from_utf8_lossy(&one.stdout), "the one-rank run")?;
     let many = parse(
-        &llava::launch::run_local_output(n, &args)?,
+        &launch::run_local_output(n, &args)?,
         &format!("rank 0 of {n}"),
     )?;
     let rate = |r: &serde_json::Value| r["tokens_per_s"].as_f64().unwrap_or(f64::NAN);

@@ -1,0 +1,301 @@
+//! A benchmark scored from its files by the rules of [`crate::score`]: the answer (or
+//! grade) file and the reference files read, scored, and returned as one JSON object, which is
+//! what `llava score` prints.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::Error;
+use crate::score::pope::Pairing;
+use crate::score::{self, read_answers, read_json, read_jsonl};
+
+/// The benchmarks [`score()`] knows.
+pub const BENCHES: [&str; 7] = ["gqa", "mme", "pope", "vqav2", "sqa", "mmvp", "mmvet"];
+
+/// The files of one benchmark to score.
+#[derive(Debug, Clone, Default)]
+pub struct ScoreFiles {
+    /// gqa, mme, pope, vqav2, sqa, mmvp or mmvet.
+    pub bench: String,
+    /// The answer file (or directory: MME's result files; several `.jsonl` chunks).
+    pub answers: Option<PathBuf>,
+    /// The question file (POPE: llava_pope_test.jsonl; VQAv2: the questions scored; MMVP:
+    /// Questions.csv).
+    pub questions: Option<PathBuf>,
+    /// The reference answers (GQA questions JSON, POPE label folder, VQAv2 annotations, the
+    /// ScienceQA folder, mm-vet.json).
+    pub annotations: Option<PathBuf>,
+    /// The judge's grades (MMVP, MM-Vet).
+    pub grades: Option<PathBuf>,
+    /// VQAv2: where to write the test-dev submission file.
+    pub submission: Option<PathBuf>,
+}
+
+impl ScoreFiles {
+    /// The file given as `value`, or the error that names its flag (`--{flag}`) and says `what`
+    /// it is.
+    fn need<'a>(
+        &self,
+        value: &'a Option<PathBuf>,
+        flag: &str,
+        what: &str,
+    ) -> Result<&'a Path, Error> {
+        value.as_deref().ok_or_else(|| {
+            Error::Request(format!(
+                "`llava score --bench {}` needs --{flag} ({what})",
+                self.bench
+            ))
+        })
+    }
+
+    /// The model's answers.
+    fn read_answers(&self) -> Result<score::Answers, Error> {
+        read_answers(self.need(&self.answers, "answers", "the model's answer file")?)
+    }
+
+    /// The judge's grades, JSON lines.
+    fn read_grades(&self) -> Result<Vec<Value>, Error> {
+        Ok(read_jsonl(self.need(&self.grades, "grades", "the judge's grades")?)?.0)
+    }
+}
+
+/// Scores as `files` says and returns the JSON object `llava score` prints; POPE pairs answers
+/// with labels by position, as LLaVA's `eval_pope.py` does.
+pub fn score(files: &ScoreFiles) -> Result<Value, Error> {
+    score_with(files, Pairing::Position)
+}
+
+/// [`score()`], with POPE's answers paired with labels as `pairing` says. When positional pairing
+/// meets answers whose image or question is not their label's, a warning on stderr says so and
+/// suggests `--pair-by image-question` (the details are in the score's `issues`).
+pub fn score_with(files: &ScoreFiles, pairing: Pairing) -> Result<Value, Error> {
+    let mut value = match files.bench.as_str() {
+        "gqa" => gqa(files)?,
+        "mme" => json!(score::mme::score(files.need(
+            &files.answers,
+            "answers",
+            "a folder of MME <subtask>.txt result files"
+        )?)?),
+        "pope" => pope(files, pairing)?,
+        "vqav2" => vqav2(files)?,
+        "sqa" => sqa(files)?,
+        "mmvp" => {
+            let grades = files.read_grades()?;
+            let questions = files.questions.as_deref().map(csv_rows).transpose()?;
+            json!(score::mmvp::score(&grades, questions))
+        }
+        "mmvet" => {
+            let grades = files.read_grades()?;
+            let annotations =
+                read_json(files.need(&files.annotations, "annotations", "mm-vet.json")?)?;
+            json!(score::mmvet::score(&grades, &annotations))
+        }
+        other => {
+            return Err(Error::Request(format!(
+                "unknown benchmark `{other}` (one of {})",
+                BENCHES.join(", ")
+            )));
+        }
+    };
+    value["bench"] = json!(files.bench);
+    Ok(value)
+}
+
+/// GQA against its questions file.
+fn gqa(files: &ScoreFiles) -> Result<Value, Error> {
+    let questions = read_json(files.need(
+        &files.annotations,
+        "annotations",
+        "GQA's testdev_balanced_questions.json",
+    )?)?;
+    Ok(json!(score::gqa::score(files.read_answers()?, &questions)))
+}
+
+/// POPE against its label folder, warning when positional pairing met other questions' labels.
+fn pope(files: &ScoreFiles, pairing: Pairing) -> Result<Value, Error> {
+    let (questions, _) =
+        read_jsonl(files.need(&files.questions, "questions", "llava_pope_test.jsonl")?)?;
+    let labels = files.need(
+        &files.annotations,
+        "annotations",
+        "the folder of coco_pope_<category>.json files",
+    )?;
+    let s = score::pope::score(files.read_answers()?, &questions, labels, pairing)?;
+    if let Some(warning) = pope_warning(&s) {
+        eprintln!("{warning}");
+    }
+    Ok(json!(s))
+}
+
+/// VQAv2 against the official annotations (the questions of `files.questions` only, when given),
+/// writing the submission file when asked.
+fn vqav2(files: &ScoreFiles) -> Result<Value, Error> {
+    let annotations = read_json(files.need(
+        &files.annotations,
+        "annotations",
+        "the official VQA v2 annotations JSON",
+    )?)?;
+    let answers = files.read_answers()?;
+    let question_ids = files.questions.as_deref().map(question_ids).transpose()?;
+    if let Some(path) = &files.submission {
+        let sub = score::vqav2::submission(&answers, question_ids.as_deref());
+        write(path, &sub)?;
+    }
+    let keys: Option<Vec<String>> = question_ids
+        .as_ref()
+        .map(|ids| ids.iter().filter_map(score::id_key).collect());
+    Ok(json!(score::vqav2::score(
+        answers,
+        &score::vqav2::annotations(&annotations),
+        keys.as_deref()
+    )))
+}
+
+/// ScienceQA's test split against its folder's `problems.json` and `pid_splits.json`.
+fn sqa(files: &ScoreFiles) -> Result<Value, Error> {
+    let dir = files.need(
+        &files.annotations,
+        "annotations",
+        "the ScienceQA folder with problems.json and pid_splits.json",
+    )?;
+    let problems = read_json(&dir.join("problems.json"))?;
+    let splits = read_json(&dir.join("pid_splits.json"))?;
+    let split: Vec<String> = splits["test"]
+        .as_array()
+        .ok_or_else(|| {
+            Error::Request(format!(
+                "{}: no `test` split",
+                dir.join("pid_splits.json").display()
+            ))
+        })?
+        .iter()
+        .filter_map(score::id_key)
+        .collect();
+    Ok(json!(score::sqa::score(
+        files.read_answers()?,
+        &problems,
+        &split
+    )))
+}
+
+/// Writes `value` to `path` atomically.
+pub(crate) fn write(path: &Path, value: &Value) -> Result<(), Error> {
+    foundation::write_atomic(path, value.to_string().as_bytes())
+        .map_err(|e| Error::File(e.to_string()))
+}
+
+/// The warning for positional pairing that paired answers with other questions' labels.
+fn pope_warning(s: &score::pope::Score) -> Option<String> {
+    if s.pairing != Pairing::Position || s.issues.label_mismatches.is_empty() {
+        return None;
+    }
+    let counts: Vec<String> = s
+        .issues
+        .label_mismatches
+        .iter()
+        .map(|(category, m)| {
+            let labels = s.categories.get(category).map_or(0, |c| c.labels);
+            format!("{category}: {} of {labels}", m.count)
+        })
+        .collect();
+    Some(format!(
+        "warning: POPE answers paired by position with labels of another image or question ({}); \
+         the label files do not follow the question file's order: try --pair-by image-question \
+         (examples under issues.label_mismatches)",
+        counts.join(", ")
+    ))
+}
+
+/// Question ids from a LLaVA question file (JSON lines) or an official VQA questions JSON.
+fn question_ids(path: &Path) -> Result<Vec<Value>, Error> {
+    let ids = |list: &[Value]| -> Vec<Value> {
+        list.iter()
+            .filter_map(|q| q.get("question_id").cloned())
+            .collect()
+    };
+    let official = read_json(path).ok().and_then(|value| {
+        value
+            .get("questions")
+            .and_then(Value::as_array)
+            .map(|list| ids(list))
+    });
+    match official {
+        Some(ids) => Ok(ids),
+        None => Ok(ids(&read_jsonl(path)?.0)),
+    }
+}
+
+/// The data rows of a CSV file (MMVP's `Questions.csv`: a header, then one row per question).
+fn csv_rows(path: &Path) -> Result<usize, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::File(format!("{}: {e}", path.display())))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+        .saturating_sub(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two questions of one image, labelled in the other order by the label file.
+    fn shuffled(dir: &Path) -> ScoreFiles {
+        let labels = dir.join("coco");
+        std::fs::create_dir_all(&labels).unwrap();
+        std::fs::write(
+            dir.join("questions.jsonl"),
+            "{\"question_id\": 1, \"image\": \"a.jpg\", \"text\": \"Is there a dog in the image?\\nAnswer the question using a single word or phrase.\", \"category\": \"random\"}\n\
+             {\"question_id\": 2, \"image\": \"a.jpg\", \"text\": \"Is there a cat in the image?\\nAnswer the question using a single word or phrase.\", \"category\": \"random\"}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            labels.join("coco_pope_random.json"),
+            "{\"question_id\": 1, \"image\": \"a.jpg\", \"text\": \"Is there a cat in the image?\", \"label\": \"no\"}\n\
+             {\"question_id\": 2, \"image\": \"a.jpg\", \"text\": \"Is there a dog in the image?\", \"label\": \"yes\"}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("answers.jsonl"),
+            "{\"question_id\": 1, \"text\": \"Yes\"}\n{\"question_id\": 2, \"text\": \"No\"}\n",
+        )
+        .unwrap();
+        ScoreFiles {
+            bench: "pope".into(),
+            answers: Some(dir.join("answers.jsonl")),
+            questions: Some(dir.join("questions.jsonl")),
+            annotations: Some(labels),
+            ..ScoreFiles::default()
+        }
+    }
+
+    #[test]
+    fn pope_pairing_by_position_warns_and_by_image_question_scores() {
+        let dir = std::env::temp_dir().join(format!("eval-score-pope-{}", std::process::id()));
+        let files = shuffled(&dir);
+        let by_position = score(&files).unwrap();
+        assert_eq!(by_position["pairing"], "position");
+        assert_eq!(by_position["random"]["accuracy"], 0.0);
+        assert_eq!(
+            by_position["issues"]["label_mismatches"]["random"]["count"],
+            2
+        );
+        let s = score::pope::score(
+            read_answers(&dir.join("answers.jsonl")).unwrap(),
+            &read_jsonl(&dir.join("questions.jsonl")).unwrap().0,
+            &dir.join("coco"),
+            Pairing::Position,
+        )
+        .unwrap();
+        let warning = pope_warning(&s).unwrap();
+        assert!(warning.contains("random: 2 of 2"), "{warning}");
+        assert!(warning.contains("--pair-by image-question"), "{warning}");
+        let by_image = score_with(&files, Pairing::ImageQuestion).unwrap();
+        assert_eq!(by_image["pairing"], "image-question");
+        assert_eq!(by_image["random"]["accuracy"], 1.0);
+        assert!(by_image["issues"].get("label_mismatches").is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

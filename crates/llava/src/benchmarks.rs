@@ -1,0 +1,143 @@
+//! Answering and scoring benchmarks with a LLaVA model directory, as `llava eval` does: the model,
+//! its tokenizer and its image processor loaded, then each benchmark's questions (found in the
+//! layout of LLaVA's `playground/data/eval`, [`eval::layout`]) answered by [`eval::runner`],
+//! scored, and summed up in the paper's Table 1 row ([`eval::table`]).
+
+use std::path::{Path, PathBuf};
+
+use eval::layout::Layout;
+use eval::runner::{self, Assistant, Bench, RunSettings};
+use gemma_lm::GemmaTokenizer;
+use llava_model::LlavaModel;
+use serde_json::{Value, json};
+use vision_encoders::processing::ImageProcessor;
+
+use crate::Result;
+
+/// What `llava eval` needs.
+#[derive(Debug, Clone)]
+pub struct EvalArgs {
+    /// The LLaVA model directory.
+    pub model: PathBuf,
+    /// The benchmarks to run.
+    pub benches: Vec<Bench>,
+    /// The data root.
+    pub data: PathBuf,
+    /// Where answers and scores go.
+    pub output: PathBuf,
+    /// Questions per batch.
+    pub batch: usize,
+    /// New tokens per answer (each benchmark's default when `None`).
+    pub max_new_tokens: Option<usize>,
+    /// Answer at most this many questions per benchmark (for a quick look; scores then cover
+    /// the answered questions only where the scorer allows).
+    pub limit: Option<usize>,
+    /// `cpu`, `cuda`, `auto`.
+    pub device: String,
+}
+
+/// The model, tokenizer and image processor of a model directory.
+struct Loaded {
+    model: LlavaModel,
+    tokenizer: GemmaTokenizer,
+    processor: ImageProcessor,
+}
+
+impl Loaded {
+    fn open(dir: &Path, device: &str) -> Result<Self> {
+        let device = foundation::device::parse_device(device)?;
+        let kind = foundation::device::default_kind(device);
+        let model = LlavaModel::from_pretrained(dir, device, kind)?;
+        let tokenizer = GemmaTokenizer::from_file(dir)?;
+        let processor = ImageProcessor::new(model.image_processor(Some(dir))?);
+        Ok(Loaded {
+            model,
+            tokenizer,
+            processor,
+        })
+    }
+
+    fn assistant(&self) -> Assistant<'_> {
+        Assistant {
+            model: &self.model,
+            tokenizer: &self.tokenizer,
+            processor: &self.processor,
+        }
+    }
+}
+
+/// Runs and scores each benchmark, passing progress lines to `log`; returns `{"model": dir,
+/// "scores": {bench: score}, "row": {column: value}}`. A benchmark without its question file is
+/// skipped; answers already in the output are kept, so a run cut short resumes.
+pub fn run(args: &EvalArgs, mut log: impl FnMut(&str)) -> Result<Value> {
+    let loaded = Loaded::open(&args.model, &args.device)?;
+    let model_name = args
+        .model
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("model")
+        .to_string();
+    let mut scores = serde_json::Map::new();
+    for &bench in &args.benches {
+        let files = Layout::of(bench, &args.data, &model_name);
+        if !files.questions.exists() {
+            log(&format!(
+                "{}: skipped, no question file at {}",
+                bench.name(),
+                files.questions.display()
+            ));
+            continue;
+        }
+        let value = answer_and_score(&loaded, bench, &files, args, &model_name, &mut log)?;
+        scores.insert(bench.name().to_string(), value);
+    }
+    let row = eval::table::table_row(&scores);
+    Ok(json!({"model": args.model, "scores": scores, "row": row}))
+}
+
+/// Answers `bench`'s questions (those not answered yet) into `<output>/<bench>.jsonl` and scores
+/// them; the score carries the run's statistics under `run`.
+fn answer_and_score(
+    loaded: &Loaded,
+    bench: Bench,
+    files: &Layout,
+    args: &EvalArgs,
+    model_name: &str,
+    log: &mut impl FnMut(&str),
+) -> Result<Value> {
+    let mut questions = runner::read_questions(bench, &files.questions)?;
+    if let Some(n) = args.limit {
+        questions.truncate(n);
+    }
+    let answers = args.output.join(format!("{}.jsonl", bench.name()));
+    let settings = RunSettings {
+        batch: args.batch,
+        max_new_tokens: args.max_new_tokens.unwrap_or(bench.max_new_tokens()),
+        model_id: model_name.to_string(),
+    };
+    let name = bench.name();
+    let progress = |done: usize, total: usize| {
+        if done % (settings.batch * 10).max(1) == 0 || done == total {
+            eprintln!("{name}: {done}/{total}");
+        }
+    };
+    let stats = runner::answer_questions(
+        loaded.assistant(),
+        &questions,
+        &files.images,
+        &answers,
+        &settings,
+        progress,
+    )?;
+    log(&format!(
+        "{name}: {} answered ({} already), {} failed, {:.2} questions/s -> {}",
+        stats.answered,
+        stats.already_answered,
+        stats.failed,
+        stats.questions_per_s,
+        answers.display()
+    ));
+    let mut value = files.score(bench, &answers, &args.output)?;
+    value["run"] = json!(stats);
+    Ok(value)
+}
