@@ -15,10 +15,43 @@ import os
 import time
 
 import torch
-from transformers import CLIPVisionConfig, GemmaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import (CLIPVisionConfig, Gemma2Config, Gemma3TextConfig, GemmaConfig, LlavaConfig,
+                          LlavaForConditionalGeneration)
+
+
+def gemma2(text, window):
+    """`text` (a GemmaConfig) as Gemma 2, as llava-model's `as_gemma2` makes it."""
+    return Gemma2Config(vocab_size=text.vocab_size, hidden_size=text.hidden_size,
+                        intermediate_size=text.intermediate_size, num_hidden_layers=text.num_hidden_layers,
+                        num_attention_heads=text.num_attention_heads, num_key_value_heads=text.num_key_value_heads,
+                        head_dim=text.head_dim, hidden_activation="gelu_pytorch_tanh",
+                        max_position_embeddings=text.max_position_embeddings, rms_norm_eps=1e-6,
+                        query_pre_attn_scalar=text.head_dim, sliding_window=window,
+                        attn_logit_softcapping=50.0, final_logit_softcapping=30.0, tie_word_embeddings=True)
+
+
+def gemma3(text, window):
+    """`text` as Gemma 3, as llava-model's `as_gemma3` makes it (layers alternate sliding/global)."""
+    n = text.num_hidden_layers
+    return Gemma3TextConfig(vocab_size=text.vocab_size, hidden_size=text.hidden_size,
+                            intermediate_size=text.intermediate_size, num_hidden_layers=n,
+                            num_attention_heads=text.num_attention_heads,
+                            num_key_value_heads=text.num_key_value_heads, head_dim=text.head_dim,
+                            hidden_activation="gelu_pytorch_tanh",
+                            max_position_embeddings=text.max_position_embeddings, rms_norm_eps=1e-6,
+                            query_pre_attn_scalar=text.head_dim, sliding_window=window,
+                            layer_types=["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n)],
+                            rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                                             "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
+                            tie_word_embeddings=True)
 
 
 def preset(name):
+    for family, make in [("-gemma2", gemma2), ("-gemma3", gemma3)]:
+        if name.endswith(family):
+            config = preset(name[: -len(family)])
+            config.text_config = make(config.text_config, 128)
+            return config
     if name == "bench-small":
         text = GemmaConfig(vocab_size=32000, hidden_size=512, intermediate_size=2048, num_hidden_layers=4,
                            num_attention_heads=8, num_key_value_heads=1, head_dim=64,
@@ -40,7 +73,7 @@ def preset(name):
         return LlavaConfig(vision_config=vision, text_config=text, image_token_index=256000,
                            projector_hidden_act="gelu", vision_feature_layer=-2,
                            vision_feature_select_strategy="default", image_seq_length=576)
-    raise SystemExit(f"unknown preset {name} (bench-small, paper-2b-clip)")
+    raise SystemExit(f"unknown preset {name} (bench-small, paper-2b-clip, either with -gemma2 or -gemma3)")
 
 
 def peak_host_memory():
@@ -67,11 +100,12 @@ def main():
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    small = a.preset == "bench-small"
+    small = a.preset.startswith("bench-small")
     B = a.micro_batch or (4 if small or a.stage == 2 else 8)
     L = a.seq or (256 if small else (640 if a.stage == 1 else 1024))
     cfg = preset(a.preset)
-    cfg._attn_implementation = "sdpa"
+    # Gemma 2 needs the eager path (SDPA drops its attention soft-cap); the rest run SDPA.
+    cfg._attn_implementation = "eager" if a.preset.endswith("-gemma2") else "sdpa"
     dev = torch.device("cuda" if a.device.startswith("cuda") else "cpu")
     torch.manual_seed(0)
     with torch.device(dev):

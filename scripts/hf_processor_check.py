@@ -14,7 +14,9 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 model_dir, image, question = sys.argv[1], sys.argv[2], sys.argv[3]
 max_new = int(sys.argv[4]) if len(sys.argv) > 4 else 16
 processor = AutoProcessor.from_pretrained(model_dir)
-model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+# Eager attention: transformers' default SDPA path drops Gemma 2's attention soft-cap.
+model = LlavaForConditionalGeneration.from_pretrained(
+    model_dir, dtype=torch.float32, attn_implementation="eager").eval()
 messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
 prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
 print("prompt", repr(prompt))

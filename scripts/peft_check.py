@@ -86,7 +86,9 @@ def main():
         print(json.dumps(result), flush=True)
         sys.exit(0 if result["ok"] else 1)
 
-    base = LlavaForConditionalGeneration.from_pretrained(args.base, dtype=torch.float32).eval()
+    # Eager attention: transformers' default SDPA path drops Gemma 2's attention soft-cap.
+    base = LlavaForConditionalGeneration.from_pretrained(
+        args.base, dtype=torch.float32, attn_implementation="eager").eval()
 
     # 1. PEFT's own load, with every warning it gives recorded
     with warnings.catch_warnings(record=True) as caught:

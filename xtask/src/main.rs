@@ -50,6 +50,8 @@ Environment:
 const PARITY_FIXTURES: &[&str] = &[
     "tokenizer",
     "gemma",
+    "gemma2",
+    "gemma3-text",
     "clip-vision",
     "dinov2",
     "image-processing",

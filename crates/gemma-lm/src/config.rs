@@ -154,7 +154,7 @@ pub struct GemmaConfig {
     /// Gemma 2/3: attention scores are scaled by `query_pre_attn_scalar^-0.5` (default 256);
     /// Gemma 1 scales by `head_dim^-0.5`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub query_pre_attn_scalar: Option<f64>,
+    pub query_pre_attn_scalar: Option<i64>,
     /// Gemma 2/3: the window of sliding layers, in cache slots (default 4096; `null` for none).
     #[serde(deserialize_with = "nullable", skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<Option<i64>>,
@@ -278,7 +278,7 @@ impl GemmaConfig {
             hidden_act: None,
             hidden_activation: Some("gelu_pytorch_tanh".into()),
             rope_theta: Some(10000.0),
-            query_pre_attn_scalar: Some(256.0),
+            query_pre_attn_scalar: Some(256),
             sliding_window: Some(Some(4096)),
             attn_logit_softcapping: Some(Some(50.0)),
             final_logit_softcapping: Some(Some(30.0)),
@@ -315,7 +315,7 @@ impl GemmaConfig {
             max_position_embeddings: 32768,
             rope_theta: Some(1e6),
             rope_local_base_freq: Some(1e4),
-            query_pre_attn_scalar: Some(256.0),
+            query_pre_attn_scalar: Some(256),
             sliding_window: Some(Some(512)),
             sliding_window_pattern: Some(6),
             attn_logit_softcapping: Some(None),
@@ -554,9 +554,9 @@ impl GemmaConfig {
     pub fn attention_scale(&self) -> f64 {
         let scalar = match self.generation() {
             Ok(Generation::Gemma1) | Err(_) => self.query_pre_attn_scalar,
-            Ok(_) => self.query_pre_attn_scalar.or(Some(256.0)),
+            Ok(_) => self.query_pre_attn_scalar.or(Some(256)),
         };
-        scalar.unwrap_or(self.head_dim as f64).powf(-0.5)
+        (scalar.unwrap_or(self.head_dim) as f64).powf(-0.5)
     }
 
     /// The attention soft-cap that is applied: Gemma 2's (default 50). Gemma 3 never applies

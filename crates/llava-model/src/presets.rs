@@ -104,7 +104,7 @@ pub fn tiny() -> LlavaConfig {
 /// alternating sliding (`window`) and global, starting with a sliding one.
 pub fn as_gemma2(lm: GemmaConfig, window: i64) -> GemmaConfig {
     GemmaConfig {
-        query_pre_attn_scalar: Some(lm.head_dim as f64),
+        query_pre_attn_scalar: Some(lm.head_dim),
         sliding_window: Some(Some(window)),
         attn_logit_softcapping: Some(Some(50.0)),
         final_logit_softcapping: Some(Some(30.0)),
@@ -121,7 +121,7 @@ pub fn as_gemma2(lm: GemmaConfig, window: i64) -> GemmaConfig {
 /// show), rotary bases 10000 (sliding) and 1e6 with linear scaling by 8 (global).
 pub fn as_gemma3(lm: GemmaConfig, window: i64) -> GemmaConfig {
     GemmaConfig {
-        query_pre_attn_scalar: Some(lm.head_dim as f64),
+        query_pre_attn_scalar: Some(lm.head_dim),
         sliding_window: Some(Some(window)),
         sliding_window_pattern: Some(2),
         rope_theta: Some(1e6),

@@ -78,12 +78,26 @@ fn logits(model: &LlavaModel, inputs: &[(String, Tensor)]) -> Tensor {
 
 #[test]
 fn an_adapter_trained_here_loads_in_peft_and_merges_to_the_same_model() {
+    adapter_workflow("tiny");
+}
+
+/// The same on a Gemma 2 language model: PEFT's transformers model (eager attention) applies the
+/// soft-caps and sliding windows our adapter was trained through, and the LLaVA head has no final
+/// cap there either.
+#[test]
+fn a_gemma2_adapter_loads_in_peft_with_our_logits() {
+    adapter_workflow("tiny-gemma2");
+}
+
+fn adapter_workflow(preset: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("lora");
     run_ok(
         llava()
             .args([
                 "train",
+                "--preset",
+                preset,
                 "--stage",
                 "2",
                 "--lora",

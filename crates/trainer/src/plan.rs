@@ -35,9 +35,13 @@ pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 pub const CUDA_CONTEXT_BYTES: u64 = 1 << 30;
 
 /// The presets the planner knows: those of [`presets::by_name`] and the 7B ones.
-pub const PRESETS: [&str; 6] = [
+pub const PRESETS: [&str; 10] = [
     "tiny",
+    "tiny-gemma2",
+    "tiny-gemma3",
     "bench-small",
+    "bench-small-gemma2",
+    "bench-small-gemma3",
     "paper-2b-clip",
     "paper-2b-dinov2",
     "paper-7b-clip",

@@ -85,8 +85,10 @@ pub struct RunConfig {
 }
 
 /// The presets [`RunConfig::preset`] knows.
-pub const PRESETS: [&str; 5] = [
+pub const PRESETS: [&str; 7] = [
     "tiny",
+    "tiny-gemma2",
+    "tiny-gemma3",
     "paper-2b-clip",
     "paper-2b-dinov2",
     "paper-7b-clip",
@@ -137,8 +139,11 @@ impl RunConfig {
     /// and global batch 128, one epoch, 2048 tokens, `mlp2x_gelu`, CLIP at 336 px or DINOv2 at
     /// 224 px; their checkpoint directories (`lm`, `vision`) and data must still be given.
     pub fn preset(name: &str, stage: u8, output: PathBuf) -> Result<Self, RunError> {
-        if name == "tiny" {
-            return Ok(Self::tiny(stage, output));
+        if is_tiny(name) {
+            return Ok(RunConfig {
+                preset: name.into(),
+                ..Self::tiny(stage, output)
+            });
         }
         let Some(tower) = name
             .strip_prefix("paper-2b-")
@@ -197,9 +202,21 @@ pub enum RunError {
     Dist(#[from] crate::dist::DistError),
 }
 
+/// Whether preset `name` is the tiny model on the built-in synthetic data: `tiny`, or the same
+/// with a Gemma 2 or Gemma 3 language model (`tiny-gemma2`, `tiny-gemma3`).
+pub fn is_tiny(name: &str) -> bool {
+    matches!(name, "tiny" | "tiny-gemma2" | "tiny-gemma3")
+}
+
 /// The `tiny` model with a start that depends on `seed` alone (not on libtorch's global generator).
 pub fn seeded_tiny(seed: u64) -> Result<LlavaModel, RunError> {
-    let model = LlavaModel::new(&presets::tiny(), Device::Cpu, Kind::Float)?;
+    seeded_preset("tiny", seed)
+}
+
+/// A tiny preset's model (see [`is_tiny`]) with a start that depends on `seed` alone.
+pub fn seeded_preset(name: &str, seed: u64) -> Result<LlavaModel, RunError> {
+    let config = tiny_config(name)?;
+    let model = LlavaModel::new(&config, Device::Cpu, Kind::Float)?;
     for (part, vs) in [&model.vision_vs, &model.connector_vs, &model.lm_vs]
         .into_iter()
         .enumerate()
@@ -247,8 +264,8 @@ fn build_model(
     if let Some(dir) = &config.model {
         return llava_from_dir(dir, stage, connector, device);
     }
-    if config.preset == "tiny" {
-        let model = tiny_on(device, config.seed, connector)?;
+    if is_tiny(&config.preset) {
+        let model = tiny_on(&config.preset, device, config.seed, connector)?;
         return Ok((model, data::builtin_tokenizer()));
     }
     let (Some(lm), Some(vision)) = (&config.lm, &config.vision) else {
@@ -296,9 +313,21 @@ fn llava_from_dir(
     Ok((model, tokenizer))
 }
 
-/// The seeded tiny model, with `connector` when given, on `device`.
-fn tiny_on(device: Device, seed: u64, connector: Option<&Path>) -> Result<LlavaModel, RunError> {
-    let model = seeded_tiny(seed)?;
+/// The configuration of tiny preset `name`.
+fn tiny_config(name: &str) -> Result<llava_model::LlavaConfig, RunError> {
+    presets::by_name(name)
+        .filter(|_| is_tiny(name))
+        .ok_or_else(|| RunError::Config(format!("`{name}` is not a tiny preset")))
+}
+
+/// The seeded tiny model of preset `name`, with `connector` when given, on `device`.
+fn tiny_on(
+    name: &str,
+    device: Device,
+    seed: u64,
+    connector: Option<&Path>,
+) -> Result<LlavaModel, RunError> {
+    let model = seeded_preset(name, seed)?;
     load_connector(&model, connector)?;
     if device == Device::Cpu {
         return Ok(model);
@@ -306,7 +335,7 @@ fn tiny_on(device: Device, seed: u64, connector: Option<&Path>) -> Result<LlavaM
     // A new model on the device, given the seeded weights: moving the variable stores
     // alone would leave the modules' other tensors (position ids, rotary tables) behind.
     let kind = foundation::device::default_kind(device);
-    let mut on_device = LlavaModel::new(&presets::tiny(), device, kind)?;
+    let mut on_device = LlavaModel::new(&tiny_config(name)?, device, kind)?;
     for (to, from) in [
         (&mut on_device.vision_vs, &model.vision_vs),
         (&mut on_device.connector_vs, &model.connector_vs),
@@ -498,7 +527,7 @@ fn data_files(
     if let Some(data) = &config.data {
         return Ok((data.clone(), config.images.clone()));
     }
-    if config.preset != "tiny" {
+    if !is_tiny(&config.preset) {
         return Err(RunError::Config(format!(
             "preset `{}` needs --data (and --images): the synthetic data is the tiny preset's",
             config.preset

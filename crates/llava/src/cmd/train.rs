@@ -15,7 +15,8 @@ pub struct Args {
     /// 1 (connector pretraining) or 2 (instruction finetuning).
     #[arg(long)]
     stage: u8,
-    /// Model preset: tiny (a small random-initialised model on the built-in synthetic data, CPU),
+    /// Model preset: tiny (a small random-initialised model on the built-in synthetic data, CPU;
+    /// tiny-gemma2 and tiny-gemma3 the same with a Gemma 2 or Gemma 3 language model),
     /// paper-2b-clip, paper-2b-dinov2, paper-7b-clip or paper-7b-dinov2 (real checkpoints: give
     /// --lm and --vision, and --data).
     #[arg(long, default_value = "tiny")]
@@ -243,10 +244,10 @@ impl Args {
             targets: self.lora_targets.clone().unwrap_or(defaults.targets),
         });
         // finetune_lora.sh's rates for real models; the tiny preset keeps its own.
-        if config.preset != "tiny" && self.lr.is_none() {
+        if !llava::trainer::run::is_tiny(&config.preset) && self.lr.is_none() {
             config.lr = 2e-4;
         }
-        if config.preset != "tiny" && self.connector_lr.is_none() {
+        if !llava::trainer::run::is_tiny(&config.preset) && self.connector_lr.is_none() {
             config.connector_lr = Some(2e-5);
         }
     }

@@ -22,7 +22,8 @@ use super::device_and_kind;
 /// dtype.
 #[derive(Debug, clap::Args)]
 pub struct PresetOn {
-    /// bench-small, paper-2b-clip or paper-2b-dinov2.
+    /// bench-small, paper-2b-clip, paper-2b-dinov2; bench-small-gemma2 / -gemma3 and
+    /// tiny(-gemma2/-gemma3) for the other Gemma generations.
     #[arg(long, default_value = "paper-2b-clip")]
     preset: String,
     /// cpu, cuda, cuda:N or auto.
@@ -49,7 +50,8 @@ impl PresetOn {
 fn preset(name: &str) -> llava::Result<LlavaConfig> {
     presets::by_name(name).ok_or_else(|| {
         llava::Error::Unsupported(format!(
-            "unknown preset `{name}` (bench-small, paper-2b-clip, paper-2b-dinov2)"
+            "unknown preset `{name}` ({})",
+            presets::NAMES.join(", ")
         ))
     })
 }

@@ -17,7 +17,8 @@ use steps::TrainShape;
 /// Its arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// bench-small, paper-2b-clip or paper-2b-dinov2.
+    /// bench-small, paper-2b-clip, paper-2b-dinov2; bench-small-gemma2 / -gemma3 and
+    /// tiny(-gemma2/-gemma3) for the other Gemma generations.
     #[arg(long, default_value = "bench-small")]
     preset: String,
     /// 1 (connector) or 2 (LM + connector).
@@ -112,7 +113,7 @@ pub fn run(a: &Args) -> llava::Result<ExitCode> {
 impl Args {
     /// What to measure: the flags, with the preset's defaults where they are not given.
     fn shape(&self) -> TrainShape {
-        let small = self.preset == "bench-small";
+        let small = self.preset.starts_with("bench-small");
         TrainShape {
             stage: self.stage,
             micro_batch: self
