@@ -59,6 +59,9 @@ pub enum RopeSpec {
     One(RopeParameters),
 }
 
+/// The most decoder layers a config may ask for (Gemma 3 27B has 62).
+const MAX_LAYERS: i64 = 4096;
+
 /// The Gemma generations `gemma-lm` builds, from `model_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Generation {
@@ -447,6 +450,13 @@ impl GemmaConfig {
             return fail(format!(
                 "`head_dim` must be even for rotary embeddings, got {}",
                 self.head_dim
+            ));
+        }
+        // Per-layer lists are built from the layer count: bound it before anything allocates.
+        if self.num_hidden_layers > MAX_LAYERS {
+            return fail(format!(
+                "`num_hidden_layers` is {}, more than the {MAX_LAYERS} any model has",
+                self.num_hidden_layers
             ));
         }
         let generation = self.generation()?;

@@ -59,7 +59,7 @@ proptest! {
 
     #[test]
     fn mutated_configs_never_panic(
-        which in prop::sample::select(vec!["llava-clip", "llava-dinov2", "gemma"]),
+        which in prop::sample::select(vec!["llava-clip", "llava-dinov2", "gemma", "gemma2", "gemma3-text"]),
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
         cut in prop::option::of(any::<prop::sample::Index>()),
     ) {
@@ -76,7 +76,7 @@ proptest! {
 
     #[test]
     fn absurd_numbers_never_panic(
-        which in prop::sample::select(vec!["llava-clip", "llava-dinov2", "gemma"]),
+        which in prop::sample::select(vec!["llava-clip", "llava-dinov2", "gemma", "gemma2", "gemma3-text"]),
         pick in prop::collection::vec(any::<bool>(), 1..7),
         value in prop::sample::select(vec![0i64, -1, -2, 1, 3, 1 << 31, 1 << 40, i64::MAX]),
     ) {

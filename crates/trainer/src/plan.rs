@@ -92,6 +92,9 @@ pub struct LmShape {
     pub norms_per_layer: u64,
     /// Whether each layer normalises its query and key heads (Gemma 3: two norms of `head_dim`).
     pub qk_norm: bool,
+    /// Whether attention runs the eager path that keeps its score matrices (Gemma 2's soft-cap,
+    /// which libtorch's fused kernels cannot apply).
+    pub eager_attention: bool,
 }
 
 impl LmShape {
@@ -109,6 +112,7 @@ impl LmShape {
             attention_bias: c.attention_bias,
             norms_per_layer: if c.sandwich_norms() { 4 } else { 2 },
             qk_norm: c.qk_norm(),
+            eager_attention: c.attn_softcap().is_some(),
         }
     }
 
@@ -393,7 +397,23 @@ pub fn layer_activation_bytes(
     };
     let attention = 4 * q * s + 4 * lm.heads + if trains { q * s } else { 0 };
     let mlp = 3 * m * s + if trains { m * s } else { 0 };
-    tokens * (2 * norm + attention + mlp)
+    // Gemma 3's q/k norms keep their f32 inputs.
+    let qk_norm = if lm.qk_norm {
+        4 * (q + lm.kv_heads * lm.head_dim)
+    } else {
+        0
+    };
+    tokens * (lm.norms_per_layer * norm + attention + mlp + qk_norm)
+}
+
+/// What eager attention (Gemma 2's soft-capped scores) keeps per layer beyond
+/// [`layer_activation_bytes`]: for each sample's `heads x seq x seq` scores, `tanh`'s output and
+/// the weights in the compute dtype and the softmax's f32 output.
+pub fn eager_attention_bytes(lm: &LmShape, micro_batch: u64, seq: u64, s: u64) -> u64 {
+    if !lm.eager_attention {
+        return 0;
+    }
+    micro_batch * lm.heads * seq * seq * (2 * s + 4)
 }
 
 impl PlanConfig {
@@ -504,7 +524,7 @@ fn decoder_activation_bytes(lm: &LmShape, c: &PlanConfig) -> u64 {
         c.trains_lm(),
         c.trains_whole_lm(),
         c.is_cpu(),
-    );
+    ) + eager_attention_bytes(lm, c.micro_batch, c.seq, s);
     if c.activation_checkpointing {
         lm.layers * tokens * lm.hidden * s + one_layer
     } else {
