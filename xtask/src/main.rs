@@ -54,9 +54,12 @@ const PARITY_FIXTURES: &[&str] = &[
     "gemma3-text",
     "clip-vision",
     "dinov2",
+    "siglip-vision",
     "image-processing",
+    "image-processing-modern",
     "llava-clip",
     "llava-dinov2",
+    "llava-siglip",
 ];
 
 fn main() -> ExitCode {

@@ -168,6 +168,31 @@ impl ProcessorConfig {
         }
     }
 
+    /// SigLIP's processor (`SiglipImageProcessor`): a direct bicubic resize to `side` x `side`
+    /// (no aspect kept, no crop), mean = std = 0.5.
+    pub fn siglip(side: u32) -> Self {
+        ProcessorConfig {
+            resize: Some(Resize::Exact {
+                height: side,
+                width: side,
+            }),
+            filter: Filter::Bicubic,
+            crop: None,
+            rescale: Some(1.0 / 255.0),
+            normalize: Some(([0.5; 3], [0.5; 3])),
+            pad_to_square: false,
+        }
+    }
+
+    /// Gemma 3's processor (`Gemma3ImageProcessor`, without pan-and-scan): a direct bilinear
+    /// resize to `side` x `side` (896 for the released models), mean = std = 0.5.
+    pub fn gemma3(side: u32) -> Self {
+        ProcessorConfig {
+            filter: Filter::Bilinear,
+            ..Self::siglip(side)
+        }
+    }
+
     /// The same processor, padding images to squares first (LLaVA-1.5's stage 2).
     pub fn with_pad_to_square(self) -> Self {
         ProcessorConfig {

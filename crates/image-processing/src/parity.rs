@@ -6,7 +6,8 @@ use crate::{ProcessorConfig, Resize};
 
 /// The processor an image-processing output is named after: `clip_<N>` (shortest edge N, crop N,
 /// CLIP statistics), `dinov2_<N>` (shortest edge N * 256 / 224, crop N, ImageNet statistics, as
-/// `facebook/dinov2-*` ships), with `_pad` for LLaVA's `expand2square` first.
+/// `facebook/dinov2-*` ships), `siglip_<N>` and `gemma3_<N>` (a direct N x N resize, bicubic or
+/// bilinear, mean = std = 0.5), with `_pad` for LLaVA's `expand2square` first.
 pub fn processor_for_output(name: &str) -> Option<ProcessorConfig> {
     let (base, pad) = match name.strip_suffix("_pad") {
         Some(base) => (base, true),
@@ -25,6 +26,8 @@ pub fn processor_for_output(name: &str) -> Option<ProcessorConfig> {
             crop: Some((size, size)),
             ..ProcessorConfig::dinov2_224()
         },
+        "siglip" => ProcessorConfig::siglip(size),
+        "gemma3" => ProcessorConfig::gemma3(size),
         _ => return None,
     };
     Some(if pad {
@@ -44,7 +47,15 @@ mod tests {
         assert_eq!(clip, ProcessorConfig::clip_336().with_pad_to_square());
         let dino = processor_for_output("dinov2_224").unwrap();
         assert_eq!(dino, ProcessorConfig::dinov2_224());
-        for unknown in ["siglip_384", "clip", "clip_x", "dinov2_224_crop"] {
+        assert_eq!(
+            processor_for_output("siglip_384").unwrap(),
+            ProcessorConfig::siglip(384)
+        );
+        assert_eq!(
+            processor_for_output("gemma3_896").unwrap().filter,
+            crate::Filter::Bilinear
+        );
+        for unknown in ["paligemma_224", "clip", "clip_x", "dinov2_224_crop"] {
             assert!(processor_for_output(unknown).is_none(), "{unknown}");
         }
     }

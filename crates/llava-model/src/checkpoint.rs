@@ -127,10 +127,7 @@ impl LlavaModel {
         let text = GemmaConfig::from_file(&parts.lm)?;
         let vocab = text.vocab_size.max(image_token + 1);
         let vision = VisionConfig::from_file(&parts.vision)?;
-        let (patch, native) = match &vision {
-            VisionConfig::Clip(c) => (c.patch_size, c.image_size),
-            VisionConfig::Dinov2(c) => (c.patch_size, c.image_size),
-        };
+        let (patch, native) = (vision.patch_size(), vision.image_size());
         let size = parts.image_size.unwrap_or(native);
         let tokens = (size / patch) * (size / patch);
         let mut config = LlavaConfig::new(&vision, text, image_token, tokens);

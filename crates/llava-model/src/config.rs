@@ -96,6 +96,7 @@ impl LlavaConfig {
         let vision_config = match vision {
             VisionConfig::Clip(c) => serde_json::to_value(c),
             VisionConfig::Dinov2(c) => serde_json::to_value(c),
+            VisionConfig::Siglip(c) => serde_json::to_value(c),
         }
         .expect("configs serialise");
         let mut extra = serde_json::Map::new();
@@ -115,7 +116,12 @@ impl LlavaConfig {
             image_token_id: None,
             image_seq_length: Some(image_seq_length),
             vision_feature_layer: default_layer(),
-            vision_feature_select_strategy: default_strategy(),
+            // A tower without a class token keeps every patch (transformers' `full`).
+            vision_feature_select_strategy: if vision.has_class_token() {
+                default_strategy()
+            } else {
+                "full".into()
+            },
             projector_hidden_act: default_act(),
             multimodal_projector_bias: true,
             projector_type: None,
@@ -175,11 +181,13 @@ impl LlavaConfig {
         })
     }
 
-    /// The side of the square images the tower is given: CLIP's `image_size`; for DINOv2 (which
-    /// takes any grid) the side that yields `image_seq_length` patches, else its `image_size`.
+    /// The side of the square images the tower is given: CLIP's and SigLIP's `image_size`; for
+    /// DINOv2 (which takes any grid) the side that yields `image_seq_length` patches, else its
+    /// `image_size`.
     pub fn image_side(&self) -> Result<i64> {
         Ok(match self.vision()? {
             VisionConfig::Clip(c) => c.image_size,
+            VisionConfig::Siglip(c) => c.image_size,
             VisionConfig::Dinov2(c) => match self.image_seq_length {
                 Some(n) if n > 0 => ((n as f64).sqrt() as i64) * c.patch_size,
                 _ => c.image_size,

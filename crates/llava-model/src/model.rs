@@ -106,6 +106,7 @@ impl LlavaModel {
                 crop: Some((side, side)),
                 ..ProcessorConfig::dinov2_224()
             },
+            VisionTower::Siglip(_) => ProcessorConfig::siglip(side),
         };
         Ok(ProcessorConfig {
             pad_to_square: pad,
@@ -127,11 +128,9 @@ impl LlavaModel {
 
     /// How many tokens one image becomes for a `height` x `width` input.
     pub fn tokens_per_image(&self, height: i64, width: i64) -> i64 {
-        let patch = match &self.tower {
-            VisionTower::Clip(m) => m.config().patch_size,
-            VisionTower::Dinov2(m) => m.config().patch_size,
-        };
-        let keep_cls = self.config.vision_feature_select_strategy == "full";
+        let patch = self.tower.patch_size();
+        let keep_cls =
+            self.config.vision_feature_select_strategy == "full" && self.tower.has_class_token();
         (height / patch) * (width / patch) + i64::from(keep_cls)
     }
 

@@ -38,6 +38,7 @@ pub fn preprocessor_config(processor: &ProcessorConfig, vision: &VisionConfig) -
     let class = match vision {
         VisionConfig::Clip(_) => "CLIPImageProcessor",
         VisionConfig::Dinov2(_) => "BitImageProcessor",
+        VisionConfig::Siglip(_) => "SiglipImageProcessor",
     };
     let (mean, std) = processor.normalize.unwrap_or(([0.0; 3], [1.0; 3]));
     // Each f32 as its shortest decimal (0.48145467, not 0.48145467042922974).
@@ -71,15 +72,11 @@ pub fn preprocessor_config(processor: &ProcessorConfig, vision: &VisionConfig) -
 
 /// `processor_config.json`: what `LlavaProcessor` needs to expand `<image>`.
 pub fn processor_config(vision: &VisionConfig, select_strategy: &str, image_token: &str) -> Value {
-    let patch_size = match vision {
-        VisionConfig::Clip(c) => c.patch_size,
-        VisionConfig::Dinov2(c) => c.patch_size,
-    };
     json!({
         "image_token": image_token,
-        // The class token both towers put before the patches.
-        "num_additional_image_tokens": 1,
-        "patch_size": patch_size,
+        // The class token CLIP and DINOv2 put before the patches (SigLIP has none).
+        "num_additional_image_tokens": i64::from(vision.has_class_token()),
+        "patch_size": vision.patch_size(),
         "processor_class": "LlavaProcessor",
         "vision_feature_select_strategy": select_strategy,
     })

@@ -9,7 +9,7 @@
 //! | --- | --- |
 //! | `tokenizer` | [`gemma_lm::parity::tokenizer`] |
 //! | `gemma-causal-lm` | [`gemma_lm::parity::causal_lm`] |
-//! | `clip-vision`, `dinov2` | [`vision_encoders::parity::tower`] |
+//! | `clip-vision`, `dinov2`, `siglip-vision` | [`vision_encoders::parity::tower`] |
 //! | `image-processing` | [`vision_encoders::parity::image_processing`] |
 //! | `llava` | [`llava_model::parity::llava`] |
 //!
@@ -28,7 +28,9 @@ pub const SUPPORTED_KINDS: &[&str] = &[
     "gemma-causal-lm",
     "clip-vision",
     "dinov2",
+    "siglip-vision",
     "image-processing",
+    "llava",
 ];
 
 /// Runs the fixture in `dir` and returns its report; an unsupported kind is an error.
@@ -37,7 +39,7 @@ pub fn run(dir: &Path) -> Result<Report> {
     let checks = match meta.kind.as_str() {
         "tokenizer" => gemma_lm::parity::tokenizer(dir, &meta)?,
         "gemma-causal-lm" => gemma_lm::parity::causal_lm(dir, &meta)?,
-        "clip-vision" | "dinov2" => vision_encoders::parity::tower(dir, &meta)?,
+        "clip-vision" | "dinov2" | "siglip-vision" => vision_encoders::parity::tower(dir, &meta)?,
         "image-processing" => vision_encoders::parity::image_processing(dir, &meta)?,
         "llava" => llava_model::parity::llava(dir, &meta)?,
         other => {

@@ -10,12 +10,13 @@
 use std::path::Path;
 
 use foundation::Checkpoint;
-use foundation::layers::{LayerNorm, Linear};
+use foundation::layers::LayerNorm;
 use serde::{Deserialize, Serialize};
 use tch::nn::{Init, VarStore};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{config_error, config_from_file, vision_section};
+use crate::vit::{EncoderLayer, VitShape};
 use crate::{Error, Result, VisionOutput};
 
 /// `CLIPVisionConfig`, field for field.
@@ -133,73 +134,16 @@ impl ClipVisionConfig {
     pub fn grid(&self) -> i64 {
         self.image_size / self.patch_size
     }
-}
 
-#[derive(Debug)]
-struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
-    heads: i64,
-}
-
-impl Attention {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let (b, l, h) = x.size3().expect("[batch, tokens, hidden]");
-        let d = h / self.heads;
-        let split = |t: Tensor| t.view([b, l, self.heads, d]).transpose(1, 2);
-        let q = split(self.q_proj.forward(x));
-        let k = split(self.k_proj.forward(x));
-        let v = split(self.v_proj.forward(x));
-        let out = Tensor::scaled_dot_product_attention::<Tensor>(
-            &q, &k, &v, None, 0.0, false, None, false,
-        );
-        self.out_proj
-            .forward(&out.transpose(1, 2).reshape([b, l, h]))
-    }
-}
-
-#[derive(Debug)]
-struct EncoderLayer {
-    layer_norm1: LayerNorm,
-    self_attn: Attention,
-    layer_norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-    act: crate::Activation,
-}
-
-impl EncoderLayer {
-    fn new(p: &tch::nn::Path, c: &ClipVisionConfig, act: crate::Activation) -> Self {
-        let (h, m, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
-        let std = c.initializer_range * c.initializer_factor;
-        let attn = p.sub("self_attn");
-        let mlp = p.sub("mlp");
-        EncoderLayer {
-            layer_norm1: LayerNorm::new(&p.sub("layer_norm1"), h, eps),
-            self_attn: Attention {
-                q_proj: Linear::new(&attn.sub("q_proj"), h, h, true, std),
-                k_proj: Linear::new(&attn.sub("k_proj"), h, h, true, std),
-                v_proj: Linear::new(&attn.sub("v_proj"), h, h, true, std),
-                out_proj: Linear::new(&attn.sub("out_proj"), h, h, true, std),
-                heads: c.num_attention_heads,
-            },
-            layer_norm2: LayerNorm::new(&p.sub("layer_norm2"), h, eps),
-            fc1: Linear::new(&mlp.sub("fc1"), h, m, true, std),
-            fc2: Linear::new(&mlp.sub("fc2"), m, h, true, std),
-            act,
+    fn shape(&self) -> VitShape {
+        VitShape {
+            hidden: self.hidden_size,
+            intermediate: self.intermediate_size,
+            heads: self.num_attention_heads,
+            layers: self.num_hidden_layers,
+            eps: self.layer_norm_eps,
+            std: self.initializer_range * self.initializer_factor,
         }
-    }
-
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let x = x + self.self_attn.forward(&self.layer_norm1.forward(x));
-        let mlp = self.fc2.forward(
-            &self
-                .act
-                .apply(&self.fc1.forward(&self.layer_norm2.forward(&x))),
-        );
-        x + mlp
     }
 }
 
@@ -249,7 +193,9 @@ impl ClipVision {
             ),
             pre_layrnorm: LayerNorm::new(&p.sub("pre_layrnorm"), h, config.layer_norm_eps),
             layers: (0..config.num_hidden_layers)
-                .map(|i| EncoderLayer::new(&p.sub("encoder").sub("layers").sub(i), config, act))
+                .map(|i| {
+                    EncoderLayer::new(&p.sub("encoder").sub("layers").sub(i), &config.shape(), act)
+                })
                 .collect(),
             post_layernorm: LayerNorm::new(&p.sub("post_layernorm"), h, config.layer_norm_eps),
             config: config.clone(),
@@ -285,10 +231,12 @@ impl ClipVision {
     pub fn load(&self, vs: &VarStore, checkpoint: &Checkpoint) -> Result<()> {
         let anchor = "embeddings.patch_embedding.weight";
         let prefix = checkpoint.require_prefix(anchor, &format!("vision_model.{anchor}"))?;
-        checkpoint.load_into(vs, |name| {
+        let used = checkpoint.load_into(vs, |name| {
             let rest = name.strip_prefix("vision_model.").unwrap_or(name);
             vec![format!("{prefix}{rest}")]
         })?;
+        // Older files keep the position ids, which are recomputed.
+        checkpoint.reject_unused(&prefix, &used, |name| name.ends_with("position_ids"))?;
         Ok(())
     }
 
@@ -338,7 +286,7 @@ impl ClipVision {
             x = layer.forward(&x);
             hidden_states.push(x.shallow_clone());
         }
-        let pooler_output = self.post_layernorm.forward(&x.select(1, 0));
+        let pooler_output = Some(self.post_layernorm.forward(&x.select(1, 0)));
         Ok(VisionOutput {
             last_hidden_state: x,
             hidden_states,

@@ -341,11 +341,12 @@ impl Dinov2 {
         let prefix = checkpoint.require_prefix(anchor, anchor)?;
         let mask = format!("{prefix}embeddings.mask_token");
         let has_mask = checkpoint.contains(&mask);
-        checkpoint.load_into(vs, |name| match name {
+        let used = checkpoint.load_into(vs, |name| match name {
             // Unused at inference: a checkpoint without it keeps the initial value.
             "embeddings.mask_token" if !has_mask => vec![],
             _ => vec![format!("{prefix}{name}")],
         })?;
+        checkpoint.reject_unused(&prefix, &used, |_| false)?;
         Ok(())
     }
 
@@ -422,7 +423,7 @@ impl Dinov2 {
             hidden_states.push(x.shallow_clone());
         }
         let last_hidden_state = self.layernorm.forward(&x);
-        let pooler_output = last_hidden_state.select(1, 0);
+        let pooler_output = Some(last_hidden_state.select(1, 0));
         Ok(VisionOutput {
             last_hidden_state,
             hidden_states,

@@ -2,6 +2,9 @@
 //!
 //! * [`ClipVision`]: the CLIP ViT (`ClipVisionConfig::clip_vit_large_patch14_336()` is LLaVA-1.5's);
 //! * [`Dinov2`]: DINOv2 with layer scale and bicubic position-embedding interpolation, ViT-S/B/L/g;
+//! * [`SiglipVision`]: SigLIP (and SigLIP 2's fixed-resolution checkpoints): no class token, every
+//!   token post-normed, the attention-pooling head when present, position embeddings resized
+//!   bicubically for other image sizes;
 //! * [`VisionTower`] and [`FeatureSelect`]: one interface over both, with LLaVA's feature selection
 //!   (a layer of `hidden_states`, with or without CLS), run without autograd.
 //!
@@ -13,7 +16,9 @@ pub mod clip;
 pub mod dinov2;
 mod error;
 pub mod parity;
+pub mod siglip;
 pub mod tower;
+mod vit;
 
 pub use image_processing as processing;
 
@@ -22,17 +27,21 @@ use tch::Tensor;
 pub use clip::{ClipVision, ClipVisionConfig};
 pub use dinov2::{Dinov2, Dinov2Config};
 pub use error::{Error, Result};
+pub use siglip::{SiglipVision, SiglipVisionConfig};
 pub use tower::{FeatureSelect, SelectStrategy, VisionConfig, VisionTower};
 
 /// What a tower's forward pass returns, as transformers names it.
 #[derive(Debug)]
 pub struct VisionOutput {
-    /// Output of the last layer (DINOv2: after its final layer norm; CLIP: before `post_layernorm`).
+    /// Output of the last layer (DINOv2, SigLIP: after the final layer norm; CLIP: before
+    /// `post_layernorm`).
     pub last_hidden_state: Tensor,
-    /// The embeddings (CLIP: after `pre_layrnorm`) and the output of every layer.
+    /// The embeddings (CLIP: after `pre_layrnorm`) and the output of every layer (SigLIP: the
+    /// last one before `post_layernorm`).
     pub hidden_states: Vec<Tensor>,
-    /// CLIP: `post_layernorm` of the CLS token; DINOv2: the CLS token of `last_hidden_state`.
-    pub pooler_output: Tensor,
+    /// CLIP: `post_layernorm` of the CLS token; DINOv2: the CLS token of `last_hidden_state`;
+    /// SigLIP: the attention-pooling head's output, `None` for a tower without the head.
+    pub pooler_output: Option<Tensor>,
 }
 
 /// The MLP activations of the towers.

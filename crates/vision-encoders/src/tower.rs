@@ -9,6 +9,7 @@ use tch::{Device, Kind, Tensor};
 use crate::clip::{ClipVision, ClipVisionConfig};
 use crate::dinov2::{Dinov2, Dinov2Config};
 use crate::error::{config_error, config_from_file};
+use crate::siglip::{SiglipVision, SiglipVisionConfig};
 use crate::{Result, VisionOutput};
 
 /// Which tokens of the selected layer LLaVA keeps.
@@ -60,6 +61,8 @@ pub enum VisionTower {
     Clip(ClipVision),
     /// A DINOv2 backbone.
     Dinov2(Dinov2),
+    /// A SigLIP vision transformer.
+    Siglip(SiglipVision),
 }
 
 /// The configuration of either tower.
@@ -69,6 +72,8 @@ pub enum VisionConfig {
     Clip(ClipVisionConfig),
     /// DINOv2.
     Dinov2(Dinov2Config),
+    /// SigLIP.
+    Siglip(SiglipVisionConfig),
 }
 
 impl VisionConfig {
@@ -90,6 +95,7 @@ impl VisionConfig {
             (Some(kind), _) => kind,
             (None, Some("clip" | "clip_vision_model")) => "clip",
             (None, Some("dinov2")) => "dinov2",
+            (None, Some("siglip" | "siglip_vision_model")) => "siglip_vision_model",
             (None, _) if dinov2_fields => "dinov2",
             (None, _) => "clip_vision_model",
         };
@@ -98,8 +104,16 @@ impl VisionConfig {
                 Ok(VisionConfig::Clip(ClipVisionConfig::from_value(json)?))
             }
             "dinov2" => Ok(VisionConfig::Dinov2(Dinov2Config::from_value(json)?)),
+            "siglip_vision_model" | "siglip" => {
+                Ok(VisionConfig::Siglip(SiglipVisionConfig::from_value(json)?))
+            }
+            "siglip2_vision_model" | "siglip2" => Err(config_error(
+                "SigLIP 2's NaFlex towers (`siglip2`, variable resolution) are not supported yet; \
+                 its fixed-resolution checkpoints are SigLIP models (`siglip`) and load",
+            )),
             other => Err(config_error(format!(
-                "unsupported vision model_type `{other}` (clip_vision_model, clip, dinov2)"
+                "unsupported vision model_type `{other}` (clip_vision_model, clip, dinov2, \
+                 siglip_vision_model, siglip)"
             ))),
         }
     }
@@ -109,7 +123,31 @@ impl VisionConfig {
         match self {
             VisionConfig::Clip(c) => c.hidden_size,
             VisionConfig::Dinov2(c) => c.hidden_size,
+            VisionConfig::Siglip(c) => c.hidden_size,
         }
+    }
+
+    /// The patch size.
+    pub fn patch_size(&self) -> i64 {
+        match self {
+            VisionConfig::Clip(c) => c.patch_size,
+            VisionConfig::Dinov2(c) => c.patch_size,
+            VisionConfig::Siglip(c) => c.patch_size,
+        }
+    }
+
+    /// The input resolution of the config.
+    pub fn image_size(&self) -> i64 {
+        match self {
+            VisionConfig::Clip(c) => c.image_size,
+            VisionConfig::Dinov2(c) => c.image_size,
+            VisionConfig::Siglip(c) => c.image_size,
+        }
+    }
+
+    /// Whether the tower puts a class token before the patches (CLIP, DINOv2; not SigLIP).
+    pub fn has_class_token(&self) -> bool {
+        !matches!(self, VisionConfig::Siglip(_))
     }
 }
 
@@ -119,6 +157,7 @@ impl VisionTower {
         Ok(match config {
             VisionConfig::Clip(c) => VisionTower::Clip(ClipVision::new(root, c)?),
             VisionConfig::Dinov2(c) => VisionTower::Dinov2(Dinov2::new(root, c)?),
+            VisionConfig::Siglip(c) => VisionTower::Siglip(SiglipVision::new(root, c)?),
         })
     }
 
@@ -141,7 +180,23 @@ impl VisionTower {
         match self {
             VisionTower::Clip(m) => m.load(vs, checkpoint),
             VisionTower::Dinov2(m) => m.load(vs, checkpoint),
+            VisionTower::Siglip(m) => m.load(vs, checkpoint),
         }
+    }
+
+    /// The patch size.
+    pub fn patch_size(&self) -> i64 {
+        match self {
+            VisionTower::Clip(m) => m.config().patch_size,
+            VisionTower::Dinov2(m) => m.config().patch_size,
+            VisionTower::Siglip(m) => m.config().patch_size,
+        }
+    }
+
+    /// Whether the tower puts a class token before the patches (CLIP, DINOv2; not SigLIP), which
+    /// LLaVA's `default` strategy drops.
+    pub fn has_class_token(&self) -> bool {
+        !matches!(self, VisionTower::Siglip(_))
     }
 
     /// The full forward pass.
@@ -149,6 +204,7 @@ impl VisionTower {
         match self {
             VisionTower::Clip(m) => m.forward(pixel_values),
             VisionTower::Dinov2(m) => m.forward(pixel_values),
+            VisionTower::Siglip(m) => m.forward(pixel_values),
         }
     }
 

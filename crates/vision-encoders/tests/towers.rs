@@ -78,6 +78,61 @@ fn clip_loads_from_full_clip_and_llava_layouts() {
 }
 
 #[test]
+fn siglip_loads_from_every_layout_the_hub_has() {
+    let px = pixels("siglip-vision");
+    let reference = last_hidden(&load(&fixture("siglip-vision/model")), &px);
+    let full_siglip = serde_json::json!({
+        "model_type": "siglip",
+        "text_config": {"hidden_size": 2},
+        "vision_config": fixture_config("siglip-vision"),
+    });
+    // A full SigLIP (its text tower beside), a Gemma 3 or PaliGemma checkpoint as the hub has
+    // them, and transformers 5's in-memory names.
+    for prefix in [
+        "vision_model.",
+        "vision_tower.vision_model.",
+        "model.vision_tower.",
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        relayout("siglip-vision", tmp.path(), &full_siglip, |n| {
+            Some(format!("{prefix}{n}"))
+        });
+        let got = last_hidden(&load(tmp.path()), &px);
+        assert!(got.equal(&reference), "{prefix}");
+    }
+}
+
+#[test]
+fn a_tensor_no_module_takes_is_named() {
+    for name in ["siglip-vision", "clip-vision", "dinov2"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let ckpt = Checkpoint::open(fixture(name).join("model")).unwrap();
+        let mut tensors: Vec<(String, Tensor)> = ckpt
+            .names()
+            .map(|n| (n.to_string(), ckpt.tensor(n).unwrap()))
+            .collect();
+        let prefix = ckpt
+            .prefix_of("embeddings.patch_embedding.weight")
+            .or_else(|| ckpt.prefix_of("embeddings.patch_embeddings.projection.weight"))
+            .unwrap();
+        tensors.push((
+            format!("{prefix}encoder.extra_norm.weight"),
+            Tensor::zeros([2], (Kind::Float, Device::Cpu)),
+        ));
+        std::fs::write(
+            tmp.path().join("config.json"),
+            fixture_config(name).to_string(),
+        )
+        .unwrap();
+        save_safetensors(tmp.path().join("model.safetensors"), &tensors, None).unwrap();
+        let err = VisionTower::from_pretrained(tmp.path(), Device::Cpu, Kind::Float)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("encoder.extra_norm.weight"), "{name}: {err}");
+    }
+}
+
+#[test]
 fn dinov2_loads_inside_llava_and_without_its_mask_token() {
     let px = pixels("dinov2");
     let reference = last_hidden(&load(&fixture("dinov2/model")), &px);
@@ -211,12 +266,21 @@ fn named_configs_have_the_published_shapes() {
         VisionConfig::from_value(unlabelled).unwrap(),
         VisionConfig::Dinov2(_)
     ));
-    let unknown = serde_json::json!({"model_type": "siglip_vision_model"});
+    let siglip = serde_json::json!({"model_type": "siglip", "vision_config": {"hidden_size": 64, "num_attention_heads": 4}});
+    assert!(
+        matches!(VisionConfig::from_value(siglip).unwrap(), VisionConfig::Siglip(c) if c.hidden_size == 64 && c.has_head())
+    );
+    let so400m = vision_encoders::SiglipVisionConfig::so400m_patch14_384();
+    assert_eq!((so400m.hidden_size, so400m.grid()), (1152, 27));
+    let naflex = serde_json::json!({"model_type": "siglip2_vision_model"});
+    let err = VisionConfig::from_value(naflex).unwrap_err().to_string();
+    assert!(err.contains("NaFlex"), "{err}");
+    let unknown = serde_json::json!({"model_type": "eva_clip"});
     assert!(
         VisionConfig::from_value(unknown)
             .unwrap_err()
             .to_string()
-            .contains("siglip")
+            .contains("eva_clip")
     );
 }
 
