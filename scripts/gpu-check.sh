@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The prepared GPU check, run on a CUDA machine from the repository root after `cargo xtask
 # device-bundle` here (which builds stripped binaries into .device-bin/, since that machine has no
-# Rust). It needs python3 with torch 2.11 (and transformers for the reference). Everything lands in
-# $OUT (default /tmp/gpu-check) in a handful of files:
+# Rust, and packs them as .device-bin.tar.xz: carry that, this script unpacks it). It needs python3
+# with torch 2.11 (and transformers for the reference). Everything lands in $OUT (default
+# /tmp/gpu-check) in a handful of files:
 #   log.txt        every step's output, with the seconds it took
 #   results.jsonl  one JSON object per measurement of ours, tagged with its step
 #   hf_*.json      the Python reference (hf_llava_baseline.py) on the same GPU
@@ -21,6 +22,11 @@ PRESET=${PRESET:-paper-2b-clip}
 DEVICE=${DEVICE:-cuda}
 PYTHON=${PYTHON:-python3}
 BIN=.device-bin
+# `cargo xtask device-bundle` packs the binaries as .device-bin.tar.xz (the device tool carries
+# at most 64 MiB with the working tree).
+if [ ! -d "$BIN" ] && [ -f "$BIN.tar.xz" ]; then
+    tar -xJf "$BIN.tar.xz" || { echo "cannot unpack $BIN.tar.xz"; exit 1; }
+fi
 mkdir -p "$OUT"
 LOG="$OUT/log.txt"
 RESULTS="$OUT/results.jsonl"
