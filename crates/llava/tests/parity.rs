@@ -171,5 +171,16 @@ fn image_processing_output_names_map_to_processors() {
         (dino.resize, dino.crop),
         (Some(Resize::ShortestEdge(256)), Some((224, 224)))
     );
-    assert!(parity::processor_for_output("siglip_384").is_none());
+    let siglip = parity::processor_for_output("siglip_384").unwrap();
+    assert_eq!(
+        (siglip.resize, siglip.crop),
+        (
+            Some(Resize::Exact {
+                height: 384,
+                width: 384
+            }),
+            None
+        )
+    );
+    assert!(parity::processor_for_output("paligemma_224").is_none());
 }
