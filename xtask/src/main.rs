@@ -60,6 +60,8 @@ const PARITY_FIXTURES: &[&str] = &[
     "llava-clip",
     "llava-dinov2",
     "llava-siglip",
+    "gemma3",
+    "paligemma",
 ];
 
 fn main() -> ExitCode {

@@ -4,6 +4,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tch::{Kind, Tensor};
 
+use crate::attention::Blocks;
 use crate::cache::KvCache;
 use crate::decode::{Decode, StaticDecoder};
 use crate::model::Gemma;
@@ -169,6 +170,20 @@ pub fn generate_from_embeds(
     embeds: &Tensor,
     padding: Option<&Tensor>,
     config: &GenerationConfig,
+    on_token: impl FnMut(usize, i64),
+) -> Result<Vec<Vec<i64>>> {
+    generate_from_embeds_with(model, embeds, padding, None, config, on_token)
+}
+
+/// [`generate_from_embeds`] with `blocks` of the prompt that attend to each other both ways
+/// (Gemma 3's images, PaliGemma's prefix); generated tokens attend causally, as transformers
+/// passes `token_type_ids` to the prefill only.
+pub fn generate_from_embeds_with(
+    model: &Gemma,
+    embeds: &Tensor,
+    padding: Option<&Tensor>,
+    blocks: Option<&Blocks>,
+    config: &GenerationConfig,
     mut on_token: impl FnMut(usize, i64),
 ) -> Result<Vec<Vec<i64>>> {
     let size = embeds.size();
@@ -184,10 +199,11 @@ pub fn generate_from_embeds(
     let mut sampler = config.is_sampling().then(|| Sampler::new(config));
     let mut finished = vec![false; batch as usize];
 
-    let hidden =
-        tch::no_grad(|| model.forward_embeds(embeds, mask.as_ref(), Some(&mut cache), false))?
-            .last_hidden_state
-            .narrow(1, prompt_len - 1, 1);
+    let hidden = tch::no_grad(|| {
+        model.forward_embeds_with(embeds, mask.as_ref(), blocks, Some(&mut cache), false)
+    })?
+    .last_hidden_state
+    .narrow(1, prompt_len - 1, 1);
     let mut logits = model.logits(&hidden).squeeze_dim(1).to_kind(Kind::Float);
     let mut steps = Steps::new(model, config.decode, cache, mask)?;
     for step in 0..max_new {

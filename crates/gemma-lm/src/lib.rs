@@ -49,12 +49,14 @@ pub(crate) static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub(crate) fn global_rng() -> std::sync::MutexGuard<'static, ()> {
     GLOBAL_RNG.lock().unwrap_or_else(|e| e.into_inner())
 }
-pub use attention::{AttentionPlan, Packing};
+pub use attention::{AttentionPlan, Blocks, Packing};
 pub use cache::KvCache;
 pub use config::{Activation, GemmaConfig, Generation, LayerType, Rope, RopeSpec, TokenIds};
 pub use decode::Decode;
 pub use error::{Error, Result};
-pub use generation::{GenerationConfig, Sampler, generate, generate_from_embeds, left_pad};
+pub use generation::{
+    GenerationConfig, Sampler, generate, generate_from_embeds, generate_from_embeds_with, left_pad,
+};
 pub use lora::LoraSpec;
 pub use model::{Gemma, IGNORE_INDEX, ModelOutput};
 pub use tokenizer::{

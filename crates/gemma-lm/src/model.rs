@@ -17,7 +17,7 @@ use foundation::layers::{Embedding, Linear};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use crate::attention::{AttentionPlan, Packing};
+use crate::attention::{AttentionPlan, Blocks, Packing};
 use crate::cache::{KvCache, LayerCache};
 use crate::config::GemmaConfig;
 use crate::config::LayerType;
@@ -59,6 +59,8 @@ pub struct Gemma {
     rotaries: Rotaries,
     /// The causal LM's final soft-cap (Gemma 2); composite heads switch it off.
     final_logit_softcap: Option<f64>,
+    /// Added to every rotary position: PaliGemma counts positions from 1.
+    position_offset: i64,
     device: Device,
     /// Whether the model is training: switches the adapters' dropout (see [`crate::lora`]).
     pub(crate) training: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -111,6 +113,7 @@ impl Gemma {
             lm_head,
             rotaries: Rotaries::new(config, root.device())?,
             final_logit_softcap: config.final_softcap(),
+            position_offset: 0,
             device: root.device(),
             training: Default::default(),
         })
@@ -221,10 +224,24 @@ impl Gemma {
         &self,
         embeds: &Tensor,
         padding: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        output_hidden_states: bool,
+    ) -> Result<ModelOutput> {
+        self.forward_embeds_with(embeds, padding, None, cache, output_hidden_states)
+    }
+
+    /// [`forward_embeds`](Self::forward_embeds) with `blocks` of the new tokens that attend to
+    /// each other both ways (Gemma 3's images, PaliGemma's prefix; see [`Blocks`]).
+    pub fn forward_embeds_with(
+        &self,
+        embeds: &Tensor,
+        padding: Option<&Tensor>,
+        blocks: Option<&Blocks>,
         mut cache: Option<&mut KvCache>,
         output_hidden_states: bool,
     ) -> Result<ModelOutput> {
         let (b, l) = self.check_embeds(embeds)?;
+        self.check_blocks(blocks, b, l)?;
         let past = cache.as_ref().map_or(0, |c| c.len());
         if let Some(c) = &cache
             && past + l > c.capacity()
@@ -244,7 +261,10 @@ impl Gemma {
                 p.size()
             )));
         }
-        let plan = AttentionPlan::new(padding, b, l, past, self.device, self.kind());
+        let mut plan = AttentionPlan::new(padding, b, l, past, self.device, self.kind());
+        if let Some(blocks) = blocks {
+            plan = plan.with_blocks(blocks, self.kind());
+        }
         let inputs = self.layer_inputs(&plan);
         let mut hidden_states = Vec::new();
         let mut x = embeds.to_device(self.device).to_kind(self.kind());
@@ -310,14 +330,19 @@ impl Gemma {
         packing: Option<&Packing>,
         head: impl FnOnce(&Tensor) -> Result<(Tensor, R)>,
     ) -> Result<R> {
-        let (b, l) = self.check_embeds(embeds)?;
-        let plan = match packing {
-            Some(packing) => {
-                self.check_packing(packing, b, l)?;
-                AttentionPlan::packed(packing, self.device, self.kind())
-            }
-            None => AttentionPlan::new(None, b, l, 0, self.device, self.kind()),
-        };
+        self.backward_checkpointed_with(embeds, packing, None, head)
+    }
+
+    /// [`backward_checkpointed`](Self::backward_checkpointed) for a batch that may be packed and
+    /// may have bidirectional [`Blocks`].
+    pub fn backward_checkpointed_with<R>(
+        &self,
+        embeds: &Tensor,
+        packing: Option<&Packing>,
+        blocks: Option<&Blocks>,
+        head: impl FnOnce(&Tensor) -> Result<(Tensor, R)>,
+    ) -> Result<R> {
+        let plan = self.train_plan(embeds, packing, blocks)?;
         let inputs = self.layer_inputs(&plan);
         let dropout = self.training.load(std::sync::atomic::Ordering::Relaxed)
             && self
@@ -372,15 +397,61 @@ impl Gemma {
     /// Runs the decoder on a packed training batch's input embeddings `[batch, len, hidden]`
     /// (see [`Packing`]); returns the last hidden state after the final norm.
     pub fn forward_packed(&self, embeds: &Tensor, packing: &Packing) -> Result<Tensor> {
-        let (b, l) = self.check_embeds(embeds)?;
-        self.check_packing(packing, b, l)?;
-        let plan = AttentionPlan::packed(packing, self.device, self.kind());
+        self.forward_train(embeds, Some(packing), None)
+    }
+
+    /// Runs the decoder on a training batch's input embeddings `[batch, len, hidden]`: causal
+    /// attention over right padding, or `packing`'s samples, with `blocks` opened both ways.
+    /// Returns the last hidden state after the final norm.
+    pub fn forward_train(
+        &self,
+        embeds: &Tensor,
+        packing: Option<&Packing>,
+        blocks: Option<&Blocks>,
+    ) -> Result<Tensor> {
+        let plan = self.train_plan(embeds, packing, blocks)?;
         let inputs = self.layer_inputs(&plan);
         let mut x = embeds.to_device(self.device).to_kind(self.kind());
         for i in 0..self.layers.len() {
             x = self.run_layer(i, &x, &inputs, None);
         }
         Ok(self.norm.forward(&x))
+    }
+
+    /// The attention plan of a training batch (see [`forward_train`](Self::forward_train)).
+    fn train_plan(
+        &self,
+        embeds: &Tensor,
+        packing: Option<&Packing>,
+        blocks: Option<&Blocks>,
+    ) -> Result<AttentionPlan> {
+        let (b, l) = self.check_embeds(embeds)?;
+        self.check_blocks(blocks, b, l)?;
+        let plan = match (packing, blocks) {
+            (Some(packing), None) => {
+                self.check_packing(packing, b, l)?;
+                AttentionPlan::packed(packing, self.device, self.kind())
+            }
+            (Some(packing), Some(_)) => {
+                self.check_packing(packing, b, l)?;
+                AttentionPlan::packed_masked(packing, self.device, self.kind())
+            }
+            (None, _) => AttentionPlan::new(None, b, l, 0, self.device, self.kind()),
+        };
+        Ok(match blocks {
+            Some(blocks) => plan.with_blocks(blocks, self.kind()),
+            None => plan,
+        })
+    }
+
+    fn check_blocks(&self, blocks: Option<&Blocks>, b: i64, l: i64) -> Result<()> {
+        match blocks {
+            Some(blocks) if blocks.ids.size() != [b, l] => Err(Error::Input(format!(
+                "attention blocks {:?} do not match the batch's [{b}, {l}]",
+                blocks.ids.size()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     fn check_packing(&self, packing: &Packing, b: i64, l: i64) -> Result<()> {
@@ -408,6 +479,11 @@ impl Gemma {
     ) -> Result<ModelOutput> {
         self.check_ids(input_ids)?;
         self.forward_embeds(&self.embed(input_ids), padding, cache, output_hidden_states)
+    }
+
+    /// Counts rotary positions from `offset` instead of 0 (PaliGemma's are 1-based).
+    pub fn set_position_offset(&mut self, offset: i64) {
+        self.position_offset = offset;
     }
 
     /// The language-model head: logits over the vocabulary for hidden states `[..., hidden]`,
@@ -446,7 +522,12 @@ impl Gemma {
         LayerInputs {
             full: plan,
             sliding: window.map(|w| plan.windowed(w, self.kind())),
-            cos_sin: self.rotaries.cos_sin(&plan.positions, self.kind()),
+            cos_sin: match self.position_offset {
+                0 => self.rotaries.cos_sin(&plan.positions, self.kind()),
+                offset => self
+                    .rotaries
+                    .cos_sin(&(&plan.positions + offset), self.kind()),
+            },
         }
     }
 

@@ -192,7 +192,7 @@ impl LlavaModel {
             _ => "float32",
         };
         config.extra.insert("dtype".into(), dtype.into());
-        let json = serde_json::to_string_pretty(&config).expect("config serialises");
+        let json = serde_json::to_string_pretty(&config.to_json()).expect("config serialises");
         write_atomic(dir.join("config.json"), json.as_bytes())?;
 
         if let Some(tokenizer) = tokenizer {

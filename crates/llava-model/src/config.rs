@@ -8,6 +8,51 @@ use vision_encoders::{FeatureSelect, SelectStrategy, VisionConfig};
 
 use crate::{Error, Result};
 
+/// Which composite model a `config.json` describes (its `model_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `llava`: `LlavaForConditionalGeneration` (LLaVA-1.5, LLaVA-Gemma, LLaVA with SigLIP).
+    Llava,
+    /// `gemma3`: `Gemma3ForConditionalGeneration`: SigLIP, a pooling projector, each image's
+    /// tokens between `<start_of_image>` and `<end_of_image>` attending to each other both ways.
+    Gemma3,
+    /// `paligemma`: `PaliGemmaForConditionalGeneration`: SigLIP, one linear layer, the image and
+    /// the prefix one bidirectional block, positions from 1.
+    PaliGemma,
+}
+
+impl Family {
+    /// The family of `model_type` (`None`: LLaVA, as configs without one are).
+    pub fn of(model_type: Option<&str>) -> Result<Self, String> {
+        match model_type {
+            None | Some("llava") => Ok(Family::Llava),
+            Some("gemma3") => Ok(Family::Gemma3),
+            Some("paligemma") => Ok(Family::PaliGemma),
+            Some(other) => Err(format!(
+                "model_type `{other}` is not a vision-language model we build (llava, gemma3, paligemma)"
+            )),
+        }
+    }
+
+    /// Its `model_type`.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Family::Llava => "llava",
+            Family::Gemma3 => "gemma3",
+            Family::PaliGemma => "paligemma",
+        }
+    }
+
+    /// Its transformers class.
+    pub fn architecture(self) -> &'static str {
+        match self {
+            Family::Llava => "LlavaForConditionalGeneration",
+            Family::Gemma3 => "Gemma3ForConditionalGeneration",
+            Family::PaliGemma => "PaliGemmaForConditionalGeneration",
+        }
+    }
+}
+
 /// One layer or several (their features concatenated), as `vision_feature_layer` may be.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -130,6 +175,55 @@ impl LlavaConfig {
         }
     }
 
+    /// A `Gemma3ForConditionalGeneration` configuration: `vision` (SigLIP), `text`, `<image>` =
+    /// `image_token` between `<start_of_image>` = `boi` and `<end_of_image>` = `eoi`, each image
+    /// pooled to `mm_tokens_per_image` tokens.
+    pub fn gemma3(
+        vision: &VisionConfig,
+        text: GemmaConfig,
+        image_token: i64,
+        (boi, eoi): (i64, i64),
+        mm_tokens_per_image: i64,
+    ) -> Self {
+        let mut config = Self::new(vision, text, image_token, mm_tokens_per_image);
+        config.set_family(Family::Gemma3);
+        for (key, value) in [
+            ("boi_token_index", boi),
+            ("eoi_token_index", eoi),
+            ("mm_tokens_per_image", mm_tokens_per_image),
+        ] {
+            config.extra.insert(key.into(), value.into());
+        }
+        config
+    }
+
+    /// A `PaliGemmaForConditionalGeneration` configuration: `vision` (SigLIP), `text`, `<image>` =
+    /// `image_token`, every patch one token.
+    pub fn paligemma(vision: &VisionConfig, text: GemmaConfig, image_token: i64) -> Self {
+        let patches = (vision.image_size() / vision.patch_size()).pow(2);
+        let hidden = text.hidden_size;
+        // As transformers' `PaliGemmaConfig` sets it: the prefix attends both ways.
+        let text = GemmaConfig {
+            use_bidirectional_attention: Some(true),
+            ..text
+        };
+        let mut config = Self::new(vision, text, image_token, patches);
+        config.set_family(Family::PaliGemma);
+        for key in ["projection_dim", "hidden_size"] {
+            config.extra.insert(key.into(), hidden.into());
+        }
+        config
+    }
+
+    fn set_family(&mut self, family: Family) {
+        self.extra
+            .insert("model_type".into(), family.model_type().into());
+        self.extra.insert(
+            "architectures".into(),
+            serde_json::json!([family.architecture()]),
+        );
+    }
+
     /// Reads `config.json` (or a model directory holding one) and checks it.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let mut path = path.as_ref().to_path_buf();
@@ -148,8 +242,39 @@ impl LlavaConfig {
     }
 
     fn check(&self) -> Result<(), String> {
-        self.text_config.validate().map_err(|e| e.to_string())?;
-        self.vision().map_err(|e| e.to_string())?;
+        let family = Family::of(self.extra.get("model_type").and_then(|v| v.as_str()))?;
+        self.lm_config().validate().map_err(|e| e.to_string())?;
+        let vision = self.vision().map_err(|e| e.to_string())?;
+        if family != Family::Llava && !matches!(vision, VisionConfig::Siglip(_)) {
+            return Err(format!(
+                "{} needs a SigLIP vision tower (`siglip_vision_model`)",
+                family.architecture()
+            ));
+        }
+        match family {
+            Family::Gemma3 => {
+                let tokens = self.mm_tokens_per_image();
+                let side = (tokens as f64).sqrt().round() as i64;
+                let patches = vision.image_size() / vision.patch_size();
+                if tokens <= 0 || side * side != tokens || patches % side != 0 {
+                    return Err(format!(
+                        "mm_tokens_per_image {tokens} must be a square whose root divides the tower's \
+                         {patches} patches per side"
+                    ));
+                }
+            }
+            Family::PaliGemma => {
+                let projection = self.extra_int("projection_dim");
+                if projection.is_some_and(|d| d != self.text_config.hidden_size) {
+                    return Err(format!(
+                        "projection_dim {} must equal the language model's hidden_size {}",
+                        projection.unwrap_or_default(),
+                        self.text_config.hidden_size
+                    ));
+                }
+            }
+            Family::Llava => {}
+        }
         self.select().map_err(|e| e.to_string())?;
         self.image_token()
             .ok_or("no `image_token_index` or `image_token_id`")?;
@@ -160,6 +285,63 @@ impl LlavaConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The language model's configuration as the decoder runs it: PaliGemma's text config says
+    /// `use_bidirectional_attention` (transformers sets it), which the composite model carries out
+    /// as its prefix block (see `LlavaModel::blocks`), so the decoder itself stays causal.
+    pub fn lm_config(&self) -> GemmaConfig {
+        let mut text = self.text_config.clone();
+        if self.family() == Family::PaliGemma {
+            text.use_bidirectional_attention = None;
+        }
+        text
+    }
+
+    /// The model family (`model_type`, checked when the config was read).
+    pub fn family(&self) -> Family {
+        Family::of(self.extra.get("model_type").and_then(|v| v.as_str())).unwrap_or(Family::Llava)
+    }
+
+    /// An integer of the configuration's other keys.
+    pub fn extra_int(&self, key: &str) -> Option<i64> {
+        self.extra.get(key).and_then(serde_json::Value::as_i64)
+    }
+
+    /// Gemma 3: the tokens each image becomes (`mm_tokens_per_image`, 256 by default).
+    pub fn mm_tokens_per_image(&self) -> i64 {
+        self.extra_int("mm_tokens_per_image").unwrap_or(256)
+    }
+
+    /// Gemma 3: the ids of `<start_of_image>` and `<end_of_image>` (`boi_token_index`,
+    /// `eoi_token_index`, or their `_id` spellings).
+    pub fn image_delimiters(&self) -> Option<(i64, i64)> {
+        let id = |a: &str, b: &str| self.extra_int(a).or_else(|| self.extra_int(b));
+        Some((
+            id("boi_token_index", "boi_token_id")?,
+            id("eoi_token_index", "eoi_token_id")?,
+        ))
+    }
+
+    /// The configuration as `config.json` holds it: LLaVA's own keys (feature layer, select
+    /// strategy, projector) only for LLaVA, as transformers writes each family's.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut json = serde_json::to_value(self).expect("configs serialise");
+        if self.family() != Family::Llava {
+            let map = json.as_object_mut().expect("an object");
+            for key in [
+                "vision_feature_layer",
+                "vision_feature_select_strategy",
+                "projector_hidden_act",
+                "multimodal_projector_bias",
+                "projector_type",
+                "image_features_scaled",
+                "image_seq_length",
+            ] {
+                map.remove(key);
+            }
+        }
+        json
     }
 
     /// The id of `<image>`.
@@ -201,10 +383,17 @@ impl LlavaConfig {
         if layers.is_empty() { vec![-2] } else { layers }
     }
 
-    /// The connector architecture.
+    /// The connector architecture: the family's (PaliGemma's linear layer, Gemma 3's pooling
+    /// projector), or LLaVA's `projector_type`.
     pub fn projector(&self) -> Result<connector::ProjectorType> {
-        Ok(connector::ProjectorType::parse(
-            self.projector_type.as_deref().unwrap_or("mlp2x_gelu"),
-        )?)
+        Ok(match self.family() {
+            Family::Gemma3 => connector::ProjectorType::Gemma3 {
+                tokens_per_side: (self.mm_tokens_per_image() as f64).sqrt().round() as i64,
+            },
+            Family::PaliGemma => connector::ProjectorType::PaliGemma,
+            Family::Llava => connector::ProjectorType::parse(
+                self.projector_type.as_deref().unwrap_or("mlp2x_gelu"),
+            )?,
+        })
     }
 }

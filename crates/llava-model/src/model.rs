@@ -1,18 +1,21 @@
-//! `LlavaModel`: the vision tower, the connector and Gemma, as `LlavaForConditionalGeneration`.
+//! `LlavaModel`: the vision tower, the connector and Gemma, as `LlavaForConditionalGeneration`,
+//! `Gemma3ForConditionalGeneration` and `PaliGemmaForConditionalGeneration` compute them.
 //!
 //! ```text
 //! features = connector(tower(pixels).hidden_states[-2][:, 1:])      # no autograd through the tower
+//!            (Gemma 3, PaliGemma: the tower's last_hidden_state)
 //! embeds   = gemma.embed(ids), with the rows of <image> tokens replaced by `features`, in order
-//! logits   = gemma(embeds)
+//! logits   = gemma(embeds)      # causal; Gemma 3: each image's tokens see each other both ways;
+//!                               # PaliGemma: the prefix (image + prompt) is one such block
 //! ```
 
-use gemma_lm::{Gemma, GenerationConfig, generate_from_embeds};
+use gemma_lm::{Blocks, Gemma, GenerationConfig, IGNORE_INDEX, generate_from_embeds_with};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 use vision_encoders::processing::{ProcessorConfig, Resize};
 use vision_encoders::{FeatureSelect, VisionTower};
 
-use crate::config::LlavaConfig;
+use crate::config::{Family, LlavaConfig};
 use crate::{Error, Result};
 
 /// A LLaVA model. Each part has its own variable store, so that a training stage can freeze or
@@ -45,20 +48,41 @@ impl LlavaModel {
         let (vision_vs, tower) =
             foundation::build(device, kind, |root| VisionTower::new(root, &vision))?;
         let (lm_vs, mut lm) =
-            foundation::build(device, kind, |root| Gemma::new(root, &config.text_config))?;
-        // transformers' LLaVA head calls the LM head without the causal LM's final soft-cap.
+            foundation::build(device, kind, |root| Gemma::new(root, &config.lm_config()))?;
+        // transformers' composite heads call the LM head without the causal LM's final soft-cap.
         lm.set_final_logit_softcap(None);
-        let layers = config.feature_layers().len() as i64;
+        let family = config.family();
+        if family == Family::PaliGemma {
+            lm.set_position_offset(1);
+        }
+        let layers = match family {
+            Family::Llava => config.feature_layers().len() as i64,
+            Family::Gemma3 | Family::PaliGemma => 1,
+        };
         let (connector_vs, connector) = foundation::build(device, kind, |root| {
-            connector::Connector::new(
-                root,
-                config.projector()?,
+            let (width, text) = (
                 vision.hidden_size() * layers,
                 config.text_config.hidden_size,
-                config.multimodal_projector_bias,
-                config.text_config.initializer_range,
-            )
-            .map_err(crate::Error::from)
+            );
+            Ok::<_, Error>(match config.projector()? {
+                connector::ProjectorType::Gemma3 { tokens_per_side } => {
+                    connector::Connector::gemma3(
+                        root,
+                        tokens_per_side,
+                        width,
+                        text,
+                        vision.layer_norm_eps(),
+                    )
+                }
+                projector => connector::Connector::new(
+                    root,
+                    projector,
+                    width,
+                    text,
+                    config.multimodal_projector_bias,
+                    config.text_config.initializer_range,
+                )?,
+            })
         })?;
         Ok(LlavaModel {
             config: config.clone(),
@@ -126,18 +150,45 @@ impl LlavaModel {
         self.lm.device()
     }
 
+    /// The model family.
+    pub fn family(&self) -> Family {
+        self.config.family()
+    }
+
     /// How many tokens one image becomes for a `height` x `width` input.
     pub fn tokens_per_image(&self, height: i64, width: i64) -> i64 {
         let patch = self.tower.patch_size();
-        let keep_cls =
-            self.config.vision_feature_select_strategy == "full" && self.tower.has_class_token();
-        (height / patch) * (width / patch) + i64::from(keep_cls)
+        let keep_cls = self.family() == Family::Llava
+            && self.config.vision_feature_select_strategy == "full"
+            && self.tower.has_class_token();
+        self.connector
+            .tokens_for((height / patch) * (width / patch) + i64::from(keep_cls))
     }
 
     /// Projected image features `[images, tokens, hidden]` for `pixel_values` `[images, 3, H, W]`:
-    /// the selected tower layer(s) without autograd, then the connector (with autograd). With
-    /// `image_features_scaled` they are multiplied by `sqrt(hidden_size)` as token embeddings are.
+    /// the selected tower layer(s) (Gemma 3, PaliGemma: the tower's `last_hidden_state`) without
+    /// autograd, then the connector (with autograd). With `image_features_scaled` they are
+    /// multiplied by `sqrt(hidden_size)` as token embeddings are.
     pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let features = match self.family() {
+            Family::Llava => self.selected_features(pixel_values)?,
+            Family::Gemma3 | Family::PaliGemma => {
+                tch::no_grad(|| self.tower.forward(pixel_values))?.last_hidden_state
+            }
+        };
+        let kind = self.connector_kind();
+        let projected = self
+            .connector
+            .forward(&features.to_kind(kind).to_device(self.device()))?;
+        Ok(if self.config.image_features_scaled.unwrap_or(false) {
+            projected * (self.config.text_config.hidden_size as f64).sqrt()
+        } else {
+            projected
+        })
+    }
+
+    /// LLaVA's features: the selected layer(s) of the tower, concatenated.
+    fn selected_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let select = self.config.select()?;
         let mut per_layer = Vec::new();
         for layer in self.config.feature_layers() {
@@ -146,16 +197,71 @@ impl LlavaModel {
                     .features(pixel_values, FeatureSelect { layer, ..select })?,
             );
         }
-        let features = Tensor::cat(&per_layer, -1);
-        let kind = self.connector_kind();
-        let projected = self
-            .connector
-            .forward(&features.to_kind(kind).to_device(self.device()));
-        Ok(if self.config.image_features_scaled.unwrap_or(false) {
-            projected * (self.config.text_config.hidden_size as f64).sqrt()
-        } else {
-            projected
-        })
+        Ok(Tensor::cat(&per_layer, -1))
+    }
+
+    /// The runs of tokens that attend to each other both ways, for `input_ids` `[batch, len]`
+    /// (`padding`: 1 at real tokens). Gemma 3: each image's run of image tokens. PaliGemma: the
+    /// prefix, which `token_types` marks with 0 (the processor's `token_type_ids`); without them
+    /// every real token is prefix (a prompt to answer). LLaVA: none.
+    pub fn blocks(
+        &self,
+        input_ids: &Tensor,
+        token_types: Option<&Tensor>,
+        padding: Option<&Tensor>,
+    ) -> Option<Blocks> {
+        let device = self.device();
+        match self.family() {
+            Family::Llava => None,
+            Family::Gemma3 => {
+                let images = match token_types {
+                    Some(types) => types.to_device(device).ne(0),
+                    None => input_ids.to_device(device).eq(self.image_token()),
+                };
+                Some(Blocks::from_runs(&images, false))
+            }
+            Family::PaliGemma => {
+                let mut prefix = match token_types {
+                    Some(types) => types.to_device(device).eq(0),
+                    None => input_ids.to_device(device).ones_like().ne(0),
+                };
+                if let Some(padding) = padding {
+                    prefix = prefix.logical_and(&padding.to_device(device).ne(0));
+                }
+                let ids = prefix.to_kind(Kind::Int64) - 1; // 0 in the prefix, -1 elsewhere
+                Some(Blocks {
+                    ids,
+                    over_window: true,
+                })
+            }
+        }
+    }
+
+    /// PaliGemma's token types of a training batch: the prefix (0) is every token before the
+    /// first labelled one of its sample, the suffix (1) the rest, as PaliGemma's processor labels
+    /// exactly the suffix. `segments` (packed batches) restart the count per sample.
+    pub fn token_types_from_labels(labels: &Tensor, segments: Option<&Tensor>) -> Tensor {
+        let labelled = labels.ne(IGNORE_INDEX).to_kind(Kind::Int64);
+        let seen = labelled.cumsum(-1, Kind::Int64);
+        let seen = match segments {
+            None => seen,
+            Some(segments) => {
+                // Labelled tokens before each sample's start, subtracted from the running count.
+                let segments = segments.to_device(labels.device());
+                let previous = Tensor::cat(
+                    &[
+                        segments.narrow(-1, 0, 1).full_like(-2),
+                        segments.narrow(-1, 0, segments.size()[1] - 1),
+                    ],
+                    -1,
+                );
+                let starts = segments.ne_tensor(&previous);
+                let before = (&seen - &labelled).where_self(&starts, &seen.zeros_like());
+                let (offset, _) = before.cummax(-1);
+                seen - offset
+            }
+        };
+        seen.gt(0).to_kind(Kind::Int64)
     }
 
     fn connector_kind(&self) -> Kind {
@@ -208,26 +314,58 @@ impl LlavaModel {
         pixel_values: Option<&Tensor>,
         padding: Option<&Tensor>,
     ) -> Result<Tensor> {
+        self.forward_typed(input_ids, pixel_values, padding, None)
+    }
+
+    /// [`forward`](Self::forward) with the processor's `token_type_ids` (see
+    /// [`blocks`](Self::blocks)).
+    pub fn forward_typed(
+        &self,
+        input_ids: &Tensor,
+        pixel_values: Option<&Tensor>,
+        padding: Option<&Tensor>,
+        token_types: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let embeds = self.embed(input_ids, pixel_values)?;
+        let blocks = self.blocks(input_ids, token_types, padding);
         Ok(self
             .lm
-            .forward_embeds(&embeds, padding, None, false)?
+            .forward_embeds_with(&embeds, padding, blocks.as_ref(), None, false)?
             .last_hidden_state)
     }
 
-    /// The decoder's last hidden states for a training batch, packed (several samples per row,
-    /// see `gemma_lm::Packing`) or not (right padding, causal attention).
+    /// The blocks of a training batch: PaliGemma's prefix ends where its labels start.
+    fn train_blocks(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        packing: Option<&gemma_lm::Packing>,
+    ) -> Option<Blocks> {
+        let types = (self.family() == Family::PaliGemma)
+            .then(|| Self::token_types_from_labels(labels, packing.map(|p| &p.segments)));
+        let padding = packing.map(|p| p.segments.ge(0));
+        let mut blocks = self.blocks(input_ids, types.as_ref(), padding.as_ref())?;
+        if let Some(packing) = packing {
+            // One block per sample: block ids offset by the sample's index.
+            let segments = packing.segments.to_device(blocks.ids.device());
+            let ids = &blocks.ids + &segments * (input_ids.size()[1] + 1);
+            blocks.ids = ids.where_self(&blocks.ids.ge(0), &blocks.ids);
+        }
+        Some(blocks)
+    }
+
+    /// The decoder's last hidden states for a training batch with its `labels`, packed (several
+    /// samples per row, see `gemma_lm::Packing`) or not (right padding, causal attention).
     pub fn forward_train(
         &self,
         input_ids: &Tensor,
         pixel_values: Option<&Tensor>,
+        labels: &Tensor,
         packing: Option<&gemma_lm::Packing>,
     ) -> Result<Tensor> {
-        let Some(packing) = packing else {
-            return self.forward(input_ids, pixel_values, None);
-        };
         let embeds = self.embed(input_ids, pixel_values)?;
-        Ok(self.lm.forward_packed(&embeds, packing)?)
+        let blocks = self.train_blocks(input_ids, labels, packing);
+        Ok(self.lm.forward_train(&embeds, packing, blocks.as_ref())?)
     }
 
     /// Logits over the vocabulary.
@@ -264,9 +402,10 @@ impl LlavaModel {
         packing: Option<&gemma_lm::Packing>,
     ) -> Result<(Tensor, i64)> {
         let embeds = self.embed(input_ids, pixel_values)?;
+        let blocks = self.train_blocks(input_ids, labels, packing);
         Ok(self
             .lm
-            .backward_checkpointed_packed(&embeds, packing, |hidden| {
+            .backward_checkpointed_with(&embeds, packing, blocks.as_ref(), |hidden| {
                 let (loss, count) = self.lm.loss(hidden, labels)?;
                 Ok((&loss / divisor, (loss.detach(), count)))
             })?)
@@ -305,10 +444,12 @@ impl LlavaModel {
         }
         let (ids, mask) = gemma_lm::generation::left_pad(prompts, config.pad_token);
         let embeds = tch::no_grad(|| self.embed(&ids, pixel_values))?;
-        Ok(generate_from_embeds(
+        let blocks = self.blocks(&ids, None, mask.as_ref());
+        Ok(generate_from_embeds_with(
             &self.lm,
             &embeds,
             mask.as_ref(),
+            blocks.as_ref(),
             config,
             on_token,
         )?)

@@ -1,7 +1,7 @@
 //! Named model shapes: the paper's, and small ones for benchmarks and CPU runs.
 
 use gemma_lm::GemmaConfig;
-use vision_encoders::{ClipVisionConfig, Dinov2Config, VisionConfig};
+use vision_encoders::{ClipVisionConfig, Dinov2Config, SiglipVisionConfig, VisionConfig};
 
 use crate::config::LlavaConfig;
 
@@ -99,6 +99,94 @@ pub fn tiny() -> LlavaConfig {
     LlavaConfig::new(&VisionConfig::Clip(vision), text, 639, 9)
 }
 
+/// The tiny presets' SigLIP tower: as [`tiny`]'s CLIP tower (2 layers of width 64, 48 px images
+/// in 16 px patches), without a class token, so its 9 tokens are the 9 patches.
+pub fn tiny_siglip() -> SiglipVisionConfig {
+    SiglipVisionConfig {
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        image_size: 48,
+        patch_size: 16,
+        vision_use_head: Some(false),
+        ..SiglipVisionConfig::default()
+    }
+}
+
+/// `tiny-siglip-gemma3`: the modern parts at the tiny size: [`tiny_siglip`], `mlp2x_gelu` and a
+/// Gemma 3 language model (window 16), LLaVA's two stages on the built-in data.
+pub fn tiny_siglip_gemma3() -> LlavaConfig {
+    let text = as_gemma3(tiny().text_config, 16);
+    LlavaConfig::new(&VisionConfig::Siglip(tiny_siglip()), text, 639, 9)
+}
+
+/// `tiny-gemma3-vlm`: a whole `Gemma3ForConditionalGeneration` at the tiny size: [`tiny_siglip`],
+/// Gemma 3's projector (a 3 x 3 grid pooled with a kernel of 1: 9 tokens), the tiny Gemma 3; each
+/// image's tokens attend to each other both ways. The built-in tokenizer has no
+/// `<start_of_image>`, so images are runs of `<image>` alone (ids 637 and 638 stand for the
+/// delimiters in `config.json`).
+pub fn tiny_gemma3_vlm() -> LlavaConfig {
+    let text = as_gemma3(tiny().text_config, 16);
+    LlavaConfig::gemma3(
+        &VisionConfig::Siglip(tiny_siglip()),
+        text,
+        639,
+        (637, 638),
+        9,
+    )
+}
+
+/// The LLaVA vocabulary of a Gemma whose `<image>` is appended at `image_token`: rounded up to a
+/// multiple of 64, as LLaVA-Gemma's 256128 is.
+fn llava_vocab(image_token: i64) -> i64 {
+    (image_token + 64) / 64 * 64
+}
+
+/// LLaVA with SigLIP so400m-patch14-384 (729 tokens per image, every patch) and `text`, whose
+/// vocabulary grows by `<image>`.
+fn siglip_llava(text: GemmaConfig) -> LlavaConfig {
+    let image_token = text.vocab_size;
+    let text = GemmaConfig {
+        vocab_size: llava_vocab(image_token),
+        ..text
+    };
+    let vision = VisionConfig::Siglip(SiglipVisionConfig::so400m_patch14_384());
+    LlavaConfig::new(&vision, text, image_token, 729)
+}
+
+/// `gemma3-4b`: `google/gemma-3-4b-it`'s shapes: SigLIP so400m at 896 px (4096 patches) pooled
+/// to 256 tokens, Gemma 3 4B; `<image_soft_token>` = 262144 between 255999 and 256000.
+pub fn gemma3_4b() -> LlavaConfig {
+    let vision = SiglipVisionConfig {
+        image_size: 896,
+        vision_use_head: Some(false),
+        ..SiglipVisionConfig::so400m_patch14_384()
+    };
+    LlavaConfig::gemma3(
+        &VisionConfig::Siglip(vision),
+        GemmaConfig::gemma3_4b(),
+        262144,
+        (255999, 256000),
+        256,
+    )
+}
+
+/// `paligemma-3b-224` (`text` Gemma 2B) and `paligemma2-3b-224` (Gemma 2 2B): SigLIP so400m at
+/// 224 px (256 tokens), the 257216-token vocabulary with `<image>` = 257152.
+fn paligemma_224(text: GemmaConfig) -> LlavaConfig {
+    let vision = SiglipVisionConfig {
+        image_size: 224,
+        vision_use_head: Some(false),
+        ..SiglipVisionConfig::so400m_patch14_384()
+    };
+    let text = GemmaConfig {
+        vocab_size: 257216,
+        ..text
+    };
+    LlavaConfig::paligemma(&VisionConfig::Siglip(vision), text, 257152)
+}
+
 /// `lm` as a Gemma 2: four norms per layer, attention scaled by `head_dim^-0.5` through
 /// `query_pre_attn_scalar`, soft-caps 50 and 30 as the released models have them, layers
 /// alternating sliding (`window`) and global, starting with a sliding one.
@@ -141,9 +229,13 @@ pub fn as_gemma3(lm: GemmaConfig, window: i64) -> GemmaConfig {
     }
 }
 
-/// The preset called `name`: `tiny`, `bench-small`, `paper-2b-clip` or `paper-2b-dinov2`, and
-/// `tiny` and `bench-small` with a Gemma 2 or Gemma 3 language model (`tiny-gemma2`,
-/// `bench-small-gemma3`, …; windows of 16 and 128 tokens, shorter than their sequences).
+/// The preset called `name` (see [`NAMES`]): `tiny`, `bench-small`, `paper-2b-clip` or
+/// `paper-2b-dinov2`; `tiny` and `bench-small` with a Gemma 2 or Gemma 3 language model
+/// (`tiny-gemma2`, `bench-small-gemma3`, …; windows of 16 and 128 tokens, shorter than their
+/// sequences); the tiny modern parts (`tiny-siglip-gemma3`, `tiny-gemma3-vlm`); LLaVA with SigLIP
+/// so400m and a Gemma 2 2B, Gemma 3 1B or 4B (`siglip-gemma2-2b`, `siglip-gemma3-1b`,
+/// `siglip-gemma3-4b`); and the whole Gemma VLMs (`gemma3-4b`, `paligemma-3b-224`,
+/// `paligemma2-3b-224`).
 pub fn by_name(name: &str) -> Option<LlavaConfig> {
     let with_lm = |mut config: LlavaConfig, lm: fn(GemmaConfig, i64) -> GemmaConfig, window| {
         config.text_config = lm(config.text_config, window);
@@ -158,18 +250,46 @@ pub fn by_name(name: &str) -> Option<LlavaConfig> {
         "bench-small-gemma3" => Some(with_lm(bench_small(), as_gemma3, 128)),
         "paper-2b-clip" => Some(paper_2b_clip()),
         "paper-2b-dinov2" => Some(paper_2b_dinov2()),
+        "tiny-siglip-gemma3" => Some(tiny_siglip_gemma3()),
+        "tiny-gemma3-vlm" => Some(tiny_gemma3_vlm()),
+        "siglip-gemma2-2b" => Some(siglip_llava(GemmaConfig::gemma2_2b())),
+        "siglip-gemma3-1b" => Some(siglip_llava(GemmaConfig::gemma3_1b())),
+        "siglip-gemma3-4b" => {
+            // Gemma 3 4B's vocabulary already holds `<image_soft_token>` (262144).
+            let vision = VisionConfig::Siglip(SiglipVisionConfig::so400m_patch14_384());
+            Some(LlavaConfig::new(
+                &vision,
+                GemmaConfig::gemma3_4b(),
+                262144,
+                729,
+            ))
+        }
+        "gemma3-4b" => Some(gemma3_4b()),
+        "paligemma-3b-224" => Some(paligemma_224(GemmaConfig {
+            hidden_activation: Some("gelu_pytorch_tanh".into()),
+            ..GemmaConfig::gemma_2b()
+        })),
+        "paligemma2-3b-224" => Some(paligemma_224(GemmaConfig::gemma2_2b())),
         _ => None,
     }
 }
 
 /// The names [`by_name`] knows.
-pub const NAMES: [&str; 8] = [
+pub const NAMES: [&str; 16] = [
     "tiny",
     "tiny-gemma2",
     "tiny-gemma3",
+    "tiny-siglip-gemma3",
+    "tiny-gemma3-vlm",
     "bench-small",
     "bench-small-gemma2",
     "bench-small-gemma3",
     "paper-2b-clip",
     "paper-2b-dinov2",
+    "siglip-gemma2-2b",
+    "siglip-gemma3-1b",
+    "siglip-gemma3-4b",
+    "gemma3-4b",
+    "paligemma-3b-224",
+    "paligemma2-3b-224",
 ];

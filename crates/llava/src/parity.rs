@@ -11,7 +11,7 @@
 //! | `gemma-causal-lm` | [`gemma_lm::parity::causal_lm`] |
 //! | `clip-vision`, `dinov2`, `siglip-vision` | [`vision_encoders::parity::tower`] |
 //! | `image-processing` | [`vision_encoders::parity::image_processing`] |
-//! | `llava` | [`llava_model::parity::llava`] |
+//! | `llava`, `gemma3`, `paligemma` | [`llava_model::parity::llava`] |
 //!
 //! The fixture's [`Meta`], the [`Check`]s and the [`Report`] are [`foundation::parity`]'s.
 
@@ -31,6 +31,8 @@ pub const SUPPORTED_KINDS: &[&str] = &[
     "siglip-vision",
     "image-processing",
     "llava",
+    "gemma3",
+    "paligemma",
 ];
 
 /// Runs the fixture in `dir` and returns its report; an unsupported kind is an error.
@@ -41,7 +43,7 @@ pub fn run(dir: &Path) -> Result<Report> {
         "gemma-causal-lm" => gemma_lm::parity::causal_lm(dir, &meta)?,
         "clip-vision" | "dinov2" | "siglip-vision" => vision_encoders::parity::tower(dir, &meta)?,
         "image-processing" => vision_encoders::parity::image_processing(dir, &meta)?,
-        "llava" => llava_model::parity::llava(dir, &meta)?,
+        "llava" | "gemma3" | "paligemma" => llava_model::parity::llava(dir, &meta)?,
         other => {
             return Err(Error::Unsupported(format!(
                 "{}: fixture kind `{other}` is not supported yet (supported: {})",

@@ -35,15 +35,23 @@ pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 pub const CUDA_CONTEXT_BYTES: u64 = 1 << 30;
 
 /// The presets the planner knows: those of [`presets::by_name`] and the 7B ones.
-pub const PRESETS: [&str; 10] = [
+pub const PRESETS: [&str; 18] = [
     "tiny",
     "tiny-gemma2",
     "tiny-gemma3",
+    "tiny-siglip-gemma3",
+    "tiny-gemma3-vlm",
     "bench-small",
     "bench-small-gemma2",
     "bench-small-gemma3",
     "paper-2b-clip",
     "paper-2b-dinov2",
+    "siglip-gemma2-2b",
+    "siglip-gemma3-1b",
+    "siglip-gemma3-4b",
+    "gemma3-4b",
+    "paligemma-3b-224",
+    "paligemma2-3b-224",
     "paper-7b-clip",
     "paper-7b-dinov2",
 ];
@@ -178,6 +186,9 @@ pub struct VisionShape {
     pub mask_token: bool,
     /// DINOv2: a SwiGLU MLP (ViT-g).
     pub swiglu: bool,
+    /// SigLIP: no class token or pre-norm, a biased patch projection, the attention-pooling head
+    /// when `Some(true)`.
+    pub siglip: Option<bool>,
 }
 
 impl VisionShape {
@@ -210,6 +221,11 @@ impl VisionShape {
             qkv_bias: flag("qkv_bias", true),
             mask_token: dinov2 && flag("use_mask_token", true),
             swiglu: flag("use_swiglu_ffn", false),
+            siglip: v
+                .get("model_type")
+                .and_then(serde_json::Value::as_str)
+                .filter(|t| t.starts_with("siglip"))
+                .map(|_| flag("vision_use_head", true)),
         })
     }
 
@@ -221,6 +237,13 @@ impl VisionShape {
         let positions = (grid * grid + 1) * h;
         let conv = h * self.channels * p * p;
         let norms = 2 * 2 * h;
+        if let Some(head) = self.siglip {
+            let layer = 4 * (h * h + h) + (h * m + m) + (m * h + h) + norms;
+            // Probe, packed in-projection, out-projection, layer norm, MLP.
+            let pooling = h + (3 * h * h + 3 * h) + (h * h + h) + 2 * h + (h * m + m) + (m * h + h);
+            let head = if head { pooling } else { 0 };
+            return conv + h + grid * grid * h + self.layers * layer + 2 * h + head;
+        }
         if !self.dinov2 {
             let layer = 4 * (h * h + h) + (h * m + m) + (m * h + h) + norms;
             return h + conv + positions + 2 * h + self.layers * layer + 2 * h;
@@ -259,7 +282,12 @@ impl ModelShape {
         let vision = VisionShape::of(&config.vision_config)?;
         let (vision_params, width) = (vision.params(), vision.hidden);
         let lm = LmShape::of(&config.text_config);
-        let features = width * config.feature_layers().len() as u64;
+        let family = config.family();
+        let layers = match family {
+            llava_model::config::Family::Llava => config.feature_layers().len() as u64,
+            _ => 1,
+        };
+        let features = width * layers;
         let bias = |n: u64| {
             if config.multimodal_projector_bias {
                 n
@@ -270,6 +298,8 @@ impl ModelShape {
         let connector_params = match config.projector().map_err(|e| e.to_string())? {
             connector::ProjectorType::Identity => 0,
             connector::ProjectorType::Linear => features * lm.hidden + bias(lm.hidden),
+            connector::ProjectorType::PaliGemma => features * lm.hidden + lm.hidden,
+            connector::ProjectorType::Gemma3 { .. } => features * lm.hidden + features,
             connector::ProjectorType::MlpGelu { depth } => {
                 features * lm.hidden
                     + (depth as u64 - 1) * lm.hidden * lm.hidden
@@ -281,7 +311,10 @@ impl ModelShape {
             vision_params,
             vision_features: features,
             connector_params,
-            image_tokens: config.image_seq_length.unwrap_or(576).max(0) as u64,
+            image_tokens: match family {
+                llava_model::config::Family::Gemma3 => config.mm_tokens_per_image().max(0) as u64,
+                _ => config.image_seq_length.unwrap_or(576).max(0) as u64,
+            },
         })
     }
 }

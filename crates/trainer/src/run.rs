@@ -202,10 +202,14 @@ pub enum RunError {
     Dist(#[from] crate::dist::DistError),
 }
 
-/// Whether preset `name` is the tiny model on the built-in synthetic data: `tiny`, or the same
-/// with a Gemma 2 or Gemma 3 language model (`tiny-gemma2`, `tiny-gemma3`).
+/// Whether preset `name` is a tiny model on the built-in synthetic data: `tiny`, the same with a
+/// Gemma 2 or Gemma 3 language model (`tiny-gemma2`, `tiny-gemma3`), with a SigLIP tower too
+/// (`tiny-siglip-gemma3`), or a whole Gemma 3 VLM (`tiny-gemma3-vlm`).
 pub fn is_tiny(name: &str) -> bool {
-    matches!(name, "tiny" | "tiny-gemma2" | "tiny-gemma3")
+    matches!(
+        name,
+        "tiny" | "tiny-gemma2" | "tiny-gemma3" | "tiny-siglip-gemma3" | "tiny-gemma3-vlm"
+    )
 }
 
 /// The `tiny` model with a start that depends on `seed` alone (not on libtorch's global generator).

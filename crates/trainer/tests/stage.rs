@@ -360,10 +360,16 @@ fn a_packed_batch_has_the_unpacked_loss_and_gradients() {
             positions: tensor(&batch.position_ids),
             segments: tensor(&batch.segment_ids),
         });
+        let labels = tensor(&batch.labels);
         let hidden = model
-            .forward_train(&tensor(&batch.input_ids), Some(&pixels), packing.as_ref())
+            .forward_train(
+                &tensor(&batch.input_ids),
+                Some(&pixels),
+                &labels,
+                packing.as_ref(),
+            )
             .unwrap();
-        let (loss, count) = model.loss(&hidden, &tensor(&batch.labels)).unwrap();
+        let (loss, count) = model.loss(&hidden, &labels).unwrap();
         loss.backward();
         (loss.double_value(&[]), count, gradients(&model))
     };

@@ -145,6 +145,15 @@ impl VisionConfig {
         }
     }
 
+    /// The layer norms' epsilon (Gemma 3's projector norm takes the tower's).
+    pub fn layer_norm_eps(&self) -> f64 {
+        match self {
+            VisionConfig::Clip(c) => c.layer_norm_eps,
+            VisionConfig::Dinov2(c) => c.layer_norm_eps,
+            VisionConfig::Siglip(c) => c.layer_norm_eps,
+        }
+    }
+
     /// Whether the tower puts a class token before the patches (CLIP, DINOv2; not SigLIP).
     pub fn has_class_token(&self) -> bool {
         !matches!(self, VisionConfig::Siglip(_))

@@ -5,7 +5,7 @@
 mod plan;
 mod varlen;
 
-pub use plan::{AttentionPlan, Packing, additive_mask};
+pub use plan::{AttentionPlan, Blocks, Packing, additive_mask};
 
 use foundation::layers::Linear;
 use tch::{Kind, Tensor};

@@ -21,6 +21,43 @@ pub struct AttentionPlan {
     query_slots: Tensor,
     /// How many keys the queries attend over.
     keys: i64,
+    /// Runs of tokens that see each other both ways (see [`Blocks`]): `[batch, 1, len, keys]`
+    /// true where a query and a key share a block, and whether that reaches past a window.
+    blocks: Option<(Tensor, bool)>,
+}
+
+/// Runs of tokens that attend to each other both ways, on top of causal attention: the tokens of
+/// one image in Gemma 3, the image and prefix in PaliGemma (transformers' `block_sequence_ids`).
+#[derive(Debug)]
+pub struct Blocks {
+    /// `[batch, len]`: each token's block (0, 1, …), -1 for tokens in none. Padding must be -1.
+    pub ids: Tensor,
+    /// Whether a block reaches past a sliding window (PaliGemma 2: `OR(AND(window, causal),
+    /// block)`) or is clipped by it (Gemma 3: `AND(window, OR(causal, block))`).
+    pub over_window: bool,
+}
+
+impl Blocks {
+    /// Blocks from per-token flags `[batch, len]` (non-zero = bidirectional): each contiguous run
+    /// of flagged tokens is one block, as transformers' `get_block_sequence_ids_for_mask` numbers
+    /// them (Gemma 3's `token_type_ids`).
+    pub fn from_runs(flags: &Tensor, over_window: bool) -> Self {
+        let flags = flags.ne(0).to_kind(Kind::Int64);
+        let (batch, len) = (flags.size()[0], flags.size()[1]);
+        let previous = Tensor::cat(
+            &[
+                Tensor::zeros([batch, 1], (Kind::Int64, flags.device())),
+                flags.narrow(-1, 0, len - 1),
+            ],
+            -1,
+        );
+        let starts = flags.gt_tensor(&previous).to_kind(Kind::Int64);
+        let run = starts.cumsum(-1, Kind::Int64) - 1;
+        Blocks {
+            ids: run.where_self(&flags.ne(0), &run.full_like(-1)),
+            over_window,
+        }
+    }
 }
 
 impl AttentionPlan {
@@ -55,6 +92,7 @@ impl AttentionPlan {
                     varlen: None,
                     query_slots: slots(past, len, device),
                     keys: past + len,
+                    blocks: None,
                 }
             }
             Some(padding) => {
@@ -74,6 +112,7 @@ impl AttentionPlan {
                     varlen: None,
                     query_slots: slots(past, len, device),
                     keys: past + len,
+                    blocks: None,
                 }
             }
         }
@@ -94,6 +133,7 @@ impl AttentionPlan {
             is_causal,
             varlen: None,
             keys,
+            blocks: None,
         }
     }
 
@@ -121,11 +161,14 @@ impl AttentionPlan {
             None => near,
         };
         let window_mask = additive(&keep.unsqueeze(1), kind);
-        let mask = match &self.mask {
+        let mut mask = match &self.mask {
             // Both masks' lowest values stay the lowest (a sum could overflow to -inf).
             Some(mask) => mask.minimum(&window_mask.to_kind(mask.kind())),
             None => window_mask,
         };
+        if let Some((same, true)) = &self.blocks {
+            mask = mask.masked_fill(same, 0.0);
+        }
         AttentionPlan {
             positions: self.positions.shallow_clone(),
             mask: (self.varlen.is_none()).then_some(mask),
@@ -133,6 +176,47 @@ impl AttentionPlan {
             varlen: self.varlen.as_ref().map(|v| v.windowed(window)),
             query_slots: self.query_slots.shallow_clone(),
             keys: self.keys,
+            blocks: self
+                .blocks
+                .as_ref()
+                .map(|(same, over)| (same.shallow_clone(), *over)),
+        }
+    }
+
+    /// This plan with `blocks` of the new tokens opened both ways: a query also sees every key
+    /// of its own block, later ones included (transformers' `OR(causal, same_block)`). Blocks
+    /// cover the new tokens only; cached keys are in none. A packed plan must be the masked one
+    /// ([`packed_masked`](Self::packed_masked)).
+    pub fn with_blocks(self, blocks: &Blocks, kind: Kind) -> AttentionPlan {
+        debug_assert!(self.varlen.is_none(), "blocks need a mask, not varlen");
+        let device = self.positions.device();
+        let ids = blocks.ids.to_device(device).to_kind(Kind::Int64);
+        let (batch, len) = (ids.size()[0], ids.size()[1]);
+        let past = self.keys - len;
+        let key_ids = Tensor::cat(
+            &[
+                Tensor::full([batch, past], -1, (Kind::Int64, device)),
+                ids.shallow_clone(),
+            ],
+            1,
+        );
+        let same = ids
+            .unsqueeze(2)
+            .eq_tensor(&key_ids.unsqueeze(1))
+            .logical_and(&ids.ge(0).unsqueeze(2))
+            .unsqueeze(1); // [b, 1, len, keys]
+        let base = match self.mask {
+            Some(mask) => mask,
+            None if self.is_causal || len > 1 => {
+                additive(&causal(len, past, device).unsqueeze(0).unsqueeze(0), kind)
+            }
+            None => Tensor::zeros([1, 1, len, self.keys], (kind, device)),
+        };
+        AttentionPlan {
+            mask: Some(base.masked_fill(&same, 0.0)),
+            is_causal: false,
+            blocks: Some((same, blocks.over_window)),
+            ..self
         }
     }
 
@@ -167,6 +251,7 @@ impl AttentionPlan {
                 varlen: Some(varlen),
                 query_slots: slots(0, len, device),
                 keys: len,
+                blocks: None,
             };
         }
         Self::packed_masked(packing, device, kind)
@@ -190,6 +275,7 @@ impl AttentionPlan {
             varlen: None,
             query_slots: slots(0, len, device),
             keys: len,
+            blocks: None,
         }
     }
 }

@@ -77,8 +77,12 @@ pub(super) fn loss_backward(
     if checkpointed {
         return checkpointed_loss_backward(model, &inputs, divisor);
     }
-    let hidden =
-        model.forward_train(&inputs.ids, inputs.pixels.as_ref(), inputs.packing.as_ref())?;
+    let hidden = model.forward_train(
+        &inputs.ids,
+        inputs.pixels.as_ref(),
+        &inputs.labels,
+        inputs.packing.as_ref(),
+    )?;
     let (loss, _) = model.loss(&hidden, &inputs.labels)?;
     (&loss / divisor).backward();
     Ok(loss.detach())

@@ -335,7 +335,7 @@ impl Steps {
                 .loss_backward_checkpointed_packed(ids, pixels, labels, 1.0, packing)?
                 .0
         } else {
-            let hidden = self.model.forward_train(ids, pixels, packing)?;
+            let hidden = self.model.forward_train(ids, pixels, labels, packing)?;
             let (loss, _) = self.model.loss(&hidden, labels)?;
             laps.lap(|p| &mut p.forward_s);
             loss.backward();
