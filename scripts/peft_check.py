@@ -3,8 +3,9 @@
     python scripts/peft_check.py --base BASE_MODEL_DIR --adapter ADAPTER_DIR \
         --inputs INPUTS.safetensors --expected OURS.safetensors [--key logits] [--atol 2e-4 --rtol 1e-4]
 
-Loads `LlavaForConditionalGeneration` from BASE_MODEL_DIR (float32, eval, CPU), then
-`PeftModel.from_pretrained(base, ADAPTER_DIR)`, runs it on input_ids / attention_mask / pixel_values
+Loads the base's class (`AutoModelForImageTextToText`: LLaVA, Gemma 3 or PaliGemma) from
+BASE_MODEL_DIR (float32, eval, CPU, eager attention), then `PeftModel.from_pretrained(base,
+ADAPTER_DIR)`, runs it on input_ids / attention_mask / pixel_values (and token_type_ids, when given)
 from INPUTS and compares its logits, where attention_mask == 1, with tensor KEY of OURS.
 
 It fails (exit 1) when the logits differ beyond atol/rtol, and also when PEFT did not take every
@@ -34,7 +35,7 @@ import transformers
 from peft import PeftModel
 from peft.utils import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
 from safetensors.torch import load_file
-from transformers import LlavaForConditionalGeneration
+from transformers import AutoModelForImageTextToText
 
 ADAPTER_NAME = "default"
 SUSPICIOUS = ("missing", "unexpected", "mismatch", "not initialized", "were not used", "not found")
@@ -42,15 +43,16 @@ SUSPICIOUS = ("missing", "unexpected", "mismatch", "not initialized", "were not 
 
 def forward(model, inputs):
     kw = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-    if "pixel_values" in inputs:
-        kw["pixel_values"] = inputs["pixel_values"]
+    for key in ("pixel_values", "token_type_ids"):
+        if key in inputs:
+            kw[key] = inputs[key]
     with torch.no_grad():
         return model(**kw).logits.float()
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--base", required=True, help="transformers LlavaForConditionalGeneration directory")
+    ap.add_argument("--base", required=True, help="a transformers vision-language model directory (LLaVA, Gemma 3, PaliGemma)")
     ap.add_argument("--adapter", required=True, help="PEFT adapter directory (adapter_config.json + weights)")
     ap.add_argument("--inputs", required=True, help="safetensors with input_ids, attention_mask[, pixel_values]")
     ap.add_argument("--expected", required=True, help="safetensors with our logits")
@@ -87,7 +89,7 @@ def main():
         sys.exit(0 if result["ok"] else 1)
 
     # Eager attention: transformers' default SDPA path drops Gemma 2's attention soft-cap.
-    base = LlavaForConditionalGeneration.from_pretrained(
+    base = AutoModelForImageTextToText.from_pretrained(
         args.base, dtype=torch.float32, attn_implementation="eager").eval()
 
     # 1. PEFT's own load, with every warning it gives recorded

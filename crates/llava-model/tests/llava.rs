@@ -277,3 +277,100 @@ fn stage_one_gradients_reach_only_the_connector() {
             .all(|t| !t.grad().defined())
     );
 }
+
+/// Gemma 3 and PaliGemma as the hub names them (`vision_tower.vision_model.*`), as transformers
+/// 5.17 holds them in memory (`model.language_model.*`, `model.vision_tower.*`,
+/// `model.multi_modal_projector.*`), and as we save them: the same logits every time, and the
+/// family's `config.json` back without LLaVA's own keys.
+#[test]
+fn gemma_vlms_load_every_layout_and_save_as_their_family() {
+    for name in ["gemma3", "paligemma"] {
+        let reference = logits(&load(&fixtures().join(name).join("model")), name);
+        type Rename = fn(&str) -> String;
+        let layouts: [(&str, Rename); 2] = [
+            ("hub", |n: &str| match n.strip_prefix("vision_tower.") {
+                Some(rest) => format!("vision_tower.vision_model.{rest}"),
+                None => n.to_string(),
+            }),
+            ("in memory", |n: &str| {
+                match n.strip_prefix("language_model.model.") {
+                    Some(rest) => format!("model.language_model.{rest}"),
+                    None => format!("model.{n}"),
+                }
+            }),
+        ];
+        for (label, rename) in layouts {
+            let tmp = tempfile::tempdir().unwrap();
+            relayout(name, tmp.path(), rename);
+            let diff = (logits(&load(tmp.path()), name) - &reference)
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert_eq!(diff, 0.0, "{name}, {label}");
+        }
+        let model = load(&fixtures().join(name).join("model"));
+        let tmp = tempfile::tempdir().unwrap();
+        model.save_pretrained(tmp.path(), None).unwrap();
+        let again = load(tmp.path());
+        assert_eq!(again.family(), model.family());
+        assert!(logits(&again, name).equal(&reference), "{name} saved");
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(tmp.path().join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["model_type"], name);
+        for key in ["vision_feature_layer", "projector_hidden_act"] {
+            assert!(config.get(key).is_none(), "{name} config has {key}");
+        }
+    }
+}
+
+/// PaliGemma's prefix and Gemma 3's images attend both ways; without that the logits move (the
+/// fixtures' descriptions give how far transformers' own move), so the parity checks see it.
+#[test]
+fn the_gemma_vlms_attention_blocks_change_their_logits() {
+    for name in ["gemma3", "paligemma"] {
+        let model = load(&fixtures().join(name).join("model"));
+        let i = inputs(name);
+        let ids = &i["input_ids"];
+        let hidden = |types: Option<&Tensor>| {
+            tch::no_grad(|| {
+                model.logits(
+                    &model
+                        .forward_typed(ids, Some(&i["pixel_values"]), None, types)
+                        .unwrap(),
+                )
+            })
+        };
+        let with = hidden(Some(&i["token_type_ids"]));
+        // All suffix (PaliGemma) or no image tokens (Gemma 3): causal everywhere.
+        let causal_types = match name {
+            "paligemma" => ids.ones_like(),
+            _ => ids.zeros_like(),
+        };
+        let without = hidden(Some(&causal_types));
+        let moved = (with - without).abs().max().double_value(&[]);
+        assert!(
+            moved > 0.1,
+            "{name}: the blocks moved the logits by {moved} only"
+        );
+    }
+}
+
+/// PaliGemma's training batches: the prefix ends where a sample's labels start, per sample when
+/// several are packed in a row.
+#[test]
+fn paligemma_token_types_come_from_the_labels() {
+    let labels = Tensor::from_slice(&[-100i64, -100, 5, 6, -100, -100, 7, -100]).view([1, 8]);
+    let types = LlavaModel::token_types_from_labels(&labels, None);
+    assert_eq!(
+        Vec::<i64>::try_from(types.view([-1])).unwrap(),
+        [0, 0, 1, 1, 1, 1, 1, 1]
+    );
+    let segments = Tensor::from_slice(&[0i64, 0, 0, 0, 1, 1, 1, -1]).view([1, 8]);
+    let types = LlavaModel::token_types_from_labels(&labels, Some(&segments));
+    assert_eq!(
+        Vec::<i64>::try_from(types.view([-1])).unwrap(),
+        [0, 0, 1, 1, 0, 0, 1, 0],
+        "padding (segment -1) starts a run of its own; the padding mask keeps it out of blocks"
+    );
+}

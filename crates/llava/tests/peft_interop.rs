@@ -89,6 +89,14 @@ fn a_gemma2_adapter_loads_in_peft_with_our_logits() {
     adapter_workflow("tiny-gemma2");
 }
 
+/// And on a whole `Gemma3ForConditionalGeneration` (SigLIP, Gemma 3's projector, a Gemma 3 LM):
+/// PEFT's transformers model is given `token_type_ids`, so its image tokens attend to each other
+/// both ways as ours do.
+#[test]
+fn a_gemma3_vlm_adapter_loads_in_peft_with_our_logits() {
+    adapter_workflow("tiny-gemma3-vlm");
+}
+
 fn adapter_workflow(preset: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("lora");
@@ -146,6 +154,13 @@ fn adapter_workflow(preset: &str) {
             foundation::layers::seeded_normal(&[1, 3, side, side], 1.0, 5),
         ),
     ];
+    let mut inputs = inputs;
+    if model.family() != llava::llava_model::config::Family::Llava {
+        // The processor's token types: 1 at image tokens (Gemma 3's blocks).
+        let ids = Tensor::from_slice(&ids).view([1, n]);
+        let types = ids.eq(model.image_token()).to_kind(Kind::Int64);
+        inputs.push(("token_type_ids".to_string(), types));
+    }
     let ours = logits(&model, &inputs);
     let inputs_file = tmp.path().join("inputs.safetensors");
     let ours_file = tmp.path().join("ours.safetensors");

@@ -307,3 +307,63 @@ fn additive(keep: &Tensor, kind: Kind) -> Tensor {
     };
     Tensor::zeros(keep.size(), (kind, keep.device())).masked_fill(&keep.logical_not(), lowest)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keep(plan: &AttentionPlan) -> Vec<Vec<i64>> {
+        let mask = plan.mask.as_ref().expect("a masked plan").get(0).get(0);
+        Vec::<Vec<i64>>::try_from(mask.eq(0.0).to_kind(Kind::Int64)).unwrap()
+    }
+
+    fn rows(text: &[&str]) -> Vec<Vec<i64>> {
+        text.iter()
+            .map(|r| r.bytes().map(|b| i64::from(b == b'1')).collect())
+            .collect()
+    }
+
+    #[test]
+    fn runs_of_flagged_tokens_are_numbered_blocks() {
+        let flags = Tensor::from_slice(&[1i64, 1, 0, 1, 1, 0, 0, 1]).view([1, 8]);
+        let blocks = Blocks::from_runs(&flags, false);
+        assert_eq!(
+            Vec::<i64>::try_from(blocks.ids.view([-1])).unwrap(),
+            [0, 0, -1, 1, 1, -1, -1, 2]
+        );
+    }
+
+    #[test]
+    fn a_block_sees_itself_both_ways_and_a_window_clips_it_or_not() {
+        // t t [i i i] t: the image tokens see each other, later text sees all before it.
+        let ids = Tensor::from_slice(&[-1i64, -1, 0, 0, 0, -1]).view([1, 6]);
+        let plan = AttentionPlan::new(None, 1, 6, 0, Device::Cpu, Kind::Float);
+        let gemma3 = plan.with_blocks(
+            &Blocks {
+                ids: ids.shallow_clone(),
+                over_window: false,
+            },
+            Kind::Float,
+        );
+        let want = rows(&["100000", "110000", "111110", "111110", "111110", "111111"]);
+        assert_eq!(keep(&gemma3), want);
+        // Gemma 3 (window 2): AND(window, OR(causal, block)); forward keys stay inside the block.
+        assert_eq!(
+            keep(&gemma3.windowed(2, Kind::Float)),
+            rows(&["100000", "110000", "011110", "001110", "000110", "000011"])
+        );
+        // PaliGemma 2: OR(AND(window, causal), block): the block reaches past the window.
+        let plan = AttentionPlan::new(None, 1, 6, 0, Device::Cpu, Kind::Float);
+        let paligemma = plan.with_blocks(
+            &Blocks {
+                ids,
+                over_window: true,
+            },
+            Kind::Float,
+        );
+        assert_eq!(
+            keep(&paligemma.windowed(2, Kind::Float)),
+            rows(&["100000", "110000", "011110", "001110", "001110", "000011"])
+        );
+    }
+}
