@@ -4,6 +4,11 @@
 //!   `<bos><start_of_turn>user\n<image>\n{q}<end_of_turn>\n<start_of_turn>model\n{a}<end_of_turn>\n…`;
 //!   labels on each answer, its `<end_of_turn>` and the newline after it; `-100` elsewhere.
 //! * `plain` (LLaVA-1.5 stage 1): `<bos><image>{caption}\n`; labels on the caption and newline.
+//! * `gemma3` (Gemma 3's chat template and processor): as `gemma`, but the image is written as
+//!   Gemma 3's processor writes it, `\n\n<start_of_image>` + its tokens + `<end_of_image>\n\n`
+//!   before the question.
+//! * `paligemma` (PaliGemma's processor, one question and answer): `<image> x n <bos>{q}\n` as the
+//!   prefix, `{a}<eos>` as the suffix, labels on the suffix.
 //!
 //! `<image>` is moved to the front of the first user turn and expanded to the image's tokens; a
 //! sample is truncated at `max_length`, never through the image tokens.
@@ -27,6 +32,10 @@ pub enum Template {
     Gemma,
     /// Image then caption (LLaVA-1.5's stage 1).
     Plain,
+    /// Gemma's chat format with Gemma 3's image delimiters.
+    Gemma3,
+    /// PaliGemma's prefix and suffix (the first question and answer of a conversation).
+    PaliGemma,
 }
 
 impl Template {
@@ -35,6 +44,8 @@ impl Template {
         match name {
             "gemma" => Some(Template::Gemma),
             "plain" => Some(Template::Plain),
+            "gemma3" => Some(Template::Gemma3),
+            "paligemma" => Some(Template::PaliGemma),
             _ => None,
         }
     }
@@ -73,8 +84,18 @@ impl Templater {
     /// be used.
     pub fn tokenize(&self, record: &Record) -> Result<Tokenized, (SkipReason, String)> {
         let has_image = record.image.is_some();
-        let mut ids = vec![self.tokenizer.bos];
-        let mut labels = vec![IGNORE];
+        // The image token's own text (`<image>`, Gemma 3's `<image_soft_token>`).
+        let image_mark = self
+            .tokenizer
+            .decode(&[self.image_token], false)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| IMAGE_MARK.to_string());
+        // PaliGemma's images come before `<bos>`, which its prefix writes.
+        let (mut ids, mut labels) = match self.template {
+            Template::PaliGemma => (Vec::new(), Vec::new()),
+            _ => (vec![self.tokenizer.bos], vec![IGNORE]),
+        };
         let mut push = |text: &str, learn: bool| -> Result<(), (SkipReason, String)> {
             let piece = self
                 .tokenizer
@@ -93,11 +114,16 @@ impl Templater {
             Ok(())
         };
         match self.template {
-            Template::Gemma => {
+            Template::Gemma | Template::Gemma3 => {
                 for (i, pair) in record.conversations.chunks(2).enumerate() {
                     let mut question = clean(&pair[0].value);
                     if i == 0 && has_image {
-                        question = format!("{IMAGE_MARK}\n{question}");
+                        question = match self.template {
+                            Template::Gemma3 => format!(
+                                "\n\n<start_of_image>{image_mark}<end_of_image>\n\n{question}"
+                            ),
+                            _ => format!("{image_mark}\n{question}"),
+                        };
                     }
                     push(
                         &format!(
@@ -110,9 +136,17 @@ impl Templater {
                     }
                 }
             }
+            Template::PaliGemma => {
+                let images = if has_image { image_mark.as_str() } else { "" };
+                let question = clean(&record.conversations[0].value);
+                push(&format!("{images}<bos>{question}\n"), false)?;
+                if let Some(answer) = record.conversations.get(1) {
+                    push(&format!("{}<eos>", clean(&answer.value)), true)?;
+                }
+            }
             Template::Plain => {
                 if has_image {
-                    push(IMAGE_MARK, false)?;
+                    push(&image_mark, false)?;
                 }
                 push(
                     &format!("{}\n", clean(&record.conversations[1].value)),

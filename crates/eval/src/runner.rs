@@ -388,11 +388,14 @@ pub fn answer_questions(
                             continue;
                         }
                     }
-                    text = format!("{}\n{text}", llava_model::IMAGE_TOKEN);
                 }
-                let ids = tokenizer.encode_chat(&[Message::user(text)], true)?;
-                prompts
-                    .push(model.expand_image_tokens(&ids, model.tokens_per_image(size.0, size.1)));
+                let per_image = model.tokens_per_image(size.0, size.1);
+                let format = model.prompt_format(tokenizer, per_image);
+                if q.image.is_some() {
+                    text = format.mark_images(&text, 1);
+                }
+                let ids = format.encode(tokenizer, &[Message::user(text)])?;
+                prompts.push(model.expand_image_tokens(&ids, per_image));
                 asked.push(*q);
             }
             if asked.is_empty() {

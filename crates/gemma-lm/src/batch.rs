@@ -24,7 +24,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::attention::{AttentionPlan, additive_mask};
+use crate::attention::{AttentionPlan, Blocks, additive_mask};
 use crate::cache::{Buffers, LayerCache};
 use crate::model::Gemma;
 use crate::{Error, Result};
@@ -179,6 +179,18 @@ pub fn prefill(
     slot: usize,
     embeds: &Tensor,
 ) -> Result<Tensor> {
+    prefill_with(model, cache, slot, embeds, None)
+}
+
+/// [`prefill`] with `blocks` of the prompt that attend to each other both ways (Gemma 3's images,
+/// PaliGemma's prefix; see [`Blocks`]).
+pub fn prefill_with(
+    model: &Gemma,
+    cache: &mut SlotCache,
+    slot: usize,
+    embeds: &Tensor,
+    blocks: Option<&Blocks>,
+) -> Result<Tensor> {
     let size = embeds.size();
     let hidden = model.config().hidden_size;
     if size.len() != 3 || size[0] != 1 || size[1] < 1 || size[2] != hidden {
@@ -196,7 +208,16 @@ pub fn prefill(
             cache.capacity
         )));
     }
-    let plan = AttentionPlan::new(None, 1, len, 0, model.device(), model.kind());
+    let mut plan = AttentionPlan::new(None, 1, len, 0, model.device(), model.kind());
+    if let Some(blocks) = blocks {
+        if blocks.ids.size() != [1, len] {
+            return Err(Error::Input(format!(
+                "attention blocks {:?} do not match the prompt's [1, {len}]",
+                blocks.ids.size()
+            )));
+        }
+        plan = plan.with_blocks(blocks, model.kind());
+    }
     let out = tch::no_grad(|| {
         model.forward_planned(
             embeds,

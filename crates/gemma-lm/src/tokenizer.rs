@@ -148,6 +148,26 @@ pub fn apply_chat_template(messages: &[Message], add_generation_prompt: bool) ->
 /// `google/gemma-2b-it`'s and `google/gemma-2-2b-it`'s `chat_template`.
 pub const GEMMA_JINJA: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}";
 
+/// A token a tokenizer adds beside its model's vocabulary, with the flags `tokenizer.json` and
+/// `tokenizer_config.json` give it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedToken {
+    /// Its id.
+    pub id: i64,
+    /// Its text.
+    pub content: String,
+    /// Whether it is special (skipped when decoding with `skip_special_tokens`).
+    pub special: bool,
+    /// Whether it takes the whitespace on its left.
+    pub lstrip: bool,
+    /// Whether it takes the whitespace on its right.
+    pub rstrip: bool,
+    /// Whether it is matched after normalisation.
+    pub normalized: bool,
+    /// Whether it only matches whole words.
+    pub single_word: bool,
+}
+
 /// `google/gemma-3-*-it`'s `chat_template` (text and image parts).
 pub const GEMMA3_JINJA: &str = r#"{{ bos_token }}
 {%- if messages[0]['role'] == 'system' -%}
@@ -299,6 +319,28 @@ impl GemmaTokenizer {
     /// The id of `token`, if the vocabulary has it.
     pub fn token_id(&self, token: &str) -> Option<i64> {
         self.inner.token_to_id(token).map(i64::from)
+    }
+
+    /// The tokens added beside the model's vocabulary (`<start_of_turn>`, `<image>`, …), by id:
+    /// what transformers lists as `added_tokens_decoder` in `tokenizer_config.json`, without which
+    /// its `GemmaTokenizer` reads them as plain text.
+    pub fn added_tokens(&self) -> Vec<AddedToken> {
+        let mut tokens: Vec<AddedToken> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .map(|(id, t)| AddedToken {
+                id: i64::from(id),
+                content: t.content,
+                special: t.special,
+                lstrip: t.lstrip,
+                rstrip: t.rstrip,
+                normalized: t.normalized,
+                single_word: t.single_word,
+            })
+            .collect();
+        tokens.sort_by_key(|t| t.id);
+        tokens
     }
 
     /// Number of tokens, added tokens included.

@@ -28,37 +28,76 @@ impl LlavaModel {
     pub fn save_processor(&self, dir: &Path, tokenizer: &GemmaTokenizer) -> Result<()> {
         use crate::processor_files as files;
         let vision = self.config.vision()?;
+        let family = self.family();
         let image_token_id = self.image_token();
-        let image_token = tokenizer
-            .decode(&[image_token_id], false)
-            .ok()
-            .filter(|t| !t.is_empty())
-            .unwrap_or_else(|| IMAGE_TOKEN.to_string());
+        let text_of = |id: i64| {
+            tokenizer
+                .decode(&[id], false)
+                .ok()
+                .filter(|t| !t.is_empty())
+        };
+        let image_token = text_of(image_token_id).unwrap_or_else(|| IMAGE_TOKEN.to_string());
         let pretty = |v: serde_json::Value| serde_json::to_string_pretty(&v).expect("serialises");
+        let added = tokenizer.added_tokens();
         let processor = self.image_processor(None)?;
-        for (name, text) in [
-            (
-                "preprocessor_config.json",
-                pretty(files::preprocessor_config(&processor, &vision)),
-            ),
-            (
-                "processor_config.json",
-                pretty(files::processor_config(
-                    &vision,
-                    &self.config.vision_feature_select_strategy,
-                    &image_token,
-                )),
-            ),
-            (
-                "tokenizer_config.json",
-                pretty(files::tokenizer_config(&image_token, image_token_id)),
-            ),
-            (
-                "special_tokens_map.json",
-                pretty(files::special_tokens_map(&image_token)),
-            ),
-            ("chat_template.jinja", files::CHAT_TEMPLATE.to_string()),
-        ] {
+        let side = self.config.image_side()?;
+        let per_image = self.tokens_per_image(side, side);
+        let mut files = vec![(
+            "preprocessor_config.json",
+            pretty(files::preprocessor_config(
+                &processor, &vision, family, per_image,
+            )),
+        )];
+        match family {
+            crate::config::Family::Llava => files.extend([
+                (
+                    "processor_config.json",
+                    pretty(files::processor_config(
+                        &vision,
+                        &self.config.vision_feature_select_strategy,
+                        &image_token,
+                    )),
+                ),
+                (
+                    "tokenizer_config.json",
+                    pretty(files::tokenizer_config(&image_token, &added)),
+                ),
+                ("chat_template.jinja", files::CHAT_TEMPLATE.to_string()),
+            ]),
+            family => {
+                let delimiters = self
+                    .config
+                    .image_delimiters()
+                    .and_then(|(boi, eoi)| Some((text_of(boi)?, text_of(eoi)?)));
+                let delimiters = delimiters.as_ref().map(|(b, e)| (b.as_str(), e.as_str()));
+                files.extend([
+                    (
+                        "processor_config.json",
+                        pretty(files::family_processor_config(family, per_image)),
+                    ),
+                    (
+                        "tokenizer_config.json",
+                        pretty(files::family_tokenizer_config(
+                            family,
+                            &image_token,
+                            &added,
+                            delimiters,
+                        )),
+                    ),
+                ]);
+                if family == crate::config::Family::Gemma3 {
+                    files.push((
+                        "chat_template.jinja",
+                        gemma_lm::tokenizer::GEMMA3_JINJA.to_string(),
+                    ));
+                }
+            }
+        }
+        files.push((
+            "special_tokens_map.json",
+            pretty(files::special_tokens_map(&image_token)),
+        ));
+        for (name, text) in files {
             write_atomic(dir.join(name), text.as_bytes())?;
         }
         Ok(())

@@ -1,11 +1,14 @@
-//! The composed LLaVA model: a frozen vision tower, a connector and Gemma.
+//! The composed vision-language models: a frozen vision tower, a connector and Gemma, as LLaVA,
+//! Gemma 3 (`Gemma3ForConditionalGeneration`) and PaliGemma compose them ([`config::Family`]).
 //!
 //! * [`LlavaConfig`]: the HF `config.json` of `LlavaForConditionalGeneration`;
 //! * [`LlavaModel`]: image features scattered into the `<image>` positions of the token embeddings,
 //!   the loss at labelled positions, and generation with a KV cache;
 //! * loading every HF LLaVA layout in use, assembling a model from a Gemma, a tower and a connector
 //!   file ([`Parts`]), and saving in the layout transformers loads ([`LlavaModel::save_pretrained`]);
-//! * [`parity`]: the model against Hugging Face's outputs on a `llava` parity fixture.
+//! * [`prompt`]: each family's prompts with images, as its transformers processor writes them;
+//! * [`parity`]: the model against Hugging Face's outputs on a `llava`, `gemma3` or `paligemma`
+//!   parity fixture.
 
 pub mod checkpoint;
 pub mod config;
@@ -14,6 +17,7 @@ pub mod parity;
 pub mod peft;
 pub mod presets;
 pub mod processor_files;
+pub mod prompt;
 
 use std::path::PathBuf;
 
@@ -21,6 +25,7 @@ pub use checkpoint::{IMAGE_TOKEN, Parts, with_image_marks};
 pub use config::{FeatureLayers, LlavaConfig};
 pub use model::LlavaModel;
 pub use peft::AdapterConfig;
+pub use prompt::PromptFormat;
 
 /// Errors of the LLaVA model.
 #[derive(Debug, thiserror::Error)]

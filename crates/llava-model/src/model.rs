@@ -99,15 +99,18 @@ impl LlavaModel {
     /// The image processor this model expects: `preprocessor_config.json` in `dir` when there is
     /// one, else the tower's own (CLIP: shortest edge and crop at `image_size`, CLIP statistics;
     /// DINOv2: a crop that gives `image_seq_length` tokens, the shortest edge at 256/224 of it,
-    /// ImageNet statistics). Images are padded to squares unless `config.json` says
-    /// `"image_aspect_ratio"` is something other than `pad` (LLaVA-1.5 pads).
+    /// ImageNet statistics; SigLIP: a square resize, bicubic, Gemma 3's bilinear). LLaVA's images
+    /// are padded to squares unless `config.json` says `"image_aspect_ratio"` is something other
+    /// than `pad` (LLaVA-1.5 pads); Gemma 3's and PaliGemma's never are.
     pub fn image_processor(&self, dir: Option<&std::path::Path>) -> Result<ProcessorConfig> {
-        let pad = self
-            .config
-            .extra
-            .get("image_aspect_ratio")
-            .and_then(|v| v.as_str())
-            .is_none_or(|v| v == "pad");
+        // Gemma 3's and PaliGemma's processors resize without padding.
+        let pad = self.family() == Family::Llava
+            && self
+                .config
+                .extra
+                .get("image_aspect_ratio")
+                .and_then(|v| v.as_str())
+                .is_none_or(|v| v == "pad");
         if let Some(file) = dir
             .map(|d| d.join("preprocessor_config.json"))
             .filter(|f| f.exists())
@@ -130,6 +133,9 @@ impl LlavaModel {
                 crop: Some((side, side)),
                 ..ProcessorConfig::dinov2_224()
             },
+            VisionTower::Siglip(_) if self.family() == Family::Gemma3 => {
+                ProcessorConfig::gemma3(side)
+            }
             VisionTower::Siglip(_) => ProcessorConfig::siglip(side),
         };
         Ok(ProcessorConfig {
@@ -411,12 +417,17 @@ impl LlavaModel {
             })?)
     }
 
-    /// Replaces each single `<image>` in `ids` by `per_image` copies, as the HF processor does.
+    /// Replaces each lone `<image>` in `ids` by `per_image` copies, as LLaVA's processor does.
+    /// Runs of several are left as they are: prompts of the families whose processors expand
+    /// images in the text (Gemma 3, PaliGemma; see [`crate::prompt`]) come expanded.
     pub fn expand_image_tokens(&self, ids: &[i64], per_image: i64) -> Vec<i64> {
         let image = self.image_token();
+        let is_image = |i: usize| ids.get(i) == Some(&image);
         ids.iter()
-            .flat_map(|&id| {
-                let n = if id == image { per_image as usize } else { 1 };
+            .enumerate()
+            .flat_map(|(i, &id)| {
+                let lone = id == image && !(i > 0 && is_image(i - 1)) && !is_image(i + 1);
+                let n = if lone { per_image as usize } else { 1 };
                 std::iter::repeat_n(id, n)
             })
             .collect()

@@ -123,17 +123,30 @@ pub fn tiny_siglip_gemma3() -> LlavaConfig {
 
 /// `tiny-gemma3-vlm`: a whole `Gemma3ForConditionalGeneration` at the tiny size: [`tiny_siglip`],
 /// Gemma 3's projector (a 3 x 3 grid pooled with a kernel of 1: 9 tokens), the tiny Gemma 3; each
-/// image's tokens attend to each other both ways. The built-in tokenizer has no
-/// `<start_of_image>`, so images are runs of `<image>` alone (ids 637 and 638 stand for the
-/// delimiters in `config.json`).
+/// image's tokens attend to each other both ways. `<image>` is 639 as in [`tiny`]; the built-in
+/// tokenizer gains `<start_of_image>` (640) and `<end_of_image>` (641) for it.
 pub fn tiny_gemma3_vlm() -> LlavaConfig {
-    let text = as_gemma3(tiny().text_config, 16);
+    let text = GemmaConfig {
+        vocab_size: 642,
+        ..as_gemma3(tiny().text_config, 16)
+    };
     LlavaConfig::gemma3(
         &VisionConfig::Siglip(tiny_siglip()),
         text,
         639,
-        (637, 638),
+        (640, 641),
         9,
+    )
+}
+
+/// `tiny-paligemma`: a whole `PaliGemmaForConditionalGeneration` at the tiny size:
+/// [`tiny_siglip`], PaliGemma's linear projector and [`tiny`]'s Gemma (`<image>` = 639); the image
+/// and the question form one bidirectional prefix.
+pub fn tiny_paligemma() -> LlavaConfig {
+    LlavaConfig::paligemma(
+        &VisionConfig::Siglip(tiny_siglip()),
+        tiny().text_config,
+        639,
     )
 }
 
@@ -232,7 +245,7 @@ pub fn as_gemma3(lm: GemmaConfig, window: i64) -> GemmaConfig {
 /// The preset called `name` (see [`NAMES`]): `tiny`, `bench-small`, `paper-2b-clip` or
 /// `paper-2b-dinov2`; `tiny` and `bench-small` with a Gemma 2 or Gemma 3 language model
 /// (`tiny-gemma2`, `bench-small-gemma3`, …; windows of 16 and 128 tokens, shorter than their
-/// sequences); the tiny modern parts (`tiny-siglip-gemma3`, `tiny-gemma3-vlm`); LLaVA with SigLIP
+/// sequences); the tiny modern parts (`tiny-siglip-gemma3`, `tiny-gemma3-vlm`, `tiny-paligemma`); LLaVA with SigLIP
 /// so400m and a Gemma 2 2B, Gemma 3 1B or 4B (`siglip-gemma2-2b`, `siglip-gemma3-1b`,
 /// `siglip-gemma3-4b`); and the whole Gemma VLMs (`gemma3-4b`, `paligemma-3b-224`,
 /// `paligemma2-3b-224`).
@@ -252,6 +265,7 @@ pub fn by_name(name: &str) -> Option<LlavaConfig> {
         "paper-2b-dinov2" => Some(paper_2b_dinov2()),
         "tiny-siglip-gemma3" => Some(tiny_siglip_gemma3()),
         "tiny-gemma3-vlm" => Some(tiny_gemma3_vlm()),
+        "tiny-paligemma" => Some(tiny_paligemma()),
         "siglip-gemma2-2b" => Some(siglip_llava(GemmaConfig::gemma2_2b())),
         "siglip-gemma3-1b" => Some(siglip_llava(GemmaConfig::gemma3_1b())),
         "siglip-gemma3-4b" => {
@@ -275,12 +289,13 @@ pub fn by_name(name: &str) -> Option<LlavaConfig> {
 }
 
 /// The names [`by_name`] knows.
-pub const NAMES: [&str; 16] = [
+pub const NAMES: [&str; 17] = [
     "tiny",
     "tiny-gemma2",
     "tiny-gemma3",
     "tiny-siglip-gemma3",
     "tiny-gemma3-vlm",
+    "tiny-paligemma",
     "bench-small",
     "bench-small-gemma2",
     "bench-small-gemma3",

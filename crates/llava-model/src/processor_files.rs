@@ -13,9 +13,18 @@
 //! This is the layout transformers 4 writes and transformers 5 reads; the chat template renders
 //! exactly the prompt that our template (`data::template`, `llava generate`) builds:
 //! `<bos><start_of_turn>user\n<image>\n{question}<end_of_turn>\n<start_of_turn>model\n`.
+//!
+//! Gemma 3 and PaliGemma get their own processors' files: `Gemma3Processor` (its image processor,
+//! `image_seq_length`, the tokenizer's `boi_token`, `eoi_token` and `image_token`, Gemma 3's chat
+//! template) and `PaliGemmaProcessor` (SigLIP's image processor with `image_seq_length`, the
+//! `<image>` token, no chat template).
 
 use serde_json::{Value, json};
 use vision_encoders::VisionConfig;
+
+use gemma_lm::tokenizer::AddedToken;
+
+use crate::config::Family;
 use vision_encoders::processing::{Filter, ProcessorConfig, Resize};
 
 /// Gemma's chat template, extended to messages whose content is a list of `{"type": "image"}` and
@@ -33,12 +42,28 @@ fn pil_resample(filter: Filter) -> u32 {
     }
 }
 
-/// `preprocessor_config.json` for `processor` in front of `vision`.
-pub fn preprocessor_config(processor: &ProcessorConfig, vision: &VisionConfig) -> Value {
-    let class = match vision {
-        VisionConfig::Clip(_) => "CLIPImageProcessor",
-        VisionConfig::Dinov2(_) => "BitImageProcessor",
-        VisionConfig::Siglip(_) => "SiglipImageProcessor",
+/// The processor class of `family`.
+pub fn processor_class(family: Family) -> &'static str {
+    match family {
+        Family::Llava => "LlavaProcessor",
+        Family::Gemma3 => "Gemma3Processor",
+        Family::PaliGemma => "PaliGemmaProcessor",
+    }
+}
+
+/// `preprocessor_config.json` for `processor` in front of `vision` in a `family` model whose
+/// images are `image_seq_length` tokens.
+pub fn preprocessor_config(
+    processor: &ProcessorConfig,
+    vision: &VisionConfig,
+    family: Family,
+    image_seq_length: i64,
+) -> Value {
+    let class = match (family, vision) {
+        (Family::Gemma3, _) => "Gemma3ImageProcessor",
+        (_, VisionConfig::Clip(_)) => "CLIPImageProcessor",
+        (_, VisionConfig::Dinov2(_)) => "BitImageProcessor",
+        (_, VisionConfig::Siglip(_)) => "SiglipImageProcessor",
     };
     let (mean, std) = processor.normalize.unwrap_or(([0.0; 3], [1.0; 3]));
     // Each f32 as its shortest decimal (0.48145467, not 0.48145467042922974).
@@ -46,7 +71,7 @@ pub fn preprocessor_config(processor: &ProcessorConfig, vision: &VisionConfig) -
     let (mean, std) = (decimal(mean), decimal(std));
     let mut config = json!({
         "image_processor_type": class,
-        "processor_class": "LlavaProcessor",
+        "processor_class": processor_class(family),
         "do_convert_rgb": true,
         "do_resize": processor.resize.is_some(),
         "resample": pil_resample(processor.filter),
@@ -67,6 +92,55 @@ pub fn preprocessor_config(processor: &ProcessorConfig, vision: &VisionConfig) -
     if let Some((height, width)) = processor.crop {
         config["crop_size"] = json!({"height": height, "width": width});
     }
+    match family {
+        Family::Gemma3 => config["do_pan_and_scan"] = json!(false),
+        Family::PaliGemma => config["image_seq_length"] = json!(image_seq_length),
+        Family::Llava => {}
+    }
+    config
+}
+
+/// `processor_config.json` of Gemma 3 (`image_seq_length`) and PaliGemma (the class alone).
+pub fn family_processor_config(family: Family, image_seq_length: i64) -> Value {
+    match family {
+        Family::Gemma3 => json!({
+            "image_seq_length": image_seq_length,
+            "processor_class": processor_class(family),
+        }),
+        _ => json!({ "processor_class": processor_class(family) }),
+    }
+}
+
+/// `tokenizer_config.json` of a Gemma 3 or PaliGemma model: [`tokenizer_config`] with the
+/// family's processor class, and for Gemma 3 the image delimiters (the texts of
+/// `<start_of_image>` and `<end_of_image>`) and its chat template.
+pub fn family_tokenizer_config(
+    family: Family,
+    image_token: &str,
+    added: &[AddedToken],
+    delimiters: Option<(&str, &str)>,
+) -> Value {
+    let mut config = tokenizer_config(image_token, added);
+    config["processor_class"] = json!(processor_class(family));
+    match (family, delimiters) {
+        (Family::Gemma3, Some((boi, eoi))) => {
+            config["chat_template"] = json!(gemma_lm::tokenizer::GEMMA3_JINJA);
+            let extra = json!({"boi_token": boi, "eoi_token": eoi, "image_token": image_token});
+            for (key, value) in extra.as_object().expect("an object") {
+                config[key] = value.clone();
+            }
+            config["extra_special_tokens"] = extra;
+            config["additional_special_tokens"] = json!([boi, eoi, image_token]);
+        }
+        (Family::PaliGemma, _) => {
+            config
+                .as_object_mut()
+                .expect("an object")
+                .remove("chat_template");
+            config["add_bos_token"] = json!(false);
+        }
+        _ => {}
+    }
     config
 }
 
@@ -82,19 +156,27 @@ pub fn processor_config(vision: &VisionConfig, select_strategy: &str, image_toke
     })
 }
 
-/// `tokenizer_config.json`: Gemma's tokenizer class and special tokens, `<image>` among the added
-/// special tokens, and the chat template.
-pub fn tokenizer_config(image_token: &str, image_token_id: i64) -> Value {
-    let special = |content: &str| {
-        json!({
-            "content": content, "lstrip": false, "normalized": false, "rstrip": false,
-            "single_word": false, "special": true
+/// `tokenizer_config.json`: Gemma's tokenizer class and special tokens, every added token of the
+/// tokenizer (`added`: transformers' `GemmaTokenizer` reads the ones not listed as plain text),
+/// `<image>` among the additional special tokens, and the chat template.
+pub fn tokenizer_config(image_token: &str, added: &[AddedToken]) -> Value {
+    let decoder: serde_json::Map<String, Value> = added
+        .iter()
+        .map(|t| {
+            let special = t.special || t.content == image_token;
+            (
+                t.id.to_string(),
+                json!({
+                    "content": t.content, "lstrip": t.lstrip, "normalized": t.normalized,
+                    "rstrip": t.rstrip, "single_word": t.single_word, "special": special
+                }),
+            )
         })
-    };
+        .collect();
     json!({
         "add_bos_token": true,
         "add_eos_token": false,
-        "added_tokens_decoder": { image_token_id.to_string(): special(image_token) },
+        "added_tokens_decoder": decoder,
         "additional_special_tokens": [image_token],
         "bos_token": "<bos>",
         "chat_template": CHAT_TEMPLATE,
@@ -129,7 +211,7 @@ mod tests {
     fn clip_336_preprocessor_matches_what_transformers_writes() {
         let vision =
             VisionConfig::Clip(vision_encoders::ClipVisionConfig::clip_vit_large_patch14_336());
-        let config = preprocessor_config(&ProcessorConfig::clip_336(), &vision);
+        let config = preprocessor_config(&ProcessorConfig::clip_336(), &vision, Family::Llava, 576);
         // The values of openai/clip-vit-large-patch14-336's preprocessor_config.json.
         assert_eq!(config["image_processor_type"], "CLIPImageProcessor");
         assert_eq!(config["size"], json!({"shortest_edge": 336}));
@@ -144,7 +226,19 @@ mod tests {
 
     #[test]
     fn tokenizer_files_carry_the_keys_transformers_writes() {
-        let config = tokenizer_config("<image>", 639);
+        let added =
+            [("<pad>", 0), ("<start_of_turn>", 4), ("<image>", 639)].map(|(content, id)| {
+                AddedToken {
+                    id,
+                    content: content.into(),
+                    special: content != "<image>",
+                    lstrip: false,
+                    rstrip: false,
+                    normalized: false,
+                    single_word: false,
+                }
+            });
+        let config = tokenizer_config("<image>", &added);
         for key in [
             "bos_token",
             "eos_token",
@@ -162,6 +256,11 @@ mod tests {
             );
         }
         assert_eq!(config["added_tokens_decoder"]["639"]["content"], "<image>");
+        assert_eq!(config["added_tokens_decoder"]["639"]["special"], true);
+        assert_eq!(
+            config["added_tokens_decoder"]["4"]["content"],
+            "<start_of_turn>"
+        );
         assert!(serde_json::to_string(&config).is_ok());
         let map = special_tokens_map("<image>");
         assert_eq!(map["additional_special_tokens"], json!(["<image>"]));

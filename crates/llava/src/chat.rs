@@ -57,15 +57,19 @@ impl ImageChat {
         &self.tokenizer
     }
 
-    /// The prompt tokens for a conversation: the chat template with `<image>` at the front of the
-    /// first user turn, expanded to the image's tokens, ending with the model's turn opening.
+    /// The prompt tokens for a conversation: the chat template with the image at the front of the
+    /// first user turn, expanded to the image's tokens, ending with the model's turn opening (as
+    /// the model's family writes prompts: [`llava_model::prompt`]).
     pub fn prompt(&self, conversation: &[Message]) -> Result<Vec<i64>> {
         let mut messages = conversation.to_vec();
         let first = messages.first_mut().ok_or_else(|| {
             Error::Unsupported("an empty conversation has nothing to answer".into())
         })?;
-        first.content = llava_model::with_image_marks(&first.content, 1);
-        let ids = self.tokenizer.encode_chat(&messages, true)?;
+        let format = self
+            .model
+            .prompt_format(&self.tokenizer, self.tokens_per_image);
+        first.content = format.mark_images(&first.content, 1);
+        let ids = format.encode(&self.tokenizer, &messages)?;
         Ok(self.model.expand_image_tokens(&ids, self.tokens_per_image))
     }
 

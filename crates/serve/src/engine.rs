@@ -18,7 +18,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use gemma_lm::batch::{decode_step, prefill};
+use gemma_lm::batch::{decode_step, prefill_with};
 use gemma_lm::{GemmaTokenizer, GenerationConfig, Sampler, SlotCache};
 use image_processing::ImageProcessor;
 use llava_model::LlavaModel;
@@ -91,6 +91,8 @@ pub struct ModelInfo {
     pub tokens_per_image: Option<i64>,
     /// The tokenizer.
     pub tokenizer: GemmaTokenizer,
+    /// How the model's family writes images into prompts.
+    pub prompt_format: llava_model::PromptFormat,
     /// The image processor.
     pub processor: ImageProcessor,
     /// When the model was loaded (Unix seconds).
@@ -248,6 +250,7 @@ fn load(config: &ServerConfig) -> Result<(LlavaModel, ModelInfo, i64)> {
     let tokens_per_image = processor
         .output_size()
         .map(|(h, w)| model.tokens_per_image(h as i64, w as i64));
+    let prompt_format = model.prompt_format(&tokenizer, tokens_per_image.unwrap_or(0));
     let id = config.model_id.clone().unwrap_or_else(|| {
         dir.canonicalize()
             .ok()
@@ -264,6 +267,7 @@ fn load(config: &ServerConfig) -> Result<(LlavaModel, ModelInfo, i64)> {
             capacity,
             tokens_per_image,
             tokenizer,
+            prompt_format,
             processor,
             created,
         },
@@ -406,7 +410,9 @@ impl Batcher {
             });
             let embeds =
                 tch::no_grad(|| model.embed(&ids, pixels.as_ref())).map_err(|e| e.to_string())?;
-            let hidden = prefill(&model.lm, cache, slot, &embeds).map_err(|e| e.to_string())?;
+            let blocks = model.blocks(&ids, None, None);
+            let hidden = prefill_with(&model.lm, cache, slot, &embeds, blocks.as_ref())
+                .map_err(|e| e.to_string())?;
             Ok(model.lm.logits(&hidden).squeeze_dim(1).to_kind(Kind::Float))
         });
         let logits = match first {

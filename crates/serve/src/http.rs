@@ -257,10 +257,16 @@ fn prepare(state: &AppState, body: &[u8], arrived: Instant) -> Result<Prepared, 
         &request.messages,
         config.allow_local_files.as_deref(),
         config.max_images,
+        &info.prompt_format,
     )?;
-    let ids = prompt::encode(&info.tokenizer, &conversation)?;
+    let ids = prompt::encode(&info.tokenizer, &conversation, &info.prompt_format)?;
     if let Some(per_image) = info.tokens_per_image {
-        let prompt_len = ids.len() + conversation.images.len() * (per_image.max(1) as usize - 1);
+        let later = if info.prompt_format.expands_in_text() {
+            0
+        } else {
+            conversation.images.len() * (per_image.max(1) as usize - 1)
+        };
+        let prompt_len = ids.len() + later;
         let want = max_tokens.unwrap_or(1);
         if prompt_len + want > info.capacity as usize {
             return Err(Error::Request {

@@ -48,6 +48,7 @@ pub fn conversation(
     messages: &[ChatMessage],
     allow_local_files: Option<&Path>,
     max_images: usize,
+    format: &llava_model::PromptFormat,
 ) -> Result<Conversation> {
     if messages.is_empty() {
         return Err(Error::bad_request(
@@ -116,7 +117,7 @@ pub fn conversation(
             system.clear();
         }
         if here > 0 {
-            content = llava_model::with_image_marks(&content, here);
+            content = format.mark_images(&content, here);
         }
         turns.push(Message { role, content });
     }
@@ -138,10 +139,15 @@ pub fn conversation(
     })
 }
 
-/// The chat prompt's token ids with one `<image>` token per image (expanded later).
-pub fn encode(tokenizer: &GemmaTokenizer, conversation: &Conversation) -> Result<Vec<i64>> {
-    tokenizer
-        .encode_chat(&conversation.messages, true)
+/// The chat prompt's token ids: LLaVA's with one `<image>` token per image (expanded later),
+/// Gemma 3's and PaliGemma's expanded already (see `llava_model::prompt`).
+pub fn encode(
+    tokenizer: &GemmaTokenizer,
+    conversation: &Conversation,
+    format: &llava_model::PromptFormat,
+) -> Result<Vec<i64>> {
+    format
+        .encode(tokenizer, &conversation.messages)
         .map_err(|e| Error::bad_request(e.to_string(), Some("messages")))
 }
 
@@ -263,6 +269,7 @@ pub fn load_image(
 mod tests {
     use super::*;
     use crate::api::ImageUrl;
+    use llava_model::PromptFormat;
 
     fn user(parts: Vec<Part>) -> ChatMessage {
         ChatMessage {
@@ -291,7 +298,7 @@ mod tests {
                 },
             ]),
         ];
-        let c = conversation(&messages, None, 4).unwrap();
+        let c = conversation(&messages, None, 4, &PromptFormat::llava()).unwrap();
         assert_eq!(c.messages.len(), 1);
         assert_eq!(c.messages[0].content, "<image>\nBe brief.\n\nWhat is it?");
         assert!(matches!(&c.images[0].source, ImageSource::Bytes(b) if b == &[1, 2, 3]));
@@ -318,14 +325,30 @@ mod tests {
 
     #[test]
     fn malformed_conversations_are_400() {
-        assert!(conversation(&[], None, 4).is_err());
+        assert!(conversation(&[], None, 4, &PromptFormat::llava()).is_err());
         let text = |role: &str, t: &str| ChatMessage {
             role: role.into(),
             content: Some(Content::Text(t.into())),
         };
-        assert!(conversation(&[text("tool", "x")], None, 4).is_err());
-        assert!(conversation(&[text("user", "a <image> b")], None, 4).is_err());
-        assert!(conversation(&[text("user", "a"), text("assistant", "b")], None, 4).is_err());
-        assert!(conversation(&[text("user", "a")], None, 4).is_ok());
+        assert!(conversation(&[text("tool", "x")], None, 4, &PromptFormat::llava()).is_err());
+        assert!(
+            conversation(
+                &[text("user", "a <image> b")],
+                None,
+                4,
+                &PromptFormat::llava()
+            )
+            .is_err()
+        );
+        assert!(
+            conversation(
+                &[text("user", "a"), text("assistant", "b")],
+                None,
+                4,
+                &PromptFormat::llava()
+            )
+            .is_err()
+        );
+        assert!(conversation(&[text("user", "a")], None, 4, &PromptFormat::llava()).is_ok());
     }
 }

@@ -35,12 +35,13 @@ pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 pub const CUDA_CONTEXT_BYTES: u64 = 1 << 30;
 
 /// The presets the planner knows: those of [`presets::by_name`] and the 7B ones.
-pub const PRESETS: [&str; 18] = [
+pub const PRESETS: [&str; 19] = [
     "tiny",
     "tiny-gemma2",
     "tiny-gemma3",
     "tiny-siglip-gemma3",
     "tiny-gemma3-vlm",
+    "tiny-paligemma",
     "bench-small",
     "bench-small-gemma2",
     "bench-small-gemma3",

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use data::{Dataset, ImageSource, Template, Templater};
 use foundation::{Checkpoint, write_atomic};
 use image_processing::{ImageProcessor, ProcessorConfig};
+use llava_model::config::Family;
 use llava_model::{LlavaModel, presets};
 use serde::Serialize;
 use tch::{Device, Kind};
@@ -204,11 +205,17 @@ pub enum RunError {
 
 /// Whether preset `name` is a tiny model on the built-in synthetic data: `tiny`, the same with a
 /// Gemma 2 or Gemma 3 language model (`tiny-gemma2`, `tiny-gemma3`), with a SigLIP tower too
-/// (`tiny-siglip-gemma3`), or a whole Gemma 3 VLM (`tiny-gemma3-vlm`).
+/// (`tiny-siglip-gemma3`), or a whole Gemma 3 or PaliGemma (`tiny-gemma3-vlm`,
+/// `tiny-paligemma`).
 pub fn is_tiny(name: &str) -> bool {
     matches!(
         name,
-        "tiny" | "tiny-gemma2" | "tiny-gemma3" | "tiny-siglip-gemma3" | "tiny-gemma3-vlm"
+        "tiny"
+            | "tiny-gemma2"
+            | "tiny-gemma3"
+            | "tiny-siglip-gemma3"
+            | "tiny-gemma3-vlm"
+            | "tiny-paligemma"
     )
 }
 
@@ -270,7 +277,9 @@ fn build_model(
     }
     if is_tiny(&config.preset) {
         let model = tiny_on(&config.preset, device, config.seed, connector)?;
-        return Ok((model, data::builtin_tokenizer()));
+        let mut tokenizer = data::builtin_tokenizer();
+        llava_model::prompt::add_image_delimiters(&model, &mut tokenizer)?;
+        return Ok((model, tokenizer));
     }
     let (Some(lm), Some(vision)) = (&config.lm, &config.vision) else {
         return Err(RunError::Config(format!(
@@ -483,8 +492,9 @@ fn add_lora(config: &RunConfig, stage: Stage, model: &mut LlavaModel) -> Result<
     Ok(())
 }
 
-/// The stage's data: its records, images, template (plain for stage 1, Gemma's chat for stage 2)
-/// and image processing (padded to square in stage 2) for `model`.
+/// The stage's data: its records, images, template (plain for stage 1, Gemma's chat for stage 2;
+/// Gemma 3's image delimiters, PaliGemma's prefix and suffix) and image processing (LLaVA's padded
+/// to square in stage 2) for `model`.
 fn dataset(
     config: &RunConfig,
     stage: Stage,
@@ -496,9 +506,21 @@ fn dataset(
     let tokens_per_image = model.tokens_per_image(side, side);
     let (records_file, images) = data_files(config, stage, side, job)?;
     let (records, bad_records) = data::RecordFile::open(&records_file)?;
+    let family = model.family();
     let processor = ProcessorConfig {
-        pad_to_square: stage == Stage::Finetune,
+        // LLaVA-1.5 pads to squares in stage 2; Gemma 3's and PaliGemma's processors never do.
+        pad_to_square: stage == Stage::Finetune && family == Family::Llava,
         ..model.image_processor(config.model.as_deref().or(config.vision.as_deref()))?
+    };
+    // Each family's prompts as its processor writes them (see `llava_model::prompt`).
+    let gemma3 = model
+        .prompt_format(&tokenizer, tokens_per_image)
+        .expands_in_text();
+    let template = match (stage, family) {
+        (_, Family::PaliGemma) => Template::PaliGemma,
+        (Stage::Pretrain, _) => Template::Plain,
+        (_, Family::Gemma3) if gemma3 => Template::Gemma3,
+        _ => Template::Gemma,
     };
     Ok(Dataset {
         records,
@@ -506,11 +528,7 @@ fn dataset(
         images: images.as_deref().map(ImageSource::open).transpose()?,
         templater: Templater {
             tokenizer,
-            template: if stage == Stage::Pretrain {
-                Template::Plain
-            } else {
-                Template::Gemma
-            },
+            template,
             image_token: model.image_token(),
             tokens_per_image: tokens_per_image as usize,
             max_length: config.max_length,
