@@ -44,6 +44,7 @@
 //! naming its file, never a panic.
 
 mod decode;
+mod pan_and_scan;
 pub mod parity;
 pub mod resize;
 
@@ -54,6 +55,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 pub use decode::{MAX_IMAGE_PIXELS, decode, decode_with_limit, open, open_with_limit};
+pub use pan_and_scan::PanAndScan;
 pub use resize::{Canvas, Filter, Region};
 
 /// Errors of image processing; each names the image or file at fault.
@@ -143,6 +145,8 @@ pub struct ProcessorConfig {
     pub normalize: Option<([f32; 3], [f32; 3])>,
     /// Pad to a square with the mean colour before resizing (LLaVA-1.5 finetuning's `expand2square`).
     pub pad_to_square: bool,
+    /// Gemma 3's pan-and-scan: long images are also shown as crops ([`ImageProcessor::views`]).
+    pub pan_and_scan: Option<PanAndScan>,
 }
 
 impl ProcessorConfig {
@@ -155,6 +159,7 @@ impl ProcessorConfig {
             rescale: Some(1.0 / 255.0),
             normalize: Some((CLIP_MEAN, CLIP_STD)),
             pad_to_square: false,
+            pan_and_scan: None,
         }
     }
 
@@ -181,6 +186,7 @@ impl ProcessorConfig {
             rescale: Some(1.0 / 255.0),
             normalize: Some(([0.5; 3], [0.5; 3])),
             pad_to_square: false,
+            pan_and_scan: None,
         }
     }
 
@@ -214,9 +220,15 @@ impl ProcessorConfig {
         Self::from_json(&text).map_err(|message| Error::Config { path, message })
     }
 
-    /// Parses the text of a `preprocessor_config.json`.
+    /// Parses the text of a `preprocessor_config.json`. A key the file leaves out (or sets to
+    /// `null`) takes its class's default, as transformers' processor classes set them: SigLIP's
+    /// and Gemma 3's resize to a square without cropping, with mean = std = 0.5, bicubic and
+    /// bilinear respectively; CLIP's and the others' crop, bicubic, with CLIP's statistics.
     pub fn from_json(text: &str) -> Result<Self, String> {
         let raw: RawConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let class = raw.image_processor_type.as_deref().unwrap_or_default();
+        let square = class.starts_with("Siglip") || class.starts_with("Gemma3");
+        let gemma3 = class.starts_with("Gemma3");
         let resize = if raw.do_resize.unwrap_or(true) {
             Some(match raw.size {
                 Some(SizeSpec::Int(n)) => Resize::ShortestEdge(n),
@@ -240,10 +252,10 @@ impl ProcessorConfig {
         } else {
             None
         };
-        let resample = raw.resample.unwrap_or(3);
+        let resample = raw.resample.unwrap_or(if gemma3 { 2 } else { 3 });
         let filter = Filter::from_pil(resample)
             .ok_or_else(|| format!("resample {resample} is not supported (1-5: lanczos, bilinear, bicubic, box, hamming)"))?;
-        let crop = if raw.do_center_crop.unwrap_or(true) {
+        let crop = if raw.do_center_crop.unwrap_or(!square) {
             Some(match raw.crop_size {
                 Some(SizeSpec::Int(n)) => (n, n),
                 Some(SizeSpec::Map {
@@ -272,9 +284,14 @@ impl ProcessorConfig {
                             .map_err(|_| format!("`{name}` needs 3 values")),
                     }
                 };
+            let (mean, std) = if square {
+                ([0.5; 3], [0.5; 3])
+            } else {
+                (CLIP_MEAN, CLIP_STD)
+            };
             Some((
-                triple(raw.image_mean, CLIP_MEAN, "image_mean")?,
-                triple(raw.image_std, CLIP_STD, "image_std")?,
+                triple(raw.image_mean, mean, "image_mean")?,
+                triple(raw.image_std, std, "image_std")?,
             ))
         } else {
             None
@@ -286,6 +303,20 @@ impl ProcessorConfig {
             rescale,
             normalize,
             pad_to_square: raw.image_aspect_ratio.as_deref() == Some("pad"),
+            pan_and_scan: raw.do_pan_and_scan.unwrap_or(false).then(|| {
+                let default = PanAndScan::default();
+                PanAndScan {
+                    min_crop_size: raw
+                        .pan_and_scan_min_crop_size
+                        .unwrap_or(default.min_crop_size),
+                    max_num_crops: raw
+                        .pan_and_scan_max_num_crops
+                        .unwrap_or(default.max_num_crops),
+                    min_ratio_to_activate: raw
+                        .pan_and_scan_min_ratio_to_activate
+                        .unwrap_or(default.min_ratio_to_activate),
+                }
+            }),
         })
     }
 }
@@ -303,6 +334,7 @@ enum SizeSpec {
 
 #[derive(Deserialize)]
 struct RawConfig {
+    image_processor_type: Option<String>,
     do_resize: Option<bool>,
     size: Option<SizeSpec>,
     resample: Option<u32>,
@@ -314,6 +346,10 @@ struct RawConfig {
     image_mean: Option<Vec<f32>>,
     image_std: Option<Vec<f32>>,
     image_aspect_ratio: Option<String>,
+    do_pan_and_scan: Option<bool>,
+    pan_and_scan_min_crop_size: Option<u32>,
+    pan_and_scan_max_num_crops: Option<u32>,
+    pan_and_scan_min_ratio_to_activate: Option<f64>,
 }
 
 /// LLaVA's `expand2square`: pads the shorter side on both ends (the extra pixel after) with
@@ -437,6 +473,20 @@ impl ImageProcessor {
             }
         }
         (out, oh, ow)
+    }
+
+    /// What the model sees of `image`: the image, then (with [`PanAndScan`] configured and a long
+    /// enough image) its crops, each preprocessed as a whole image is, as Gemma 3's processor
+    /// flattens them. Returns each view's `(pixels, height, width)`.
+    pub fn views(&self, image: &RgbImage) -> Vec<(Vec<f32>, usize, usize)> {
+        let crops = self
+            .config
+            .pan_and_scan
+            .map(|p| p.crops(image))
+            .unwrap_or_default();
+        std::iter::once(self.preprocess(image))
+            .chain(crops.iter().map(|crop| self.preprocess(crop)))
+            .collect()
     }
 
     /// Reads, decodes and preprocesses one file.
@@ -587,6 +637,84 @@ mod tests {
                 .unwrap_err()
                 .contains("resample 0")
         );
+    }
+
+    #[test]
+    fn the_hubs_siglip_and_gemma3_files_read_as_their_processors_run() {
+        // google/siglip-so400m-patch14-384 and google/paligemma-3b-pt-224 (no crop keys).
+        let siglip = r#"{"do_normalize": true, "do_rescale": true, "do_resize": true,
+            "image_mean": [0.5, 0.5, 0.5], "image_processor_type": "SiglipImageProcessor",
+            "image_std": [0.5, 0.5, 0.5], "processor_class": "SiglipProcessor", "resample": 3,
+            "rescale_factor": 0.00392156862745098, "size": {"height": 384, "width": 384}}"#;
+        assert_eq!(
+            ProcessorConfig::from_json(siglip).unwrap(),
+            ProcessorConfig::siglip(384)
+        );
+        // google/gemma-3-4b-it: pan-and-scan and the convert flag null.
+        let gemma3 = r#"{"do_convert_rgb": null, "do_normalize": true, "do_pan_and_scan": null,
+            "do_rescale": true, "do_resize": true, "image_mean": [0.5, 0.5, 0.5],
+            "image_processor_type": "Gemma3ImageProcessor", "image_seq_length": 256,
+            "image_std": [0.5, 0.5, 0.5], "pan_and_scan_max_num_crops": null,
+            "pan_and_scan_min_crop_size": null, "pan_and_scan_min_ratio_to_activate": null,
+            "processor_class": "Gemma3Processor", "resample": 2,
+            "rescale_factor": 0.00392156862745098, "size": {"height": 896, "width": 896}}"#;
+        assert_eq!(
+            ProcessorConfig::from_json(gemma3).unwrap(),
+            ProcessorConfig::gemma3(896)
+        );
+        let scanned = gemma3
+            .replace(r#""do_pan_and_scan": null"#, r#""do_pan_and_scan": true"#)
+            .replace(
+                r#""pan_and_scan_max_num_crops": null"#,
+                r#""pan_and_scan_max_num_crops": 3"#,
+            );
+        assert_eq!(
+            ProcessorConfig::from_json(&scanned).unwrap().pan_and_scan,
+            Some(PanAndScan {
+                max_num_crops: 3,
+                ..PanAndScan::default()
+            })
+        );
+        // The class defaults when a key is left out.
+        let bare = ProcessorConfig::from_json(
+            r#"{"image_processor_type": "Gemma3ImageProcessor", "size": {"height": 32, "width": 32}}"#,
+        )
+        .unwrap();
+        assert_eq!(bare, ProcessorConfig::gemma3(32));
+    }
+
+    #[test]
+    fn views_are_the_image_then_its_crops() {
+        let processor = ImageProcessor::new(ProcessorConfig {
+            pan_and_scan: Some(PanAndScan {
+                min_crop_size: 4,
+                ..PanAndScan::default()
+            }),
+            ..ProcessorConfig::gemma3(8)
+        });
+        // 24 x 8: three 8 x 8 crops, red, green and blue.
+        let image = RgbImage::from_fn(24, 8, |x, _| {
+            let mut rgb = [0u8; 3];
+            rgb[(x / 8) as usize] = 255;
+            image::Rgb(rgb)
+        });
+        let views = processor.views(&image);
+        assert_eq!(views.len(), 4);
+        for (i, (pixels, h, w)) in views[1..].iter().enumerate() {
+            assert_eq!((*h, *w), (8, 8));
+            // Channel i is 1.0 everywhere ((255 / 255 - 0.5) / 0.5), the others -1.0.
+            for c in 0..3 {
+                let want = if c == i { 1.0 } else { -1.0 };
+                assert!(
+                    pixels[c * 64..][..64]
+                        .iter()
+                        .all(|&v| (v - want).abs() < 1e-6)
+                );
+            }
+        }
+        assert_eq!(views[0], processor.preprocess(&image));
+        let square = RgbImage::new(8, 8);
+        assert_eq!(processor.views(&square).len(), 1);
     }
 
     #[test]
