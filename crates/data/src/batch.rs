@@ -32,15 +32,15 @@ pub struct Dataset {
     pub processor: ImageProcessor,
 }
 
-/// One sample, tokenized, with its decoded image.
+/// One sample, tokenized, with its decoded images.
 #[derive(Debug)]
 pub struct Sample {
     /// The record's id.
     pub id: String,
     /// Ids and labels.
     pub tokens: Tokenized,
-    /// The image, when the record has one.
-    pub image: Option<RgbImage>,
+    /// The images, in the order of their tokens.
+    pub images: Vec<RgbImage>,
 }
 
 impl Dataset {
@@ -53,29 +53,30 @@ impl Dataset {
             .collect()
     }
 
-    /// Tokenizes record `index` and loads its image, or says why it cannot be used.
+    /// Tokenizes record `index` and loads its images, or says why it cannot be used.
     pub fn sample(&self, index: usize) -> Result<Sample, (SkipReason, String)> {
         let record = self
             .records
             .get(index)
             .map_err(|bad| (bad.reason, bad.detail))?;
         let tokens = self.templater.tokenize(&record)?;
-        let image = match &record.image {
-            None => None,
-            Some(path) => {
+        let images = record
+            .images
+            .iter()
+            .map(|path| {
                 let source = self.images.as_ref().ok_or_else(|| {
                     (
                         SkipReason::MissingImage,
                         format!("{path}: the dataset was opened without an image folder"),
                     )
                 })?;
-                Some(source.load(path).map_err(|f| (f.reason, f.detail))?)
-            }
-        };
+                source.load(path).map_err(|f| (f.reason, f.detail))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Sample {
             id: record.id,
             tokens,
-            image,
+            images,
         })
     }
 }
@@ -137,7 +138,7 @@ pub struct Batch {
     pub batch_size: usize,
     /// Columns.
     pub seq_len: usize,
-    /// `[images, 3, H, W]`, the images of the rows that have one, in row order.
+    /// `[images, 3, H, W]`: every sample's images, in row order.
     pub pixel_values: Vec<f32>,
     /// Number of images.
     pub images: usize,
@@ -199,9 +200,7 @@ pub fn collate(samples: Vec<Sample>, pad: i64, processor: &ImageProcessor) -> Ba
             .filter(|&&l| l != IGNORE)
             .count();
         batch.ids.push(s.id.clone());
-        if let Some(image) = &s.image {
-            images.push(image);
-        }
+        images.extend(&s.images);
     }
     if let Some((h, w)) = processor.output_size() {
         let (pixels, statuses) = processor

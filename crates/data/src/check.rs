@@ -126,7 +126,7 @@ pub fn check_with_progress(
         let fail =
             |(reason, detail): (SkipReason, String)| (Some(record.id.clone()), reason, detail);
         let tokens = dataset.templater.tokenize(&record).map_err(fail)?;
-        if let Some(path) = &record.image {
+        for path in &record.images {
             let source = dataset.images.as_ref().ok_or_else(|| {
                 fail((
                     SkipReason::MissingImage,
@@ -144,7 +144,7 @@ pub fn check_with_progress(
         }
         Ok(Checked {
             len: tokens.input_ids.len(),
-            text_only: record.image.is_none(),
+            text_only: record.images.is_empty(),
             truncated: tokens.truncated,
         })
     };

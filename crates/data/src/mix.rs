@@ -326,7 +326,11 @@ mod tests {
         let records = crate::read_records(&a).unwrap();
         assert_eq!(records.records.len(), 2000);
         assert!(records.bad.is_empty());
-        let text_only = records.records.iter().filter(|r| r.image.is_none()).count();
+        let text_only = records
+            .records
+            .iter()
+            .filter(|r| r.images.is_empty())
+            .count();
         assert!((60..240).contains(&text_only), "{text_only} text-only");
         // About 1.3 KB a record, as the real file's 871 MB / 665K.
         let per = bytes as f64 / 2000.0;

@@ -1,5 +1,6 @@
 //! Records of the LLaVA data files: a JSON list of
-//! `{"id", "image"?, "conversations": [{"from": "human"|"gpt", "value"}]}`.
+//! `{"id", "image"?, "conversations": [{"from": "human"|"gpt", "value"}]}`, where `image` is one
+//! path or (LLaVA-OneVision's multi-image records) a list of paths, one `<image>` mark each.
 //!
 //! The list is split into its elements by a byte scanner (`store`), each element is parsed on its
 //! own and checked, so a 1 GB file (the 665K mix) is never held as a document tree, and one
@@ -38,8 +39,9 @@ pub struct Turn {
 pub struct Record {
     /// The record's id (numbers are kept as their decimal text).
     pub id: String,
-    /// The image path relative to the image root, if the record has an image.
-    pub image: Option<String>,
+    /// The image paths relative to the image root, in the order of their `<image>` marks (none
+    /// for a text-only record).
+    pub images: Vec<String>,
     /// The turns.
     pub conversations: Vec<Turn>,
 }
@@ -155,16 +157,34 @@ pub(crate) fn check(index: usize, bytes: &[u8]) -> Result<Record, BadRecord> {
             )
         })?),
     };
-    let image = match record.image {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Some(s),
-        Some(_) => {
-            return Err(bad(
-                Some(id),
-                SkipReason::Malformed,
-                "`image` is not a path".into(),
-            ));
+    let path = |v: serde_json::Value| match v {
+        serde_json::Value::String(s) if !s.trim().is_empty() => Some(s),
+        _ => None,
+    };
+    let images = match record.image {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::Array(list)) if !list.is_empty() => {
+            match list.into_iter().map(path).collect::<Option<Vec<_>>>() {
+                Some(images) => images,
+                None => {
+                    return Err(bad(
+                        Some(id),
+                        SkipReason::Malformed,
+                        "`image` lists something that is not a path".into(),
+                    ));
+                }
+            }
         }
+        Some(value) => match path(value) {
+            Some(image) => vec![image],
+            None => {
+                return Err(bad(
+                    Some(id),
+                    SkipReason::Malformed,
+                    "`image` is not a path or a list of paths".into(),
+                ));
+            }
+        },
     };
     let Some(turns) = turns.filter(|t| !t.is_empty()) else {
         return Err(bad(
@@ -217,7 +237,7 @@ pub(crate) fn check(index: usize, bytes: &[u8]) -> Result<Record, BadRecord> {
     }
     Ok(Record {
         id,
-        image,
+        images,
         conversations,
     })
 }
@@ -287,10 +307,7 @@ mod tests {
         let r = parse_records(text).unwrap();
         assert!(r.bad.is_empty());
         assert_eq!(r.records[0].id, "GCC_train_002582585");
-        assert_eq!(
-            r.records[0].image.as_deref(),
-            Some("GCC_train_002582585.jpg")
-        );
+        assert_eq!(r.records[0].images, ["GCC_train_002582585.jpg"]);
         assert_eq!(r.records[0].conversations[1].from, Speaker::Gpt);
     }
 
@@ -306,13 +323,17 @@ mod tests {
             {"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]},
             {"id": "types", "conversations": "not a list"},
             "not an object",
-            {"id": "ok", "image": "x/y.jpg", "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]}
+            {"id": "ok", "image": "x/y.jpg", "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]},
+            {"id": "two", "image": ["a.jpg", "b.jpg"], "conversations": [{"from": "human", "value": "<image><image>q"}, {"from": "gpt", "value": "a"}]},
+            {"id": "list-of-junk", "image": ["a.jpg", 3], "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+            {"id": "empty-list", "image": [], "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
         ]"#;
         let r = parse_records(text).unwrap();
         assert_eq!(
             r.records.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-            ["1", "ok"]
+            ["1", "ok", "two"]
         );
+        assert_eq!(r.records[2].images, ["a.jpg", "b.jpg"]);
         let reasons: Vec<(usize, SkipReason)> = r.bad.iter().map(|b| (b.index, b.reason)).collect();
         assert_eq!(
             reasons,
@@ -325,6 +346,8 @@ mod tests {
                 (6, SkipReason::Malformed),
                 (7, SkipReason::Malformed),
                 (8, SkipReason::Malformed),
+                (11, SkipReason::Malformed),
+                (12, SkipReason::Malformed),
             ]
         );
         assert_eq!(r.bad[0].id.as_deref(), Some("no-turns"));

@@ -169,7 +169,7 @@ pub fn modality_length(record: &Record) -> i64 {
         .iter()
         .map(|t| t.value.split_whitespace().count())
         .sum();
-    if record.image.is_some() {
+    if !record.images.is_empty() {
         words as i64 + 128
     } else {
         -(words as i64).max(1)

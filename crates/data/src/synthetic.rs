@@ -488,8 +488,8 @@ mod tests {
             turns[1][0].value.ends_with(SHORT_ANSWER)
                 || turns[1][0].value.ends_with(MULTIPLE_CHOICE)
         );
-        assert_eq!(stage2.records[1].image, stage2.records[0].image);
-        assert_ne!(stage2.records[3].image, stage2.records[0].image);
+        assert_eq!(stage2.records[1].images, stage2.records[0].images);
+        assert_ne!(stage2.records[3].images, stage2.records[0].images);
         let questions = std::fs::read_to_string(&files.eval_questions).unwrap();
         assert_eq!(questions.lines().count(), 8);
         let first: serde_json::Value =

@@ -10,8 +10,10 @@
 //! * `paligemma` (PaliGemma's processor, one question and answer): `<image> x n <bos>{q}\n` as the
 //!   prefix, `{a}<eos>` as the suffix, labels on the suffix.
 //!
-//! `<image>` is moved to the front of the first user turn and expanded to the image's tokens; a
-//! sample is truncated at `max_length`, never through the image tokens.
+//! A lone `<image>` is moved to the front of the first user turn (LLaVA's rule); the images of a
+//! multi-image record stay where their marks are, each written as the template writes an image.
+//! Each image is expanded to its tokens; a sample is truncated at `max_length`, never through
+//! image tokens.
 
 use std::fmt::Write as _;
 
@@ -58,8 +60,8 @@ pub struct Tokenized {
     pub input_ids: Vec<i64>,
     /// `-100` or the id to predict at that position (aligned with `input_ids`; the model shifts).
     pub labels: Vec<i64>,
-    /// Whether the sample has an image.
-    pub has_image: bool,
+    /// How many images the sample has (their tokens in order in `input_ids`).
+    pub images: usize,
     /// Whether it was cut at `max_length`.
     pub truncated: bool,
 }
@@ -83,7 +85,23 @@ impl Templater {
     /// Tokenizes `record` (its image assumed present when it names one), or says why it cannot
     /// be used.
     pub fn tokenize(&self, record: &Record) -> Result<Tokenized, (SkipReason, String)> {
-        let has_image = record.image.is_some();
+        let images = record.images.len();
+        let marks: usize = record
+            .conversations
+            .iter()
+            .map(|t| t.value.matches(IMAGE_MARK).count())
+            .sum();
+        // One image goes to the front of the first question wherever its mark is (LLaVA's
+        // `preprocess_multimodal`); several stay where their marks are (LLaVA-OneVision's records).
+        if images > 1 && marks != images {
+            return Err((
+                SkipReason::Malformed,
+                format!(
+                    "{images} images but {marks} `{IMAGE_MARK}` marks: a record with several \
+                     images marks where each one goes"
+                ),
+            ));
+        }
         // The image token's own text (`<image>`, Gemma 3's `<image_soft_token>`).
         let image_mark = self
             .tokenizer
@@ -91,6 +109,22 @@ impl Templater {
             .ok()
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| IMAGE_MARK.to_string());
+        // How the template writes one image in a question.
+        let image_text = match self.template {
+            Template::Gemma3 => format!("\n\n<start_of_image>{image_mark}<end_of_image>\n\n"),
+            _ => image_mark.clone(),
+        };
+        let question = |i: usize, text: &str| -> String {
+            if images > 1 {
+                return text.trim().replace(IMAGE_MARK, &image_text);
+            }
+            let text = clean(text);
+            match (i, images, self.template) {
+                (0, 1, Template::Gemma3) => format!("{image_text}{text}"),
+                (0, 1, _) => format!("{image_text}\n{text}"),
+                _ => text,
+            }
+        };
         // PaliGemma's images come before `<bos>`, which its prefix writes.
         let (mut ids, mut labels) = match self.template {
             Template::PaliGemma => (Vec::new(), Vec::new()),
@@ -103,7 +137,7 @@ impl Templater {
                 .map_err(|e| (SkipReason::Malformed, e.to_string()))?;
             for id in piece {
                 if id == self.image_token {
-                    // Only the mark we place ourselves survives; see `clean`.
+                    // Only the marks we place ourselves survive; see `clean`.
                     ids.extend(std::iter::repeat_n(id, self.tokens_per_image));
                     labels.extend(std::iter::repeat_n(IGNORE, self.tokens_per_image));
                 } else {
@@ -116,15 +150,7 @@ impl Templater {
         match self.template {
             Template::Gemma | Template::Gemma3 => {
                 for (i, pair) in record.conversations.chunks(2).enumerate() {
-                    let mut question = clean(&pair[0].value);
-                    if i == 0 && has_image {
-                        question = match self.template {
-                            Template::Gemma3 => format!(
-                                "\n\n<start_of_image>{image_mark}<end_of_image>\n\n{question}"
-                            ),
-                            _ => format!("{image_mark}\n{question}"),
-                        };
-                    }
+                    let question = question(i, &pair[0].value);
                     push(
                         &format!(
                             "<start_of_turn>user\n{question}<end_of_turn>\n<start_of_turn>model\n"
@@ -137,17 +163,17 @@ impl Templater {
                 }
             }
             Template::PaliGemma => {
-                let images = if has_image { image_mark.as_str() } else { "" };
                 let question = clean(&record.conversations[0].value);
-                push(&format!("{images}<bos>{question}\n"), false)?;
+                push(
+                    &format!("{}<bos>{question}\n", image_mark.repeat(images)),
+                    false,
+                )?;
                 if let Some(answer) = record.conversations.get(1) {
                     push(&format!("{}<eos>", clean(&answer.value)), true)?;
                 }
             }
             Template::Plain => {
-                if has_image {
-                    push(&image_mark, false)?;
-                }
+                push(&image_mark.repeat(images), false)?;
                 push(
                     &format!("{}\n", clean(&record.conversations[1].value)),
                     true,
@@ -162,7 +188,7 @@ impl Templater {
             return Err((
                 SkipReason::TooLong,
                 format!(
-                    "{} image tokens end at {image_end}, beyond max_length {}",
+                    "{images} x {} image tokens end at {image_end}, beyond max_length {}",
                     self.tokens_per_image, self.max_length
                 ),
             ));
@@ -179,7 +205,7 @@ impl Templater {
         Ok(Tokenized {
             input_ids: ids,
             labels,
-            has_image,
+            images,
             truncated,
         })
     }
@@ -231,7 +257,7 @@ impl Templater {
     }
 }
 
-/// A turn's text without image marks (the template places the one image itself), trimmed as the
+/// A turn's text without image marks (the template places a lone image itself), trimmed as the
 /// Gemma chat template trims.
 fn clean(text: &str) -> String {
     text.replace(IMAGE_MARK, "").trim().to_string()

@@ -32,7 +32,7 @@ fn templater(template: Template, max_length: usize) -> Templater {
 fn record(image: Option<&str>, turns: &[&str]) -> Record {
     Record {
         id: "r".into(),
-        image: image.map(String::from),
+        images: image.map(String::from).into_iter().collect(),
         conversations: turns
             .iter()
             .enumerate()
@@ -101,7 +101,7 @@ fn gemma_template_labels_answers_and_their_end_of_turn_only() {
         .unwrap();
     assert_eq!(&s.input_ids[first..first + 4], &[t.image_token; 4]);
     assert!(s.labels[first..first + 4].iter().all(|&l| l == IGNORE));
-    assert!(s.has_image && !s.truncated);
+    assert!(s.images == 1 && !s.truncated);
 }
 
 #[test]
@@ -118,7 +118,7 @@ fn the_full_text_equals_the_chat_template() {
         text,
         gemma_lm::apply_chat_template(&messages, false).unwrap()
     );
-    assert!(!s.has_image);
+    assert_eq!(s.images, 0);
 }
 
 #[test]
@@ -188,6 +188,106 @@ fn truncation_keeps_image_tokens_whole_or_skips() {
     let just_image = templater(Template::Gemma, 40);
     let r = record(Some("a.jpg"), &[&"question ".repeat(20), "answer"]);
     assert_eq!(just_image.tokenize(&r).unwrap_err().0, SkipReason::NoLabels);
+}
+
+fn two_images(turns: &[&str]) -> Record {
+    Record {
+        images: vec!["a.jpg".into(), "b.jpg".into()],
+        ..record(None, turns)
+    }
+}
+
+#[test]
+fn the_images_of_a_multi_image_record_stay_where_their_marks_are() {
+    let t = templater(Template::Gemma, 2048);
+    let r = two_images(&[
+        "First: <image>\nSecond: <image>\nWhich is larger?",
+        "The second.",
+    ]);
+    let s = t.tokenize(&r).unwrap();
+    assert_eq!(s.images, 2);
+    let (learned, context) = split(&t, &s.input_ids, &s.labels);
+    assert_eq!(learned, "The second.<end_of_turn>\n");
+    let four = "<image>".repeat(4);
+    assert_eq!(
+        context,
+        format!(
+            "<bos><start_of_turn>user\nFirst: {four}\nSecond: {four}\nWhich is larger?<end_of_turn>\n\
+             <start_of_turn>model\n"
+        )
+    );
+
+    // PaliGemma's and the plain template's images all lead.
+    for (template, lead) in [(Template::PaliGemma, ""), (Template::Plain, "<bos>")] {
+        let t = templater(template, 2048);
+        let s = t.tokenize(&r).unwrap();
+        let context = split(&t, &s.input_ids, &s.labels).1;
+        assert!(
+            context.starts_with(&format!("{lead}{four}{four}")),
+            "{template:?}: {context}"
+        );
+    }
+}
+
+#[test]
+fn a_multi_image_record_whose_marks_do_not_match_is_skipped_and_says_why() {
+    let t = templater(Template::Gemma, 2048);
+    for question in ["<image>\nWhich is larger?", "Which is larger?"] {
+        let err = t
+            .tokenize(&two_images(&[question, "The second."]))
+            .unwrap_err();
+        assert_eq!(err.0, SkipReason::Malformed);
+        assert!(err.1.contains("2 images but"), "{}", err.1);
+    }
+    // Their tokens count against max_length together.
+    let short = templater(Template::Gemma, 8);
+    let err = short
+        .tokenize(&two_images(&["<image><image>Same?", "No."]))
+        .unwrap_err();
+    assert_eq!(err.0, SkipReason::TooLong, "{}", err.1);
+}
+
+#[test]
+fn a_batch_carries_every_image_of_every_sample_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for (name, red) in [("a.png", 10u8), ("b.png", 200), ("c.png", 90)] {
+        image::RgbImage::from_pixel(16, 16, image::Rgb([red, 0, 0]))
+            .save(images.join(name))
+            .unwrap();
+    }
+    let file = dir.path().join("data.json");
+    std::fs::write(
+        &file,
+        serde_json::json!([
+            {"id": "two", "image": ["b.png", "a.png"], "conversations": [
+                {"from": "human", "value": "<image> or <image>?"}, {"from": "gpt", "value": "left"}]},
+            {"id": "one", "image": "c.png", "conversations": [
+                {"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "red"}]},
+            {"id": "missing", "image": ["a.png", "nope.png"], "conversations": [
+                {"from": "human", "value": "<image><image>?"}, {"from": "gpt", "value": "x"}]}
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let dataset = open(dir.path(), &file);
+    let batches: Vec<_> = Loader::new(dataset.clone(), vec![0, 1, 2], 0, 3, 1).collect();
+    let b = &batches[0];
+    assert_eq!(b.ids, ["two", "one"]);
+    assert_eq!(b.skipped[0].0, "missing");
+    assert_eq!(b.skipped[0].1, SkipReason::MissingImage);
+    assert_eq!(b.images, 3);
+    let image_tokens = b
+        .input_ids
+        .iter()
+        .filter(|&&t| t == dataset.templater.image_token)
+        .count();
+    assert_eq!(image_tokens, 3 * 4);
+    // b, a, c: the red channel's first pixel, normalised as CLIP does.
+    let plane = 3 * 28 * 28;
+    let reds: Vec<f32> = (0..3).map(|i| b.pixel_values[i * plane]).collect();
+    assert!(reds[0] > reds[2] && reds[2] > reds[1], "{reds:?}");
 }
 
 /// A dataset of `n` records on disk: images in a folder, some missing or corrupt.

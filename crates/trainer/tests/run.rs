@@ -91,3 +91,64 @@ fn the_tiny_model_has_a_row_for_every_token_of_the_builtin_tokenizer() {
     assert!(tokenizer.vocab_size() as i64 <= config.text_config.vocab_size);
     assert_eq!(tokenizer.token_id("<image>"), config.image_token_index);
 }
+
+/// A data file of records with two images each (and one with one), on 48 px images.
+fn multi_image_data(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let mut records = Vec::new();
+    for i in 0..12u8 {
+        for side in ["l", "r"] {
+            let shade = if side == "l" { i * 20 } else { 255 - i * 20 };
+            image::RgbImage::from_pixel(48, 48, image::Rgb([shade, 40, 200 - i * 10]))
+                .save(images.join(format!("{i}{side}.png")))
+                .unwrap();
+        }
+        let answer = if i % 2 == 0 {
+            "the first"
+        } else {
+            "the second"
+        };
+        records.push(serde_json::json!({
+            "id": format!("pair{i}"),
+            "image": [format!("{i}l.png"), format!("{i}r.png")],
+            "conversations": [
+                {"from": "human", "value": "First <image>, then <image>. Which is redder?"},
+                {"from": "gpt", "value": answer},
+            ]
+        }));
+    }
+    records.push(serde_json::json!({
+        "id": "single", "image": "0l.png",
+        "conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "blue"}]
+    }));
+    let file = dir.join("pairs.json");
+    std::fs::write(&file, serde_json::Value::Array(records).to_string()).unwrap();
+    (file, images)
+}
+
+#[test]
+fn whole_gemma_vlms_train_on_multi_image_records_packed_or_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, images) = multi_image_data(tmp.path());
+    for preset in ["tiny-gemma3-vlm", "tiny-paligemma", "tiny-siglip-gemma3"] {
+        for pack in [false, true] {
+            let mut config = RunConfig::tiny(2, tmp.path().join(format!("{preset}-{pack}")));
+            config.preset = preset.into();
+            config.data = Some(data.clone());
+            config.images = Some(images.clone());
+            config.micro_batch = 4;
+            config.global_batch = 4;
+            config.max_steps = Some(3);
+            config.pack = pack;
+            let summary = run(&config, |_| {}).unwrap();
+            assert_eq!((summary.steps, summary.samples_seen), (3, 12), "{preset}");
+            assert_eq!(
+                summary.samples_skipped, 0,
+                "{preset}: {:?}",
+                summary.skipped_by_reason
+            );
+            assert!(summary.final_loss.is_finite() && summary.final_loss > 0.0);
+        }
+    }
+}
