@@ -372,13 +372,18 @@ pub fn answer_questions(
             let mut size = (0i64, 0i64);
             for q in chunk {
                 let mut text = q.text.clone();
+                // Pan-and-scan crops of the image (Gemma 3 when its processor makes them).
+                let mut crops = Vec::new();
                 if let Some(image) = &q.image {
                     let path: PathBuf = images.join(image);
                     match image_processing::open(&path) {
                         Ok(img) => {
-                            let (data, h, w) = processor.preprocess(&img);
-                            size = (h as i64, w as i64);
-                            pixels.extend(data);
+                            let views = processor.views(&img);
+                            crops.push(views.len() - 1);
+                            for (data, h, w) in views {
+                                size = (h as i64, w as i64);
+                                pixels.extend(data);
+                            }
                         }
                         Err(e) => {
                             stats.failed += 1;
@@ -394,7 +399,7 @@ pub fn answer_questions(
                 if q.image.is_some() {
                     text = format.mark_images(&text, 1);
                 }
-                let ids = format.encode(tokenizer, &[Message::user(text)])?;
+                let ids = format.encode_with_crops(tokenizer, &[Message::user(text)], &crops)?;
                 prompts.push(model.expand_image_tokens(&ids, per_image));
                 asked.push(*q);
             }

@@ -17,7 +17,7 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 use vision_encoders::VisionConfig;
 
-use crate::config::LlavaConfig;
+use crate::config::{Family, LlavaConfig};
 use crate::model::LlavaModel;
 use crate::{Error, Result};
 
@@ -49,7 +49,7 @@ impl LlavaModel {
             )),
         )];
         match family {
-            crate::config::Family::Llava => files.extend([
+            Family::Llava => files.extend([
                 (
                     "processor_config.json",
                     pretty(files::processor_config(
@@ -85,7 +85,7 @@ impl LlavaModel {
                         )),
                     ),
                 ]);
-                if family == crate::config::Family::Gemma3 {
+                if family == Family::Gemma3 {
                     files.push((
                         "chat_template.jinja",
                         gemma_lm::tokenizer::GEMMA3_JINJA.to_string(),
@@ -133,9 +133,19 @@ pub struct Parts {
     /// The connector architecture (`mlp2x_gelu`).
     pub projector_type: String,
     /// Input resolution of the tower in the assembled model (the tower's `image_size` when `None`;
-    /// DINOv2 is usually run at 224 rather than its 518).
+    /// DINOv2 is usually run at 224 rather than its 518). LLaVA only.
     pub image_size: Option<i64>,
+    /// Which model to assemble: LLaVA (with `projector_type`), a `Gemma3ForConditionalGeneration`
+    /// (Gemma 3's pooling projector) or a `PaliGemmaForConditionalGeneration` (a linear one); the
+    /// latter two need a SigLIP tower.
+    pub family: Family,
+    /// Gemma 3: the tokens each image is pooled to (`mm_tokens_per_image`); by default the
+    /// largest square of at most 256 whose side divides the tower's patches per side.
+    pub image_tokens: Option<i64>,
 }
+
+/// Gemma 3's image-soft-token text, the image token of its VLMs.
+pub const IMAGE_SOFT_TOKEN: &str = "<image_soft_token>";
 
 impl LlavaModel {
     /// Loads an HF LLaVA directory (config.json and one or sharded safetensors files) onto `device`
@@ -162,15 +172,62 @@ impl LlavaModel {
     /// model and the tokenizer that goes with it.
     pub fn from_parts(parts: &Parts, device: Device, kind: Kind) -> Result<(Self, GemmaTokenizer)> {
         let mut tokenizer = GemmaTokenizer::from_file(&parts.lm)?;
-        let image_token = tokenizer.add_special_token(IMAGE_TOKEN);
         let text = GemmaConfig::from_file(&parts.lm)?;
-        let vocab = text.vocab_size.max(image_token + 1);
         let vision = VisionConfig::from_file(&parts.vision)?;
         let (patch, native) = (vision.patch_size(), vision.image_size());
-        let size = parts.image_size.unwrap_or(native);
-        let tokens = (size / patch) * (size / patch);
-        let mut config = LlavaConfig::new(&vision, text, image_token, tokens);
-        config.projector_type = Some(parts.projector_type.clone());
+        if parts.family != Family::Llava {
+            if !matches!(vision, VisionConfig::Siglip(_)) {
+                return Err(Error::Input(format!(
+                    "{} needs a SigLIP tower; {} is not one",
+                    parts.family.architecture(),
+                    parts.vision.display()
+                )));
+            }
+            if parts.image_size.is_some_and(|s| s != native) {
+                return Err(Error::Input(format!(
+                    "{} runs the tower at its own image_size ({native}); --image-size is LLaVA's",
+                    parts.family.architecture()
+                )));
+            }
+        }
+        let config = match parts.family {
+            Family::Llava => {
+                let image_token = tokenizer.add_special_token(IMAGE_TOKEN);
+                let size = parts.image_size.unwrap_or(native);
+                let tokens = (size / patch) * (size / patch);
+                let mut config = LlavaConfig::new(&vision, text, image_token, tokens);
+                config.projector_type = Some(parts.projector_type.clone());
+                config
+            }
+            Family::Gemma3 => {
+                // Gemma 3's own tokenizer has all three; another Gemma's gains them.
+                let boi = tokenizer.add_special_token(crate::prompt::START_OF_IMAGE);
+                let eoi = tokenizer.add_special_token(crate::prompt::END_OF_IMAGE);
+                let image_token = tokenizer.add_special_token(IMAGE_SOFT_TOKEN);
+                let side = native / patch;
+                let tokens = parts.image_tokens.unwrap_or_else(|| {
+                    (1..=side.min(16))
+                        .rev()
+                        .find(|t| side % t == 0)
+                        .unwrap_or(1)
+                        .pow(2)
+                });
+                LlavaConfig::gemma3(&vision, text, image_token, (boi, eoi), tokens)
+            }
+            Family::PaliGemma => {
+                let image_token = tokenizer.add_special_token(IMAGE_TOKEN);
+                LlavaConfig::paligemma(&vision, text, image_token)
+            }
+        };
+        // Room for every token the tokenizer has, the ones just added included.
+        let vocab = tokenizer
+            .added_tokens()
+            .iter()
+            .map(|t| t.id + 1)
+            .chain([config.text_config.vocab_size])
+            .max()
+            .unwrap_or_default();
+        config.check().map_err(Error::Input)?;
         config.projector()?;
 
         let mut model = LlavaModel::new(&config, device, kind)?;

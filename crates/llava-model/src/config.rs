@@ -241,7 +241,7 @@ impl LlavaConfig {
         Ok(config)
     }
 
-    fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         let family = Family::of(self.extra.get("model_type").and_then(|v| v.as_str()))?;
         self.lm_config().validate().map_err(|e| e.to_string())?;
         let vision = self.vision().map_err(|e| e.to_string())?;

@@ -93,7 +93,14 @@ pub fn preprocessor_config(
         config["crop_size"] = json!({"height": height, "width": width});
     }
     match family {
-        Family::Gemma3 => config["do_pan_and_scan"] = json!(false),
+        Family::Gemma3 => {
+            config["do_pan_and_scan"] = json!(processor.pan_and_scan.is_some());
+            if let Some(p) = processor.pan_and_scan {
+                config["pan_and_scan_min_crop_size"] = json!(p.min_crop_size);
+                config["pan_and_scan_max_num_crops"] = json!(p.max_num_crops);
+                config["pan_and_scan_min_ratio_to_activate"] = json!(p.min_ratio_to_activate);
+            }
+        }
         Family::PaliGemma => config["image_seq_length"] = json!(image_seq_length),
         Family::Llava => {}
     }

@@ -117,6 +117,25 @@ impl PromptFormat {
     /// where the model's answer starts. LLaVA's images stay one token each until
     /// [`LlavaModel::expand_image_tokens`]; Gemma 3's and PaliGemma's come expanded.
     pub fn encode(&self, tokenizer: &GemmaTokenizer, messages: &[Message]) -> Result<Vec<i64>> {
+        self.encode_with_crops(tokenizer, messages, &[])
+    }
+
+    /// [`encode`](Self::encode) for images shown with pan-and-scan crops: `crops[i]` crops of
+    /// image `i` (missing entries are 0), which Gemma 3's processor writes as `"Here is the
+    /// original image " + image + " and here are some crops to help you see better " + the
+    /// crops' images joined by spaces`. Crops are Gemma 3's alone.
+    pub fn encode_with_crops(
+        &self,
+        tokenizer: &GemmaTokenizer,
+        messages: &[Message],
+        crops: &[usize],
+    ) -> Result<Vec<i64>> {
+        if self.kind != Kind::Gemma3 && crops.iter().any(|&n| n > 0) {
+            return Err(Error::Input(
+                "pan-and-scan crops are Gemma 3's: this model's prompts have no place for them"
+                    .into(),
+            ));
+        }
         match self.kind {
             Kind::Llava => Ok(tokenizer.encode_chat(messages, true)?),
             Kind::Gemma3 => {
@@ -125,7 +144,22 @@ impl PromptFormat {
                     "\n\n{START_OF_IMAGE}{}{END_OF_IMAGE}\n\n",
                     self.image.repeat(self.per_image)
                 );
-                Ok(tokenizer.encode(&rendered.replace(START_OF_IMAGE, &image), false)?)
+                let mut text = String::with_capacity(rendered.len());
+                for (i, piece) in rendered.split(START_OF_IMAGE).enumerate() {
+                    if i > 0 {
+                        match crops.get(i - 1).copied().unwrap_or(0) {
+                            0 => text.push_str(&image),
+                            n => {
+                                text.push_str("Here is the original image ");
+                                text.push_str(&image);
+                                text.push_str(" and here are some crops to help you see better ");
+                                text.push_str(&vec![image.as_str(); n].join(" "));
+                            }
+                        }
+                    }
+                    text.push_str(piece);
+                }
+                Ok(tokenizer.encode(&text, false)?)
             }
             Kind::PaliGemma => {
                 let last = messages

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use foundation::{Checkpoint, save_safetensors};
 use gemma_lm::GenerationConfig;
+use llava_model::config::Family;
 use llava_model::{LlavaModel, Parts};
 use tch::{Device, Kind, Tensor};
 
@@ -141,6 +142,8 @@ fn a_model_assembles_from_parts_with_an_image_token_added() {
         seed: 7,
         projector_type: "mlp2x_gelu".into(),
         image_size: None,
+        family: Family::Llava,
+        image_tokens: None,
     };
     let (model, tokenizer) = LlavaModel::from_parts(&parts, Device::Cpu, Kind::Float).unwrap();
     assert_eq!(
@@ -188,6 +191,94 @@ fn a_model_assembles_from_parts_with_an_image_token_added() {
         .generate(&[prompt], Some(&px.narrow(0, 0, 1)), &config, |_, _| {})
         .unwrap();
     assert_eq!(a, b);
+}
+
+#[test]
+fn gemma3_and_paligemma_assemble_from_a_gemma_and_a_siglip_tower() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parts = Parts {
+        lm: fixtures().join("gemma/model"),
+        vision: fixtures().join("siglip-vision/model"),
+        connector: None,
+        seed: 3,
+        projector_type: String::new(),
+        image_size: None,
+        family: Family::Gemma3,
+        image_tokens: None,
+    };
+    let vision = vision_encoders::VisionConfig::from_file(&parts.vision).unwrap();
+    let side = vision.image_size() / vision.patch_size();
+    let px = Tensor::randn(
+        [1, 3, vision.image_size(), vision.image_size()],
+        (Kind::Float, Device::Cpu),
+    );
+    for family in [Family::Gemma3, Family::PaliGemma] {
+        let parts = Parts {
+            family,
+            ..parts.clone()
+        };
+        let (model, tokenizer) = LlavaModel::from_parts(&parts, Device::Cpu, Kind::Float).unwrap();
+        assert_eq!(model.family(), family);
+        let per_image = model.tokens_per_image(vision.image_size(), vision.image_size());
+        let image = tokenizer.decode(&[model.image_token()], false).unwrap();
+        match family {
+            Family::Gemma3 => {
+                // The largest square of at most 256 tokens whose side divides the patch grid.
+                let t = (1..=side.min(16)).rev().find(|t| side % t == 0).unwrap();
+                assert_eq!(per_image, t * t);
+                assert_eq!(image, "<image_soft_token>");
+                let (boi, eoi) = model.config.image_delimiters().unwrap();
+                assert_eq!(tokenizer.token_id("<start_of_image>"), Some(boi));
+                assert_eq!(tokenizer.token_id("<end_of_image>"), Some(eoi));
+            }
+            _ => {
+                assert_eq!(per_image, side * side);
+                assert_eq!(image, "<image>");
+            }
+        }
+        assert!(model.config.text_config.vocab_size > model.image_token());
+
+        // It saves as its family, reloads, and answers the same.
+        let out = tmp.path().join(family.model_type());
+        model.save_pretrained(&out, Some(&tokenizer)).unwrap();
+        let reloaded = load(&out);
+        assert_eq!(reloaded.family(), family);
+        let format = model.prompt_format(&tokenizer, per_image);
+        let mut content = format.mark_images("What is it?", 1);
+        if family == Family::Gemma3 {
+            assert!(content.starts_with("<start_of_image>"));
+        }
+        content = content.trim().to_string();
+        let ids = format
+            .encode(&tokenizer, &[gemma_lm::Message::user(content)])
+            .unwrap();
+        let prompt = model.expand_image_tokens(&ids, per_image);
+        let config = GenerationConfig {
+            max_new_tokens: 3,
+            ..Default::default()
+        };
+        let answer = |m: &LlavaModel| {
+            m.generate(std::slice::from_ref(&prompt), Some(&px), &config, |_, _| {})
+                .unwrap()
+        };
+        assert_eq!(answer(&model), answer(&reloaded));
+    }
+
+    // Gemma 3's pooled size must be a square dividing the grid; other towers are refused.
+    let bad = Parts {
+        image_tokens: Some(2),
+        ..parts.clone()
+    };
+    assert!(LlavaModel::from_parts(&bad, Device::Cpu, Kind::Float).is_err());
+    let clip = Parts {
+        vision: fixtures().join("clip-vision/model"),
+        family: Family::PaliGemma,
+        ..parts
+    };
+    let err = LlavaModel::from_parts(&clip, Device::Cpu, Kind::Float)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("SigLIP"), "{err}");
 }
 
 #[test]

@@ -1,48 +1,93 @@
-//! Talking to a LLaVA model about one image: what `llava generate` and `llava chat` run.
+//! Talking to a LLaVA model about its images: what `llava generate` and `llava chat` run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use gemma_lm::{GemmaTokenizer, GenerationConfig, Message, TextStreamer};
 use llava_model::LlavaModel;
 use tch::{Device, Kind, Tensor};
-use vision_encoders::processing::{self, ImageProcessor};
+use vision_encoders::processing::{self, ImageProcessor, PanAndScan};
 
 use crate::{Error, Result};
 
-/// A model, its tokenizer and one preprocessed image, ready for a conversation.
+/// A model, its tokenizer and its preprocessed images, ready for a conversation.
 #[derive(Debug)]
 pub struct ImageChat {
     model: LlavaModel,
     tokenizer: GemmaTokenizer,
+    /// Every view of every image, `[views, 3, h, w]`.
     pixels: Tensor,
+    /// Pan-and-scan crops of each image (0: the image alone).
+    crops: Vec<usize>,
     tokens_per_image: i64,
 }
 
+/// How [`ImageChat::open`] reads the model and the images, beyond their paths.
+#[derive(Debug, Clone, Default)]
+pub struct ChatOptions {
+    /// A PEFT LoRA adapter directory to merge into the weights.
+    pub adapter: Option<PathBuf>,
+    /// Overrides the config's choice of scaling image features (see
+    /// `LlavaConfig::image_features_scaled`).
+    pub scale_image_features: Option<bool>,
+    /// Overrides `preprocessor_config.json`'s pan-and-scan (Gemma 3): on with transformers'
+    /// defaults, or off.
+    pub pan_and_scan: Option<bool>,
+}
+
 impl ImageChat {
-    /// Loads the LLaVA directory `model_dir` (with its `tokenizer.json`), with the PEFT adapter in
-    /// `adapter` merged when given, and the image at `image`. `scale_image_features` overrides the
-    /// config's choice (see `LlavaConfig::image_features_scaled`).
+    /// Loads the LLaVA directory `model_dir` (with its `tokenizer.json`) and the images at
+    /// `images`, which the first user turn shows in order (each with its pan-and-scan crops when
+    /// the processor makes them).
     pub fn open(
         model_dir: &Path,
-        adapter: Option<&Path>,
-        image: &Path,
+        images: &[PathBuf],
         device: Device,
         kind: Kind,
-        scale_image_features: Option<bool>,
+        options: &ChatOptions,
     ) -> Result<Self> {
-        let mut model = LlavaModel::from_pretrained_with_adapter(model_dir, adapter, device, kind)?;
-        if let Some(scale) = scale_image_features {
+        if images.is_empty() {
+            return Err(Error::Unsupported(
+                "a conversation about images needs at least one".into(),
+            ));
+        }
+        let mut model = LlavaModel::from_pretrained_with_adapter(
+            model_dir,
+            options.adapter.as_deref(),
+            device,
+            kind,
+        )?;
+        if let Some(scale) = options.scale_image_features {
             model.config.image_features_scaled = Some(scale);
         }
         let tokenizer = GemmaTokenizer::from_file(model_dir)?;
-        let processor = ImageProcessor::new(model.image_processor(Some(model_dir))?);
-        let (data, h, w) = processor.preprocess(&processing::open(image)?);
-        let pixels = Tensor::from_slice(&data).view([1, 3, h as i64, w as i64]);
-        let tokens_per_image = model.tokens_per_image(h as i64, w as i64);
+        let mut config = model.image_processor(Some(model_dir))?;
+        if let Some(on) = options.pan_and_scan {
+            if on && model.family() != llava_model::config::Family::Gemma3 {
+                return Err(Error::Unsupported(
+                    "pan-and-scan is Gemma 3's (this model is not a Gemma3ForConditionalGeneration)"
+                        .into(),
+                ));
+            }
+            config.pan_and_scan = on.then(PanAndScan::default);
+        }
+        let processor = ImageProcessor::new(config);
+        let (mut data, mut crops, mut size) = (Vec::new(), Vec::new(), (0, 0));
+        for path in images {
+            let views = processor.views(&processing::open(path)?);
+            crops.push(views.len() - 1);
+            for (pixels, h, w) in views {
+                size = (h as i64, w as i64);
+                data.extend(pixels);
+            }
+        }
+        let views = crops.iter().map(|c| c + 1).sum::<usize>() as i64;
+        let pixels = Tensor::from_slice(&data).view([views, 3, size.0, size.1]);
+        let tokens_per_image = model.tokens_per_image(size.0, size.1);
         Ok(ImageChat {
             model,
             tokenizer,
             pixels,
+            crops,
             tokens_per_image,
         })
     }
@@ -57,9 +102,9 @@ impl ImageChat {
         &self.tokenizer
     }
 
-    /// The prompt tokens for a conversation: the chat template with the image at the front of the
-    /// first user turn, expanded to the image's tokens, ending with the model's turn opening (as
-    /// the model's family writes prompts: [`llava_model::prompt`]).
+    /// The prompt tokens for a conversation: the chat template with the images at the front of
+    /// the first user turn, expanded to their tokens (and crops), ending with the model's turn
+    /// opening, as the model's family writes prompts ([`llava_model::prompt`]).
     pub fn prompt(&self, conversation: &[Message]) -> Result<Vec<i64>> {
         let mut messages = conversation.to_vec();
         let first = messages.first_mut().ok_or_else(|| {
@@ -68,9 +113,19 @@ impl ImageChat {
         let format = self
             .model
             .prompt_format(&self.tokenizer, self.tokens_per_image);
-        first.content = format.mark_images(&first.content, 1);
-        let ids = format.encode(&self.tokenizer, &messages)?;
+        first.content = format.mark_images(&first.content, self.crops.len());
+        let ids = format.encode_with_crops(&self.tokenizer, &messages, &self.crops)?;
         Ok(self.model.expand_image_tokens(&ids, self.tokens_per_image))
+    }
+
+    /// Every view of every image as the model sees them, `[views, 3, h, w]`.
+    pub fn pixels(&self) -> &Tensor {
+        &self.pixels
+    }
+
+    /// Pan-and-scan crops of each image (all 0 without pan-and-scan).
+    pub fn crops(&self) -> &[usize] {
+        &self.crops
     }
 
     /// Generation settings with the chat's stop tokens.

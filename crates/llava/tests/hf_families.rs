@@ -1,8 +1,8 @@
 //! Each family's saved model opens in transformers as a user opens it: `AutoProcessor` and
 //! `AutoModelForImageTextToText` (scripts/hf_processor_check.py) on a directory `llava train`
 //! wrote. The processor's prompt (its chat template and image expansion: Gemma 3's
-//! `<start_of_image>` run, PaliGemma's prefix) is token for token ours, and its greedy answer is
-//! ours.
+//! `<start_of_image>` run, with pan-and-scan crops, PaliGemma's prefix), for one image and for
+//! several, is token for token ours, its pixel values are ours, and its greedy answer is ours.
 //!
 //! Uses the Python of the cached torch environment, installing transformers 5.17 and Pillow there
 //! when missing; says SKIPPED only when they cannot be installed (no network).
@@ -58,11 +58,10 @@ fn python_with_transformers() -> Option<PathBuf> {
     ready().then_some(python)
 }
 
-/// Trains `preset` a few steps (stage 2, from a random connector) and compares transformers'
-/// prompt and greedy answer with ours on one of its images.
-fn transformers_answers_as_we_do(preset: &str, family: &str, processor: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("run");
+/// Trains `preset` up to 150 steps (stage 2, from a random connector: enough to answer in words): its directory (in `tmp`) and
+/// a held-out question with its image.
+fn trained(preset: &str, tmp: &Path) -> (PathBuf, PathBuf, String) {
+    let out = tmp.join("run");
     run_ok(
         llava()
             .args([
@@ -79,60 +78,117 @@ fn transformers_answers_as_we_do(preset: &str, family: &str, processor: &str) {
                 "--global-batch",
                 "8",
                 "--max-steps",
-                "4",
+                "150",
+                "--lr",
+                "3e-3",
                 "--output",
             ])
             .arg(&out),
     );
-    let model = out.join("model");
-    let image = std::fs::read_dir(out.join("data/images"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "png"))
-        .expect("the synthetic data has images");
-    let question = "What shape is on the left?";
+    // A held-out question of the synthetic data, about its image.
+    let first = std::fs::read_to_string(out.join("data/eval_questions.jsonl")).unwrap();
+    let question: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+    let image = out
+        .join("data/images")
+        .join(question["image"].as_str().unwrap());
+    let text = question["text"].as_str().unwrap().to_string();
+    (out.join("model"), image, text)
+}
 
-    let chat = ImageChat::open(&model, None, &image, Device::Cpu, Kind::Float, None).unwrap();
+/// Compares transformers' prompt, pixel values (with pan-and-scan) and greedy answer about
+/// `images` with ours.
+fn transformers_answers_as_we_do(
+    model: &Path,
+    (images, question): (&[PathBuf], &str),
+    pan_and_scan: bool,
+    (family, processor): (&str, &str),
+) {
+    let options = llava::chat::ChatOptions {
+        pan_and_scan: pan_and_scan.then_some(true),
+        ..Default::default()
+    };
+    let chat = ImageChat::open(model, images, Device::Cpu, Kind::Float, &options).unwrap();
     let ours_prompt = chat.prompt(&[Message::user(question)]).unwrap();
-    let ours = run_ok(
-        llava()
-            .args(["generate", "--device", "cpu", "--max-new-tokens", "8"])
-            .arg("--model")
-            .arg(&model)
-            .arg("--image")
-            .arg(&image)
-            .args(["--prompt", question]),
-    );
+    let mut generate = llava();
+    generate
+        .args(["generate", "--device", "cpu", "--max-new-tokens", "8"])
+        .arg("--model")
+        .arg(model)
+        .args(["--prompt", question]);
+    for image in images {
+        generate.arg("--image").arg(image);
+    }
+    if pan_and_scan {
+        generate.arg("--pan-and-scan");
+    }
+    let ours = run_ok(&mut generate);
 
     let Some(python) = python_with_transformers() else {
         eprintln!("SKIPPED the transformers check: no python with transformers beside libtorch");
         return;
     };
-    let report = run_ok(
-        Command::new(python)
-            .arg(root().join("scripts/hf_processor_check.py"))
-            .arg(&model)
-            .arg(&image)
-            .arg(question)
-            .arg("8"),
-    );
+    let list: Vec<String> = images.iter().map(|p| p.display().to_string()).collect();
+    let mut check = Command::new(python);
+    check
+        .arg(root().join("scripts/hf_processor_check.py"))
+        .arg(model)
+        .arg(list.join(","))
+        .arg(question)
+        .arg("8");
+    if pan_and_scan {
+        check.arg("pan-and-scan");
+    }
+    let report = run_ok(&mut check);
     let theirs: serde_json::Value =
         serde_json::from_str(report.lines().last().unwrap_or_default()).unwrap();
-    eprintln!("{preset}: transformers {theirs}");
     assert_eq!(theirs["family"], family);
     assert_eq!(theirs["processor"], processor);
+    let shape: Vec<i64> = serde_json::from_value(theirs["pixel_values_shape"].clone()).unwrap();
+    assert_eq!(shape, chat.pixels().size(), "the views differ");
+    if let Some(pixels) = theirs["pixel_values"].as_array() {
+        let theirs: Vec<f32> = pixels.iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let diff = (chat.pixels().flatten(0, -1) - tch::Tensor::from_slice(&theirs))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff < 1e-5, "pixel values differ by {diff}");
+    }
     let their_prompt: Vec<i64> = serde_json::from_value(theirs["prompt_ids"].clone()).unwrap();
-    assert_eq!(their_prompt, ours_prompt, "{preset}: the prompts differ");
+    assert_eq!(their_prompt, ours_prompt, "{family}: the prompts differ");
     let answer = theirs["answer"].as_str().unwrap();
-    assert_eq!(ours.trim(), answer.trim(), "{preset}: the answers differ");
+    eprintln!(
+        "{family}: transformers answers {answer:?}, we answer {:?}",
+        ours.trim()
+    );
+    assert_eq!(ours.trim(), answer.trim(), "{family}: the answers differ");
 }
 
 #[test]
 fn a_gemma3_vlm_we_train_opens_in_transformers_and_answers_as_ours() {
-    transformers_answers_as_we_do("tiny-gemma3-vlm", "gemma3", "Gemma3Processor");
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, image, question) = trained("tiny-gemma3-vlm", tmp.path());
+    let names = ("gemma3", "Gemma3Processor");
+    let one = std::slice::from_ref(&image);
+    transformers_answers_as_we_do(&model, (one, &question), false, names);
+
+    // Two images, the first long enough for three pan-and-scan crops (800 x 260: crops of
+    // 267 x 260, at least 256 px each): seven views, each its own block of image tokens.
+    let wide = tmp.path().join("wide.png");
+    image::RgbImage::from_fn(800, 260, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x / 3 + y) % 256) as u8])
+    })
+    .save(&wide)
+    .unwrap();
+    transformers_answers_as_we_do(&model, (&[wide, image], &question), true, names);
 }
 
 #[test]
 fn a_paligemma_we_train_opens_in_transformers_and_answers_as_ours() {
-    transformers_answers_as_we_do("tiny-paligemma", "paligemma", "PaliGemmaProcessor");
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, image, question) = trained("tiny-paligemma", tmp.path());
+    let names = ("paligemma", "PaliGemmaProcessor");
+    let one = std::slice::from_ref(&image);
+    transformers_answers_as_we_do(&model, (one, &question), false, names);
+    let two = [image.clone(), image];
+    transformers_answers_as_we_do(&model, (&two, &question), false, names);
 }

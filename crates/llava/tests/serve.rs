@@ -20,11 +20,10 @@ fn greedy_answers_equal_llava_generate() {
     let image = fixture("fixtures/hf-parity/image-processing/model/image.jpg");
     let chat = ImageChat::open(
         &model,
-        None,
-        &image,
+        std::slice::from_ref(&image),
         tch::Device::Cpu,
         tch::Kind::Float,
-        None,
+        &Default::default(),
     )
     .unwrap();
     let server = serve::spawn(serve::ServerConfig {

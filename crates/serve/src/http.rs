@@ -259,7 +259,21 @@ fn prepare(state: &AppState, body: &[u8], arrived: Instant) -> Result<Prepared, 
         config.max_images,
         &info.prompt_format,
     )?;
-    let ids = prompt::encode(&info.tokenizer, &conversation, &info.prompt_format)?;
+    // Decoded first: Gemma 3's pan-and-scan crops of each image are written into the prompt.
+    let views = conversation
+        .images
+        .iter()
+        .map(|image| {
+            prompt::load_image(
+                image,
+                &info.processor,
+                config.max_image_pixels,
+                config.max_body_bytes,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let crops: Vec<usize> = views.iter().map(|v| v.len() - 1).collect();
+    let ids = prompt::encode(&info.tokenizer, &conversation, &info.prompt_format, &crops)?;
     if let Some(per_image) = info.tokens_per_image {
         let later = if info.prompt_format.expands_in_text() {
             0
@@ -280,18 +294,7 @@ fn prepare(state: &AppState, body: &[u8], arrived: Instant) -> Result<Prepared, 
             });
         }
     }
-    let images = conversation
-        .images
-        .iter()
-        .map(|image| {
-            prompt::load_image(
-                image,
-                &info.processor,
-                config.max_image_pixels,
-                config.max_body_bytes,
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let images: Vec<_> = views.into_iter().flatten().collect();
     let sampling = (temperature > 0.0).then(|| Sampling {
         temperature,
         top_p: request.top_p,

@@ -141,13 +141,16 @@ pub fn conversation(
 
 /// The chat prompt's token ids: LLaVA's with one `<image>` token per image (expanded later),
 /// Gemma 3's and PaliGemma's expanded already (see `llava_model::prompt`).
+///
+/// `crops[i]` is the number of pan-and-scan crops of image `i` (Gemma 3; empty for none).
 pub fn encode(
     tokenizer: &GemmaTokenizer,
     conversation: &Conversation,
     format: &llava_model::PromptFormat,
+    crops: &[usize],
 ) -> Result<Vec<i64>> {
     format
-        .encode(tokenizer, &conversation.messages)
+        .encode_with_crops(tokenizer, &conversation.messages, crops)
         .map_err(|e| Error::bad_request(e.to_string(), Some("messages")))
 }
 
@@ -218,14 +221,15 @@ pub fn image_source(
     Ok(ImageSource::File(resolved))
 }
 
-/// Decodes and preprocesses an image: its pixels `[3, h, w]` (flattened), `h` and `w`. Images
-/// over `max_pixels` are refused from their header; undecodable ones are a 400.
+/// Decodes and preprocesses an image: each of its views (the image, then its pan-and-scan crops
+/// when the processor makes them) as pixels `[3, h, w]` (flattened), `h` and `w`. Images over
+/// `max_pixels` are refused from their header; undecodable ones are a 400.
 pub fn load_image(
     input: &ImageInput,
     processor: &ImageProcessor,
     max_pixels: u64,
     max_file_bytes: usize,
-) -> Result<(Vec<f32>, usize, usize)> {
+) -> Result<Vec<(Vec<f32>, usize, usize)>> {
     let bytes;
     let data = match &input.source {
         ImageSource::Bytes(b) => b.as_slice(),
@@ -258,10 +262,11 @@ pub fn load_image(
                 code: Some(code),
             }
         })?;
-    let processed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        processor.preprocess(&image)
-    }))
-    .map_err(|_| Error::bad_request("the image could not be preprocessed", Some(&input.param)))?;
+    let processed =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| processor.views(&image)))
+            .map_err(|_| {
+                Error::bad_request("the image could not be preprocessed", Some(&input.param))
+            })?;
     Ok(processed)
 }
 

@@ -287,11 +287,22 @@ fn build_model(
             config.preset,
             if config.preset.ends_with("dinov2") {
                 "DINOv2"
+            } else if config.preset.contains("gemma") {
+                "SigLIP"
             } else {
                 "CLIP"
             }
         )));
     };
+    // The preset's family (a whole Gemma 3 or PaliGemma is assembled as one) and pooled size.
+    let preset = llava_model::presets::by_name(&config.preset);
+    let family = preset
+        .as_ref()
+        .map_or(llava_model::config::Family::Llava, |p| p.family());
+    let image_tokens = preset
+        .as_ref()
+        .filter(|p| p.family() == llava_model::config::Family::Gemma3)
+        .map(|p| p.mm_tokens_per_image());
     let parts = llava_model::Parts {
         lm: lm.clone(),
         vision: vision.clone(),
@@ -299,6 +310,8 @@ fn build_model(
         seed: config.seed,
         projector_type: config.projector_type.clone(),
         image_size: config.image_size,
+        family,
+        image_tokens,
     };
     let kind = foundation::device::default_kind(device);
     Ok(LlavaModel::from_parts(&parts, device, kind)?)

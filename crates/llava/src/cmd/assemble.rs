@@ -1,4 +1,5 @@
-//! `llava assemble`: a LLaVA directory from a Gemma, a tower and a connector.
+//! `llava assemble`: a LLaVA, Gemma 3 or PaliGemma directory from a Gemma, a tower and a
+//! connector.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,9 +14,19 @@ pub struct Args {
     /// Gemma directory (config.json, safetensors, tokenizer.json) or Hugging Face id.
     #[arg(long)]
     lm: PathBuf,
-    /// CLIP or DINOv2 directory or Hugging Face id.
+    /// CLIP, DINOv2 or SigLIP directory or Hugging Face id.
     #[arg(long)]
     vision: PathBuf,
+    /// What to assemble: `llava` (LLaVA's projector, `--projector-type`), `gemma3` (a
+    /// Gemma3ForConditionalGeneration: Gemma 3's pooling projector, `<start_of_image>` and
+    /// `<end_of_image>` added to the tokenizer when missing) or `paligemma` (a linear projector);
+    /// the latter two need a SigLIP tower.
+    #[arg(long, default_value = "llava", value_parser = ["llava", "gemma3", "paligemma"])]
+    family: String,
+    /// Gemma 3: tokens per image after pooling (a square whose side divides the patch grid;
+    /// by default the largest of at most 256).
+    #[arg(long)]
+    image_tokens: Option<i64>,
     /// Connector file (stage 1's output); a seeded random connector when absent.
     #[arg(long)]
     connector: Option<PathBuf>,
@@ -45,14 +56,18 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
         seed: args.seed,
         projector_type: args.projector_type.clone(),
         image_size: args.image_size,
+        family: llava::llava_model::config::Family::of(Some(&args.family))
+            .map_err(llava::Error::Unsupported)?,
+        image_tokens: args.image_tokens,
     };
     let kind = parse_kind(&args.dtype)?;
     let (model, tokenizer) =
         llava::llava_model::LlavaModel::from_parts(&parts, tch::Device::Cpu, kind)?;
     model.save_pretrained(&args.output, Some(&tokenizer))?;
     println!(
-        "wrote {} (image token {}, {} tokens per image, connector {})",
+        "wrote {} ({}: image token {}, {} tokens per image, connector {})",
         args.output.display(),
+        model.family().architecture(),
         model.image_token(),
         model.config.image_seq_length.unwrap_or_default(),
         if args.connector.is_some() {

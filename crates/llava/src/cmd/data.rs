@@ -195,8 +195,8 @@ fn show(data: &DataArgs, index: usize, id: Option<&str>) -> llava::Result<()> {
         })?;
     let table = dataset.templater.render(&tokens)?;
     print!(
-        "record {} (id {}), image {:?}\n{table}",
-        index, record.id, record.image
+        "record {} (id {}), images {:?}\n{table}",
+        index, record.id, record.images
     );
     Ok(())
 }

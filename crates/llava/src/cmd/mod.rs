@@ -109,9 +109,14 @@ pub struct ImageModel {
     /// the model, such as `llava train --lora` writes; merged into the weights when loading.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// The image (JPEG, PNG, WebP, GIF, BMP or TIFF).
+    /// The image (JPEG, PNG, WebP, GIF, BMP or TIFF); give it again for several images, which
+    /// the question shows in order.
+    #[arg(long, required = true)]
+    pub image: Vec<PathBuf>,
+    /// Gemma 3: show long images also as crops along their long side (pan-and-scan, with
+    /// transformers' defaults), whatever `preprocessor_config.json` says.
     #[arg(long)]
-    pub image: PathBuf,
+    pub pan_and_scan: bool,
     /// Scale image features by sqrt(hidden) as the original LLaVA-Gemma code did (Intel's checkpoints).
     #[arg(long)]
     pub scale_image_features: bool,
@@ -125,9 +130,13 @@ impl ImageModel {
         let (device, kind) = self.sampling.device_and_kind()?;
         let model = &model_path(&self.model)?;
         let start = Instant::now();
-        let scale = self.scale_image_features.then_some(true);
+        let options = llava::chat::ChatOptions {
+            adapter: self.adapter.clone(),
+            scale_image_features: self.scale_image_features.then_some(true),
+            pan_and_scan: self.pan_and_scan.then_some(true),
+        };
         let adapter = self.adapter.as_deref();
-        let chat = ImageChat::open(model, adapter, &self.image, device, kind, scale)?;
+        let chat = ImageChat::open(model, &self.image, device, kind, &options)?;
         eprintln!(
             "loaded {}{} on {device:?} as {kind:?} in {:.2}s",
             model.display(),
