@@ -183,6 +183,25 @@ impl LlavaModel {
                     parts.vision.display()
                 )));
             }
+            // transformers reads a Gemma 3 VLM's text config as Gemma 3's, a PaliGemma's as
+            // Gemma's or (PaliGemma 2) Gemma 2's.
+            let generation = text.generation()?;
+            let fits = match parts.family {
+                Family::Gemma3 => generation == gemma_lm::Generation::Gemma3,
+                _ => generation != gemma_lm::Generation::Gemma3,
+            };
+            if !fits {
+                return Err(Error::Input(format!(
+                    "{} takes {} language model; {} is a {generation:?}",
+                    parts.family.architecture(),
+                    if parts.family == Family::Gemma3 {
+                        "a Gemma 3 (`gemma3_text`)"
+                    } else {
+                        "a Gemma or Gemma 2"
+                    },
+                    parts.lm.display()
+                )));
+            }
             if parts.image_size.is_some_and(|s| s != native) {
                 return Err(Error::Input(format!(
                     "{} runs the tower at its own image_size ({native}); --image-size is LLaVA's",

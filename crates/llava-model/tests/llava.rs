@@ -196,8 +196,19 @@ fn a_model_assembles_from_parts_with_an_image_token_added() {
 #[test]
 fn gemma3_and_paligemma_assemble_from_a_gemma_and_a_siglip_tower() {
     let tmp = tempfile::tempdir().unwrap();
+    // A Gemma 3 language model with a tokenizer (the Gemma fixture's).
+    let gemma3 = tmp.path().join("gemma3-text");
+    std::fs::create_dir_all(&gemma3).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures().join("gemma3-text/model").join(f), gemma3.join(f)).unwrap();
+    }
+    std::fs::copy(
+        fixtures().join("gemma/model/tokenizer.json"),
+        gemma3.join("tokenizer.json"),
+    )
+    .unwrap();
     let parts = Parts {
-        lm: fixtures().join("gemma/model"),
+        lm: gemma3.clone(),
         vision: fixtures().join("siglip-vision/model"),
         connector: None,
         seed: 3,
@@ -212,9 +223,13 @@ fn gemma3_and_paligemma_assemble_from_a_gemma_and_a_siglip_tower() {
         [1, 3, vision.image_size(), vision.image_size()],
         (Kind::Float, Device::Cpu),
     );
-    for family in [Family::Gemma3, Family::PaliGemma] {
+    for (family, lm) in [
+        (Family::Gemma3, gemma3.clone()),
+        (Family::PaliGemma, fixtures().join("gemma/model")),
+    ] {
         let parts = Parts {
             family,
+            lm,
             ..parts.clone()
         };
         let (model, tokenizer) = LlavaModel::from_parts(&parts, Device::Cpu, Kind::Float).unwrap();
@@ -264,6 +279,21 @@ fn gemma3_and_paligemma_assemble_from_a_gemma_and_a_siglip_tower() {
         assert_eq!(answer(&model), answer(&reloaded));
     }
 
+    // Each family takes its own generation of language model, as transformers reads it.
+    let gemma1 = Parts {
+        lm: fixtures().join("gemma/model"),
+        ..parts.clone()
+    };
+    let err = LlavaModel::from_parts(&gemma1, Device::Cpu, Kind::Float)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Gemma 3"), "{err}");
+    let paligemma3 = Parts {
+        family: Family::PaliGemma,
+        ..parts.clone()
+    };
+    assert!(LlavaModel::from_parts(&paligemma3, Device::Cpu, Kind::Float).is_err());
+
     // Gemma 3's pooled size must be a square dividing the grid; other towers are refused.
     let bad = Parts {
         image_tokens: Some(2),
@@ -272,7 +302,6 @@ fn gemma3_and_paligemma_assemble_from_a_gemma_and_a_siglip_tower() {
     assert!(LlavaModel::from_parts(&bad, Device::Cpu, Kind::Float).is_err());
     let clip = Parts {
         vision: fixtures().join("clip-vision/model"),
-        family: Family::PaliGemma,
         ..parts
     };
     let err = LlavaModel::from_parts(&clip, Device::Cpu, Kind::Float)

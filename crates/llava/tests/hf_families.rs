@@ -192,3 +192,48 @@ fn a_paligemma_we_train_opens_in_transformers_and_answers_as_ours() {
     let two = [image.clone(), image];
     transformers_answers_as_we_do(&model, (&two, &question), false, names);
 }
+
+/// `llava assemble --family gemma3|paligemma` writes directories transformers opens and answers
+/// from as we do (random connectors, so the answers are arbitrary tokens, but the same ones).
+#[test]
+fn assembled_gemma_vlms_open_in_transformers_and_answer_as_ours() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixtures = root().join("fixtures/hf-parity");
+    // A Gemma 3 language model with a tokenizer (the Gemma fixture's).
+    let gemma3 = tmp.path().join("gemma3-text");
+    std::fs::create_dir_all(&gemma3).unwrap();
+    for (from, name) in [
+        ("gemma3-text/model", "config.json"),
+        ("gemma3-text/model", "model.safetensors"),
+        ("gemma/model", "tokenizer.json"),
+    ] {
+        std::fs::copy(fixtures.join(from).join(name), gemma3.join(name)).unwrap();
+    }
+    let image = tmp.path().join("image.png");
+    image::RgbImage::from_fn(40, 30, |x, y| {
+        image::Rgb([(x * 6) as u8, (y * 8) as u8, 90])
+    })
+    .save(&image)
+    .unwrap();
+    for (family, lm, processor) in [
+        ("gemma3", gemma3.clone(), "Gemma3Processor"),
+        (
+            "paligemma",
+            fixtures.join("gemma/model"),
+            "PaliGemmaProcessor",
+        ),
+    ] {
+        let out = tmp.path().join(family);
+        run_ok(
+            llava()
+                .args(["assemble", "--family", family, "--lm"])
+                .arg(&lm)
+                .arg("--vision")
+                .arg(fixtures.join("siglip-vision/model"))
+                .arg("--output")
+                .arg(&out),
+        );
+        let one = std::slice::from_ref(&image);
+        transformers_answers_as_we_do(&out, (one, "What is it?"), false, (family, processor));
+    }
+}

@@ -104,3 +104,112 @@ fn greedy_answers_equal_llava_generate() {
     assert_eq!(trimmed, expected);
     server.shutdown().unwrap();
 }
+
+/// A Gemma 3 VLM trained a few steps by `llava train`, its `preprocessor_config.json` switched to
+/// pan-and-scan: the server writes each image's crops into the prompt and answers two images as
+/// `llava generate` does (whose prompt and pixels the hf_families test holds to transformers').
+#[test]
+fn a_gemma3_vlm_is_served_several_images_with_their_crops_as_generate_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_llava"))
+        .args([
+            "train",
+            "--preset",
+            "tiny-gemma3-vlm",
+            "--stage",
+            "2",
+            "--skip-pretraining",
+            "--synthetic-images",
+            "24",
+            "--max-steps",
+            "20",
+            "--output",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    let model = out.join("model");
+    let file = model.join("preprocessor_config.json");
+    let mut processor: Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    processor["do_pan_and_scan"] = json!(true);
+    std::fs::write(&file, processor.to_string()).unwrap();
+
+    // A long image (three crops of 267 x 260) and a square one.
+    let wide = tmp.path().join("wide.png");
+    image::RgbImage::from_fn(800, 260, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + 2 * y) % 256) as u8])
+    })
+    .save(&wide)
+    .unwrap();
+    let square = tmp.path().join("square.png");
+    image::RgbImage::from_fn(48, 48, |x, _| image::Rgb([200, (x * 5) as u8, 30]))
+        .save(&square)
+        .unwrap();
+    let images = [wide, square];
+    let chat = ImageChat::open(
+        &model,
+        &images,
+        tch::Device::Cpu,
+        tch::Kind::Float,
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(chat.crops(), [3, 0]);
+    let question = "Which one is wider?";
+    let config = GenerationConfig {
+        max_new_tokens: 12,
+        temperature: Some(0.0),
+        ..GenerationConfig::default()
+    };
+    let expected = chat
+        .answer(&[Message::user(question)], &config, |_| {})
+        .unwrap()
+        .0;
+    let prompt_len = chat.prompt(&[Message::user(question)]).unwrap().len();
+
+    let server = serve::spawn(serve::ServerConfig {
+        model: model.clone(),
+        host: "127.0.0.1".into(),
+        port: 0,
+        device: "cpu".into(),
+        dtype: Some("f32".into()),
+        ..serve::ServerConfig::default()
+    })
+    .unwrap();
+    let url = |path: &Path| {
+        format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
+        )
+    };
+    let body = json!({
+        "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": url(&images[0])}},
+            {"type": "image_url", "image_url": {"url": url(&images[1])}},
+            {"type": "text", "text": question},
+        ]}],
+        "max_tokens": 12,
+    });
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .post(format!("{}/v1/chat/completions", server.url()))
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let answer: Value =
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(
+        answer["usage"]["prompt_tokens"].as_u64().unwrap() as usize,
+        prompt_len
+    );
+    let text = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(text.trim(), expected);
+    server.shutdown().unwrap();
+}
