@@ -49,7 +49,7 @@ pub(crate) static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub(crate) fn global_rng() -> std::sync::MutexGuard<'static, ()> {
     GLOBAL_RNG.lock().unwrap_or_else(|e| e.into_inner())
 }
-pub use attention::{AttentionPlan, Blocks, Packing};
+pub use attention::{AttentionPlan, AttentionRecord, Blocks, Packing};
 pub use cache::KvCache;
 pub use config::{Activation, GemmaConfig, Generation, LayerType, Rope, RopeSpec, TokenIds};
 pub use decode::Decode;

@@ -17,7 +17,7 @@ use foundation::layers::{Embedding, Linear};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use crate::attention::{AttentionPlan, Blocks, Packing};
+use crate::attention::{AttentionPlan, AttentionRecord, Blocks, Packing};
 use crate::cache::{KvCache, LayerCache};
 use crate::config::GemmaConfig;
 use crate::config::LayerType;
@@ -237,8 +237,35 @@ impl Gemma {
         embeds: &Tensor,
         padding: Option<&Tensor>,
         blocks: Option<&Blocks>,
+        cache: Option<&mut KvCache>,
+        output_hidden_states: bool,
+    ) -> Result<ModelOutput> {
+        self.forward_recording(embeds, padding, blocks, cache, output_hidden_states, None)
+    }
+
+    /// Runs the decoder on `embeds` (no cache) as [`forward_embeds_with`](Self::forward_embeds_with)
+    /// does, with every layer's attention computed eagerly and its probabilities
+    /// `[batch, heads, len, len]` returned in layer order, in the autograd graph when `embeds`
+    /// requires grad (transformers' `output_attentions` with eager attention).
+    pub fn forward_with_attentions(
+        &self,
+        embeds: &Tensor,
+        padding: Option<&Tensor>,
+        blocks: Option<&Blocks>,
+    ) -> Result<(ModelOutput, Vec<Tensor>)> {
+        let record = AttentionRecord::default();
+        let out = self.forward_recording(embeds, padding, blocks, None, false, Some(&record))?;
+        Ok((out, record.take()))
+    }
+
+    fn forward_recording(
+        &self,
+        embeds: &Tensor,
+        padding: Option<&Tensor>,
+        blocks: Option<&Blocks>,
         mut cache: Option<&mut KvCache>,
         output_hidden_states: bool,
+        record: Option<&AttentionRecord>,
     ) -> Result<ModelOutput> {
         let (b, l) = self.check_embeds(embeds)?;
         self.check_blocks(blocks, b, l)?;
@@ -264,6 +291,9 @@ impl Gemma {
         let mut plan = AttentionPlan::new(padding, b, l, past, self.device, self.kind());
         if let Some(blocks) = blocks {
             plan = plan.with_blocks(blocks, self.kind());
+        }
+        if let Some(record) = record {
+            plan = plan.recording(record);
         }
         let inputs = self.layer_inputs(&plan);
         let mut hidden_states = Vec::new();

@@ -471,3 +471,30 @@ fn graph_decoding_off_a_gpu_is_an_error_that_says_so() {
     let err = generate(&model, &[vec![2i64, 17]], &config, |_, _| {}).unwrap_err();
     assert!(err.to_string().contains("CUDA"), "{err}");
 }
+
+#[test]
+fn recorded_attention_is_eager_attention_with_the_same_outputs() {
+    let model = load(&fixture_model());
+    let ids = sample_ids();
+    let embeds = model.embed(&ids);
+    let fused = model
+        .forward_embeds(&embeds, None, None, false)
+        .unwrap()
+        .last_hidden_state;
+    let (eager, attentions) = model.forward_with_attentions(&embeds, None, None).unwrap();
+    let diff = (&eager.last_hidden_state - &fused)
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(diff < 1e-5, "{diff}");
+    assert_eq!(attentions.len(), model.config().num_hidden_layers as usize);
+    let (b, l) = (ids.size()[0], ids.size()[1]);
+    for a in &attentions {
+        assert_eq!(a.size(), [b, model.config().num_attention_heads, l, l]);
+        let rows = a.sum_dim_intlist(-1, false, Kind::Float);
+        assert!(rows.allclose(&rows.ones_like(), 1e-5, 1e-5, false));
+        // Causal: nothing above the diagonal.
+        let above = a.triu(1).abs().max().double_value(&[]);
+        assert_eq!(above, 0.0);
+    }
+}

@@ -7,11 +7,13 @@
 //! * loading every HF LLaVA layout in use, assembling a model from a Gemma, a tower and a connector
 //!   file ([`Parts`]), and saving in the layout transformers loads ([`LlavaModel::save_pretrained`]);
 //! * [`prompt`]: each family's prompts with images, as its transformers processor writes them;
+//! * [`explain`]: relevancy and attention maps of a generated answer;
 //! * [`parity`]: the model against Hugging Face's outputs on a `llava`, `gemma3` or `paligemma`
 //!   parity fixture.
 
 pub mod checkpoint;
 pub mod config;
+pub mod explain;
 pub mod model;
 pub mod parity;
 pub mod peft;

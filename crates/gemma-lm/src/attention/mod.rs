@@ -5,7 +5,7 @@
 mod plan;
 mod varlen;
 
-pub use plan::{AttentionPlan, Blocks, Packing, additive_mask};
+pub use plan::{AttentionPlan, AttentionRecord, Blocks, Packing, additive_mask};
 
 use foundation::layers::Linear;
 use tch::{Kind, Tensor};
@@ -83,7 +83,7 @@ impl Attention {
                 &flat(&k),
                 &flat(&v),
                 self.softcap.is_none() && self.scale.is_none(),
-                &|q, k, v, mask, causal| self.attend(q, k, v, mask, causal),
+                &|q, k, v, mask, causal| self.attend(q, k, v, mask, causal, None),
             );
             return self
                 .o_proj
@@ -93,7 +93,14 @@ impl Attention {
             Some((cache, layer)) => cache.update(layer, &k, &v),
             None => (k, v),
         };
-        let out = self.attend(&q, &k, &v, plan.mask.as_ref(), plan.is_causal);
+        let out = self.attend(
+            &q,
+            &k,
+            &v,
+            plan.mask.as_ref(),
+            plan.is_causal,
+            plan.record.as_ref(),
+        );
         let out = out
             .transpose(1, 2)
             .reshape([b, l, self.heads * self.head_dim]);
@@ -101,9 +108,10 @@ impl Attention {
     }
 
     /// Attention of `q` `[batch, heads, len, dim]` over `k`, `v` `[batch, kv_heads, keys, dim]`
-    /// under an additive `mask` and/or causality. Without a soft-cap, libtorch's fused
-    /// attention; with one, as transformers' eager path computes it: scaled scores, capped, the
-    /// mask added, softmax in f32 cast back, times the values.
+    /// under an additive `mask` and/or causality. Without a soft-cap or a `record`, libtorch's
+    /// fused attention; otherwise as transformers' eager path computes it: scaled scores, capped
+    /// (Gemma 2), the mask added, softmax in f32 cast back (the probabilities `record` keeps),
+    /// times the values.
     fn attend(
         &self,
         q: &Tensor,
@@ -111,17 +119,20 @@ impl Attention {
         v: &Tensor,
         mask: Option<&Tensor>,
         is_causal: bool,
+        record: Option<&AttentionRecord>,
     ) -> Tensor {
         let groups = self.heads / self.kv_heads;
         let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
-        let Some(cap) = self.softcap else {
+        if self.softcap.is_none() && record.is_none() {
             return Tensor::scaled_dot_product_attention(
                 q, &k, &v, mask, 0.0, is_causal, self.scale, false,
             );
-        };
+        }
         let scale = self.scale.unwrap_or((self.head_dim as f64).powf(-0.5));
-        let scores = q.matmul(&k.transpose(-2, -1)) * scale;
-        let mut scores = (scores / cap).tanh() * cap;
+        let mut scores = q.matmul(&k.transpose(-2, -1)) * scale;
+        if let Some(cap) = self.softcap {
+            scores = (scores / cap).tanh() * cap;
+        }
         if is_causal {
             let (len, keys) = (q.size()[2], k.size()[2]);
             let keep = plan::causal(len, keys - len, q.device());
@@ -131,7 +142,11 @@ impl Attention {
         if let Some(mask) = mask {
             scores += mask;
         }
-        scores.softmax(-1, Kind::Float).to_kind(q.kind()).matmul(&v)
+        let probs = scores.softmax(-1, Kind::Float).to_kind(q.kind());
+        if let Some(record) = record {
+            record.push(&probs);
+        }
+        probs.matmul(&v)
     }
 }
 

@@ -24,6 +24,31 @@ pub struct AttentionPlan {
     /// Runs of tokens that see each other both ways (see [`Blocks`]): `[batch, 1, len, keys]`
     /// true where a query and a key share a block, and whether that reaches past a window.
     blocks: Option<(Tensor, bool)>,
+    /// Where each layer's attention probabilities go, when they are kept (see
+    /// [`AttentionRecord`]).
+    pub(crate) record: Option<AttentionRecord>,
+}
+
+/// Each layer's attention probabilities `[batch, heads, len, keys]` (the softmax's output, as
+/// transformers' eager attention returns them with `output_attentions`), in layer order, kept in
+/// the autograd graph: what relevancy maps are made of. A plan that records runs attention
+/// eagerly (scores, mask, softmax, values) rather than through a fused kernel.
+#[derive(Debug, Clone, Default)]
+pub struct AttentionRecord(std::sync::Arc<std::sync::Mutex<Vec<Tensor>>>);
+
+impl AttentionRecord {
+    /// Adds one layer's probabilities.
+    pub(crate) fn push(&self, probs: &Tensor) {
+        self.0
+            .lock()
+            .expect("no panic while recording")
+            .push(probs.shallow_clone());
+    }
+
+    /// The probabilities recorded so far, one tensor per layer, and empties the record.
+    pub fn take(&self) -> Vec<Tensor> {
+        std::mem::take(&mut *self.0.lock().expect("no panic while recording"))
+    }
 }
 
 /// Runs of tokens that attend to each other both ways, on top of causal attention: the tokens of
@@ -93,6 +118,7 @@ impl AttentionPlan {
                     query_slots: slots(past, len, device),
                     keys: past + len,
                     blocks: None,
+                    record: None,
                 }
             }
             Some(padding) => {
@@ -113,6 +139,7 @@ impl AttentionPlan {
                     query_slots: slots(past, len, device),
                     keys: past + len,
                     blocks: None,
+                    record: None,
                 }
             }
         }
@@ -134,6 +161,7 @@ impl AttentionPlan {
             varlen: None,
             keys,
             blocks: None,
+            record: None,
         }
     }
 
@@ -180,6 +208,20 @@ impl AttentionPlan {
                 .blocks
                 .as_ref()
                 .map(|(same, over)| (same.shallow_clone(), *over)),
+            record: self.record.clone(),
+        }
+    }
+
+    /// This plan keeping each layer's attention probabilities in `record` (see
+    /// [`AttentionRecord`]). Not for packed (varlen) plans.
+    pub fn recording(self, record: &AttentionRecord) -> AttentionPlan {
+        debug_assert!(
+            self.varlen.is_none(),
+            "a recording plan needs a mask, not varlen"
+        );
+        AttentionPlan {
+            record: Some(record.clone()),
+            ..self
         }
     }
 
@@ -252,6 +294,7 @@ impl AttentionPlan {
                 query_slots: slots(0, len, device),
                 keys: len,
                 blocks: None,
+                record: None,
             };
         }
         Self::packed_masked(packing, device, kind)
@@ -276,6 +319,7 @@ impl AttentionPlan {
             query_slots: slots(0, len, device),
             keys: len,
             blocks: None,
+            record: None,
         }
     }
 }
