@@ -19,6 +19,7 @@ pub struct ImageChat {
     /// Pan-and-scan crops of each image (0: the image alone).
     crops: Vec<usize>,
     tokens_per_image: i64,
+    processor: ImageProcessor,
 }
 
 /// How [`ImageChat::open`] reads the model and the images, beyond their paths.
@@ -89,6 +90,7 @@ impl ImageChat {
             pixels,
             crops,
             tokens_per_image,
+            processor,
         })
     }
 
@@ -116,6 +118,48 @@ impl ImageChat {
         first.content = format.mark_images(&first.content, self.crops.len());
         let ids = format.encode_with_crops(&self.tokenizer, &messages, &self.crops)?;
         Ok(self.model.expand_image_tokens(&ids, self.tokens_per_image))
+    }
+
+    /// Answers the last user turn of `conversation` (greedily with `config`) and explains the
+    /// answer: its relevancy and attention maps ([`llava_model::explain`]), over the prompt and
+    /// the answer. Returns the answer's text and the maps.
+    pub fn explain(
+        &self,
+        conversation: &[Message],
+        config: &GenerationConfig,
+    ) -> Result<(String, llava_model::explain::Explanation)> {
+        let prompt = self.prompt(conversation)?;
+        let config = self.generation_config(config.clone());
+        let output = tch::no_grad(|| {
+            self.model.generate(
+                std::slice::from_ref(&prompt),
+                Some(&self.pixels),
+                &config,
+                |_, _| {},
+            )
+        })?;
+        let tokens = &output[0];
+        let text = self.tokenizer.decode(tokens, true)?;
+        let explanation = self.model.explain(&prompt, Some(&self.pixels), tokens)?;
+        Ok((text.trim().to_string(), explanation))
+    }
+
+    /// View `index` (see [`pixels`](Self::pixels)) as an RGB image: the pixels the model sees
+    /// (resized, cropped or padded), their normalisation undone.
+    pub fn view(&self, index: i64) -> image::RgbImage {
+        let config = self.processor.config();
+        let (mean, std) = config.normalize.unwrap_or(([0.0; 3], [1.0; 3]));
+        let scale = config.rescale.unwrap_or(1.0) as f32;
+        let view = self.pixels.get(index).to_kind(Kind::Float);
+        let (h, w) = (view.size()[1], view.size()[2]);
+        let data = Vec::<f32>::try_from(view.flatten(0, -1)).unwrap_or_default();
+        image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
+            let at = |c: usize| {
+                let v = data[c * (h * w) as usize + (y as i64 * w + x as i64) as usize];
+                ((v * std[c] + mean[c]) / scale).round().clamp(0.0, 255.0) as u8
+            };
+            image::Rgb([at(0), at(1), at(2)])
+        })
     }
 
     /// Every view of every image as the model sees them, `[views, 3, h, w]`.

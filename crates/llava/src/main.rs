@@ -21,6 +21,9 @@ enum Command {
     Parity(cmd::parity::Args),
     /// Answer a question about an image with a LLaVA model (a Hugging Face model directory).
     Generate(cmd::generate::Args),
+    /// Answer a question about an image and show what the answer looked at: relevancy and
+    /// attention maps per word (JSON, safetensors, PNG overlays).
+    Explain(cmd::explain::Args),
     /// A multi-turn conversation about one image (one user turn per line; /exit or EOF ends it).
     Chat(cmd::chat::Args),
     /// Generate text with a Gemma checkpoint (a Hugging Face model directory).
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Parity(args) => cmd::parity::run(&args),
         Command::Generate(args) => cmd::generate::run(&args),
+        Command::Explain(args) => cmd::explain::run(&args),
         Command::Chat(args) => cmd::chat::run(&args),
         Command::GenerateText(args) => cmd::generate_text::run(&args),
         Command::Assemble(args) => cmd::assemble::run(&args),

@@ -326,3 +326,51 @@ fn a_model_by_hugging_face_id_comes_from_the_local_cache() {
         "{stderr}"
     );
 }
+
+#[test]
+fn explain_writes_maps_words_and_overlays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("explained");
+    let model = fixtures().join("llava-clip/model");
+    let run = llava()
+        .args(["explain", "--device", "cpu", "--max-new-tokens", "6"])
+        .arg("--model")
+        .arg(&model)
+        .arg("--image")
+        .arg(image())
+        .args(["--prompt", "What is in the image?", "--output"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("explanation.json")).unwrap())
+            .unwrap();
+    // The random tiny model: 16 image tokens (a 4 x 4 grid), 2 layers of 4 heads.
+    assert_eq!(report["grid"], serde_json::json!([4, 4]));
+    assert_eq!(report["layers"], 2);
+    let tokens = report["tokens"].as_array().unwrap();
+    assert!(!tokens.is_empty() && tokens.len() <= 6);
+    for token in tokens {
+        let share = token["image_share"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&share));
+        assert_eq!(token["relevancy"].as_array().unwrap().len(), 4);
+        assert!(!token["prompt_relevancy"].as_array().unwrap().is_empty());
+    }
+    // What the command printed is the answer it explained.
+    let printed = String::from_utf8_lossy(&run.stdout).trim().to_string();
+    assert_eq!(report["answer"].as_str().unwrap(), printed);
+    for word in report["words"].as_array().unwrap() {
+        let png = out.join(word["png"].as_str().unwrap());
+        let overlay = image::open(&png).unwrap();
+        assert!(overlay.width() >= 224, "{}", png.display());
+    }
+    assert!(out.join("maps.safetensors").exists());
+    if !report["words"].as_array().unwrap().is_empty() {
+        assert!(out.join("sheet.png").exists());
+    }
+}

@@ -8,6 +8,7 @@ pub mod chat;
 pub mod data;
 pub mod eval;
 pub mod eval_synthetic;
+pub mod explain;
 pub mod generate;
 pub mod generate_text;
 pub mod grade;
