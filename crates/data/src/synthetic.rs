@@ -146,7 +146,7 @@ impl Scene {
 }
 
 /// A question about a scene with its answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Question {
     /// `color`, `shape`, `count`, `exist`, `position` or `choice`.
     pub kind: String,
@@ -154,6 +154,18 @@ pub struct Question {
     pub text: String,
     /// The short answer.
     pub answer: String,
+    /// The box `[x0, y0, x1, y1]` (fractions of the image side) of the shape the question is
+    /// about, when it is about one that is there: where an explanation of the answer should look.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<[f32; 4]>,
+}
+
+impl Shape {
+    /// The square around the shape, `[x0, y0, x1, y1]` as fractions of the image side.
+    pub fn bounds(&self) -> [f32; 4] {
+        let (x, y, r) = (self.center_x(), self.y, self.radius);
+        [x - r, y - r, x + r, y + r]
+    }
 }
 
 /// The question kinds, in the order [`Scene::question`] cycles through them.
@@ -164,28 +176,32 @@ impl Scene {
     /// pose one (a left/right question needs a shape on a side).
     pub fn question(&self, kind: usize, rng: &mut StdRng) -> Option<Question> {
         let pick = *self.shapes.choose(rng)?;
-        let short = |q: String, a: &str| Question {
+        let short = |q: String, a: &str, subject: Option<&Shape>| Question {
             kind: QUESTION_KINDS[kind].into(),
             text: format!("{q}\n{SHORT_ANSWER}"),
             answer: a.into(),
+            subject: subject.map(Shape::bounds),
         };
         match QUESTION_KINDS[kind] {
             "color" => Some(short(
                 format!("What color is the {}?", SHAPES[pick.kind]),
                 COLORS[pick.color].0,
+                Some(&pick),
             )),
             "shape" => Some(short(
                 format!("What shape is the {} object?", COLORS[pick.color].0),
                 SHAPES[pick.kind],
+                Some(&pick),
             )),
             "count" => Some(short(
                 "How many shapes are in the image?".into(),
                 &self.shapes.len().to_string(),
+                None,
             )),
             "exist" => {
                 // Half the questions ask about a shape that is there, half about one that is not.
-                let (kind, color, answer) = if rng.random_bool(0.5) {
-                    (pick.kind, pick.color, "yes")
+                let (kind, color, answer, subject) = if rng.random_bool(0.5) {
+                    (pick.kind, pick.color, "yes", Some(&pick))
                 } else {
                     loop {
                         let (k, c) = (
@@ -193,7 +209,7 @@ impl Scene {
                             rng.random_range(0..COLORS.len()),
                         );
                         if !self.shapes.iter().any(|s| s.kind == k && s.color == c) {
-                            break (k, c, "no");
+                            break (k, c, "no", None);
                         }
                     }
                 };
@@ -203,6 +219,7 @@ impl Scene {
                         COLORS[color].0, SHAPES[kind]
                     ),
                     answer,
+                    subject,
                 ))
             }
             "position" => {
@@ -211,6 +228,7 @@ impl Scene {
                 Some(short(
                     format!("Is the {} on the left or on the right?", SHAPES[s.kind]),
                     SLOTS[s.slot],
+                    Some(s),
                 ))
             }
             _ => {
@@ -239,6 +257,7 @@ impl Scene {
                         listed.join("\n")
                     ),
                     answer: answer.into(),
+                    subject: Some(pick.bounds()),
                 })
             }
         }
@@ -335,7 +354,7 @@ pub fn write(dir: &Path, config: &SyntheticConfig) -> Result<SyntheticFiles> {
             for (k, q) in asked.iter().enumerate() {
                 let id = (i - config.train_images) * config.questions_per_image + k;
                 questions.push_str(
-                    &serde_json::json!({"question_id": id, "image": name, "text": q.text, "category": q.kind})
+                    &serde_json::json!({"question_id": id, "image": name, "text": q.text, "category": q.kind, "box": q.subject})
                         .to_string(),
                 );
                 questions.push('\n');
@@ -404,6 +423,36 @@ mod tests {
             assert_eq!(image.get_pixel(cx, cy).0, COLORS[s.color].1, "{s:?}");
         }
         assert_eq!(image.get_pixel(0, 0).0, [235, 235, 235]);
+    }
+
+    #[test]
+    fn a_question_about_a_shape_carries_the_box_that_holds_it() {
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..20 {
+            let scene = Scene::random(&mut rng);
+            let image = scene.render(96);
+            for kind in 0..QUESTION_KINDS.len() {
+                let Some(q) = scene.question(kind, &mut rng) else {
+                    continue;
+                };
+                let Some([x0, y0, x1, y1]) = q.subject else {
+                    assert!(q.kind == "count" || q.answer == "no", "{q:?}");
+                    continue;
+                };
+                // Every pixel of the subject's colour lies in its box (shapes' colours differ).
+                let shape = scene
+                    .shapes
+                    .iter()
+                    .find(|s| s.bounds() == [x0, y0, x1, y1])
+                    .expect("the box is a shape's");
+                for (x, y, p) in image.enumerate_pixels() {
+                    if p.0 == COLORS[shape.color].1 {
+                        let (fx, fy) = ((x as f32 + 0.5) / 96.0, (y as f32 + 0.5) / 96.0);
+                        assert!(fx >= x0 && fx <= x1 && fy >= y0 && fy <= y1, "{q:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -24,6 +24,9 @@ enum Command {
     /// Answer a question about an image and show what the answer looked at: relevancy and
     /// attention maps per word (JSON, safetensors, PNG overlays).
     Explain(cmd::explain::Args),
+    /// Where a demo model's explanations look: the relevancy inside each held-out synthetic
+    /// question's shape box against the box's share of the image.
+    ExplainSynthetic(cmd::explain_synthetic::Args),
     /// A multi-turn conversation about one image (one user turn per line; /exit or EOF ends it).
     Chat(cmd::chat::Args),
     /// Generate text with a Gemma checkpoint (a Hugging Face model directory).
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Command::Parity(args) => cmd::parity::run(&args),
         Command::Generate(args) => cmd::generate::run(&args),
         Command::Explain(args) => cmd::explain::run(&args),
+        Command::ExplainSynthetic(args) => cmd::explain_synthetic::run(&args),
         Command::Chat(args) => cmd::chat::run(&args),
         Command::GenerateText(args) => cmd::generate_text::run(&args),
         Command::Assemble(args) => cmd::assemble::run(&args),

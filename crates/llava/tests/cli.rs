@@ -374,3 +374,54 @@ fn explain_writes_maps_words_and_overlays() {
         assert!(out.join("sheet.png").exists());
     }
 }
+
+#[test]
+fn explain_synthetic_reports_relevancy_inside_the_shapes_boxes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    let out = llava()
+        .args([
+            "train",
+            "--stage",
+            "2",
+            "--skip-pretraining",
+            "--synthetic-images",
+            "24",
+            "--max-steps",
+            "10",
+            "--output",
+        ])
+        .arg(&run_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = tmp.path().join("explain.json");
+    let out = llava()
+        .args(["explain-synthetic", "--limit", "6", "--model"])
+        .arg(run_dir.join("model"))
+        .arg("--data")
+        .arg(run_dir.join("data"))
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(report["questions"], 6);
+    // A shape's box is about a ninth of the 48 px image (radius 0.15 of the side).
+    let area = report["box_share_of_image"].as_f64().unwrap();
+    assert!((0.08..0.1).contains(&area), "{area}");
+    for what in ["relevancy", "attention"] {
+        let inside = report[what]["share_inside_box"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&inside), "{what}: {inside}");
+    }
+}

@@ -9,6 +9,7 @@ pub mod data;
 pub mod eval;
 pub mod eval_synthetic;
 pub mod explain;
+pub mod explain_synthetic;
 pub mod generate;
 pub mod generate_text;
 pub mod grade;
