@@ -20,7 +20,8 @@
 //! token through the kept graph; memory is the graph (every layer's `A`, which eager attention's
 //! backward needs anyway) plus one gradient at a time.
 
-use gemma_lm::Blocks;
+use gemma_lm::{Blocks, GemmaTokenizer};
+use serde_json::{Value, json};
 use tch::{Kind, Tensor};
 
 use crate::{Error, LlavaModel, Result};
@@ -168,5 +169,146 @@ impl Explanation {
                 if total > 0.0 { image / total } else { 0.0 }
             })
             .collect()
+    }
+}
+
+impl Explanation {
+    /// The maps as JSON, for people and for clients (`llava explain`'s `explanation.json`, the
+    /// server's `explanation` field): the image grids' side, the layers and heads; per answer
+    /// token its text, image share, relevancy and raw attention (mean over heads and layers) on
+    /// each image's grid and relevancy over each text token of the prompt; per word (see
+    /// [`words`]) the mean of its tokens' maps. Special tokens (`skip`) are in `tokens` but in no
+    /// word.
+    pub fn report(
+        &self,
+        tokenizer: &GemmaTokenizer,
+        image_token: i64,
+        skip: &[i64],
+    ) -> Result<Value> {
+        let relevancy = self.image_maps(&self.relevancy, image_token)?;
+        let mean_attention = self
+            .attention
+            .mean_dim([1, 2].as_slice(), false, Kind::Float);
+        let attention = self.image_maps(&mean_attention, image_token)?;
+        let texts: Vec<String> = self
+            .answer
+            .iter()
+            .map(|&t| tokenizer.decode(&[t], false))
+            .collect::<Result<_, _>>()?;
+        let shares = self.image_share(image_token);
+        let prompt_len = self.sequence.len() - self.answer.len() + 1;
+        let prompt_texts: Vec<(usize, String)> = (0..prompt_len)
+            .filter(|&p| self.sequence[p] != image_token)
+            .map(|p| Ok((p, tokenizer.decode(&[self.sequence[p]], false)?)))
+            .collect::<Result<_>>()?;
+        let grids = |maps: &[Tensor], rows: &Tensor| -> Value {
+            Value::Array(
+                maps.iter()
+                    .map(|m| grid_json(&m.index_select(0, rows).mean_dim(0, false, Kind::Float)))
+                    .collect(),
+            )
+        };
+        let tokens: Vec<Value> = (0..self.answer.len())
+            .map(|i| {
+                let rows = Tensor::from_slice(&[i as i64]);
+                let row = self.relevancy.get(i as i64);
+                let prompt: Vec<Value> = prompt_texts
+                    .iter()
+                    .map(|(p, t)| json!([t, row.double_value(&[*p as i64])]))
+                    .collect();
+                json!({
+                    "id": self.answer[i],
+                    "text": texts[i],
+                    "image_share": shares[i],
+                    "relevancy": grids(&relevancy, &rows),
+                    "attention": grids(&attention, &rows),
+                    "prompt_relevancy": prompt,
+                })
+            })
+            .collect();
+        let words: Vec<Value> = words(&texts, &self.answer, |t| skip.contains(&t))
+            .into_iter()
+            .map(|(text, members)| {
+                let rows =
+                    Tensor::from_slice(&members.iter().map(|&i| i as i64).collect::<Vec<_>>());
+                let share = members.iter().map(|&i| shares[i]).sum::<f64>() / members.len() as f64;
+                json!({
+                    "text": text,
+                    "tokens": members,
+                    "image_share": share,
+                    "relevancy": grids(&relevancy, &rows),
+                    "attention": grids(&attention, &rows),
+                })
+            })
+            .collect();
+        let sides: Vec<i64> = relevancy.iter().map(|m| m.size()[1]).collect();
+        Ok(json!({
+            "grids": sides.iter().map(|s| [s, s]).collect::<Vec<_>>(),
+            "layers": self.attention.size()[1],
+            "heads": self.attention.size()[2],
+            "tokens": tokens,
+            "words": words,
+        }))
+    }
+}
+
+/// An answer's words: runs of tokens, a new word starting at a token whose text starts with
+/// whitespace (SentencePiece's `▁` decodes to a space); tokens for which `skip` holds (special
+/// ones) and blank ones are left out. Each word's text and its token indices.
+pub fn words(
+    texts: &[String],
+    ids: &[i64],
+    skip: impl Fn(i64) -> bool,
+) -> Vec<(String, Vec<usize>)> {
+    let mut words: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        if skip(ids[i]) || text.trim().is_empty() {
+            continue;
+        }
+        let starts = text.starts_with(char::is_whitespace) || words.is_empty();
+        match words.last_mut() {
+            Some((word, tokens)) if !starts && tokens.last() == Some(&(i - 1)) => {
+                word.push_str(text);
+                tokens.push(i);
+            }
+            _ => words.push((text.trim().to_string(), vec![i])),
+        }
+    }
+    words
+}
+
+/// A `[side, side]` grid as rows of numbers.
+fn grid_json(grid: &Tensor) -> Value {
+    let side = grid.size()[0];
+    let rows: Vec<Vec<f64>> = (0..side)
+        .map(|r| {
+            Vec::<f32>::try_from(grid.get(r).to_kind(Kind::Float))
+                .unwrap_or_default()
+                .into_iter()
+                .map(f64::from)
+                .collect()
+        })
+        .collect();
+    json!(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_join_tokens_until_the_next_space() {
+        let texts: Vec<String> = ["a", " red", " cir", "cle", ".", "<end_of_turn>"]
+            .map(String::from)
+            .to_vec();
+        let ids = [1, 2, 3, 4, 5, 106];
+        assert_eq!(
+            words(&texts, &ids, |t| t == 106),
+            vec![
+                ("a".to_string(), vec![0]),
+                ("red".to_string(), vec![1]),
+                ("circle.".to_string(), vec![2, 3, 4]),
+            ]
+        );
     }
 }

@@ -351,14 +351,15 @@ fn explain_writes_maps_words_and_overlays() {
         serde_json::from_str(&std::fs::read_to_string(out.join("explanation.json")).unwrap())
             .unwrap();
     // The random tiny model: 16 image tokens (a 4 x 4 grid), 2 layers of 4 heads.
-    assert_eq!(report["grid"], serde_json::json!([4, 4]));
+    assert_eq!(report["grids"], serde_json::json!([[4, 4]]));
     assert_eq!(report["layers"], 2);
     let tokens = report["tokens"].as_array().unwrap();
     assert!(!tokens.is_empty() && tokens.len() <= 6);
     for token in tokens {
         let share = token["image_share"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&share));
-        assert_eq!(token["relevancy"].as_array().unwrap().len(), 4);
+        assert_eq!(token["relevancy"][0].as_array().unwrap().len(), 4);
+        assert_eq!(token["attention"][0].as_array().unwrap().len(), 4);
         assert!(!token["prompt_relevancy"].as_array().unwrap().is_empty());
     }
     // What the command printed is the answer it explained.

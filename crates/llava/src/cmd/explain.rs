@@ -39,85 +39,32 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
     let seconds = start.elapsed().as_secs_f64();
     println!("{answer}");
     std::fs::create_dir_all(&args.output).map_err(|e| io(&args.output, e))?;
-    let image_token = chat.model().image_token();
-    let relevancy_maps = explained.image_maps(&explained.relevancy, image_token)?;
-    let Some(map) = relevancy_maps.first() else {
-        return Err(llava::Error::Unsupported(
-            "the prompt holds no image tokens to explain".into(),
-        ));
-    };
-    // Raw attention averaged over heads (per layer) and over layers too.
-    let per_layer = explained.attention.mean_dim(2, false, Kind::Float); // [answer, layers, len]
-    let attention = per_layer.mean_dim(1, false, Kind::Float);
-    let attention_map = explained.image_maps(&attention, image_token)?.remove(0);
     let tokenizer = chat.tokenizer();
-    let texts: Vec<String> = explained
-        .answer
-        .iter()
-        .map(|&t| tokenizer.decode(&[t], false).unwrap_or_default())
-        .collect();
-    let shares = explained.image_share(image_token);
-    let words = words(&texts, &explained.answer, |t| {
-        tokenizer.chat_stop_tokens().contains(&t) || t == tokenizer.eos
-    });
-
+    let mut skip = tokenizer.chat_stop_tokens();
+    skip.push(tokenizer.eos);
+    let mut report = explained.report(tokenizer, chat.model().image_token(), &skip)?;
+    // One overlay per word, on the first image as the model saw it.
     let view = chat.view(0);
     let mut sheet = Vec::new();
-    let mut json_words = Vec::new();
-    for (w, (text, tokens)) in words.iter().enumerate() {
-        let index = Tensor::from_slice(&tokens.iter().map(|&i| i as i64).collect::<Vec<_>>());
-        let grid = map.index_select(0, &index).mean_dim(0, false, Kind::Float);
-        let overlay = overlay(&view, &grid);
-        let file = format!("word-{w:02}.png");
-        save_png(&overlay, &args.output.join(&file))?;
-        sheet.push(overlay);
-        json_words.push(json!({
-            "text": text,
-            "tokens": tokens,
-            "image_share": tokens.iter().map(|&i| shares[i]).sum::<f64>() / tokens.len() as f64,
-            "relevancy": grid_json(&grid),
-            "png": file,
-        }));
+    if let Some(words) = report["words"].as_array_mut() {
+        for (w, word) in words.iter_mut().enumerate() {
+            let Some(grid) = grid_tensor(&word["relevancy"][0]) else {
+                continue;
+            };
+            let overlay = overlay(&view, &grid);
+            let file = format!("word-{w:02}.png");
+            save_png(&overlay, &args.output.join(&file))?;
+            sheet.push(overlay);
+            word["png"] = json!(file);
+        }
     }
     if !sheet.is_empty() {
         save_png(&contact_sheet(&sheet), &args.output.join("sheet.png"))?;
     }
-    let prompt_len = explained.sequence.len() - explained.answer.len() + 1;
-    let prompt_texts: Vec<String> = explained.sequence[..prompt_len]
-        .iter()
-        .map(|&t| tokenizer.decode(&[t], false).unwrap_or_default())
-        .collect();
-    let tokens: Vec<Value> = (0..explained.answer.len())
-        .map(|i| {
-            let row = explained.relevancy.get(i as i64);
-            let text_relevancy: Vec<Value> = prompt_texts
-                .iter()
-                .enumerate()
-                .filter(|(p, _)| explained.sequence[*p] != image_token)
-                .map(|(p, t)| json!([t, row.double_value(&[p as i64])]))
-                .collect();
-            json!({
-                "id": explained.answer[i],
-                "text": texts[i],
-                "image_share": shares[i],
-                "relevancy": grid_json(&map.get(i as i64)),
-                "attention": grid_json(&attention_map.get(i as i64)),
-                "prompt_relevancy": text_relevancy,
-            })
-        })
-        .collect();
-    let side = map.size()[1];
-    let report = json!({
-        "question": args.prompt,
-        "answer": answer,
-        "grid": [side, side],
-        "layers": explained.attention.size()[1],
-        "heads": explained.attention.size()[2],
-        "seconds": seconds,
-        "tokens": tokens,
-        "words": json_words,
-        "maps": "maps.safetensors",
-    });
+    report["question"] = json!(args.prompt);
+    report["answer"] = json!(answer);
+    report["seconds"] = json!(seconds);
+    report["maps"] = json!("maps.safetensors");
     let text = serde_json::to_string_pretty(&report).expect("serialises");
     llava::foundation::write_atomic(args.output.join("explanation.json"), text.as_bytes())?;
     let sequence = Tensor::from_slice(&explained.sequence);
@@ -142,39 +89,17 @@ fn io(path: &Path, e: std::io::Error) -> llava::Error {
     llava::Error::Unsupported(format!("{}: {e}", path.display()))
 }
 
-/// The answer's words: runs of tokens, a new word starting at a token whose text starts with
-/// whitespace (SentencePiece's `▁` decodes to a space); special tokens (`skip`) are left out.
-/// Returns each word's text and its token indices.
-fn words(texts: &[String], ids: &[i64], skip: impl Fn(i64) -> bool) -> Vec<(String, Vec<usize>)> {
-    let mut words: Vec<(String, Vec<usize>)> = Vec::new();
-    for (i, text) in texts.iter().enumerate() {
-        if skip(ids[i]) || text.trim().is_empty() {
-            continue;
-        }
-        let starts = text.starts_with(char::is_whitespace) || words.is_empty();
-        match words.last_mut() {
-            Some((word, tokens)) if !starts && tokens.last() == Some(&(i - 1)) => {
-                word.push_str(text);
-                tokens.push(i);
-            }
-            _ => words.push((text.trim().to_string(), vec![i])),
-        }
-    }
-    words
-}
-
-fn grid_json(grid: &Tensor) -> Value {
-    let side = grid.size()[0];
-    let rows: Vec<Vec<f64>> = (0..side)
-        .map(|r| {
-            Vec::<f32>::try_from(grid.get(r).to_kind(Kind::Float))
-                .unwrap_or_default()
-                .into_iter()
-                .map(f64::from)
-                .collect()
-        })
+/// A grid of the report (rows of numbers) as a `[side, side]` tensor.
+fn grid_tensor(grid: &Value) -> Option<Tensor> {
+    let rows = grid.as_array()?;
+    let values: Vec<f32> = rows
+        .iter()
+        .flat_map(|r| r.as_array().into_iter().flatten())
+        .filter_map(|v| v.as_f64().map(|v| v as f32))
         .collect();
-    json!(rows)
+    let side = rows.len() as i64;
+    (side > 0 && values.len() as i64 == side * side)
+        .then(|| Tensor::from_slice(&values).view([side, side]))
 }
 
 /// The colour of `v` in [0, 1] on a blue-cyan-yellow-red scale.
@@ -248,23 +173,6 @@ fn save_png(image: &RgbImage, path: &Path) -> llava::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn words_join_tokens_until_the_next_space() {
-        let texts: Vec<String> = ["a", " red", " cir", "cle", ".", "<end_of_turn>"]
-            .map(String::from)
-            .to_vec();
-        let ids = [1, 2, 3, 4, 5, 106];
-        let words = words(&texts, &ids, |t| t == 106);
-        assert_eq!(
-            words,
-            vec![
-                ("a".to_string(), vec![0]),
-                ("red".to_string(), vec![1]),
-                ("circle.".to_string(), vec![2, 3, 4]),
-            ]
-        );
-    }
 
     #[test]
     fn the_colour_scale_runs_from_dark_blue_to_red() {
