@@ -213,3 +213,108 @@ fn a_gemma3_vlm_is_served_several_images_with_their_crops_as_generate_answers() 
     assert_eq!(text.trim(), expected);
     server.shutdown().unwrap();
 }
+
+/// `"explain": true` (our extension) returns the answer's maps with it: the report
+/// `llava explain` writes for the same question; with `stream` it is a 400.
+#[test]
+fn an_explain_request_returns_the_maps_llava_explain_computes() {
+    let model = fixture("fixtures/hf-parity/llava-clip/model");
+    let image = fixture("fixtures/hf-parity/image-processing/model/image.jpg");
+    let chat = ImageChat::open(
+        &model,
+        std::slice::from_ref(&image),
+        tch::Device::Cpu,
+        tch::Kind::Float,
+        &Default::default(),
+    )
+    .unwrap();
+    let question = "What is in the image?";
+    let config = GenerationConfig {
+        max_new_tokens: 6,
+        temperature: Some(0.0),
+        ..GenerationConfig::default()
+    };
+    let (answer, explained) = chat.explain(&[Message::user(question)], &config).unwrap();
+    let mut skip = chat.tokenizer().chat_stop_tokens();
+    skip.push(chat.tokenizer().eos);
+    let expected = explained
+        .report(chat.tokenizer(), chat.model().image_token(), &skip)
+        .unwrap();
+
+    let server = serve::spawn(serve::ServerConfig {
+        model: model.clone(),
+        host: "127.0.0.1".into(),
+        port: 0,
+        device: "cpu".into(),
+        dtype: Some("f32".into()),
+        ..serve::ServerConfig::default()
+    })
+    .unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!(
+        "data:image/jpeg;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&image).unwrap())
+    );
+    let body = |stream: bool| {
+        json!({
+            "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "text", "text": question},
+            ]}],
+            "max_tokens": 6,
+            "explain": true,
+            "stream": stream,
+        })
+    };
+    let post = |body: Value| {
+        let mut response = agent
+            .post(format!("{}/v1/chat/completions", server.url()))
+            .header("Content-Type", "application/json")
+            .send(body.to_string())
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str::<Value>(&text).unwrap())
+    };
+    let (status, reply) = post(body(false));
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        reply["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .trim(),
+        answer
+    );
+    let theirs = &reply["explanation"];
+    assert_eq!(theirs["grids"], expected["grids"]);
+    let (a, b) = (
+        theirs["tokens"].as_array().unwrap(),
+        expected["tokens"].as_array().unwrap(),
+    );
+    assert_eq!(a.len(), b.len());
+    let flat = |v: &Value| -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+            .collect()
+    };
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x["id"], y["id"]);
+        for (p, q) in flat(&x["relevancy"][0])
+            .iter()
+            .zip(flat(&y["relevancy"][0]))
+        {
+            assert!((p - q).abs() < 1e-5, "{p} vs {q}");
+        }
+        let share = (x["image_share"].as_f64().unwrap() - y["image_share"].as_f64().unwrap()).abs();
+        assert!(share < 1e-5);
+    }
+    let (status, error) = post(body(true));
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["param"], "explain");
+    server.shutdown().unwrap();
+}

@@ -39,6 +39,10 @@ pub struct ChatRequest {
     /// Number of answers; only 1 is supported.
     #[serde(default)]
     pub n: Option<u64>,
+    /// Our extension: also return the answer's relevancy and attention maps, as the response's
+    /// `explanation` field (`llava_model::explain::Explanation::report`). Greedy, not streamed.
+    #[serde(default)]
+    pub explain: Option<bool>,
 }
 
 /// `stop`: one string or a list.

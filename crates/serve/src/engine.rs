@@ -55,6 +55,9 @@ pub struct Job {
     pub stop: Vec<String>,
     /// Where the answer goes; dropping the receiver cancels the request.
     pub events: UnboundedSender<Event>,
+    /// Explain the answer when it is complete (`llava_model::explain`): an
+    /// [`Event::Explanation`] before [`Event::Done`].
+    pub explain: bool,
     /// When the request arrived.
     pub arrived: Instant,
 }
@@ -64,6 +67,8 @@ pub struct Job {
 pub enum Event {
     /// More text of the answer.
     Text(String),
+    /// The answer's relevancy and attention maps (`Explanation::report`), when asked for.
+    Explanation(serde_json::Value),
     /// The answer is complete.
     Done {
         /// `stop` or `length`.
@@ -280,6 +285,8 @@ struct Running {
     job: Job,
     slot: usize,
     prompt_len: usize,
+    /// The prompt with image tokens expanded, kept for an explanation (empty otherwise).
+    prompt: Vec<i64>,
     max_tokens: usize,
     tokens: Vec<i64>,
     sampler: Option<Sampler>,
@@ -297,6 +304,13 @@ struct Batcher {
     /// run ends, so it is held back while streaming.
     byte_tokens: Vec<i64>,
     step_delay: Duration,
+}
+
+/// A job's images as one `[images, 3, h, w]` tensor (all of one size, which `admit` checks).
+fn job_pixels(images: &[(Vec<f32>, usize, usize)]) -> Option<Tensor> {
+    let &(_, h, w) = images.first()?;
+    let data: Vec<f32> = images.iter().flat_map(|i| i.0.iter().copied()).collect();
+    Some(Tensor::from_slice(&data).view([images.len() as i64, 3, h as i64, w as i64]))
 }
 
 /// Runs `f`, turning a libtorch error or any other panic into `Err`.
@@ -399,15 +413,7 @@ impl Batcher {
         let cache = &mut self.cache;
         let first = guarded(|| {
             let ids = Tensor::from_slice(&prompt).view([1, prompt_len as i64]);
-            let pixels = (!job.images.is_empty()).then(|| {
-                let (_, h, w) = job.images[0];
-                let data: Vec<f32> = job
-                    .images
-                    .iter()
-                    .flat_map(|i| i.0.iter().copied())
-                    .collect();
-                Tensor::from_slice(&data).view([job.images.len() as i64, 3, h as i64, w as i64])
-            });
+            let pixels = job_pixels(&job.images);
             let embeds =
                 tch::no_grad(|| model.embed(&ids, pixels.as_ref())).map_err(|e| e.to_string())?;
             let blocks = model.blocks(&ids, None, None);
@@ -430,10 +436,12 @@ impl Batcher {
                 ..GenerationConfig::default()
             })
         });
+        let kept = if job.explain { prompt } else { Vec::new() };
         let mut running = Running {
             job,
             slot,
             prompt_len,
+            prompt: kept,
             max_tokens,
             tokens: Vec::new(),
             sampler,
@@ -448,6 +456,23 @@ impl Batcher {
         } else {
             Some(running)
         }
+    }
+
+    /// The maps of `r`'s complete answer (with autograd, which generation runs without).
+    fn explain(&self, r: &Running) -> std::result::Result<serde_json::Value, String> {
+        let pixels = job_pixels(&r.job.images);
+        let tokenizer = &self.info.tokenizer;
+        let mut skip = self.stop_tokens.clone();
+        skip.push(tokenizer.eos);
+        tch::with_grad(|| {
+            let explained = self
+                .model
+                .explain(&r.prompt, pixels.as_ref(), &r.tokens)
+                .map_err(|e| e.to_string())?;
+            explained
+                .report(tokenizer, self.model.image_token(), &skip)
+                .map_err(|e| e.to_string())
+        })
     }
 
     /// Answers a job with an error and frees its slot.
@@ -589,6 +614,17 @@ impl Batcher {
         let Some(finish_reason) = finish else {
             return false;
         };
+        if r.job.explain {
+            // On the model thread, between steps: the other requests wait for it.
+            let event = match guarded(|| self.explain(r)) {
+                Ok(report) => Event::Explanation(report),
+                Err(message) => Event::Error {
+                    status: 500,
+                    message: format!("the answer could not be explained: {message}"),
+                },
+            };
+            let _ = r.job.events.send(event);
+        }
         self.metrics
             .request_latency
             .observe(r.job.arrived.elapsed().as_secs_f64());

@@ -300,6 +300,14 @@ fn prepare(state: &AppState, body: &[u8], arrived: Instant) -> Result<Prepared, 
         top_p: request.top_p,
         seed: request.seed.map_or_else(rand::random, |s| s as u64),
     });
+    let stream = request.stream.unwrap_or(false);
+    let explain = request.explain.unwrap_or(false);
+    if explain && (stream || temperature > 0.0) {
+        return Err(Error::bad_request(
+            "`explain` explains a greedy answer sent whole: not with `stream` or a temperature",
+            Some("explain"),
+        ));
+    }
     let (tx, events) = tokio::sync::mpsc::unbounded_channel();
     Ok(Prepared {
         job: Job {
@@ -310,9 +318,10 @@ fn prepare(state: &AppState, body: &[u8], arrived: Instant) -> Result<Prepared, 
             stop,
             events: tx,
             arrived,
+            explain,
         },
         events,
-        stream: request.stream.unwrap_or(false),
+        stream,
         include_usage: request.stream_options.is_some_and(|o| o.include_usage),
     })
 }
@@ -362,22 +371,22 @@ async fn chat_completions(
         return sse(events, id, created, model, include_usage).into_response();
     }
     let mut text = String::new();
+    let mut explanation = None;
     loop {
         match events.recv().await {
             Some(Event::Text(piece)) => text.push_str(&piece),
+            Some(Event::Explanation(report)) => explanation = Some(report),
             Some(Event::Done {
                 finish_reason,
                 usage,
             }) => {
-                return axum::Json(api::completion(
-                    &id,
-                    created,
-                    &model,
-                    &text,
-                    finish_reason,
-                    usage,
-                ))
-                .into_response();
+                let completion = api::completion(&id, created, &model, &text, finish_reason, usage);
+                let Some(report) = explanation else {
+                    return axum::Json(completion).into_response();
+                };
+                let mut body = serde_json::to_value(completion).expect("serialises");
+                body["explanation"] = report;
+                return axum::Json(body).into_response();
             }
             Some(Event::Error { status, message }) => {
                 let error = if status >= 500 {
@@ -431,6 +440,11 @@ fn sse(
                 Phase::Body => match events.recv().await {
                     Some(Event::Text(piece)) => Some((
                         Ok(chunk(json!({"content": piece}), None)),
+                        (events, Phase::Body),
+                    )),
+                    // Not streamed (`prepare` refuses `explain` with `stream`).
+                    Some(Event::Explanation(_)) => Some((
+                        Ok(SseEvent::default().comment("explanation")),
                         (events, Phase::Body),
                     )),
                     Some(Event::Done {
