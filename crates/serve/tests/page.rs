@@ -464,3 +464,114 @@ fn chat_page_streams_answers_in_chromium() {
         screenshot_path().display()
     );
 }
+
+/// With "Explain answers" on, the page asks for the maps (`explain: true`, not streamed) and shows
+/// a button per word of the answer; clicking one lays that word's relevancy map over the image.
+/// The words and maps are the API's for the same request. `LLAVA_UPDATE_SCREENSHOT=1` writes
+/// docs/explain-page.png.
+#[test]
+fn chat_page_shows_where_each_word_looked() {
+    if let Err(why) = browser_installed() {
+        println!("SKIPPED chat_page_shows_where_each_word_looked: {why}");
+        return;
+    }
+    let server = start(common::config());
+    let browser = Browser::start();
+    browser.goto(&server.url());
+    let image = image_data_url();
+    let jpeg = image.strip_prefix("data:image/jpeg;base64,").unwrap();
+    browser.js(SET_IMAGE, json!([jpeg]));
+    browser.wait_for(PREVIEW, Duration::from_secs(10));
+    browser.click("details summary");
+    browser.type_into("#max-tokens", "6");
+    browser.click("#explain");
+    let question = "What is in this picture?";
+    browser.type_into("#question", question);
+    browser.click("#send");
+    let answered = browser.wait_for(&answer(1), Duration::from_secs(60));
+    assert_eq!(answered["done"], "ok", "{answered}");
+
+    // The same request through the API.
+    let body = json!({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": question},
+        {"type": "image_url", "image_url": {"url": image}},
+    ]}], "max_tokens": 6, "explain": true});
+    let (status, whole) = post(&server, "/v1/chat/completions", &body.to_string(), None);
+    assert_eq!(status, 200, "{whole}");
+    assert_eq!(answered["text"], whole["choices"][0]["message"]["content"]);
+    let words: Vec<String> = whole["explanation"]["words"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["text"].as_str().unwrap().to_string())
+        .collect();
+    let shown = browser.js(
+        r#"return [...document.querySelectorAll(".msg.assistant .maps button.word")]
+            .map((b) => b.textContent);"#,
+        json!([]),
+    );
+    assert_eq!(shown, json!(words));
+    assert!(!words.is_empty(), "the random model's answer has words");
+
+    // Before a click the canvas is clear; after it, the last word's map covers it.
+    const PAINTED: &str = r#"
+        const c = document.querySelector(".msg.assistant .maps canvas");
+        const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+        let painted = 0;
+        for (let i = 3; i < d.length; i += 4) if (d[i] > 0) painted++;
+        return painted / (c.width * c.height);
+    "#;
+    assert_eq!(browser.js(PAINTED, json!([])), json!(0));
+    let last = words.len() - 1;
+    browser.click(&format!(
+        ".msg.assistant .maps button.word:nth-of-type({})",
+        last + 1
+    ));
+    let state = browser.wait_for(
+        r#"const li = document.querySelector(".msg.assistant");
+           return li.dataset.shown ? { shown: li.dataset.shown,
+             pressed: li.querySelector("button.word[aria-pressed=true]").textContent } : null;"#,
+        Duration::from_secs(10),
+    );
+    assert_eq!(state["shown"], last.to_string());
+    assert_eq!(state["pressed"], words[last]);
+    assert_eq!(
+        browser.js(PAINTED, json!([])),
+        json!(1),
+        "the map covers the image"
+    );
+    // The colour at the map's hottest cell is the scale's red end, over the image.
+    let grid = &whole["explanation"]["words"][last]["relevancy"][0];
+    let side = grid.as_array().unwrap().len();
+    let flat: Vec<f64> = grid
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+        .collect();
+    let hottest = (0..flat.len())
+        .max_by(|&a, &b| flat[a].total_cmp(&flat[b]))
+        .unwrap();
+    let (row, col) = (hottest / side, hottest % side);
+    let pixel = browser.js(
+        r#"const c = document.querySelector(".msg.assistant .maps canvas");
+           const [side, row, col] = arguments;
+           const x = Math.floor((col + 0.5) * c.width / side), y = Math.floor((row + 0.5) * c.height / side);
+           return [...c.getContext("2d").getImageData(x, y, 1, 1).data];"#,
+        json!([side, row, col]),
+    );
+    let rgba: Vec<u64> = serde_json::from_value(pixel).unwrap();
+    assert!(
+        rgba[0] > 200 && rgba[2] < 60,
+        "red at the hottest cell: {rgba:?}"
+    );
+
+    browser.click("details summary");
+    let png = browser.screenshot();
+    assert!(png.starts_with(b"\x89PNG"));
+    if std::env::var_os("LLAVA_UPDATE_SCREENSHOT").is_some() {
+        std::fs::write(root().join("docs/explain-page.png"), &png).unwrap();
+    }
+    drop(browser);
+    server.shutdown().unwrap();
+}
