@@ -498,3 +498,26 @@ fn recorded_attention_is_eager_attention_with_the_same_outputs() {
         assert_eq!(above, 0.0);
     }
 }
+
+#[test]
+fn int8_weights_decode_close_to_the_dense_model() {
+    let dense = load(&fixture_model());
+    let mut quantized = load(&fixture_model());
+    assert_eq!(
+        quantized.quantize_int8(),
+        14,
+        "7 linear layers in each of 2 layers"
+    );
+    // One token at a time goes through the int8 weights (a prompt's rows through the dense ones).
+    let ids = Tensor::from_slice(&[2i64]).view([1, 1]);
+    let (a, b) = (logits_of(&dense, &ids), logits_of(&quantized, &ids));
+    let scale = a.abs().max().double_value(&[]);
+    let diff = (&a - &b).abs().max().double_value(&[]);
+    assert!(diff < 0.05 * scale, "{diff} against logits up to {scale}");
+    let long = Tensor::arange_start(2, 22, (Kind::Int64, Device::Cpu)).view([1, 20]);
+    let diff = (logits_of(&dense, &long) - logits_of(&quantized, &long))
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert_eq!(diff, 0.0, "a prompt's many rows use the dense weights");
+}

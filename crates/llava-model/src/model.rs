@@ -96,6 +96,19 @@ impl LlavaModel {
         })
     }
 
+    /// Quantizes the language model's linear layers to int8 weights for inference (per-row
+    /// scales, bf16 activations: `foundation::layers::Int8Weight`), on the CPU only; the tower,
+    /// connector, embeddings and head stay as they are. Returns how many layers.
+    pub fn quantize_int8(&mut self) -> Result<usize> {
+        if self.device() != Device::Cpu {
+            return Err(Error::Input(
+                "int8 weights run on the CPU (ATen's _weight_int8pack_mm has no CUDA kernel)"
+                    .into(),
+            ));
+        }
+        Ok(self.lm.quantize_int8())
+    }
+
     /// The image processor this model expects: `preprocessor_config.json` in `dir` when there is
     /// one, else the tower's own (CLIP: shortest edge and crop at `image_size`, CLIP statistics;
     /// DINOv2: a crop that gives `image_seq_length` tokens, the shortest edge at 256/224 of it,

@@ -22,6 +22,18 @@ pub struct ImageChat {
     processor: ImageProcessor,
 }
 
+/// Quantizes `model`'s weights as `how` names it (`int8`: `LlavaModel::quantize_int8`), or
+/// leaves them when `None`.
+pub fn quantize(model: &mut LlavaModel, how: Option<&str>) -> Result<()> {
+    match how {
+        None => Ok(()),
+        Some("int8") => model.quantize_int8().map(|_| ()).map_err(Into::into),
+        Some(other) => Err(Error::Unsupported(format!(
+            "quantization `{other}`: the choices are int8"
+        ))),
+    }
+}
+
 /// How [`ImageChat::open`] reads the model and the images, beyond their paths.
 #[derive(Debug, Clone, Default)]
 pub struct ChatOptions {
@@ -33,6 +45,9 @@ pub struct ChatOptions {
     /// Overrides `preprocessor_config.json`'s pan-and-scan (Gemma 3): on with transformers'
     /// defaults, or off.
     pub pan_and_scan: Option<bool>,
+    /// `int8`: the language model's linear layers as int8 weights (CPU; see
+    /// `LlavaModel::quantize_int8`).
+    pub quantize: Option<String>,
 }
 
 impl ImageChat {
@@ -60,6 +75,7 @@ impl ImageChat {
         if let Some(scale) = options.scale_image_features {
             model.config.image_features_scaled = Some(scale);
         }
+        quantize(&mut model, options.quantize.as_deref())?;
         let tokenizer = GemmaTokenizer::from_file(model_dir)?;
         let mut config = model.image_processor(Some(model_dir))?;
         if let Some(on) = options.pan_and_scan {

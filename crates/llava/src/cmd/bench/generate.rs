@@ -30,6 +30,10 @@ pub struct Args {
     /// How decoding steps run: auto (CUDA graphs on a GPU), eager, static or graph.
     #[arg(long, default_value = "auto")]
     decode: String,
+    /// `int8`: the language model's linear layers as int8 weights (CPU; see `llava generate
+    /// --quantize`).
+    #[arg(long)]
+    quantize: Option<String>,
 }
 
 /// What `bench-generate` reports.
@@ -55,6 +59,8 @@ pub struct GenerateReport {
     pub tokens_per_s: f64,
     /// How the decoding steps ran: `Graph` (CUDA graphs), `Eager`, `Static`; `Auto` is resolved.
     pub decode: String,
+    /// The weight quantization, when any (`int8`).
+    pub quantize: Option<String>,
 }
 
 /// Runs it: one JSON object.
@@ -73,7 +79,8 @@ pub fn run(a: &Args) -> llava::Result<ExitCode> {
 fn measure(a: &Args, device: Device, kind: Kind, decode: Decode) -> llava::Result<GenerateReport> {
     let preset = a.on.config()?;
     tch::manual_seed(0);
-    let model = LlavaModel::new(&preset, device, kind)?;
+    let mut model = LlavaModel::new(&preset, device, kind)?;
+    llava::chat::quantize(&mut model, a.quantize.as_deref())?;
     let prompts = random_prompts(&preset, model.image_token(), a.batch, a.prompt_len)?;
     let size = model.config.image_side()?;
     let pixels = Tensor::randn([a.batch as i64, 3, size, size], (kind, device));
@@ -114,6 +121,7 @@ fn measure(a: &Args, device: Device, kind: Kind, decode: Decode) -> llava::Resul
         gen_s: best_gen,
         tokens_per_s: (a.batch * a.new_tokens) as f64 / best_gen,
         decode: format!("{:?}", decode.resolve(device)),
+        quantize: a.quantize.clone(),
     })
 }
 
