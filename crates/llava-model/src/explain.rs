@@ -177,14 +177,11 @@ impl Explanation {
     /// server's `explanation` field): the image grids' side, the layers and heads; per answer
     /// token its text, image share, relevancy and raw attention (mean over heads and layers) on
     /// each image's grid and relevancy over each text token of the prompt; per word (see
-    /// [`words`]) the mean of its tokens' maps. Special tokens (`skip`) are in `tokens` but in no
-    /// word.
-    pub fn report(
-        &self,
-        tokenizer: &GemmaTokenizer,
-        image_token: i64,
-        skip: &[i64],
-    ) -> Result<Value> {
+    /// [`words`]) the mean of its tokens' maps. The tokens that end a chat turn or the text
+    /// (`<end_of_turn>`, `<eos>`) are in `tokens` but in no word.
+    pub fn report(&self, tokenizer: &GemmaTokenizer, image_token: i64) -> Result<Value> {
+        let mut skip = tokenizer.chat_stop_tokens();
+        skip.push(tokenizer.eos);
         let relevancy = self.image_maps(&self.relevancy, image_token)?;
         let mean_attention = self
             .attention

@@ -61,11 +61,6 @@ impl ImageChat {
         kind: Kind,
         options: &ChatOptions,
     ) -> Result<Self> {
-        if images.is_empty() {
-            return Err(Error::Unsupported(
-                "a conversation about images needs at least one".into(),
-            ));
-        }
         let mut model = LlavaModel::from_pretrained_with_adapter(
             model_dir,
             options.adapter.as_deref(),
@@ -87,10 +82,28 @@ impl ImageChat {
             }
             config.pan_and_scan = on.then(PanAndScan::default);
         }
-        let processor = ImageProcessor::new(config);
+        let mut chat = ImageChat {
+            model,
+            tokenizer,
+            pixels: Tensor::new(),
+            crops: Vec::new(),
+            tokens_per_image: 0,
+            processor: ImageProcessor::new(config),
+        };
+        chat.show(images)?;
+        Ok(chat)
+    }
+
+    /// Replaces the images the conversation is about with `images` (the model stays loaded).
+    pub fn show(&mut self, images: &[PathBuf]) -> Result<()> {
+        if images.is_empty() {
+            return Err(Error::Unsupported(
+                "a conversation about images needs at least one".into(),
+            ));
+        }
         let (mut data, mut crops, mut size) = (Vec::new(), Vec::new(), (0, 0));
         for path in images {
-            let views = processor.views(&processing::open(path)?);
+            let views = self.processor.views(&processing::open(path)?);
             crops.push(views.len() - 1);
             for (pixels, h, w) in views {
                 size = (h as i64, w as i64);
@@ -98,16 +111,10 @@ impl ImageChat {
             }
         }
         let views = crops.iter().map(|c| c + 1).sum::<usize>() as i64;
-        let pixels = Tensor::from_slice(&data).view([views, 3, size.0, size.1]);
-        let tokens_per_image = model.tokens_per_image(size.0, size.1);
-        Ok(ImageChat {
-            model,
-            tokenizer,
-            pixels,
-            crops,
-            tokens_per_image,
-            processor,
-        })
+        self.pixels = Tensor::from_slice(&data).view([views, 3, size.0, size.1]);
+        self.crops = crops;
+        self.tokens_per_image = self.model.tokens_per_image(size.0, size.1);
+        Ok(())
     }
 
     /// The model.

@@ -462,15 +462,13 @@ impl Batcher {
     fn explain(&self, r: &Running) -> std::result::Result<serde_json::Value, String> {
         let pixels = job_pixels(&r.job.images);
         let tokenizer = &self.info.tokenizer;
-        let mut skip = self.stop_tokens.clone();
-        skip.push(tokenizer.eos);
         tch::with_grad(|| {
             let explained = self
                 .model
                 .explain(&r.prompt, pixels.as_ref(), &r.tokens)
                 .map_err(|e| e.to_string())?;
             explained
-                .report(tokenizer, self.model.image_token(), &skip)
+                .report(tokenizer, self.model.image_token())
                 .map_err(|e| e.to_string())
         })
     }

@@ -40,9 +40,7 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
     println!("{answer}");
     std::fs::create_dir_all(&args.output).map_err(|e| io(&args.output, e))?;
     let tokenizer = chat.tokenizer();
-    let mut skip = tokenizer.chat_stop_tokens();
-    skip.push(tokenizer.eos);
-    let mut report = explained.report(tokenizer, chat.model().image_token(), &skip)?;
+    let mut report = explained.report(tokenizer, chat.model().image_token())?;
     // One overlay per word, on the first image as the model saw it.
     let view = chat.view(0);
     let mut sheet = Vec::new();

@@ -39,6 +39,7 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
         ..GenerationConfig::default()
     };
     let mut rows: Vec<(String, [f64; 2], f64)> = Vec::new(); // kind, inside (relevancy, attention), area
+    let mut chat: Option<ImageChat> = None; // loaded once, with the first question's image
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         if args.limit.is_some_and(|n| rows.len() >= n) {
             break;
@@ -49,17 +50,23 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
             continue;
         };
         let bounds: Vec<f64> = bounds.iter().filter_map(Value::as_f64).collect();
-        let image = args
+        let image = [args
             .data
             .join("images")
-            .join(q["image"].as_str().unwrap_or_default());
-        let chat = ImageChat::open(
-            &args.model,
-            &[image],
-            tch::Device::Cpu,
-            Kind::Float,
-            &ChatOptions::default(),
-        )?;
+            .join(q["image"].as_str().unwrap_or_default())];
+        let chat = match &mut chat {
+            Some(chat) => {
+                chat.show(&image)?;
+                chat
+            }
+            None => chat.insert(ImageChat::open(
+                &args.model,
+                &image,
+                tch::Device::Cpu,
+                Kind::Float,
+                &ChatOptions::default(),
+            )?),
+        };
         let question = q["text"].as_str().unwrap_or_default();
         let (_, explained) = chat.explain(&[Message::user(question)], &config)?;
         let image_token = chat.model().image_token();
