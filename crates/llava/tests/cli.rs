@@ -1,15 +1,15 @@
 //! The `llava` command on tiny models, as a user would run it.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
+
+use common::{llava, run_ok};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hf-parity")
-}
-
-fn llava() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_llava"))
 }
 
 fn image() -> PathBuf {
@@ -332,20 +332,15 @@ fn explain_writes_maps_words_and_overlays() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("explained");
     let model = fixtures().join("llava-clip/model");
-    let run = llava()
-        .args(["explain", "--device", "cpu", "--max-new-tokens", "6"])
-        .arg("--model")
-        .arg(&model)
-        .arg("--image")
-        .arg(image())
-        .args(["--prompt", "What is in the image?", "--output"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+    let printed = run_ok(
+        llava()
+            .args(["explain", "--device", "cpu", "--max-new-tokens", "6"])
+            .arg("--model")
+            .arg(&model)
+            .arg("--image")
+            .arg(image())
+            .args(["--prompt", "What is in the image?", "--output"])
+            .arg(&out),
     );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("explanation.json")).unwrap())
@@ -363,8 +358,7 @@ fn explain_writes_maps_words_and_overlays() {
         assert!(!token["prompt_relevancy"].as_array().unwrap().is_empty());
     }
     // What the command printed is the answer it explained.
-    let printed = String::from_utf8_lossy(&run.stdout).trim().to_string();
-    assert_eq!(report["answer"].as_str().unwrap(), printed);
+    assert_eq!(report["answer"].as_str().unwrap(), printed.trim());
     for word in report["words"].as_array().unwrap() {
         let png = out.join(word["png"].as_str().unwrap());
         let overlay = image::open(&png).unwrap();
@@ -380,40 +374,30 @@ fn explain_writes_maps_words_and_overlays() {
 fn explain_synthetic_reports_relevancy_inside_the_shapes_boxes() {
     let tmp = tempfile::tempdir().unwrap();
     let run_dir = tmp.path().join("run");
-    let out = llava()
-        .args([
-            "train",
-            "--stage",
-            "2",
-            "--skip-pretraining",
-            "--synthetic-images",
-            "24",
-            "--max-steps",
-            "10",
-            "--output",
-        ])
-        .arg(&run_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        llava()
+            .args([
+                "train",
+                "--stage",
+                "2",
+                "--skip-pretraining",
+                "--synthetic-images",
+                "24",
+                "--max-steps",
+                "10",
+                "--output",
+            ])
+            .arg(&run_dir),
     );
     let report = tmp.path().join("explain.json");
-    let out = llava()
-        .args(["explain-synthetic", "--limit", "6", "--model"])
-        .arg(run_dir.join("model"))
-        .arg("--data")
-        .arg(run_dir.join("data"))
-        .arg("--report")
-        .arg(&report)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        llava()
+            .args(["explain-synthetic", "--limit", "6", "--model"])
+            .arg(run_dir.join("model"))
+            .arg("--data")
+            .arg(run_dir.join("data"))
+            .arg("--report")
+            .arg(&report),
     );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();

@@ -4,9 +4,13 @@
 //! time, naming it; `--resume` then reproduces the uninterrupted run, at the same world size or
 //! another (re-sharding the optimizer state); torchrun's `--max-restarts` recovers by itself.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::llava;
 
 /// Twelve optimizer steps of two micro-batches of four on the tiny preset.
 const SHORT: &[&str] = &[
@@ -43,10 +47,6 @@ const LONG: &[&str] = &[
     "--save-every",
     "5",
 ];
-
-fn llava() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_llava"))
-}
 
 fn train(args: &[&str], output: &Path, extra: &[&str]) -> String {
     let out = llava()

@@ -7,56 +7,16 @@
 //! Uses the Python of the cached torch environment, installing transformers 5.17 and Pillow there
 //! when missing; says SKIPPED only when they cannot be installed (no network).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use common::{llava, python_with, root, run_ok};
 
 use llava::chat::ImageChat;
 use llava::gemma_lm::Message;
 use tch::{Device, Kind};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn llava() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_llava"))
-}
-
-fn run_ok(command: &mut Command) -> String {
-    let out = command.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{command:?}\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The cached torch environment's python with transformers and Pillow (installed on first use),
-/// or `None` when there is none or nothing can be installed (no network).
-fn python_with_transformers() -> Option<PathBuf> {
-    let python = llava::foundation::torch_env_bin("python")?;
-    let ready = || {
-        Command::new(&python)
-            .args(["-c", "import transformers, PIL"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !ready() {
-        let _ = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "transformers==5.17.0",
-                "pillow",
-            ])
-            .status();
-    }
-    ready().then_some(python)
-}
 
 /// Trains `preset` up to 150 steps (stage 2, from a random connector: enough to answer in words): its directory (in `tmp`) and
 /// a held-out question with its image.
@@ -123,7 +83,10 @@ fn transformers_answers_as_we_do(
     }
     let ours = run_ok(&mut generate);
 
-    let Some(python) = python_with_transformers() else {
+    let Ok(python) = python_with(
+        "import transformers, PIL",
+        &["transformers==5.17.0", "pillow"],
+    ) else {
         eprintln!("SKIPPED the transformers check: no python with transformers beside libtorch");
         return;
     };

@@ -7,62 +7,15 @@
 //! The PEFT check uses the Python of the cached torch environment, installing transformers 5.17 and
 //! peft 0.21.2 there when missing; it says SKIPPED only when they cannot be installed (no network).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
+
+use common::{llava, python_with, root, run_ok};
 
 use llava::llava_model::LlavaModel;
 use tch::{Device, Kind, Tensor};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn llava() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_llava"))
-}
-
-fn run_ok(command: &mut Command) -> String {
-    let out = command.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{command:?}\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The cached torch environment's python with transformers and peft, or why not.
-fn python_with_peft() -> Result<PathBuf, String> {
-    let python = llava::foundation::torch_env_bin("python")
-        .ok_or("no python beside libtorch (.libtorch; run `cargo xtask setup`)")?;
-    let ready = || {
-        Command::new(&python)
-            .args(["-c", "import peft, transformers; assert transformers.__version__.startswith('5.17'); assert peft.__version__ == '0.21.2'"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !ready() {
-        let installed = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "transformers==5.17.0",
-                "peft==0.21.2",
-            ])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !installed || !ready() {
-            return Err(format!(
-                "`{} -m pip install transformers==5.17.0 peft==0.21.2` failed (no network?)",
-                python.display()
-            ));
-        }
-    }
-    Ok(python)
-}
 
 /// Logits of `model` on `inputs`' input_ids and pixel_values.
 fn logits(model: &LlavaModel, inputs: &[(String, Tensor)]) -> Tensor {
@@ -219,7 +172,11 @@ fn adapter_workflow(preset: &str) {
     assert_eq!(answer(&base, Some(&adapter)), answer(&merged, None));
 
     // PEFT loads what we wrote and computes our logits.
-    let python = match python_with_peft() {
+    let python = match python_with(
+        "import peft, transformers; assert transformers.__version__.startswith('5.17'); \
+         assert peft.__version__ == '0.21.2'",
+        &["transformers==5.17.0", "peft==0.21.2"],
+    ) {
         Ok(python) => python,
         Err(why) => {
             eprintln!("SKIPPED the PEFT check: {why}");

@@ -14,6 +14,46 @@ fn fixture(path: &str) -> PathBuf {
         .join(path)
 }
 
+/// A server on the CPU in f32 for `model`, on a free loopback port.
+fn cpu_config(model: &Path) -> serve::ServerConfig {
+    serve::ServerConfig {
+        model: model.to_path_buf(),
+        host: "127.0.0.1".into(),
+        port: 0,
+        device: "cpu".into(),
+        dtype: Some("f32".into()),
+        ..serve::ServerConfig::default()
+    }
+}
+
+/// An HTTP client that returns error statuses as responses.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// The file at `path` as a `data:` URL of type `mime`.
+fn data_url(path: &Path, mime: &str) -> String {
+    format!(
+        "data:{mime};base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
+    )
+}
+
+/// POSTs `body` to the server's chat completions: the status and the JSON answer.
+fn post_chat(agent: &ureq::Agent, server: &serve::RunningServer, body: &Value) -> (u16, Value) {
+    let mut response = agent
+        .post(format!("{}/v1/chat/completions", server.url()))
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap())
+}
+
 #[test]
 fn greedy_answers_equal_llava_generate() {
     let model = fixture("fixtures/hf-parity/llava-clip/model");
@@ -27,23 +67,12 @@ fn greedy_answers_equal_llava_generate() {
     )
     .unwrap();
     let server = serve::spawn(serve::ServerConfig {
-        model: model.clone(),
-        host: "127.0.0.1".into(),
-        port: 0,
-        device: "cpu".into(),
-        dtype: Some("f32".into()),
         max_batch: 4,
-        ..serve::ServerConfig::default()
+        ..cpu_config(&model)
     })
     .unwrap();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let url = format!(
-        "data:image/jpeg;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&image).unwrap())
-    );
+    let agent = agent();
+    let url = data_url(&image, "image/jpeg");
     let questions = ["What is in the image?", "  Describe it.  ", "Colour?"];
     // What `llava generate --max-new-tokens N` prints (ImageChat::answer, greedy).
     let expected: Vec<String> = questions
@@ -79,15 +108,8 @@ fn greedy_answers_equal_llava_generate() {
                         ]}],
                         "max_tokens": 10 + 7 * i,
                     });
-                    let mut response = agent
-                        .post(format!("{}/v1/chat/completions", server.url()))
-                        .header("Content-Type", "application/json")
-                        .send(body.to_string())
-                        .unwrap();
-                    assert_eq!(response.status().as_u16(), 200);
-                    let answer: Value =
-                        serde_json::from_str(&response.body_mut().read_to_string().unwrap())
-                            .unwrap();
+                    let (status, answer) = post_chat(agent, server, &body);
+                    assert_eq!(status, 200);
                     let prompt_tokens = answer["usage"]["prompt_tokens"].as_u64().unwrap();
                     assert_eq!(prompt_tokens as usize, expected_prompt);
                     answer["choices"][0]["message"]["content"]
@@ -170,21 +192,8 @@ fn a_gemma3_vlm_is_served_several_images_with_their_crops_as_generate_answers() 
         .0;
     let prompt_len = chat.prompt(&[Message::user(question)]).unwrap().len();
 
-    let server = serve::spawn(serve::ServerConfig {
-        model: model.clone(),
-        host: "127.0.0.1".into(),
-        port: 0,
-        device: "cpu".into(),
-        dtype: Some("f32".into()),
-        ..serve::ServerConfig::default()
-    })
-    .unwrap();
-    let url = |path: &Path| {
-        format!(
-            "data:image/png;base64,{}",
-            base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
-        )
-    };
+    let server = serve::spawn(cpu_config(&model)).unwrap();
+    let url = |path: &Path| data_url(path, "image/png");
     let body = json!({
         "messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": url(&images[0])}},
@@ -193,18 +202,8 @@ fn a_gemma3_vlm_is_served_several_images_with_their_crops_as_generate_answers() 
         ]}],
         "max_tokens": 12,
     });
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut response = agent
-        .post(format!("{}/v1/chat/completions", server.url()))
-        .header("Content-Type", "application/json")
-        .send(body.to_string())
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let answer: Value =
-        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    let (status, answer) = post_chat(&agent(), &server, &body);
+    assert_eq!(status, 200);
     assert_eq!(
         answer["usage"]["prompt_tokens"].as_u64().unwrap() as usize,
         prompt_len
@@ -235,29 +234,13 @@ fn an_explain_request_returns_the_maps_llava_explain_computes() {
         ..GenerationConfig::default()
     };
     let (answer, explained) = chat.explain(&[Message::user(question)], &config).unwrap();
-    let mut skip = chat.tokenizer().chat_stop_tokens();
-    skip.push(chat.tokenizer().eos);
     let expected = explained
-        .report(chat.tokenizer(), chat.model().image_token(), &skip)
+        .report(chat.tokenizer(), chat.model().image_token())
         .unwrap();
 
-    let server = serve::spawn(serve::ServerConfig {
-        model: model.clone(),
-        host: "127.0.0.1".into(),
-        port: 0,
-        device: "cpu".into(),
-        dtype: Some("f32".into()),
-        ..serve::ServerConfig::default()
-    })
-    .unwrap();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let url = format!(
-        "data:image/jpeg;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&image).unwrap())
-    );
+    let server = serve::spawn(cpu_config(&model)).unwrap();
+    let agent = agent();
+    let url = data_url(&image, "image/jpeg");
     let body = |stream: bool| {
         json!({
             "messages": [{"role": "user", "content": [
@@ -269,16 +252,7 @@ fn an_explain_request_returns_the_maps_llava_explain_computes() {
             "stream": stream,
         })
     };
-    let post = |body: Value| {
-        let mut response = agent
-            .post(format!("{}/v1/chat/completions", server.url()))
-            .header("Content-Type", "application/json")
-            .send(body.to_string())
-            .unwrap();
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap();
-        (status, serde_json::from_str::<Value>(&text).unwrap())
-    };
+    let post = |body: Value| post_chat(&agent, &server, &body);
     let (status, reply) = post(body(false));
     assert_eq!(status, 200, "{reply}");
     assert_eq!(
