@@ -123,6 +123,30 @@ pub fn peak_host_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The process's resident set size in bytes now (Linux `VmRSS`; `None` elsewhere).
+pub fn host_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Hands memory that was freed back to the operating system (glibc's `malloc_trim`; nothing
+/// elsewhere). After dense weights are replaced by smaller ones, glibc keeps the freed blocks
+/// under its mmap threshold in its heap, where they count as resident.
+pub fn return_freed_host_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: malloc_trim only releases free heap pages; it takes no pointers.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,8 @@
 use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
 
+use crate::quant::{Quantization, QuantizedWeight};
+
 /// A linear layer `y = x W^T + b` with `weight: [out, in]` and an optional `bias: [out]`, as in
 /// `torch.nn.Linear`. Weights start from N(0, `std`), biases from zero, as HF's `_init_weights` does.
 /// A layer may carry a [`Lora`] adapter, which adds its low-rank update to the output.
@@ -14,54 +16,9 @@ pub struct Linear {
     pub bias: Option<Tensor>,
     /// A low-rank adapter, when one is attached.
     pub lora: Option<Lora>,
-    /// The weight quantized to int8 for inference ([`quantize_int8`](Linear::quantize_int8)),
-    /// which `forward` then uses instead of `weight`.
-    pub int8: Option<Int8Weight>,
-}
-
-/// The most rows (tokens) an int8 layer multiplies with its int8 weight; more go through the
-/// dense weight.
-pub const INT8_MAX_ROWS: i64 = 16;
-
-/// A weight quantized to int8 per output row (symmetric: `w ≈ q * scale`), multiplied by ATen's
-/// `_weight_int8pack_mm` with bf16 activations: decoding reads a quarter of an f32 weight's bytes
-/// and half of a bf16 one's.
-#[derive(Debug)]
-pub struct Int8Weight {
-    /// `[out, in]`, int8.
-    pub q: Tensor,
-    /// `[out]`, bf16: `max |w_row| / 127`.
-    pub scales: Tensor,
-}
-
-impl Int8Weight {
-    /// Quantizes `weight` `[out, in]` row by row.
-    pub fn quantize(weight: &Tensor) -> Self {
-        tch::no_grad(|| {
-            let w = weight.to_kind(tch::Kind::Float);
-            let scales = (w.abs().amax([1].as_slice(), false) / 127.0).clamp_min(1e-12);
-            let q = (w / scales.unsqueeze(1))
-                .round()
-                .clamp(-128.0, 127.0)
-                .to_kind(tch::Kind::Int8)
-                .contiguous();
-            Int8Weight {
-                q,
-                scales: scales.to_kind(tch::Kind::BFloat16),
-            }
-        })
-    }
-
-    /// `x W^T` for `x` `[..., in]` (computed in bf16, returned in `x`'s dtype).
-    pub fn matmul(&self, x: &Tensor) -> Tensor {
-        let mut shape = x.size();
-        let inner = *shape.last().expect("an input has a last dimension");
-        let out = self.q.size()[0];
-        let x2 = x.reshape([-1, inner]).to_kind(tch::Kind::BFloat16);
-        let y = x2.internal_weight_int8pack_mm(&self.q, &self.scales);
-        *shape.last_mut().expect("checked") = out;
-        y.to_kind(x.kind()).reshape(shape.as_slice())
-    }
+    /// The weight quantized for inference ([`quantize`](Linear::quantize)), which `forward`
+    /// then uses; `weight` is emptied.
+    pub quantized: Option<QuantizedWeight>,
 }
 
 /// A LoRA adapter (Hu et al., 2021) on a linear layer, as PEFT's `lora.Linear` computes it:
@@ -124,29 +81,35 @@ impl Linear {
             weight,
             bias,
             lora: None,
-            int8: None,
+            quantized: None,
         }
     }
 
-    /// Quantizes the weight to int8 for inference (see [`Int8Weight`]); `forward` uses it from
-    /// now on for inputs of at most [`INT8_MAX_ROWS`] rows (decoding), the dense weight, which is
-    /// kept, for longer ones (prompts). An attached adapter is merged first. The CPU only: ATen
-    /// has no CUDA kernel for it.
-    pub fn quantize_int8(&mut self) {
+    /// Quantizes the weight for inference (see [`QuantizedWeight`]): an attached adapter is
+    /// merged first, then the dense weight is replaced by its codes and scales (its memory freed,
+    /// also in the variable store that shares it), and `forward` multiplies with those. The CPU
+    /// only: ATen's kernels for these forms are CPU kernels.
+    pub fn quantize(&mut self, how: Quantization) -> Result<(), String> {
         self.merge_lora();
-        self.int8 = Some(Int8Weight::quantize(&self.weight));
+        let quantized = QuantizedWeight::quantize(&self.weight, how)?;
+        // `set_` empties the tensor itself, not this handle: the variable store's handle to the
+        // same tensor lets go of the storage too.
+        tch::no_grad(|| {
+            let _ = self.weight.set_();
+        });
+        self.quantized = Some(quantized);
+        Ok(())
     }
 
     /// Applies the layer to the last dimension of `x`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        // Int8 weights for decoding's few rows; a prompt's many rows go through the dense
-        // weight's GEMM, which ATen's int8 kernel (a matrix-vector product per row) is far slower
-        // than (2.4x on the prefill of a Gemma-2B-shaped model, 2 CPU cores).
-        let rows = x.numel() as i64 / x.size().last().copied().unwrap_or(1).max(1);
-        if let Some(int8) = self.int8.as_ref().filter(|_| rows <= INT8_MAX_ROWS) {
-            let y = int8.matmul(x);
+        if let Some(quantized) = &self.quantized {
+            let y = quantized.matmul(x);
             return match &self.bias {
-                Some(bias) => y + bias,
+                Some(bias) => {
+                    let kind = y.kind();
+                    y + bias.to_kind(kind)
+                }
                 None => y,
             };
         }
@@ -180,6 +143,9 @@ impl Linear {
 pub struct Embedding {
     /// `[num, dim]`.
     pub weight: Tensor,
+    /// The table as int8 rows with per-row scales ([`quantize`](Embedding::quantize)), which
+    /// `forward` then looks up; `weight` is emptied.
+    pub quantized: Option<QuantizedWeight>,
 }
 
 impl Embedding {
@@ -193,12 +159,36 @@ impl Embedding {
                 stdev: std,
             },
         );
-        Embedding { weight }
+        Embedding {
+            weight,
+            quantized: None,
+        }
+    }
+
+    /// Replaces the table by int8 rows with per-row scales (its memory freed, also in the
+    /// variable store); looked-up rows are dequantized to the table's dtype.
+    pub fn quantize(&mut self) {
+        let quantized = QuantizedWeight::quantize(&self.weight, Quantization::Int8)
+            .expect("an embedding table is a matrix");
+        tch::no_grad(|| {
+            let _ = self.weight.set_();
+        });
+        self.quantized = Some(quantized);
     }
 
     /// Looks up the rows for the integer ids in `ids`.
     pub fn forward(&self, ids: &Tensor) -> Tensor {
-        Tensor::embedding(&self.weight, ids, -1, false, false)
+        match &self.quantized {
+            Some(QuantizedWeight::Int8 { q, scales }) => {
+                let kind = self.weight.kind();
+                Tensor::embedding(q, ids, -1, false, false).to_kind(kind)
+                    * Tensor::embedding(&scales.unsqueeze(1), ids, -1, false, false).to_kind(kind)
+            }
+            Some(QuantizedWeight::Int4 { .. }) => {
+                unreachable!("Embedding::quantize makes int8 rows")
+            }
+            None => Tensor::embedding(&self.weight, ids, -1, false, false),
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! * [`device`]: device and dtype choices (`cpu`, `cuda`, `bf16`, …);
 //! * [`hub`]: models by Hugging Face id, through the local Hugging Face cache;
 //! * [`layers`]: the few layers every model here shares, initialised as Hugging Face initialises them;
+//! * [`quant`]: weight-only int8 and int4 quantization for inference;
 //! * [`parity`]: the shared machinery of the Hugging Face parity checks (fixture metadata, checks,
 //!   reports, `allclose`-style comparison);
 //! * [`torch_panic`]: libtorch errors that `tch` raises as panics (CUDA out of memory), caught and
@@ -23,6 +24,7 @@ pub mod io;
 pub mod layers;
 pub mod parity;
 pub mod profiler;
+pub mod quant;
 pub mod torch_panic;
 
 pub use checkpoint::{Checkpoint, TensorInfo};

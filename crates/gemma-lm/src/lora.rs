@@ -111,18 +111,6 @@ impl Gemma {
         out
     }
 
-    /// Quantizes every decoder layer's linear layer to int8 for inference
-    /// (`foundation::layers::Int8Weight`: per-row scales, bf16 activations; adapters merged
-    /// first); returns how many. The CPU only.
-    pub fn quantize_int8(&mut self) -> usize {
-        let linears = self.linears_mut();
-        let n = linears.len();
-        for (_, linear) in linears {
-            linear.quantize_int8();
-        }
-        n
-    }
-
     /// [`linears`](Self::linears), mutably.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         let mut out = Vec::new();

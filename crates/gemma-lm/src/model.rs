@@ -14,6 +14,7 @@ use std::path::Path;
 
 use foundation::Checkpoint;
 use foundation::layers::{Embedding, Linear};
+use foundation::quant::{Quantization, QuantizedWeight};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -56,6 +57,9 @@ pub struct Gemma {
     pub(crate) norm: RmsNorm,
     /// `[vocab, hidden]` when the head is not tied to the embedding.
     lm_head: Option<Linear>,
+    /// The tied head quantized for inference ([`quantize`](Self::quantize)); the embedding's
+    /// lookups then read int8 rows.
+    tied_head_quantized: Option<QuantizedWeight>,
     rotaries: Rotaries,
     /// The causal LM's final soft-cap (Gemma 2); composite heads switch it off.
     final_logit_softcap: Option<f64>,
@@ -111,6 +115,7 @@ impl Gemma {
             layers,
             norm,
             lm_head,
+            tied_head_quantized: None,
             rotaries: Rotaries::new(config, root.device())?,
             final_logit_softcap: config.final_softcap(),
             position_offset: 0,
@@ -520,14 +525,55 @@ impl Gemma {
     /// soft-capped as the causal LM caps them (Gemma 2: `c * tanh(logits / c)`), unless
     /// [`set_final_logit_softcap`](Self::set_final_logit_softcap) switched that off.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => hidden.matmul(&self.embed_tokens.weight.tr()),
+        let logits = match (&self.lm_head, &self.tied_head_quantized) {
+            (Some(head), _) => head.forward(hidden),
+            (None, Some(head)) => head.matmul(hidden),
+            (None, None) => hidden.matmul(&self.embed_tokens.weight.tr()),
         };
         match self.final_logit_softcap {
             Some(cap) => (logits / cap).tanh() * cap,
             None => logits,
         }
+    }
+
+    /// Quantizes the model for inference as `how` says (`foundation::quant`: int8 per row or
+    /// int4 per group, bf16 activations; adapters merged first, dense weights freed): every
+    /// decoder layer's linear layer and the head; a tied head's embedding is then looked up from
+    /// int8 rows. Returns how many decoder linear layers. The CPU only. An error names the layer
+    /// whose shape the form cannot take.
+    pub fn quantize(&mut self, how: Quantization) -> Result<usize> {
+        let linears = self.linears_mut();
+        let n = linears.len();
+        for (name, linear) in linears {
+            linear
+                .quantize(how)
+                .map_err(|e| Error::Input(format!("{name}: {e}")))?;
+        }
+        match &mut self.lm_head {
+            Some(head) => head
+                .quantize(how)
+                .map_err(|e| Error::Input(format!("lm_head: {e}")))?,
+            // The tied head multiplies with the embedding's own int8 rows, or with int4 codes of
+            // its own beside them.
+            None => {
+                let head = match how {
+                    Quantization::Int8 => None,
+                    Quantization::Int4 { .. } => Some(
+                        QuantizedWeight::quantize(&self.embed_tokens.weight, how)
+                            .map_err(|e| Error::Input(format!("the tied head: {e}")))?,
+                    ),
+                };
+                self.embed_tokens.quantize();
+                self.tied_head_quantized = head.or_else(|| {
+                    self.embed_tokens
+                        .quantized
+                        .as_ref()
+                        .map(QuantizedWeight::share)
+                });
+            }
+        }
+        foundation::device::return_freed_host_memory();
+        Ok(n)
     }
 
     /// The final soft-cap [`logits`](Self::logits) applies.

@@ -500,24 +500,36 @@ fn recorded_attention_is_eager_attention_with_the_same_outputs() {
 }
 
 #[test]
-fn int8_weights_decode_close_to_the_dense_model() {
+fn quantized_weights_give_logits_close_to_the_dense_model() {
+    use foundation::quant::Quantization;
     let dense = load(&fixture_model());
-    let mut quantized = load(&fixture_model());
-    assert_eq!(
-        quantized.quantize_int8(),
-        14,
-        "7 linear layers in each of 2 layers"
-    );
-    // One token at a time goes through the int8 weights (a prompt's rows through the dense ones).
-    let ids = Tensor::from_slice(&[2i64]).view([1, 1]);
-    let (a, b) = (logits_of(&dense, &ids), logits_of(&quantized, &ids));
-    let scale = a.abs().max().double_value(&[]);
-    let diff = (&a - &b).abs().max().double_value(&[]);
-    assert!(diff < 0.05 * scale, "{diff} against logits up to {scale}");
+    let one = Tensor::from_slice(&[2i64]).view([1, 1]);
     let long = Tensor::arange_start(2, 22, (Kind::Int64, Device::Cpu)).view([1, 20]);
-    let diff = (logits_of(&dense, &long) - logits_of(&quantized, &long))
-        .abs()
-        .max()
-        .double_value(&[]);
-    assert_eq!(diff, 0.0, "a prompt's many rows use the dense weights");
+    // A random 64-wide model: int4's 16 levels per 32 weights move its logits far more than
+    // they move a trained model's (the demo model's greedy agreement is in docs/benchmarks.md).
+    for (how, tolerance) in [
+        (Quantization::Int8, 0.08),
+        (Quantization::Int4 { group: 32 }, 0.45),
+    ] {
+        let mut quantized = load(&fixture_model());
+        assert_eq!(
+            quantized.quantize(how).unwrap(),
+            14,
+            "7 linear layers in each of 2 layers"
+        );
+        // The dense weights are gone (the variable store let go of them too).
+        for (name, linear) in quantized.linears() {
+            assert_eq!(linear.weight.numel(), 0, "{name}");
+        }
+        // One token (decoding) and a prompt's rows both go through the quantized weights.
+        for ids in [&one, &long] {
+            let (a, b) = (logits_of(&dense, ids), logits_of(&quantized, ids));
+            let scale = a.abs().max().double_value(&[]);
+            let diff = (&a - &b).abs().max().double_value(&[]);
+            assert!(
+                diff < tolerance * scale,
+                "{how}: {diff} against logits up to {scale}"
+            );
+        }
+    }
 }

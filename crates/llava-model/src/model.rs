@@ -96,17 +96,17 @@ impl LlavaModel {
         })
     }
 
-    /// Quantizes the language model's linear layers to int8 weights for inference (per-row
-    /// scales, bf16 activations: `foundation::layers::Int8Weight`), on the CPU only; the tower,
-    /// connector, embeddings and head stay as they are. Returns how many layers.
-    pub fn quantize_int8(&mut self) -> Result<usize> {
+    /// Quantizes the language model's linear layers for inference as `how` says
+    /// (`foundation::quant`: int8 per row or int4 per group, bf16 activations, dense weights
+    /// freed), on the CPU only; the tower, connector, embeddings and head stay as they are.
+    /// Returns how many layers.
+    pub fn quantize(&mut self, how: foundation::quant::Quantization) -> Result<usize> {
         if self.device() != Device::Cpu {
-            return Err(Error::Input(
-                "int8 weights run on the CPU (ATen's _weight_int8pack_mm has no CUDA kernel)"
-                    .into(),
-            ));
+            return Err(Error::Input(format!(
+                "{how} weights run on the CPU (ATen's kernels for them here are CPU kernels)"
+            )));
         }
-        Ok(self.lm.quantize_int8())
+        Ok(self.lm.quantize(how)?)
     }
 
     /// The image processor this model expects: `preprocessor_config.json` in `dir` when there is

@@ -34,6 +34,9 @@ pub struct EvalArgs {
     pub limit: Option<usize>,
     /// `cpu`, `cuda`, `auto`.
     pub device: String,
+    /// The language model's linear layers quantized when it loads (`int8`, `int4`, `int4:G`;
+    /// see `LlavaModel::quantize`).
+    pub quantize: Option<String>,
 }
 
 /// The model, tokenizer and image processor of a model directory.
@@ -44,10 +47,11 @@ struct Loaded {
 }
 
 impl Loaded {
-    fn open(dir: &Path, device: &str) -> Result<Self> {
+    fn open(dir: &Path, device: &str, quantize: Option<&str>) -> Result<Self> {
         let device = foundation::device::parse_device(device)?;
         let kind = foundation::device::default_kind(device);
-        let model = LlavaModel::from_pretrained(dir, device, kind)?;
+        let mut model = LlavaModel::from_pretrained(dir, device, kind)?;
+        crate::chat::quantize(&mut model, quantize)?;
         let tokenizer = GemmaTokenizer::from_file(dir)?;
         let processor = ImageProcessor::new(model.image_processor(Some(dir))?);
         Ok(Loaded {
@@ -70,7 +74,7 @@ impl Loaded {
 /// "scores": {bench: score}, "row": {column: value}}`. A benchmark without its question file is
 /// skipped; answers already in the output are kept, so a run cut short resumes.
 pub fn run(args: &EvalArgs, mut log: impl FnMut(&str)) -> Result<Value> {
-    let loaded = Loaded::open(&args.model, &args.device)?;
+    let loaded = Loaded::open(&args.model, &args.device, args.quantize.as_deref())?;
     let model_name = args
         .model
         .file_name()
@@ -92,7 +96,7 @@ pub fn run(args: &EvalArgs, mut log: impl FnMut(&str)) -> Result<Value> {
         scores.insert(bench.name().to_string(), value);
     }
     let row = eval::table::table_row(&scores);
-    Ok(json!({"model": args.model, "scores": scores, "row": row}))
+    Ok(json!({"model": args.model, "quantize": args.quantize, "scores": scores, "row": row}))
 }
 
 /// Answers `bench`'s questions (those not answered yet) into `<output>/<bench>.jsonl` and scores

@@ -22,16 +22,13 @@ pub struct ImageChat {
     processor: ImageProcessor,
 }
 
-/// Quantizes `model`'s weights as `how` names it (`int8`: `LlavaModel::quantize_int8`), or
-/// leaves them when `None`.
+/// Quantizes `model`'s weights as `how` names it (`int8`, `int4`, `int4:G`: see
+/// `LlavaModel::quantize`), or leaves them when `None`.
 pub fn quantize(model: &mut LlavaModel, how: Option<&str>) -> Result<()> {
-    match how {
-        None => Ok(()),
-        Some("int8") => model.quantize_int8().map(|_| ()).map_err(Into::into),
-        Some(other) => Err(Error::Unsupported(format!(
-            "quantization `{other}`: the choices are int8"
-        ))),
-    }
+    let Some(how) = how else { return Ok(()) };
+    let how: foundation::quant::Quantization = how.parse().map_err(Error::Unsupported)?;
+    model.quantize(how)?;
+    Ok(())
 }
 
 /// How [`ImageChat::open`] reads the model and the images, beyond their paths.
@@ -45,8 +42,8 @@ pub struct ChatOptions {
     /// Overrides `preprocessor_config.json`'s pan-and-scan (Gemma 3): on with transformers'
     /// defaults, or off.
     pub pan_and_scan: Option<bool>,
-    /// `int8`: the language model's linear layers as int8 weights (CPU; see
-    /// `LlavaModel::quantize_int8`).
+    /// `int8`, `int4` or `int4:G`: the language model's linear layers quantized (CPU; see
+    /// `LlavaModel::quantize`).
     pub quantize: Option<String>,
 }
 

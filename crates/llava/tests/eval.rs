@@ -31,6 +31,7 @@ fn answers_are_written_scored_and_resumed() {
         max_new_tokens: Some(3),
         limit: None,
         device: "cpu".into(),
+        quantize: None,
     };
     let first = run(&args, |_| {}).unwrap();
     let s = &first["scores"]["synthetic"];

@@ -239,6 +239,10 @@ fn load(config: &ServerConfig) -> Result<(LlavaModel, ModelInfo, i64)> {
     if config.scale_image_features {
         model.config.image_features_scaled = Some(true);
     }
+    if let Some(how) = &config.quantize {
+        let how: foundation::quant::Quantization = how.parse().map_err(fail)?;
+        model.quantize(how).map_err(|e| fail(e.to_string()))?;
+    }
     let tokenizer = GemmaTokenizer::from_file(dir).map_err(|e| fail(e.to_string()))?;
     let processor = ImageProcessor::new(
         model

@@ -308,6 +308,13 @@ fn prepare(state: &AppState, body: &[u8], arrived: Instant) -> Result<Prepared, 
             Some("explain"),
         ));
     }
+    if explain && state.config.quantize.is_some() {
+        // Explaining differentiates through the linear layers, which quantized kernels cannot.
+        return Err(Error::bad_request(
+            "`explain` needs the model's dense weights: this server runs it quantized",
+            Some("explain"),
+        ));
+    }
     let (tx, events) = tokio::sync::mpsc::unbounded_channel();
     Ok(Prepared {
         job: Job {

@@ -125,6 +125,9 @@ pub struct ServerConfig {
     pub max_images: usize,
     /// Scale image features by sqrt(hidden) as the original LLaVA-Gemma code did.
     pub scale_image_features: bool,
+    /// The language model's linear layers quantized when it loads (`int8`, `int4`, `int4:G`;
+    /// CPU: see `LlavaModel::quantize`).
+    pub quantize: Option<String>,
     /// A pause after each decoding step (zero by default): lets tests and demos watch a slow
     /// stream on a model that is otherwise too fast to interrupt.
     pub step_delay: std::time::Duration,
@@ -149,6 +152,7 @@ impl Default for ServerConfig {
             max_image_pixels: 64 << 20,
             max_images: 8,
             scale_image_features: false,
+            quantize: None,
             step_delay: std::time::Duration::ZERO,
         }
     }

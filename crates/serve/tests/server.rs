@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
+use serve::ServerConfig;
 
 fn prompts() -> Vec<(String, bool, usize)> {
     (0..6)
@@ -447,4 +448,32 @@ fn metrics_are_prometheus_text() {
         assert!(text.contains(name), "{name} missing from\n{text}");
     }
     server.shutdown().unwrap();
+}
+
+/// A server that loads its model quantized answers, and refuses `explain` (which needs the dense
+/// weights) with a 400 while staying up.
+#[test]
+fn quantized_server_answers_and_refuses_explain() {
+    for how in ["int8", "int4"] {
+        let server = start(ServerConfig {
+            quantize: Some(how.into()),
+            ..common::config()
+        });
+        let (text, usage) = complete(&server, &chat_body("Describe the image.", true, 7));
+        assert!(!text.is_empty(), "{how}");
+        assert_eq!(usage["completion_tokens"], json!(7), "{how}: {usage}");
+        let mut body = chat_body("Describe the image.", true, 4);
+        body["explain"] = json!(true);
+        let (status, answer) = post(&server, "/v1/chat/completions", &body.to_string(), None);
+        assert_error(status, &answer, 400, how);
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("quantized")
+        );
+        let (text_again, _) = complete(&server, &chat_body("Describe the image.", true, 7));
+        assert_eq!(text_again, text, "{how}: greedy answers are repeatable");
+        server.shutdown().unwrap();
+    }
 }

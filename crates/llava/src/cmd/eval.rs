@@ -32,6 +32,11 @@ pub struct Args {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// `int8`, `int4` or `int4:G`: the language model's linear layers quantized as it loads
+    /// (CPU; see `llava generate --quantize`). Answers go to `<output>` as usual: give a separate
+    /// --output to keep the plain model's.
+    #[arg(long)]
+    quantize: Option<String>,
     /// Print only the JSON object.
     #[arg(long)]
     json: bool,
@@ -64,6 +69,7 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
         max_new_tokens: args.max_new_tokens,
         limit: args.limit,
         device: args.device.clone(),
+        quantize: args.quantize.clone(),
     };
     std::fs::create_dir_all(&eval_args.output)
         .map_err(|e| llava::Error::io(&eval_args.output, e))?;

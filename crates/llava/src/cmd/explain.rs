@@ -29,6 +29,12 @@ pub struct Args {
 
 /// Runs `llava explain`.
 pub fn run(args: &Args) -> llava::Result<ExitCode> {
+    if args.source.quantize.is_some() {
+        // Relevancy differentiates through the linear layers; the quantized kernels cannot.
+        return Err(llava::Error::Unsupported(
+            "explain needs the model's dense weights: leave out --quantize".into(),
+        ));
+    }
     let chat = args.source.open()?;
     let config = llava::gemma_lm::GenerationConfig {
         temperature: Some(0.0),

@@ -119,8 +119,10 @@ pub struct ImageModel {
     /// transformers' defaults), whatever `preprocessor_config.json` says.
     #[arg(long)]
     pub pan_and_scan: bool,
-    /// `int8`: the language model's linear layers as int8 weights with per-row scales, multiplied
-    /// with bf16 activations (CPU only): faster decoding, answers close to the plain model's.
+    /// `int8`, `int4` or `int4:G`: the language model's linear layers as int8 weights with
+    /// per-row scales, or int4 with a scale and zero per G inputs (32 by default), multiplied
+    /// with bf16 activations (CPU only): faster decoding and less memory, answers close to the
+    /// plain model's.
     #[arg(long)]
     pub quantize: Option<String>,
     /// Scale image features by sqrt(hidden) as the original LLaVA-Gemma code did (Intel's checkpoints).

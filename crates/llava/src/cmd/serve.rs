@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// Scale image features by sqrt(hidden) as the original LLaVA-Gemma code did (Intel's checkpoints).
     #[arg(long)]
     scale_image_features: bool,
+    /// `int8`, `int4` or `int4:G`: the language model's linear layers quantized as it loads
+    /// (CPU; see `llava generate --quantize`).
+    #[arg(long)]
+    quantize: Option<String>,
 }
 
 /// Serves until SIGTERM or ctrl-c, then finishes the requests in flight and exits 0.
@@ -76,6 +80,7 @@ pub fn run(args: &ServeArgs) -> llava::Result<ExitCode> {
         max_body_bytes: args.max_body_bytes,
         max_image_pixels: args.max_image_pixels,
         scale_image_features: args.scale_image_features,
+        quantize: args.quantize.clone(),
         ..serve::ServerConfig::default()
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| llava::Error::io("<runtime>", e))?;

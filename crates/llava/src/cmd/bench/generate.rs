@@ -30,8 +30,8 @@ pub struct Args {
     /// How decoding steps run: auto (CUDA graphs on a GPU), eager, static or graph.
     #[arg(long, default_value = "auto")]
     decode: String,
-    /// `int8`: the language model's linear layers as int8 weights (CPU; see `llava generate
-    /// --quantize`).
+    /// `int8`, `int4` or `int4:G`: the language model's linear layers quantized (CPU; see
+    /// `llava generate --quantize`).
     #[arg(long)]
     quantize: Option<String>,
 }
@@ -59,8 +59,13 @@ pub struct GenerateReport {
     pub tokens_per_s: f64,
     /// How the decoding steps ran: `Graph` (CUDA graphs), `Eager`, `Static`; `Auto` is resolved.
     pub decode: String,
-    /// The weight quantization, when any (`int8`).
+    /// The weight quantization, when any (`int8`, `int4:32`, …).
     pub quantize: Option<String>,
+    /// Decoding alone: `batch * (new_tokens - 1) / (gen_s - prefill_s)` (the first new token
+    /// comes from the prefill).
+    pub decode_tokens_per_s: f64,
+    /// The process's resident memory once the model is built (and quantized), in MiB (Linux).
+    pub model_rss_mib: Option<f64>,
 }
 
 /// Runs it: one JSON object.
@@ -81,6 +86,9 @@ fn measure(a: &Args, device: Device, kind: Kind, decode: Decode) -> llava::Resul
     tch::manual_seed(0);
     let mut model = LlavaModel::new(&preset, device, kind)?;
     llava::chat::quantize(&mut model, a.quantize.as_deref())?;
+    llava::foundation::device::return_freed_host_memory();
+    let model_rss_mib =
+        llava::foundation::device::host_memory().map(|b| b as f64 / (1u64 << 20) as f64);
     let prompts = random_prompts(&preset, model.image_token(), a.batch, a.prompt_len)?;
     let size = model.config.image_side()?;
     let pixels = Tensor::randn([a.batch as i64, 3, size, size], (kind, device));
@@ -122,6 +130,9 @@ fn measure(a: &Args, device: Device, kind: Kind, decode: Decode) -> llava::Resul
         tokens_per_s: (a.batch * a.new_tokens) as f64 / best_gen,
         decode: format!("{:?}", decode.resolve(device)),
         quantize: a.quantize.clone(),
+        decode_tokens_per_s: (a.batch * a.new_tokens.saturating_sub(1)) as f64
+            / (best_gen - best_prefill).max(1e-9),
+        model_rss_mib,
     })
 }
 
