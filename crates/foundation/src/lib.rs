@@ -8,6 +8,7 @@
 //! * [`device`]: device and dtype choices (`cpu`, `cuda`, `bf16`, …);
 //! * [`hub`]: models by Hugging Face id, through the local Hugging Face cache;
 //! * [`layers`]: the few layers every model here shares, initialised as Hugging Face initialises them;
+//! * [`gguf`]: GGUF files as llama.cpp reads them (f32, f16, Q8_0, Q4_0 tensors);
 //! * [`quant`]: weight-only int8 and int4 quantization for inference;
 //! * [`parity`]: the shared machinery of the Hugging Face parity checks (fixture metadata, checks,
 //!   reports, `allclose`-style comparison);
@@ -19,6 +20,7 @@ pub mod cuda;
 pub mod device;
 mod error;
 pub mod ffi;
+pub mod gguf;
 pub mod hub;
 pub mod io;
 pub mod layers;

@@ -1,0 +1,102 @@
+//! GGUF files from `foundation::gguf`, read by ggml-org's own `gguf` package (PyPI, installed into
+//! the cached torch environment on first use): metadata values, shapes, types, and each tensor's
+//! bytes equal to `gguf.quants.quantize` (ggml's reference quantizers) of the same values.
+//! SKIPPED only when the package cannot be installed (no network).
+
+mod common;
+
+use std::process::Command;
+
+use common::{python_with, root, run_ok};
+use llava::foundation::gguf::{GgufWriter, TensorType, Value};
+use serde_json::json;
+
+/// Deterministic values with a spread of magnitudes, signs and a few zeros.
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|i| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            if i % 29 == 0 {
+                0.0
+            } else {
+                u * (1.0 + (i % 7) as f32)
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn gguf_package_reads_our_files_and_quantizes_as_we_do() {
+    let python = match python_with("import gguf", &["gguf==0.19.0"]) {
+        Ok(python) => python,
+        Err(why) => {
+            eprintln!("SKIPPED the gguf check: {why}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = GgufWriter::new();
+    writer.set("general.architecture", Value::Str("gemma".into()));
+    writer.set("gemma.block_count", Value::U32(18));
+    writer.set("gemma.attention.layer_norm_rms_epsilon", Value::F32(1e-6));
+    writer.set("tokenizer.ggml.add_space_prefix", Value::Bool(false));
+    writer.set("clip.vision.feature_layer", Value::I32s(vec![22]));
+    writer.set(
+        "clip.vision.image_mean",
+        Value::F32s(vec![0.5, 0.25, 0.125]),
+    );
+    writer.set(
+        "tokenizer.ggml.tokens",
+        Value::Strs(vec!["<pad>".into(), "▁the".into(), "<0x0A>".into()]),
+    );
+    let tensors = [
+        ("output_norm.weight", vec![48], TensorType::F32),
+        ("blk.0.attn_q.weight", vec![8, 64], TensorType::F16),
+        ("blk.0.ffn_up.weight", vec![5, 96], TensorType::Q8_0),
+        ("token_embd.weight", vec![7, 128], TensorType::Q4_0),
+    ];
+    let values_dir = dir.path().join("values");
+    std::fs::create_dir(&values_dir).unwrap();
+    for (i, (name, shape, kind)) in tensors.iter().enumerate() {
+        let n = shape.iter().product::<i64>() as usize;
+        let v = values(n, i as u64);
+        writer.add(name, shape, &v, *kind).unwrap();
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        std::fs::write(values_dir.join(format!("{name}.f32")), bytes).unwrap();
+    }
+    let file = dir.path().join("model.gguf");
+    writer.write(&file).unwrap();
+    let expected = json!({
+        "metadata": {
+            "general.architecture": "gemma",
+            "gemma.block_count": 18,
+            "gemma.attention.layer_norm_rms_epsilon": 1e-6,
+            "tokenizer.ggml.add_space_prefix": false,
+            "clip.vision.feature_layer": [22],
+            "clip.vision.image_mean": [0.5, 0.25, 0.125],
+            "tokenizer.ggml.tokens": ["<pad>", "▁the", "<0x0A>"],
+        },
+        "tensors": tensors.iter().map(|(name, shape, kind)| json!({
+            "name": name,
+            "shape": shape,
+            "type": format!("{kind:?}"),
+        })).collect::<Vec<_>>(),
+    });
+    let expected_path = dir.path().join("expected.json");
+    std::fs::write(&expected_path, expected.to_string()).unwrap();
+    let report = run_ok(
+        Command::new(python)
+            .arg(root().join("scripts/gguf_check.py"))
+            .arg(&file)
+            .arg(&expected_path)
+            .arg(&values_dir),
+    );
+    assert!(report.contains("\"problems\": []"), "{report}");
+    eprintln!("{report}");
+}
