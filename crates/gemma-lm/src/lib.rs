@@ -27,6 +27,7 @@ pub mod config;
 pub mod decode;
 mod error;
 pub mod generation;
+pub mod gguf;
 mod layer;
 pub mod lora;
 mod mlp;

@@ -62,6 +62,8 @@ enum Command {
     Plan(cmd::plan::Args),
     /// Merge a PEFT LoRA adapter into its base model and save the result as a full model.
     MergeLora(cmd::merge_lora::Args),
+    /// Write the language model as a GGUF file for llama.cpp (f32, f16, q8_0 or q4_0).
+    ExportGguf(cmd::export_gguf::Args),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
         Command::BenchVision(args) => cmd::bench::vision::run(&args),
         Command::Plan(args) => cmd::plan::run(&args),
         Command::MergeLora(args) => cmd::merge_lora::run(&args),
+        Command::ExportGguf(args) => cmd::export_gguf::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -1,13 +1,15 @@
-//! GGUF files from `foundation::gguf`, read by ggml-org's own `gguf` package (PyPI, installed into
-//! the cached torch environment on first use): metadata values, shapes, types, and each tensor's
-//! bytes equal to `gguf.quants.quantize` (ggml's reference quantizers) of the same values.
-//! SKIPPED only when the package cannot be installed (no network).
+//! GGUF files from `foundation::gguf` and `llava export-gguf`, read by ggml-org's own `gguf`
+//! package (PyPI, installed into the cached torch environment on first use): metadata values,
+//! shapes, types, each tensor's bytes equal to `gguf.quants.quantize` (ggml's reference
+//! quantizers) of the same values, and an exported language model equal to its checkpoint and
+//! tokenizer (read with safetensors and tokenizers). SKIPPED only when the package cannot be
+//! installed (no network).
 
 mod common;
 
 use std::process::Command;
 
-use common::{python_with, root, run_ok};
+use common::{llava, python_with, root, run_ok};
 use llava::foundation::gguf::{GgufWriter, TensorType, Value};
 use serde_json::json;
 
@@ -99,4 +101,46 @@ fn gguf_package_reads_our_files_and_quantizes_as_we_do() {
     );
     assert!(report.contains("\"problems\": []"), "{report}");
     eprintln!("{report}");
+}
+
+/// `llava export-gguf` of the LLaVA fixture's language model in each type: the file holds the
+/// checkpoint's tensors (norms as 1 + w) within each type's error, config.json's shapes and the
+/// tokenizer's vocabulary, id by id (scripts/gguf_lm_check.py).
+#[test]
+fn exported_language_model_is_its_checkpoint() {
+    let python = match python_with("import gguf", &["gguf==0.19.0"]) {
+        Ok(python) => python,
+        Err(why) => {
+            eprintln!("SKIPPED the gguf check: {why}");
+            return;
+        }
+    };
+    let model = root().join("fixtures/hf-parity/llava-clip/model");
+    let dir = tempfile::tempdir().unwrap();
+    for kind in ["f32", "f16", "q8_0", "q4_0"] {
+        run_ok(
+            llava()
+                .args(["export-gguf", "--type", kind, "--model"])
+                .arg(&model)
+                .arg("--output")
+                .arg(dir.path()),
+        );
+        let file = dir.path().join(format!("model-{kind}.gguf"));
+        let report = run_ok(
+            Command::new(&python)
+                .arg(root().join("scripts/gguf_lm_check.py"))
+                .arg(&file)
+                .arg(&model),
+        );
+        assert!(report.contains("\"problems\": []"), "{kind}: {report}");
+    }
+    let out = llava()
+        .args(["export-gguf", "--type", "q5_k", "--model"])
+        .arg(&model)
+        .arg("--output")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("q4_0"));
 }

@@ -10,6 +10,7 @@ pub mod eval;
 pub mod eval_synthetic;
 pub mod explain;
 pub mod explain_synthetic;
+pub mod export_gguf;
 pub mod generate;
 pub mod generate_text;
 pub mod grade;
