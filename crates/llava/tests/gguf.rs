@@ -2,8 +2,10 @@
 //! package (PyPI, installed into the cached torch environment on first use): metadata values,
 //! shapes, types, each tensor's bytes equal to `gguf.quants.quantize` (ggml's reference
 //! quantizers) of the same values, and an exported language model equal to its checkpoint and
-//! tokenizer (read with safetensors and tokenizers). SKIPPED only when the package cannot be
-//! installed (no network).
+//! tokenizer (read with safetensors and tokenizers); and llama.cpp itself (llama-cpp-python 0.3.36
+//! from PyPI, built from source into the cached torch environment on first use: about 8 minutes
+//! on 2 cores) answering from an exported file with transformers' greedy tokens. SKIPPED only
+//! when the packages cannot be installed (no network).
 
 mod common;
 
@@ -12,6 +14,14 @@ use std::process::Command;
 use common::{llava, python_with, root, run_ok};
 use llava::foundation::gguf::{GgufWriter, TensorType, Value};
 use serde_json::json;
+
+/// The torch environment's python with `packages`, one installation at a time (the tests of this
+/// file run side by side, and two pip installs into one environment race).
+fn python_having(check: &str, packages: &[&str]) -> Result<std::path::PathBuf, String> {
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    python_with(check, packages)
+}
 
 /// Deterministic values with a spread of magnitudes, signs and a few zeros.
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -35,7 +45,7 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 
 #[test]
 fn gguf_package_reads_our_files_and_quantizes_as_we_do() {
-    let python = match python_with("import gguf", &["gguf==0.19.0"]) {
+    let python = match python_having("import gguf", &["gguf==0.19.0"]) {
         Ok(python) => python,
         Err(why) => {
             eprintln!("SKIPPED the gguf check: {why}");
@@ -108,7 +118,7 @@ fn gguf_package_reads_our_files_and_quantizes_as_we_do() {
 /// tokenizer's vocabulary, id by id (scripts/gguf_lm_check.py).
 #[test]
 fn exported_language_model_is_its_checkpoint() {
-    let python = match python_with("import gguf", &["gguf==0.19.0"]) {
+    let python = match python_having("import gguf", &["gguf==0.19.0"]) {
         Ok(python) => python,
         Err(why) => {
             eprintln!("SKIPPED the gguf check: {why}");
@@ -143,4 +153,62 @@ fn exported_language_model_is_its_checkpoint() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("q4_0"));
+}
+
+/// llama.cpp (llama-cpp-python) runs `llava export-gguf`'s files of the Gemma fixture: in f32 and
+/// f16 its logits are transformers' within llama.cpp's arithmetic and its greedy continuation is
+/// transformers' token for token, and it tokenizes text, chat marks included, as the fixture's
+/// tokenizer.json does; the Q8_0 and Q4_0 files load and decode (on this random 64-wide model
+/// their tokens drift, as our own int4 weights' do).
+#[test]
+fn llama_cpp_answers_from_exported_files_as_transformers_does() {
+    let python = match python_having(
+        "import gguf, llama_cpp; assert llama_cpp.__version__ == '0.3.36'",
+        &["gguf==0.19.0", "llama-cpp-python==0.3.36"],
+    ) {
+        Ok(python) => python,
+        Err(why) => {
+            eprintln!("SKIPPED the llama.cpp check: {why}");
+            return;
+        }
+    };
+    let fixture = root().join("fixtures/hf-parity/gemma");
+    let dir = tempfile::tempdir().unwrap();
+    for kind in ["f32", "f16", "q8_0", "q4_0"] {
+        run_ok(
+            llava()
+                .args(["export-gguf", "--type", kind, "--model"])
+                .arg(fixture.join("model"))
+                .arg("--output")
+                .arg(dir.path()),
+        );
+        let report = run_ok(
+            Command::new(&python)
+                .arg(root().join("scripts/llama_cpp_check.py"))
+                .arg(dir.path().join(format!("model-{kind}.gguf")))
+                .arg(&fixture)
+                .arg("Hello world, the cat sat on the mat.")
+                .arg("<start_of_turn>user\nWhat is in the image?<end_of_turn>\n<start_of_turn>model\n"),
+        );
+        let report: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
+        eprintln!("{kind}: {report}");
+        let diff = report["logits_max_diff"].as_f64().unwrap();
+        let generated = report["generated"].as_array().unwrap();
+        assert_eq!(
+            generated.len(),
+            report["reference"].as_array().unwrap().len()
+        );
+        for t in report["tokenized"].as_array().unwrap() {
+            assert_eq!(t["same"], true, "{kind}: {t}");
+        }
+        if kind == "f32" || kind == "f16" {
+            assert_eq!(report["same_tokens"], true, "{kind}: {report}");
+            assert!(diff < 0.05, "{kind}: logits differ by {diff}");
+        } else {
+            assert!(
+                diff.is_finite() && diff < 10.0,
+                "{kind}: logits differ by {diff}"
+            );
+        }
+    }
 }
