@@ -5,6 +5,7 @@
 //! `quantize_row_q4_0_ref` in `ggml-quants.c`), so a file written here holds the bytes llama.cpp's
 //! own converter would write for the same values. See `docs/dev/gguf-notes.md`.
 
+use std::io::Write;
 use std::path::Path;
 
 use half::f16;
@@ -179,36 +180,46 @@ impl GgufWriter {
     /// The file's bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        out.extend(b"GGUF");
-        out.extend(3u32.to_le_bytes());
-        out.extend((self.tensors.len() as u64).to_le_bytes());
-        out.extend((self.metadata.len() as u64).to_le_bytes());
-        for (key, value) in &self.metadata {
-            put_str(&mut out, key);
-            put_value(&mut out, value);
-        }
-        let mut offset = 0u64;
-        for t in &self.tensors {
-            put_str(&mut out, &t.name);
-            out.extend((t.shape.len() as u32).to_le_bytes());
-            for d in t.shape.iter().rev() {
-                out.extend(d.to_le_bytes());
-            }
-            out.extend(t.kind.id().to_le_bytes());
-            out.extend(offset.to_le_bytes());
-            offset += padded(t.data.len()) as u64;
-        }
-        out.resize(padded(out.len()), 0);
-        for t in &self.tensors {
-            out.extend(&t.data);
-            out.resize(padded(out.len()), 0);
-        }
+        self.write_to(&mut out)
+            .expect("writing to memory does not fail");
         out
     }
 
-    /// Writes the file atomically.
+    /// Writes the file atomically, streaming the tensors' bytes (no second copy in memory).
     pub fn write(&self, path: &Path) -> crate::Result<()> {
-        crate::write_atomic(path, &self.to_bytes())
+        crate::io::write_atomic_with(path, |out| self.write_to(out))
+    }
+
+    /// Streams the file into `out`.
+    pub fn write_to(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let mut head = Vec::new();
+        head.extend(b"GGUF");
+        head.extend(3u32.to_le_bytes());
+        head.extend((self.tensors.len() as u64).to_le_bytes());
+        head.extend((self.metadata.len() as u64).to_le_bytes());
+        for (key, value) in &self.metadata {
+            put_str(&mut head, key);
+            put_value(&mut head, value);
+        }
+        let mut offset = 0u64;
+        for t in &self.tensors {
+            put_str(&mut head, &t.name);
+            head.extend((t.shape.len() as u32).to_le_bytes());
+            for d in t.shape.iter().rev() {
+                head.extend(d.to_le_bytes());
+            }
+            head.extend(t.kind.id().to_le_bytes());
+            head.extend(offset.to_le_bytes());
+            offset += padded(t.data.len()) as u64;
+        }
+        head.resize(padded(head.len()), 0);
+        out.write_all(&head)?;
+        let zeros = [0u8; ALIGNMENT];
+        for t in &self.tensors {
+            out.write_all(&t.data)?;
+            out.write_all(&zeros[..padded(t.data.len()) - t.data.len()])?;
+        }
+        Ok(())
     }
 }
 
