@@ -117,16 +117,18 @@ pub fn cuda_memory_in_use() -> Option<u64> {
 
 /// The process's peak resident set size in bytes (Linux `VmHWM`; `None` elsewhere).
 pub fn peak_host_memory() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    proc_status_bytes("VmHWM:")
 }
 
 /// The process's resident set size in bytes now (Linux `VmRSS`; `None` elsewhere).
 pub fn host_memory() -> Option<u64> {
+    proc_status_bytes("VmRSS:")
+}
+
+/// A `kB` line of `/proc/self/status`, in bytes.
+fn proc_status_bytes(key: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }

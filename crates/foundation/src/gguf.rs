@@ -62,6 +62,16 @@ impl TensorType {
         }
     }
 
+    /// `general.file_type` of a file whose matrices are of this type (llama.cpp's `LLAMA_FTYPE_*`).
+    pub fn file_type(self) -> u32 {
+        match self {
+            TensorType::F32 => 0,
+            TensorType::F16 => 1,
+            TensorType::Q4_0 => 2,
+            TensorType::Q8_0 => 7,
+        }
+    }
+
     /// Whether rows must be a whole number of blocks.
     pub fn is_blocked(self) -> bool {
         matches!(self, TensorType::Q4_0 | TensorType::Q8_0)

@@ -91,13 +91,7 @@ impl Linear {
     /// only: ATen's kernels for these forms are CPU kernels.
     pub fn quantize(&mut self, how: Quantization) -> Result<(), String> {
         self.merge_lora();
-        let quantized = QuantizedWeight::quantize(&self.weight, how)?;
-        // `set_` empties the tensor itself, not this handle: the variable store's handle to the
-        // same tensor lets go of the storage too.
-        tch::no_grad(|| {
-            let _ = self.weight.set_();
-        });
-        self.quantized = Some(quantized);
+        self.quantized = Some(QuantizedWeight::replace(&mut self.weight, how)?);
         Ok(())
     }
 
@@ -168,11 +162,8 @@ impl Embedding {
     /// Replaces the table by int8 rows with per-row scales (its memory freed, also in the
     /// variable store); looked-up rows are dequantized to the table's dtype.
     pub fn quantize(&mut self) {
-        let quantized = QuantizedWeight::quantize(&self.weight, Quantization::Int8)
+        let quantized = QuantizedWeight::replace(&mut self.weight, Quantization::Int8)
             .expect("an embedding table is a matrix");
-        tch::no_grad(|| {
-            let _ = self.weight.set_();
-        });
         self.quantized = Some(quantized);
     }
 

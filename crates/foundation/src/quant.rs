@@ -147,6 +147,17 @@ impl QuantizedWeight {
         })
     }
 
+    /// Quantizes `weight` as [`quantize`](Self::quantize) does, then empties it: `set_` empties
+    /// the tensor itself, not this handle, so the variable store's handle to the same tensor lets
+    /// go of the storage too, and the dense weight's memory is freed.
+    pub fn replace(weight: &mut Tensor, how: Quantization) -> Result<Self, String> {
+        let quantized = Self::quantize(weight, how)?;
+        tch::no_grad(|| {
+            let _ = weight.set_();
+        });
+        Ok(quantized)
+    }
+
     /// `x W^T` for `x` `[..., in]`, computed with bf16 activations and returned in `x`'s dtype.
     /// Int8 inputs of at least [`INT8_DEQUANTIZE_ROWS`] rows (prompts) multiply the weight
     /// dequantized for the call instead.

@@ -20,16 +20,6 @@ const CONTROL: i32 = 3;
 const USER_DEFINED: i32 = 4;
 const BYTE: i32 = 6;
 
-/// `general.file_type` of a file whose matrices are `kind`.
-fn file_type(kind: TensorType) -> u32 {
-    match kind {
-        TensorType::F32 => 0,
-        TensorType::F16 => 1,
-        TensorType::Q4_0 => 2,
-        TensorType::Q8_0 => 7,
-    }
-}
-
 /// The language model of `checkpoint` (wherever in it the decoder sits) as a GGUF file with
 /// matrices stored as `kind`, and the tokenizer of `tokenizer_json` (a `tokenizer.json`'s text).
 /// Gemma 1 only: Gemma 2 and 3 are an error that says so.
@@ -46,12 +36,19 @@ pub fn to_gguf(
             config.model_type.as_deref().unwrap_or("gemma")
         )));
     }
+    if !config.tie_word_embeddings {
+        return Err(Error::Input(
+            "GGUF export: llama.cpp's gemma reads the head from the embedding; this model's head \
+             is untied"
+                .into(),
+        ));
+    }
     let mut w = GgufWriter::new();
     let arch = "gemma";
     let key = |k: &str| format!("{arch}.{k}");
     w.set("general.architecture", Value::Str(arch.into()));
     w.set("general.name", Value::Str(name.into()));
-    w.set("general.file_type", Value::U32(file_type(kind)));
+    w.set("general.file_type", Value::U32(kind.file_type()));
     w.set("general.quantization_version", Value::U32(2));
     let u32_of = |v: i64| Value::U32(v as u32);
     w.set(
@@ -120,13 +117,6 @@ pub fn to_gguf(
         add(&blk("ffn_down"), &hf("mlp.down_proj"), Stored::Matrix)?;
     }
     add("output_norm.weight", "norm.weight", Stored::Norm)?;
-    if !config.tie_word_embeddings {
-        return Err(Error::Input(
-            "GGUF export: llama.cpp's gemma reads the head from the embedding; this model's head \
-             is untied"
-                .into(),
-        ));
-    }
     Ok(w)
 }
 
@@ -190,12 +180,16 @@ fn add_tokenizer(w: &mut GgufWriter, config: &GemmaConfig, json: &str) -> Result
         };
         score.entry(joined).or_insert(-(rank as f32) - 1.0);
     }
-    let special: std::collections::HashSet<&str> = added
-        .iter()
-        .filter(|a| a["special"].as_bool().unwrap_or(false))
-        .filter_map(|a| a["content"].as_str())
-        .collect();
+    let added_pieces = |special: bool| -> std::collections::HashSet<&str> {
+        added
+            .iter()
+            .filter(|a| !special || a["special"].as_bool().unwrap_or(false))
+            .filter_map(|a| a["content"].as_str())
+            .collect()
+    };
+    let (special, user_defined) = (added_pieces(true), added_pieces(false));
     let unk = model["unk_token"].as_str();
+    let unk_id = unk.and_then(|u| vocab.get(u)).and_then(|id| id.as_u64());
     let (mut pieces, mut scores, mut types) = (Vec::new(), Vec::new(), Vec::new());
     for (id, piece) in tokens.into_iter().enumerate() {
         let piece = piece.unwrap_or_else(|| format!("<unused_{id}>"));
@@ -205,7 +199,7 @@ fn add_tokenizer(w: &mut GgufWriter, config: &GemmaConfig, json: &str) -> Result
             CONTROL
         } else if piece.len() == 6 && piece.starts_with("<0x") && piece.ends_with('>') {
             BYTE
-        } else if added.iter().any(|a| a["content"] == piece.as_str()) {
+        } else if user_defined.contains(piece.as_str()) {
             USER_DEFINED
         } else {
             NORMAL
@@ -225,7 +219,10 @@ fn add_tokenizer(w: &mut GgufWriter, config: &GemmaConfig, json: &str) -> Result
         .as_ref()
         .and_then(|e| e.to_vec().first().copied());
     w.set("tokenizer.ggml.eos_token_id", id(eos, 1));
-    w.set("tokenizer.ggml.unknown_token_id", Value::U32(3));
+    w.set(
+        "tokenizer.ggml.unknown_token_id",
+        Value::U32(unk_id.unwrap_or(3) as u32),
+    );
     w.set(
         "tokenizer.ggml.padding_token_id",
         id(config.pad_token_id, 0),

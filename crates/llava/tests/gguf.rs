@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{llava, python_with, root, run_ok};
@@ -16,11 +17,27 @@ use llava::foundation::gguf::{GgufWriter, TensorType, Value};
 use serde_json::json;
 
 /// The torch environment's python with `packages`, one installation at a time (the tests of this
-/// file run side by side, and two pip installs into one environment race).
-fn python_having(check: &str, packages: &[&str]) -> Result<std::path::PathBuf, String> {
+/// file run side by side, and two pip installs into one environment race); `None`, having said
+/// SKIPPED for `what`, when they cannot be installed.
+fn python_having(check: &str, packages: &[&str], what: &str) -> Option<std::path::PathBuf> {
     static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     python_with(check, packages)
+        .map_err(|why| eprintln!("SKIPPED the {what} check: {why}"))
+        .ok()
+}
+
+/// `llava export-gguf --type kind` of `model` into `dir`: the file's path.
+fn export(model: &Path, kind: &str, dir: &Path) -> PathBuf {
+    run_ok(
+        llava()
+            .args(["export-gguf", "--type", kind, "--model"])
+            .arg(model)
+            .arg("--output")
+            .arg(dir),
+    );
+    let name = model.file_name().unwrap().to_string_lossy();
+    dir.join(format!("{name}-{kind}.gguf"))
 }
 
 /// Deterministic values with a spread of magnitudes, signs and a few zeros.
@@ -45,12 +62,8 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 
 #[test]
 fn gguf_package_reads_our_files_and_quantizes_as_we_do() {
-    let python = match python_having("import gguf", &["gguf==0.19.0"]) {
-        Ok(python) => python,
-        Err(why) => {
-            eprintln!("SKIPPED the gguf check: {why}");
-            return;
-        }
+    let Some(python) = python_having("import gguf", &["gguf==0.19.0"], "gguf") else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let mut writer = GgufWriter::new();
@@ -118,24 +131,13 @@ fn gguf_package_reads_our_files_and_quantizes_as_we_do() {
 /// tokenizer's vocabulary, id by id (scripts/gguf_lm_check.py).
 #[test]
 fn exported_language_model_is_its_checkpoint() {
-    let python = match python_having("import gguf", &["gguf==0.19.0"]) {
-        Ok(python) => python,
-        Err(why) => {
-            eprintln!("SKIPPED the gguf check: {why}");
-            return;
-        }
+    let Some(python) = python_having("import gguf", &["gguf==0.19.0"], "gguf") else {
+        return;
     };
     let model = root().join("fixtures/hf-parity/llava-clip/model");
     let dir = tempfile::tempdir().unwrap();
     for kind in ["f32", "f16", "q8_0", "q4_0"] {
-        run_ok(
-            llava()
-                .args(["export-gguf", "--type", kind, "--model"])
-                .arg(&model)
-                .arg("--output")
-                .arg(dir.path()),
-        );
-        let file = dir.path().join(format!("model-{kind}.gguf"));
+        let file = export(&model, kind, dir.path());
         let report = run_ok(
             Command::new(&python)
                 .arg(root().join("scripts/gguf_lm_check.py"))
@@ -162,30 +164,21 @@ fn exported_language_model_is_its_checkpoint() {
 /// their tokens drift, as our own int4 weights' do).
 #[test]
 fn llama_cpp_answers_from_exported_files_as_transformers_does() {
-    let python = match python_having(
+    let Some(python) = python_having(
         "import gguf, llama_cpp; assert llama_cpp.__version__ == '0.3.36'",
         &["gguf==0.19.0", "llama-cpp-python==0.3.36"],
-    ) {
-        Ok(python) => python,
-        Err(why) => {
-            eprintln!("SKIPPED the llama.cpp check: {why}");
-            return;
-        }
+        "llama.cpp",
+    ) else {
+        return;
     };
     let fixture = root().join("fixtures/hf-parity/gemma");
     let dir = tempfile::tempdir().unwrap();
     for kind in ["f32", "f16", "q8_0", "q4_0"] {
-        run_ok(
-            llava()
-                .args(["export-gguf", "--type", kind, "--model"])
-                .arg(fixture.join("model"))
-                .arg("--output")
-                .arg(dir.path()),
-        );
+        let file = export(&fixture.join("model"), kind, dir.path());
         let report = run_ok(
             Command::new(&python)
                 .arg(root().join("scripts/llama_cpp_check.py"))
-                .arg(dir.path().join(format!("model-{kind}.gguf")))
+                .arg(&file)
                 .arg(&fixture)
                 .arg("Hello world, the cat sat on the mat.")
                 .arg("<start_of_turn>user\nWhat is in the image?<end_of_turn>\n<start_of_turn>model\n"),
