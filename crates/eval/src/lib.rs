@@ -9,9 +9,11 @@ mod error;
 pub mod grade;
 pub mod layout;
 mod prompt;
+pub mod records;
 pub mod runner;
 pub mod score;
 pub mod scoring;
+pub mod stats;
 pub mod synthetic;
 pub mod table;
 

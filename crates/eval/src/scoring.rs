@@ -10,8 +10,57 @@ use crate::Error;
 use crate::score::pope::Pairing;
 use crate::score::{self, read_answers, read_json, read_jsonl};
 
-/// The benchmarks [`score()`] knows.
-pub const BENCHES: [&str; 7] = ["gqa", "mme", "pope", "vqav2", "sqa", "mmvp", "mmvet"];
+/// The benchmarks [`score()`] knows: the paper's seven, then the six scored from a data file.
+pub const BENCHES: [&str; 13] = [
+    "gqa",
+    "mme",
+    "pope",
+    "vqav2",
+    "sqa",
+    "mmvp",
+    "mmvet",
+    "mmstar",
+    "mmmu",
+    "ocrbench",
+    "ai2d",
+    "textvqa",
+    "hallusionbench",
+];
+
+/// The benchmarks scored from their data file (`--data`: VLMEvalKit's TSV or lmms-eval's rows)
+/// by lmms-eval's rules, each with its scorer.
+pub const DATA_BENCHES: [(&str, DataScorer); 6] = [
+    ("mmstar", score::mmstar::score),
+    ("mmmu", score::mmmu::score),
+    ("ocrbench", score::ocrbench::score),
+    ("ai2d", score::ai2d::score),
+    ("textvqa", score::textvqa::score),
+    ("hallusionbench", score::hallusion::score),
+];
+
+/// A scorer of a data-file benchmark.
+pub type DataScorer = fn(&[crate::records::Record], score::Answers) -> score::BenchScore;
+
+/// The scorer of `bench` when it is scored from a data file.
+pub fn data_scorer(bench: &str) -> Option<DataScorer> {
+    DATA_BENCHES
+        .iter()
+        .find(|(name, _)| *name == bench)
+        .map(|(_, f)| *f)
+}
+
+/// Scores a data-file benchmark: its records read from `data` (malformed rows counted as bad
+/// records), the answers paired by id.
+pub fn score_data(bench: &str, data: &Path, answers: &Path) -> Result<score::BenchScore, Error> {
+    let scorer = data_scorer(bench)
+        .ok_or_else(|| Error::Request(format!("`{bench}` is not scored from a data file")))?;
+    let records = crate::records::read(data)?;
+    let mut s = scorer(&records.rows, read_answers(answers)?);
+    for m in records.malformed {
+        s.issues.bad_record(m);
+    }
+    Ok(s)
+}
 
 /// The files of one benchmark to score.
 #[derive(Debug, Clone, Default)]
@@ -30,6 +79,9 @@ pub struct ScoreFiles {
     pub grades: Option<PathBuf>,
     /// VQAv2: where to write the test-dev submission file.
     pub submission: Option<PathBuf>,
+    /// The benchmark's data file (MMStar, MMMU, OCRBench, AI2D, TextVQA, HallusionBench):
+    /// VLMEvalKit's TSV, or lmms-eval's rows as JSON lines or a JSON array.
+    pub data: Option<PathBuf>,
 }
 
 impl ScoreFiles {
@@ -90,6 +142,15 @@ pub fn score_with(files: &ScoreFiles, pairing: Pairing) -> Result<Value, Error> 
             let annotations =
                 read_json(files.need(&files.annotations, "annotations", "mm-vet.json")?)?;
             json!(score::mmvet::score(&grades, &annotations))
+        }
+        other if data_scorer(other).is_some() => {
+            let data = files.need(
+                &files.data,
+                "data",
+                "the benchmark's data file: VLMEvalKit's TSV or lmms-eval's rows as .jsonl/.json",
+            )?;
+            let answers = files.need(&files.answers, "answers", "the model's answer file")?;
+            score_data(other, data, answers)?.to_json()
         }
         other => {
             return Err(Error::Request(format!(

@@ -8,7 +8,8 @@ use super::print_json;
 /// Its arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// gqa, mme, pope, vqav2, sqa, mmvp or mmvet.
+    /// gqa, mme, pope, vqav2, sqa, mmvp, mmvet (the paper's), or mmstar, mmmu, ocrbench, ai2d,
+    /// textvqa, hallusionbench (scored from --data).
     #[arg(long)]
     bench: String,
     /// The answer file in LLaVA's format (a folder: MME's <subtask>.txt results, or .jsonl chunks).
@@ -28,6 +29,10 @@ pub struct Args {
     /// VQAv2: write the test-dev submission file here.
     #[arg(long)]
     submission: Option<PathBuf>,
+    /// MMStar, MMMU, OCRBench, AI2D, TextVQA, HallusionBench: the benchmark's data file,
+    /// VLMEvalKit's TSV or lmms-eval's rows as .jsonl/.json.
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// POPE: pair answers with labels by `position` (LLaVA's eval_pope.py) or by `image-question`
     /// (for label files whose order does not follow LLaVA's question file).
     #[arg(long, default_value = "position")]
@@ -47,6 +52,7 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
             annotations: args.annotations.clone(),
             grades: args.grades.clone(),
             submission: args.submission.clone(),
+            data: args.data.clone(),
         },
         args.pair_by,
     )?;

@@ -1,0 +1,281 @@
+//! The six newer benchmarks (MMStar, MMMU, OCRBench, AI2D, TextVQA, HallusionBench) scored by
+//! `llava score` against lmms-eval's own task code on hand-made answer files
+//! (`fixtures/harness/<bench>/`, made by `scripts/make_harness_fixtures.py`): every question's
+//! score and every aggregate equal what lmms-eval 0.7.3 computes (stored in `lmms_eval.json` by
+//! `scripts/lmms_eval_score.py`, and recomputed here by lmms-eval itself from PyPI when the
+//! network allows), from lmms-eval's rows and from the same rows as VLMEvalKit's TSV.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{llava, python_with, root, run_ok};
+use llava::eval::records;
+use llava::eval::score::BenchScore;
+use llava::eval::scoring::score_data;
+use serde_json::Value;
+
+const BENCHES: [&str; 6] = [
+    "mmstar",
+    "mmmu",
+    "ocrbench",
+    "ai2d",
+    "textvqa",
+    "hallusionbench",
+];
+
+fn dir(bench: &str) -> PathBuf {
+    root().join("fixtures/harness").join(bench)
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The metric of ours that holds one unit per question.
+fn per_question_metric(bench: &str) -> &'static str {
+    match bench {
+        "mmstar" => "overall",
+        "ocrbench" => "final_score",
+        "hallusionbench" => "aAcc",
+        _ => "accuracy",
+    }
+}
+
+/// Our per-question scores, by id.
+fn ours_per_question(bench: &str, s: &BenchScore) -> BTreeMap<String, f64> {
+    s.metric(per_question_metric(bench))
+        .unwrap()
+        .units
+        .iter()
+        .map(|u| (u.id.clone(), u.value))
+        .collect()
+}
+
+/// Every question's score and every aggregate of `reference` (lmms-eval's output) against ours.
+fn assert_equal_to(bench: &str, reference: &Value, ours: &BenchScore) {
+    let per = ours_per_question(bench, ours);
+    let theirs = reference["per_question"].as_object().unwrap();
+    assert_eq!(per.len(), theirs.len(), "{bench}: question count");
+    for (id, v) in theirs {
+        let mine = per
+            .get(id)
+            .unwrap_or_else(|| panic!("{bench}: no score for {id}"));
+        assert!(
+            (mine - v.as_f64().unwrap()).abs() < 1e-12,
+            "{bench} question {id}: ours {mine}, lmms-eval {v}"
+        );
+    }
+    for (name, v) in reference["metrics"].as_object().unwrap() {
+        let mine = ours
+            .metric(name)
+            .unwrap_or_else(|| panic!("{bench}: no metric {name}"))
+            .value();
+        let theirs = v.as_f64().unwrap();
+        // MMMU's aggregate is rounded to five decimals by the reference.
+        let tolerance = if bench == "mmmu" { 5e-6 } else { 1e-9 };
+        assert!(
+            (mine - theirs).abs() < tolerance,
+            "{bench} {name}: ours {mine}, lmms-eval {theirs}"
+        );
+    }
+}
+
+#[test]
+fn the_six_benchmarks_score_as_lmms_evals_code_does() {
+    for bench in BENCHES {
+        let d = dir(bench);
+        let reference = read_json(&d.join("lmms_eval.json"));
+        let ours = score_data(bench, &d.join("data.json"), &d.join("answers.jsonl")).unwrap();
+        assert!(ours.issues.is_clean(), "{bench}: {:?}", ours.issues);
+        assert_equal_to(bench, &reference, &ours);
+    }
+}
+
+/// The answers re-keyed to the TSV's ids (row i of data.json is row i of data.tsv).
+fn tsv_answers(bench: &str, out: &Path) -> (PathBuf, BTreeMap<String, String>) {
+    let d = dir(bench);
+    let json_rows = records::read(&d.join("data.json")).unwrap().rows;
+    let tsv_rows = records::read(&d.join("data.tsv")).unwrap().rows;
+    assert_eq!(json_rows.len(), tsv_rows.len());
+    let reference = read_json(&d.join("lmms_eval.json"));
+    let ids: Vec<String> = reference["per_question"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let answers = std::fs::read_to_string(d.join("answers.jsonl")).unwrap();
+    let by_id: BTreeMap<String, Value> = answers
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|v| (llava::eval::score::id_key(&v["question_id"]).unwrap(), v))
+        .collect();
+    let mut rekeyed = String::new();
+    let mut map = BTreeMap::new();
+    for (json_row, tsv_row) in json_rows.iter().zip(&tsv_rows) {
+        let json_id = ids
+            .iter()
+            .find(|id| {
+                ["index", "id", "question_id"].iter().any(|k| {
+                    json_row.get(*k).and_then(llava::eval::score::id_key) == Some(id.to_string())
+                })
+            })
+            .cloned()
+            .unwrap_or_else(|| {
+                [
+                    "category",
+                    "subcategory",
+                    "set_id",
+                    "figure_id",
+                    "question_id",
+                ]
+                .map(|k| json_row[k].as_str().unwrap().to_string())
+                .join("_")
+            });
+        let tsv_id = tsv_row["index"].as_str().unwrap().to_string();
+        let mut a = by_id[&json_id].clone();
+        a["question_id"] = Value::String(tsv_id.clone());
+        rekeyed.push_str(&format!("{a}\n"));
+        map.insert(tsv_id, json_id);
+    }
+    let path = out.join(format!("{bench}-tsv-answers.jsonl"));
+    std::fs::write(&path, rekeyed).unwrap();
+    (path, map)
+}
+
+#[test]
+fn vlmevalkit_tsv_rows_score_the_same_questions_the_same() {
+    let out = tempfile::tempdir().unwrap();
+    for bench in BENCHES {
+        let d = dir(bench);
+        let reference = read_json(&d.join("lmms_eval.json"));
+        let (answers, tsv_to_json) = tsv_answers(bench, out.path());
+        let ours = score_data(bench, &d.join("data.tsv"), &answers).unwrap();
+        assert!(ours.issues.is_clean(), "{bench}: {:?}", ours.issues);
+        let per = ours_per_question(bench, &ours);
+        assert_eq!(per.len(), tsv_to_json.len(), "{bench}");
+        for (tsv_id, v) in per {
+            let theirs = reference["per_question"][&tsv_to_json[&tsv_id]]
+                .as_f64()
+                .unwrap();
+            assert!(
+                (v - theirs).abs() < 1e-12,
+                "{bench} TSV row {tsv_id}: ours {v}, lmms-eval {theirs}"
+            );
+        }
+    }
+}
+
+#[test]
+fn llava_score_prints_metrics_with_intervals_and_names_bad_rows() {
+    let out = tempfile::tempdir().unwrap();
+    let d = dir("mmstar");
+    let printed = run_ok(llava().args([
+        "score",
+        "--bench",
+        "mmstar",
+        "--json",
+        "--data",
+        d.join("data.json").to_str().unwrap(),
+        "--answers",
+        d.join("answers.jsonl").to_str().unwrap(),
+    ]));
+    let v: Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(v["bench"], "mmstar");
+    assert_eq!(v["headline"], "overall");
+    let average = &v["metrics"]["average"];
+    let [lo, hi] = [
+        average["interval"][0].as_f64().unwrap(),
+        average["interval"][1].as_f64().unwrap(),
+    ];
+    let value = average["value"].as_f64().unwrap();
+    assert!(lo <= value && value <= hi && lo < hi, "{average}");
+
+    // A TSV with a broken row and a row without an answer letter's category: named, not fatal.
+    let tsv = std::fs::read_to_string(d.join("data.tsv")).unwrap();
+    let mut lines: Vec<String> = tsv.lines().map(String::from).collect();
+    lines.push("999\tq\ta\tb\tc\td\tA\tmath\t\textra\tcells".into());
+    lines.push("1000\tq\ta\tb\tc\td\tA".into());
+    let broken = out.path().join("broken.tsv");
+    std::fs::write(&broken, lines.join("\n") + "\n").unwrap();
+    let printed = run_ok(llava().args([
+        "score",
+        "--bench",
+        "mmstar",
+        "--json",
+        "--data",
+        broken.to_str().unwrap(),
+        "--answers",
+        d.join("answers.jsonl").to_str().unwrap(),
+    ]));
+    let v: Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(v["issues"]["bad_records"], 2, "{v}");
+    let examples = v["issues"]["bad_record_examples"].to_string();
+    assert!(examples.contains("broken.tsv: line"), "{examples}");
+    assert!(examples.contains("no `category`"), "{examples}");
+
+    // A missing --data names the flag.
+    let err = llava()
+        .args(["score", "--bench", "ocrbench", "--answers", "x.jsonl"])
+        .output()
+        .unwrap();
+    assert!(!err.status.success());
+    assert!(
+        String::from_utf8_lossy(&err.stderr).contains("--data"),
+        "{}",
+        String::from_utf8_lossy(&err.stderr)
+    );
+}
+
+/// lmms-eval itself (0.7.3 from PyPI, its task code only: the package without its model
+/// dependencies) recomputes each stored reference.
+#[test]
+fn lmms_eval_from_pypi_recomputes_the_stored_references() {
+    let python = python_with(
+        "import loguru, pytz, datasets, tenacity, evaluate, sacrebleu",
+        &[
+            "loguru",
+            "pytz",
+            "datasets",
+            "tenacity",
+            "evaluate",
+            "sacrebleu",
+        ],
+    )
+    .and_then(|_| {
+        python_with(
+            "import lmms_eval.tasks.mmstar.utils, lmms_eval.tasks.mmmu.utils",
+            &["--no-deps", "lmms-eval==0.7.3"],
+        )
+    });
+    let python = match python {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("SKIPPED: lmms-eval unavailable: {why}");
+            return;
+        }
+    };
+    for bench in BENCHES {
+        let d = dir(bench);
+        let out = Command::new(&python)
+            .arg(root().join("scripts/lmms_eval_score.py"))
+            .args(["--bench", bench, "--data"])
+            .arg(d.join("data.json"))
+            .arg("--answers")
+            .arg(d.join("answers.jsonl"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{bench}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let fresh: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let stored = read_json(&d.join("lmms_eval.json"));
+        assert_eq!(fresh["metrics"], stored["metrics"], "{bench}");
+        assert_eq!(fresh["per_question"], stored["per_question"], "{bench}");
+    }
+}
