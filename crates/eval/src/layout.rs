@@ -35,6 +35,18 @@ impl Layout {
             grades: None,
         };
         match bench {
+            b @ (Bench::Mmstar
+            | Bench::Mmmu
+            | Bench::Ocrbench
+            | Bench::Ai2d
+            | Bench::Textvqa
+            | Bench::TextvqaOcr
+            | Bench::Hallusionbench) => Layout {
+                questions: crate::recent::data_file(b, root),
+                images: root.to_path_buf(),
+                annotations: None,
+                grades: None,
+            },
             Bench::Gqa => layout(
                 "gqa/llava_gqa_testdev_balanced.jsonl",
                 "gqa/data/images",
@@ -94,6 +106,9 @@ impl Layout {
             ..base.clone()
         };
         Ok(match bench {
+            b if b.from_data_file() => {
+                scoring::score_data(b.scored_as(), &self.questions, answers)?.to_json()
+            }
             Bench::Synthetic => {
                 let key = self.annotations.clone().unwrap_or_default();
                 json!(crate::synthetic::score(read_answers(answers)?, &key)?)

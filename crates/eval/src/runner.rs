@@ -37,6 +37,20 @@ pub enum Bench {
     Mmvp,
     /// MM-Vet.
     Mmvet,
+    /// MMStar.
+    Mmstar,
+    /// MMMU validation.
+    Mmmu,
+    /// OCRBench.
+    Ocrbench,
+    /// AI2D test.
+    Ai2d,
+    /// TextVQA validation, LLaVA's prompt without OCR tokens.
+    Textvqa,
+    /// TextVQA validation with the reference OCR tokens in the prompt (LLaVA-1.5's setting).
+    TextvqaOcr,
+    /// HallusionBench.
+    Hallusionbench,
     /// The held-out split of the built-in synthetic dataset.
     Synthetic,
 }
@@ -53,6 +67,18 @@ impl Bench {
         Bench::Sqa,
     ];
 
+    /// The benchmarks compact models are compared on today, scored from their data files
+    /// (VLMEvalKit's TSV or lmms-eval's rows) by lmms-eval's rules: the second table row.
+    pub const RECENT: [Bench; 7] = [
+        Bench::Mmstar,
+        Bench::Mmmu,
+        Bench::Ocrbench,
+        Bench::Ai2d,
+        Bench::Textvqa,
+        Bench::TextvqaOcr,
+        Bench::Hallusionbench,
+    ];
+
     /// Parses a command-line name.
     pub fn parse(name: &str) -> Result<Self, Error> {
         Ok(match name {
@@ -63,10 +89,18 @@ impl Bench {
             "sqa" | "scienceqa" => Bench::Sqa,
             "mmvp" => Bench::Mmvp,
             "mmvet" | "mm-vet" => Bench::Mmvet,
+            "mmstar" => Bench::Mmstar,
+            "mmmu" => Bench::Mmmu,
+            "ocrbench" => Bench::Ocrbench,
+            "ai2d" => Bench::Ai2d,
+            "textvqa" => Bench::Textvqa,
+            "textvqa-ocr" => Bench::TextvqaOcr,
+            "hallusionbench" => Bench::Hallusionbench,
             "synthetic" => Bench::Synthetic,
             other => {
                 return Err(Error::File(format!(
-                    "unknown benchmark `{other}` (gqa, mme, pope, vqav2, sqa, mmvp, mmvet, synthetic)"
+                    "unknown benchmark `{other}` (gqa, mme, pope, vqav2, sqa, mmvp, mmvet, mmstar, \
+                     mmmu, ocrbench, ai2d, textvqa, textvqa-ocr, hallusionbench, synthetic)"
                 )));
             }
         })
@@ -82,14 +116,36 @@ impl Bench {
             Bench::Sqa => "sqa",
             Bench::Mmvp => "mmvp",
             Bench::Mmvet => "mmvet",
+            Bench::Mmstar => "mmstar",
+            Bench::Mmmu => "mmmu",
+            Bench::Ocrbench => "ocrbench",
+            Bench::Ai2d => "ai2d",
+            Bench::Textvqa => "textvqa",
+            Bench::TextvqaOcr => "textvqa-ocr",
+            Bench::Hallusionbench => "hallusionbench",
             Bench::Synthetic => "synthetic",
         }
     }
 
-    /// New tokens per answer: LLaVA's 128 for short answers, 1024 for MM-Vet's open ones.
+    /// The scorer's name for its answers (`textvqa-ocr` is scored as `textvqa`).
+    pub fn scored_as(self) -> &'static str {
+        match self {
+            Bench::TextvqaOcr => "textvqa",
+            other => other.name(),
+        }
+    }
+
+    /// True for the benchmarks read from a data file ([`Bench::RECENT`]).
+    pub fn from_data_file(self) -> bool {
+        Bench::RECENT.contains(&self)
+    }
+
+    /// New tokens per answer: LLaVA's 128 for short answers, 1024 for MM-Vet's open ones,
+    /// lmms-eval's 16 for AI2D.
     pub fn max_new_tokens(self) -> usize {
         match self {
             Bench::Mmvet => 1024,
+            Bench::Ai2d => 16,
             _ => 128,
         }
     }
@@ -100,8 +156,9 @@ impl Bench {
 pub struct EvalQuestion {
     /// The id as the question file writes it (a number or a string).
     pub question_id: Value,
-    /// The image, relative to the image folder.
-    pub image: Option<String>,
+    /// The images, relative to the image folder, in the order the prompt shows them (none for
+    /// a text-only question).
+    pub images: Vec<String>,
     /// The user turn after the image (suffix included).
     pub text: String,
     /// The prompt recorded in the answer file (`<image>\n` first when there is an image, as
@@ -153,7 +210,12 @@ pub fn read_questions(bench: Bench, path: &Path) -> Result<Vec<EvalQuestion>, Er
                 };
                 out.push(EvalQuestion {
                     question_id,
-                    image: v.get("image").and_then(Value::as_str).map(str::to_string),
+                    images: v
+                        .get("image")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                        .into_iter()
+                        .collect(),
                     prompt: raw.to_string(),
                     text,
                     category: v
@@ -192,7 +254,7 @@ fn read_sqa(text: &str, path: &Path) -> Result<Vec<EvalQuestion>, Error> {
             };
             Ok(EvalQuestion {
                 question_id: id,
-                image,
+                images: image.into_iter().collect(),
                 text: format!("{qs}\n{MULTIPLE_CHOICE}"),
                 prompt,
                 category: None,
@@ -242,7 +304,7 @@ fn read_mmvp(text: &str, path: &Path) -> Result<Vec<EvalQuestion>, Error> {
                 question_id: index
                     .parse::<u64>()
                     .map_or_else(|_| json!(index), |n| json!(n)),
-                image: Some(format!("{index}.jpg")),
+                images: vec![format!("{index}.jpg")],
                 prompt: text.clone(),
                 text,
                 category: None,
@@ -310,6 +372,49 @@ pub fn answered_ids(answers: &Path) -> Result<HashSet<String>, Error> {
         .collect())
 }
 
+/// The prompt the model is given for `q`, as text: the chat template applied and the images'
+/// tokens shown as `<image>×N` (for the manifest; images of the processor's size, without
+/// pan-and-scan crops).
+pub fn example_prompt(assistant: Assistant<'_>, q: &EvalQuestion) -> Result<String, Error> {
+    let Assistant {
+        model,
+        tokenizer,
+        processor,
+    } = assistant;
+    let size = processor
+        .views(&image_processing::RgbImage::new(64, 64))
+        .first()
+        .map_or((0, 0), |v| (v.1 as i64, v.2 as i64));
+    let per_image = model.tokens_per_image(size.0, size.1);
+    let format = model.prompt_format(tokenizer, per_image);
+    let text = if q.images.is_empty() {
+        q.text.clone()
+    } else {
+        format.mark_images(&q.text, q.images.len())
+    };
+    let ids = format.encode(tokenizer, &[Message::user(text)])?;
+    let ids = model.expand_image_tokens(&ids, per_image);
+    let image = model.image_token();
+    // Runs of image tokens collapsed to one mark with a count.
+    let mut out = String::new();
+    let mut i = 0;
+    while i < ids.len() {
+        if ids[i] == image {
+            let run = ids[i..].iter().take_while(|&&t| t == image).count();
+            out.push_str(&format!("<image>×{run}"));
+            i += run;
+        } else {
+            let end = ids[i..]
+                .iter()
+                .position(|&t| t == image)
+                .map_or(ids.len(), |p| i + p);
+            out.push_str(&tokenizer.decode(&ids[i..end], false)?);
+            i = end;
+        }
+    }
+    Ok(out)
+}
+
 /// A stable answer id from the model and question (LLaVA writes a random short uuid).
 fn answer_id(model_id: &str, question: &str) -> String {
     use std::hash::{Hash, Hasher};
@@ -362,7 +467,7 @@ pub fn answer_questions(
     let start = Instant::now();
     // Image questions and text-only ones go in separate batches.
     let (with, without): (Vec<&EvalQuestion>, Vec<&EvalQuestion>) =
-        todo.into_iter().partition(|q| q.image.is_some());
+        todo.into_iter().partition(|q| !q.images.is_empty());
     let total = with.len() + without.len();
     for group in [with, without] {
         for chunk in group.chunks(settings.batch.max(1)) {
@@ -374,30 +479,37 @@ pub fn answer_questions(
                 let mut text = q.text.clone();
                 // Pan-and-scan crops of the image (Gemma 3 when its processor makes them).
                 let mut crops = Vec::new();
-                if let Some(image) = &q.image {
+                let mut views_of_q = Vec::new();
+                let mut failure = None;
+                for image in &q.images {
                     let path: PathBuf = images.join(image);
                     match image_processing::open(&path) {
                         Ok(img) => {
                             let views = processor.views(&img);
                             crops.push(views.len() - 1);
-                            for (data, h, w) in views {
-                                size = (h as i64, w as i64);
-                                pixels.extend(data);
-                            }
+                            views_of_q.extend(views);
                         }
                         Err(e) => {
-                            stats.failed += 1;
-                            if stats.failures.len() < 10 {
-                                stats.failures.push(format!("{}: {e}", path.display()));
-                            }
-                            continue;
+                            failure = Some(format!("{}: {e}", path.display()));
+                            break;
                         }
                     }
                 }
+                if let Some(why) = failure {
+                    stats.failed += 1;
+                    if stats.failures.len() < 10 {
+                        stats.failures.push(why);
+                    }
+                    continue;
+                }
+                for (data, h, w) in views_of_q {
+                    size = (h as i64, w as i64);
+                    pixels.extend(data);
+                }
                 let per_image = model.tokens_per_image(size.0, size.1);
                 let format = model.prompt_format(tokenizer, per_image);
-                if q.image.is_some() {
-                    text = format.mark_images(&text, 1);
+                if !q.images.is_empty() {
+                    text = format.mark_images(&text, q.images.len());
                 }
                 let ids = format.encode_with_crops(tokenizer, &[Message::user(text)], &crops)?;
                 prompts.push(model.expand_image_tokens(&ids, per_image));
@@ -481,7 +593,7 @@ mod tests {
             q[0].text,
             format!("Context: x\nWhich?\nA. a\nB. b\n{MULTIPLE_CHOICE}")
         );
-        assert_eq!(q[1].image, None);
+        assert!(q[1].images.is_empty());
 
         let mmvp = dir.join("Questions.csv");
         std::fs::write(
@@ -491,7 +603,7 @@ mod tests {
         .unwrap();
         let q = read_questions(Bench::Mmvp, &mmvp).unwrap();
         assert_eq!(q[0].text, "Is the door, open? (a) Open (b) Closed");
-        assert_eq!(q[0].image.as_deref(), Some("1.jpg"));
+        assert_eq!(q[0].images, ["1.jpg"]);
         assert_eq!(q[0].question_id, json!(1));
 
         let bad = dir.join("bad.jsonl");

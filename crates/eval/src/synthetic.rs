@@ -46,9 +46,9 @@ pub fn shuffled(questions: &[EvalQuestion]) -> Vec<EvalQuestion> {
         .map(|(i, q)| {
             let other = (1..n)
                 .map(|d| &questions[(i + d) % n])
-                .find(|o| o.image != q.image);
+                .find(|o| o.images != q.images);
             EvalQuestion {
-                image: other.map_or(q.image.clone(), |o| o.image.clone()),
+                images: other.map_or(q.images.clone(), |o| o.images.clone()),
                 ..q.clone()
             }
         })
@@ -102,7 +102,7 @@ mod tests {
     fn q(id: u64, image: &str) -> EvalQuestion {
         EvalQuestion {
             question_id: json!(id),
-            image: Some(image.into()),
+            images: vec![image.into()],
             text: "t".into(),
             prompt: "t".into(),
             category: None,
@@ -114,7 +114,7 @@ mod tests {
         let qs = [q(0, "a"), q(1, "a"), q(2, "b"), q(3, "c")];
         let s = shuffled(&qs);
         for (a, b) in qs.iter().zip(&s) {
-            assert_ne!(a.image, b.image);
+            assert_ne!(a.images, b.images);
             assert_eq!(a.question_id, b.question_id);
         }
     }

@@ -50,7 +50,7 @@ pub mod resize;
 
 use std::path::{Path, PathBuf};
 
-use image::RgbImage;
+pub use image::RgbImage;
 use rayon::prelude::*;
 use serde::Deserialize;
 

@@ -33,6 +33,20 @@ pub fn emit_link_args() {
     for arg in link_args(&lib) {
         println!("cargo:rustc-link-arg={arg}");
     }
+    if let Some(version) = torch_version(&dir) {
+        println!("cargo:rustc-env=LLAVA_LIBTORCH_VERSION={version}");
+    }
+}
+
+/// The libtorch version: a wheel's `version.py` (`__version__ = '2.11.0+cu130'`) or a libtorch
+/// archive's `build-version`.
+fn torch_version(dir: &Path) -> Option<String> {
+    if let Ok(text) = std::fs::read_to_string(dir.join("version.py")) {
+        let line = text.lines().find(|l| l.starts_with("__version__"))?;
+        return Some(line.split(['\'', '"']).nth(1)?.to_string());
+    }
+    let text = std::fs::read_to_string(dir.join("build-version")).ok()?;
+    Some(text.trim().to_string())
 }
 
 /// Compiles C++ `files` that call ATen directly (for kernels tch does not wrap) into a static

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use eval::layout::Layout;
+use eval::manifest::Manifest;
 use eval::runner::{self, Assistant, Bench, RunSettings};
 use gemma_lm::GemmaTokenizer;
 use llava_model::LlavaModel;
@@ -82,6 +83,7 @@ pub fn run(args: &EvalArgs, mut log: impl FnMut(&str)) -> Result<Value> {
         .unwrap_or("model")
         .to_string();
     let mut scores = serde_json::Map::new();
+    let mut model_files = None;
     for &bench in &args.benches {
         let files = Layout::of(bench, &args.data, &model_name);
         if !files.questions.exists() {
@@ -92,15 +94,31 @@ pub fn run(args: &EvalArgs, mut log: impl FnMut(&str)) -> Result<Value> {
             ));
             continue;
         }
-        let value = answer_and_score(&loaded, bench, &files, args, &model_name, &mut log)?;
+        let (value, mut manifest) =
+            answer_and_score(&loaded, bench, &files, args, &model_name, &mut log)?;
+        // The model's files are hashed once per run.
+        if model_files.is_none() {
+            model_files = Some(eval::manifest::hash_dir(&args.model)?);
+        }
+        manifest.model_files = model_files.clone().unwrap_or_default();
+        let path = args.output.join(format!("{}.manifest.json", bench.name()));
+        manifest.write(&path)?;
         scores.insert(bench.name().to_string(), value);
     }
     let row = eval::table::table_row(&scores);
-    Ok(json!({"model": args.model, "quantize": args.quantize, "scores": scores, "row": row}))
+    let recent = eval::table::recent_row(&scores);
+    Ok(json!({
+        "model": args.model,
+        "quantize": args.quantize,
+        "scores": scores,
+        "row": row,
+        "recent_row": recent,
+    }))
 }
 
 /// Answers `bench`'s questions (those not answered yet) into `<output>/<bench>.jsonl` and scores
-/// them; the score carries the run's statistics under `run`.
+/// them; the score carries the run's statistics under `run`. Also returns the run's manifest
+/// (without the model's file hashes, which the caller adds once per run).
 fn answer_and_score(
     loaded: &Loaded,
     bench: Bench,
@@ -108,8 +126,24 @@ fn answer_and_score(
     args: &EvalArgs,
     model_name: &str,
     log: &mut impl FnMut(&str),
-) -> Result<Value> {
-    let mut questions = runner::read_questions(bench, &files.questions)?;
+) -> Result<(Value, Manifest)> {
+    let (mut questions, images) = if bench.from_data_file() {
+        let (questions, images, bad) = eval::recent::questions(bench, &files.questions)?;
+        if !bad.is_empty() {
+            log(&format!(
+                "{}: {} rows left out, first: {}",
+                bench.name(),
+                bad.len(),
+                bad[0]
+            ));
+        }
+        (questions, images)
+    } else {
+        (
+            runner::read_questions(bench, &files.questions)?,
+            files.images.clone(),
+        )
+    };
     if let Some(n) = args.limit {
         questions.truncate(n);
     }
@@ -128,7 +162,7 @@ fn answer_and_score(
     let stats = runner::answer_questions(
         loaded.assistant(),
         &questions,
-        &files.images,
+        &images,
         &answers,
         &settings,
         progress,
@@ -141,7 +175,40 @@ fn answer_and_score(
         stats.questions_per_s,
         answers.display()
     ));
-    let mut value = files.score(bench, &answers, &args.output)?;
+    let (mut value, metrics) = if bench.from_data_file() {
+        let s = eval::scoring::score_data(bench.scored_as(), &files.questions, &answers)?;
+        (s.to_json(), s.metrics)
+    } else {
+        (files.score(bench, &answers, &args.output)?, Vec::new())
+    };
     value["run"] = json!(stats);
-    Ok(value)
+    let example = match questions.first() {
+        Some(q) => Some(runner::example_prompt(loaded.assistant(), q)?),
+        None => None,
+    };
+    let settings = json!({
+        "preprocessing": format!("{:?}", loaded.processor.config()),
+        "prompt": {
+            "format": "the model's chat template (Gemma's turns), images first",
+            "example": example,
+            "suffixes": {"short_answer": runner::SHORT_ANSWER, "multiple_choice": runner::MULTIPLE_CHOICE},
+        },
+        "decoding": {
+            "strategy": "greedy",
+            "max_new_tokens": settings.max_new_tokens,
+            "batch": settings.batch,
+            "stop": "the chat template's end of turn, or <eos>",
+        },
+        "limit": args.limit,
+        "quantize": args.quantize,
+        "device": args.device,
+        "judge": Value::Null,
+    });
+    let mut manifest = Manifest::new(bench.name(), &answers, value.clone(), metrics, settings)?;
+    manifest.data = files
+        .questions
+        .exists()
+        .then(|| eval::manifest::hash_file(&files.questions))
+        .transpose()?;
+    Ok((value, manifest))
 }

@@ -279,3 +279,92 @@ fn lmms_eval_from_pypi_recomputes_the_stored_references() {
         assert_eq!(fresh["per_question"], stored["per_question"], "{bench}");
     }
 }
+
+/// `llava score --manifest` writes each run's provenance and units; `llava eval --compare` says
+/// whether two runs differ beyond their paired interval.
+#[test]
+fn compare_tells_a_real_difference_from_noise() {
+    let out = tempfile::tempdir().unwrap();
+    let d = dir("mmstar");
+    let manifest = |answers: &Path, name: &str| -> PathBuf {
+        let path = out.path().join(name);
+        run_ok(llava().args([
+            "score",
+            "--bench",
+            "mmstar",
+            "--json",
+            "--data",
+            d.join("data.json").to_str().unwrap(),
+            "--answers",
+            answers.to_str().unwrap(),
+            "--manifest",
+            path.to_str().unwrap(),
+        ]));
+        path
+    };
+    let a = manifest(&d.join("answers.jsonl"), "a.json");
+    // B answers every question with its reference letter: far better than A.
+    let rows: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(d.join("data.json")).unwrap()).unwrap();
+    let right: String = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{}\n",
+                serde_json::json!({"question_id": r["index"], "text": r["answer"]})
+            )
+        })
+        .collect();
+    let better = out.path().join("better.jsonl");
+    std::fs::write(&better, right).unwrap();
+    let b = manifest(&better, "b.json");
+    let compare = |x: &Path, y: &Path| -> Value {
+        serde_json::from_str(&run_ok(llava().args([
+            "eval",
+            "--compare",
+            x.to_str().unwrap(),
+            y.to_str().unwrap(),
+            "--json",
+        ])))
+        .unwrap()
+    };
+    let differ = compare(&a, &b);
+    let overall = differ["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["metric"] == "overall")
+        .unwrap();
+    assert_eq!(overall["differs"], true, "{overall}");
+    assert_eq!(overall["shared"], 42);
+    assert!(overall["difference"].as_f64().unwrap() < -0.3, "{overall}");
+    let same = compare(&a, &a);
+    assert!(
+        same["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["differs"] == false),
+        "{same}"
+    );
+    // The human-readable form names the verdict.
+    let text = run_ok(llava().args([
+        "eval",
+        "--compare",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+    ]));
+    assert!(text.contains("DIFFERENT"), "{text}");
+    // A file that is not a manifest is named.
+    let err = llava()
+        .args([
+            "eval",
+            "--compare",
+            d.join("data.json").to_str().unwrap(),
+            b.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("not an eval manifest"));
+}

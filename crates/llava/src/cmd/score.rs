@@ -37,6 +37,10 @@ pub struct Args {
     /// (for label files whose order does not follow LLaVA's question file).
     #[arg(long, default_value = "position")]
     pair_by: llava::eval::score::pope::Pairing,
+    /// Also write the score's provenance manifest here (hashes of the answer and data files,
+    /// versions, each metric's interval and units for `llava eval --compare`).
+    #[arg(long)]
+    manifest: Option<PathBuf>,
     /// Print one JSON object on one line (the default prints it indented).
     #[arg(long)]
     json: bool,
@@ -56,6 +60,41 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
         },
         args.pair_by,
     )?;
+    if let Some(path) = &args.manifest {
+        write_manifest(args, &value, path)?;
+    }
     print_json(&value, args.json);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The manifest of a score made from files (no model: the answers' own provenance is what the
+/// files say).
+fn write_manifest(
+    args: &Args,
+    value: &serde_json::Value,
+    path: &std::path::Path,
+) -> llava::Result<()> {
+    use llava::eval::manifest::{Manifest, hash_file};
+    let answers = args.answers.as_deref().ok_or_else(|| {
+        llava::eval::Error::Request("--manifest needs --answers (the file it describes)".into())
+    })?;
+    let metrics = match (&args.data, llava::eval::scoring::data_scorer(&args.bench)) {
+        (Some(data), Some(_)) => {
+            llava::eval::scoring::score_data(&args.bench, data, answers)?.metrics
+        }
+        _ => Vec::new(),
+    };
+    let settings = serde_json::json!({"scored_from_files": true});
+    let mut manifest = Manifest::new(&args.bench, answers, value.clone(), metrics, settings)?;
+    let reference = args
+        .data
+        .as_ref()
+        .or(args.annotations.as_ref())
+        .or(args.questions.as_ref());
+    manifest.data = reference
+        .filter(|p| p.is_file())
+        .map(|p| hash_file(p))
+        .transpose()?;
+    manifest.write(path)?;
+    Ok(())
 }
