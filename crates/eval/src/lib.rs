@@ -11,6 +11,7 @@
 mod error;
 pub mod grade;
 pub mod layout;
+pub mod lmms_eval;
 pub mod manifest;
 mod prompt;
 pub mod recent;

@@ -39,14 +39,24 @@ pub fn data_file(bench: Bench, root: &Path) -> PathBuf {
         .unwrap_or_else(|| root.join(names.first().copied().unwrap_or("data.tsv")))
 }
 
+/// A data file's questions, ready to ask.
+#[derive(Debug, Clone)]
+pub struct Asked {
+    /// The questions, in file order.
+    pub questions: Vec<EvalQuestion>,
+    /// Each question's reference answer as its row gives it (`answer`, `answers`, `gt_answer`).
+    pub targets: Vec<Value>,
+    /// The folder the questions' images are in.
+    pub image_dir: PathBuf,
+    /// The rows left out, each named with what is wrong.
+    pub bad: Vec<String>,
+}
+
 /// The questions of `bench` from its data file `path`, with the folder their images are in:
 /// a TSV's images are written to `images/<file stem>/` beside it (once; existing files are kept);
 /// JSON rows name theirs in `image_path` (or `image`) relative to the file's folder. Rows that
-/// cannot be asked are named in the returned list and left out, like malformed rows.
-pub fn questions(
-    bench: Bench,
-    path: &Path,
-) -> Result<(Vec<EvalQuestion>, PathBuf, Vec<String>), Error> {
+/// cannot be asked are named in `bad` and left out, like malformed rows.
+pub fn questions(bench: Bench, path: &Path) -> Result<Asked, Error> {
     let data = records::read(path)?;
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let tsv = path.extension().is_some_and(|e| e == "tsv");
@@ -58,6 +68,7 @@ pub fn questions(
     };
     let mut bad = data.malformed;
     let mut out = Vec::new();
+    let mut targets = Vec::new();
     for (row, r) in data.rows.iter().enumerate() {
         let asked = ask(bench, r).and_then(|(id, text)| {
             let images = if tsv {
@@ -80,11 +91,24 @@ pub fn questions(
             })
         });
         match asked {
-            Ok(q) => out.push(q),
+            Ok(q) => {
+                out.push(q);
+                let target = ["answer", "answers", "gt_answer"]
+                    .iter()
+                    .find_map(|k| r.get(*k))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                targets.push(target);
+            }
             Err(e) => bad.push(format!("{} record {}: {e}", path.display(), row + 1)),
         }
     }
-    Ok((out, image_dir, bad))
+    Ok(Asked {
+        questions: out,
+        targets,
+        image_dir,
+        bad,
+    })
 }
 
 /// The row's id as the scorer pairs it, and the question text as lmms-eval asks it.

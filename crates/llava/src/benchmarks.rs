@@ -127,21 +127,21 @@ fn answer_and_score(
     model_name: &str,
     log: &mut impl FnMut(&str),
 ) -> Result<(Value, Manifest)> {
-    let (mut questions, images) = if bench.from_data_file() {
-        let (questions, images, bad) = eval::recent::questions(bench, &files.questions)?;
-        if !bad.is_empty() {
+    let (mut questions, images, targets) = if bench.from_data_file() {
+        let asked = eval::recent::questions(bench, &files.questions)?;
+        if let Some(first) = asked.bad.first() {
             log(&format!(
-                "{}: {} rows left out, first: {}",
+                "{}: {} rows left out, first: {first}",
                 bench.name(),
-                bad.len(),
-                bad[0]
+                asked.bad.len(),
             ));
         }
-        (questions, images)
+        (asked.questions, asked.image_dir, asked.targets)
     } else {
         (
             runner::read_questions(bench, &files.questions)?,
             files.images.clone(),
+            Vec::new(),
         )
     };
     if let Some(n) = args.limit {
@@ -177,6 +177,11 @@ fn answer_and_score(
     ));
     let (mut value, metrics) = if bench.from_data_file() {
         let s = eval::scoring::score_data(bench.scored_as(), &files.questions, &answers)?;
+        let written = write_lmms_eval(bench, &s, &questions, &targets, &answers, args, &settings)?;
+        log(&format!(
+            "{name}: lmms-eval's files -> {}",
+            written.results.display()
+        ));
         (s.to_json(), s.metrics)
     } else {
         (files.score(bench, &answers, &args.output)?, Vec::new())
@@ -186,7 +191,7 @@ fn answer_and_score(
         Some(q) => Some(runner::example_prompt(loaded.assistant(), q)?),
         None => None,
     };
-    let settings = json!({
+    let run_settings = json!({
         "preprocessing": format!("{:?}", loaded.processor.config()),
         "prompt": {
             "format": "the model's chat template (Gemma's turns), images first",
@@ -204,11 +209,56 @@ fn answer_and_score(
         "device": args.device,
         "judge": Value::Null,
     });
-    let mut manifest = Manifest::new(bench.name(), &answers, value.clone(), metrics, settings)?;
+    let mut manifest = Manifest::new(bench.name(), &answers, value.clone(), metrics, run_settings)?;
     manifest.data = files
         .questions
         .exists()
         .then(|| eval::manifest::hash_file(&files.questions))
         .transpose()?;
     Ok((value, manifest))
+}
+
+/// The run written as lmms-eval writes its own, under `<output>/lmms-eval/`: answers paired with
+/// their questions in document order.
+fn write_lmms_eval(
+    bench: Bench,
+    score: &eval::score::BenchScore,
+    questions: &[runner::EvalQuestion],
+    targets: &[Value],
+    answers: &Path,
+    args: &EvalArgs,
+    settings: &RunSettings,
+) -> Result<eval::lmms_eval::Written> {
+    let mut lines = eval::score::read_answers(answers)?;
+    let by_id = lines.by_id();
+    let per_question = score.per_question();
+    let samples: Vec<eval::lmms_eval::Sample<'_>> = questions
+        .iter()
+        .zip(targets)
+        .filter_map(|(q, target)| {
+            let id = eval::score::id_key(&q.question_id)?;
+            let answer = by_id.get(&id)?;
+            Some(eval::lmms_eval::Sample {
+                question: q,
+                answer,
+                target: target.clone(),
+                score: per_question.get(id.as_str()).copied(),
+            })
+        })
+        .collect();
+    let generation = json!({
+        "max_new_tokens": settings.max_new_tokens,
+        "temperature": 0,
+        "do_sample": false,
+        "batch": settings.batch,
+    });
+    Ok(eval::lmms_eval::write(
+        &args.output.join("lmms-eval"),
+        &settings.model_id,
+        &eval::lmms_eval::date_now(),
+        bench,
+        score,
+        &samples,
+        &generation,
+    )?)
 }

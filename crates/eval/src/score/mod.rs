@@ -123,9 +123,9 @@ pub fn pair_answers<'q, Q>(
     pairs
 }
 
-/// A benchmark's score as the newer benchmarks report it: named metrics (the headline first),
-/// each with the units it came from, counts of answers the rules could not read, and the input's
-/// issues.
+/// A benchmark's score as the newer benchmarks report it: named metrics (the headline first,
+/// with one unit per question scored), each with the units it came from, counts of answers the
+/// rules could not read, and the input's issues.
 #[derive(Debug, Clone, Default)]
 pub struct BenchScore {
     /// The metrics, headline first.
@@ -137,6 +137,14 @@ pub struct BenchScore {
 }
 
 impl BenchScore {
+    /// Each scored question's value, by id (the headline metric's units).
+    pub fn per_question(&self) -> std::collections::HashMap<&str, f64> {
+        self.metrics
+            .first()
+            .map(|m| m.units.iter().map(|u| (u.id.as_str(), u.value)).collect())
+            .unwrap_or_default()
+    }
+
     /// The metric called `name`.
     pub fn metric(&self, name: &str) -> Option<&Metric> {
         self.metrics.iter().find(|m| m.name == name)
