@@ -85,14 +85,29 @@ def textvqa(docs, preds):
     return {"accuracy": sum(per_question) / len(per_question)}, per_question
 
 
-def hallusionbench(docs, preds):
-    from lmms_eval.tasks.hallusion_bench import evaluate_hb
+def hallusionbench(docs, preds, grades=None):
+    from lmms_eval.tasks.hallusion_bench import evaluate_hb, utils
 
     results = [evaluate_hb.hb_process_results(d, [p])["aAcc"] for d, p in zip(docs, preds)]
     metrics = {}
     for name in ("aAcc", "fAcc", "qAcc"):
         rows = [dict(r) for r in results]
         metrics[name] = 100 * evaluate_hb.hb_aggregation_result_intern(rows, name)
+    if grades is not None:
+        # The judge's verdicts in place of GPT-4's, then lmms-eval's own aggregation.
+        entry = evaluate_hb.correctness_entry
+        judged = []
+        for d, r in zip(docs, results):
+            r = dict(r)
+            r[entry] = str(grades[row_id("hallusionbench", d)])
+            judged.append(r)
+        judged = utils.assign_correctness(judged, correctness_entry=entry)
+        a = utils.get_eval_all(judged, model_correctness_entry=entry)
+        f = utils.get_eval_fig(judged)
+        q = utils.get_eval_pair_all(judged, model_correctness_entry=entry)
+        metrics["judged_aAcc"] = 100 * a["correct"] / a["total"]
+        metrics["judged_fAcc"] = 100 * f["correct"] / f["total"]
+        metrics["judged_qAcc"] = 100 * q["correct"] / q["total"]
     per_question = [float(("1" if p.lower().find("yes") != -1 else "0") == d["gt_answer"]) for d, p in zip(docs, preds)]
     return metrics, per_question
 
@@ -105,6 +120,7 @@ def main():
     parser.add_argument("--bench", required=True, choices=sorted(BENCHES))
     parser.add_argument("--data", required=True)
     parser.add_argument("--answers", required=True)
+    parser.add_argument("--grades", help="HallusionBench: a judge's grades ({question_id, correctness 0/1/2} lines)")
     args = parser.parse_args()
     random.seed(0)
     with open(args.data) as f:
@@ -120,8 +136,12 @@ def main():
     if missing:
         sys.exit(f"{args.answers}: no answer for {missing[:5]}")
     # Some task code prints its tables to stdout; keep stdout for the JSON.
+    extra = {}
+    if args.grades:
+        with open(args.grades) as f:
+            extra["grades"] = {str(g["question_id"]): g["correctness"] for g in map(json.loads, filter(str.strip, f))}
     with contextlib.redirect_stdout(sys.stderr):
-        metrics, per_question = BENCHES[args.bench](docs, [answers[i] for i in ids])
+        metrics, per_question = BENCHES[args.bench](docs, [answers[i] for i in ids], **extra)
     import lmms_eval
 
     print(json.dumps({

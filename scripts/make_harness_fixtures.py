@@ -7,7 +7,9 @@ tested against lmms-eval's own scoring code with:
 - answers.jsonl: answers in LLaVA's format, written by hand to hit each rule's corners (letters
   in brackets, after "the answer is", at the start and the end, option texts, numbers with commas
   and exponents, full-width letters, articles and number words, "yes" inside other words, …);
-- lmms_eval.json: what scripts/lmms_eval_score.py (lmms-eval 0.7.3) makes of them.
+- lmms_eval.json: what scripts/lmms_eval_score.py (lmms-eval 0.7.3) makes of them;
+- hallusionbench/grades.jsonl: a judge's verdicts by hand, and lmms_eval_judged.json what
+  lmms-eval's HallusionBench aggregation makes of them (`--grades`).
 
     python scripts/make_harness_fixtures.py            # rewrites the first three
     python scripts/lmms_eval_score.py --bench B --data fixtures/harness/B/data.json \
@@ -234,6 +236,10 @@ def hallusionbench():
                     answers.append((rid, texts[(k * 3) % len(texts)]))
                     k += 1
     write("hallusionbench", rows, tsv, answers)
+    # A judge's verdicts (0 incorrect, 1 correct, 2 unclear), by hand.
+    with open(os.path.join(ROOT, "hallusionbench", "grades.jsonl"), "w") as f:
+        for i, (rid, _) in enumerate(answers):
+            f.write(json.dumps({"question_id": rid, "correctness": [1, 0, 2, 1, 1, 2, 0][i % 7], "content": "by hand"}) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-//! LLM judges for MM-Vet and MMVP: the official grading prompts written out as requests, and a
+//! LLM judges for MM-Vet, MMVP and HallusionBench: the official grading prompts written out as
+//! requests, and a
 //! client for any OpenAI-compatible chat-completions endpoint (retries with back-off, a request
 //! rate limit) that appends one grade per line, so an interrupted grading resumes where it stopped.
 
@@ -38,6 +39,52 @@ pub enum Judge {
     MmVet,
     /// A yes/no verdict.
     Mmvp,
+    /// HallusionBench's correct / incorrect / unclear (lmms-eval's `evaluate_by_chatgpt`).
+    HallusionBench,
+}
+
+/// HallusionBench's judge prompt in lmms-eval (`tasks/hallusion_bench/utils.py`), before the
+/// question; then `\nReference answer: …\nPrediction answer:…\nOutput:`.
+pub const HALLUSION_PROMPT: &str = "Imagine you are an intelligent teacher. Thoroughly read the question, reference answer and the prediction answer to ensure a clear understanding of the information provided. Assess the correctness of the predictions. If the prediction answer does not conflict with the reference answer, please generate \u{201c}correct\u{201d}. If the prediction answer conflict with the reference answer, please generate \u{201c}incorrect\u{201d}. If the prediction answer is unclear about the answer, please generate \"unclear\". \n\n Question:";
+
+/// HallusionBench requests: for each answered record, the judge prompt with the question, the
+/// reference answer's explanation (`gt_answer_details`; VLMEvalKit's rows have only `answer`) and
+/// the model's answer.
+pub fn hallusion_requests(
+    answers: &mut Answers,
+    records: &[crate::records::Record],
+) -> Vec<GradeRequest> {
+    use crate::score::{hallusion, text_field};
+    let by_id = answers.by_id();
+    records
+        .iter()
+        .filter_map(|r| {
+            let q = hallusion::Question::from_record(r).ok()?;
+            let answer = by_id.get(&q.id)?;
+            let question = text_field(r, &["question"]).ok()?;
+            let reference = text_field(r, &["gt_answer_details", "answer"]).ok()?;
+            Some(GradeRequest {
+                question_id: json!(q.id),
+                prompt: format!(
+                    "{HALLUSION_PROMPT}{question}\nReference answer: {reference}\nPrediction answer:{}\nOutput:",
+                    answer.text
+                ),
+            })
+        })
+        .collect()
+}
+
+/// lmms-eval's reading of a HallusionBench verdict: "incorrect" anywhere (any case) is 0, else
+/// "correct" is 1, else 2 (unclear).
+pub fn parse_hallusion(content: &str) -> u8 {
+    let lower = content.to_lowercase();
+    if lower.contains("incorrect") {
+        0
+    } else if lower.contains("correct") {
+        1
+    } else {
+        2
+    }
 }
 
 /// One request to the judge.
@@ -292,6 +339,12 @@ pub fn grade(
                 stats.unparsed += usize::from(score.is_none());
                 json!({"question_id": r.question_id, "score": score.unwrap_or(0.0), "content": content})
             }
+            Judge::HallusionBench => {
+                // lmms-eval asks with max_tokens 16 at the API's default temperature; we ask at
+                // 0 so that a rerun grades alike.
+                let content = client.complete(&r.prompt, 0.0, 16)?;
+                json!({"question_id": r.question_id, "correctness": parse_hallusion(&content), "content": content})
+            }
             Judge::Mmvp => {
                 let content = client.complete(&r.prompt, 0.0, 5)?;
                 let verdict = parse_mmvp(content.trim());
@@ -431,6 +484,47 @@ mod tests {
             (0, 2, 0)
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn hallusion_verdicts_as_lmms_eval_reads_them() {
+        assert_eq!(parse_hallusion("Incorrect."), 0);
+        assert_eq!(parse_hallusion("correct"), 1);
+        assert_eq!(parse_hallusion("\u{201c}correct\u{201d}"), 1);
+        assert_eq!(parse_hallusion("unclear"), 2);
+        assert!(HALLUSION_PROMPT.ends_with("\n\n Question:"));
+        let dir = tempfile::tempdir().unwrap();
+        let records: Vec<crate::records::Record> = (0..3)
+            .map(|i| {
+                serde_json::from_value(json!({
+                    "category": "VD", "subcategory": "chart", "set_id": "0", "figure_id": "0",
+                    "question_id": i.to_string(), "question": format!("Is {i} shown?"),
+                    "gt_answer_details": "It is shown.", "gt_answer": "1",
+                }))
+                .unwrap()
+            })
+            .collect();
+        let mut answers = Answers::parse(
+            "{\"question_id\": \"VD_chart_0_0_0\", \"text\": \"Yes\"}\n\
+             {\"question_id\": \"VD_chart_0_0_1\", \"text\": \"No\"}\n\
+             {\"question_id\": \"VD_chart_0_0_2\", \"text\": \"Maybe\"}\n",
+        );
+        let requests = hallusion_requests(&mut answers, &records);
+        assert_eq!(requests.len(), 3);
+        assert!(requests[1].prompt.ends_with(
+            "Is 1 shown?\nReference answer: It is shown.\nPrediction answer:No\nOutput:"
+        ));
+        let (url, server) = stub(vec![(200, "Correct"), (200, "incorrect."), (200, "hmm")]);
+        let mut client = Client::new(endpoint(url));
+        let grades = dir.path().join("g.jsonl");
+        grade(Judge::HallusionBench, &requests, &mut client, &grades).unwrap();
+        server.join().unwrap();
+        let (lines, _) = crate::score::read_jsonl(&grades).unwrap();
+        let codes: Vec<u64> = lines
+            .iter()
+            .map(|l| l["correctness"].as_u64().unwrap())
+            .collect();
+        assert_eq!(codes, [1, 0, 2]);
     }
 
     #[test]

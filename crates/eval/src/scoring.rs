@@ -150,7 +150,12 @@ pub fn score_with(files: &ScoreFiles, pairing: Pairing) -> Result<Value, Error> 
                 "the benchmark's data file: VLMEvalKit's TSV or lmms-eval's rows as .jsonl/.json",
             )?;
             let answers = files.need(&files.answers, "answers", "the model's answer file")?;
-            score_data(other, data, answers)?.to_json()
+            let mut s = score_data(other, data, answers)?;
+            if other == "hallusionbench" && files.grades.is_some() {
+                let grades = files.read_grades()?;
+                score::hallusion::add_judged(&mut s, &crate::records::read(data)?.rows, &grades);
+            }
+            s.to_json()
         }
         other => {
             return Err(Error::Request(format!(

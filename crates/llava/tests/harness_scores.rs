@@ -278,6 +278,25 @@ fn lmms_eval_from_pypi_recomputes_the_stored_references() {
         assert_eq!(fresh["metrics"], stored["metrics"], "{bench}");
         assert_eq!(fresh["per_question"], stored["per_question"], "{bench}");
     }
+    let d = dir("hallusionbench");
+    let out = Command::new(&python)
+        .arg(root().join("scripts/lmms_eval_score.py"))
+        .args(["--bench", "hallusionbench", "--data"])
+        .arg(d.join("data.json"))
+        .arg("--answers")
+        .arg(d.join("answers.jsonl"))
+        .arg("--grades")
+        .arg(d.join("grades.jsonl"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fresh: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stored = read_json(&d.join("lmms_eval_judged.json"));
+    assert_eq!(fresh["metrics"], stored["metrics"], "judged");
 }
 
 /// `llava score --manifest` writes each run's provenance and units; `llava eval --compare` says
@@ -367,4 +386,34 @@ fn compare_tells_a_real_difference_from_noise() {
         .unwrap();
     assert!(!err.status.success());
     assert!(String::from_utf8_lossy(&err.stderr).contains("not an eval manifest"));
+}
+
+/// HallusionBench with a judge's grades: `llava score --grades` adds the judged aAcc, fAcc and
+/// qAcc as lmms-eval's `evaluate_hb.py` aggregates the same verdicts, and keeps the rule-based
+/// figures.
+#[test]
+fn hallusionbench_judged_metrics_aggregate_as_lmms_eval_does() {
+    let d = dir("hallusionbench");
+    let reference = read_json(&d.join("lmms_eval_judged.json"));
+    let printed = run_ok(llava().args([
+        "score",
+        "--bench",
+        "hallusionbench",
+        "--json",
+        "--data",
+        d.join("data.json").to_str().unwrap(),
+        "--answers",
+        d.join("answers.jsonl").to_str().unwrap(),
+        "--grades",
+        d.join("grades.jsonl").to_str().unwrap(),
+    ]));
+    let ours: Value = serde_json::from_str(&printed).unwrap();
+    for (name, v) in reference["metrics"].as_object().unwrap() {
+        let mine = ours["metrics"][name]["value"].as_f64().unwrap();
+        assert!(
+            (mine - v.as_f64().unwrap()).abs() < 1e-9,
+            "{name}: ours {mine}, lmms-eval {v}"
+        );
+    }
+    assert_eq!(ours["counts"]["ungraded"], 0);
 }

@@ -6,7 +6,9 @@
 //! figure right). Percentages.
 //!
 //! lmms-eval's default path asks GPT-4 whether each answer agrees with the reference answer's
-//! explanation; that judged figure needs a judge's grades and is reported only beside this one.
+//! explanation (`llava grade --bench hallusionbench`); with those grades, [`add_judged`] adds
+//! the judged `judged_aAcc`, `judged_fAcc` and `judged_qAcc` as lmms-eval's `evaluate_hb.py`
+//! computes them, beside the rule-based figures, which are always reported.
 
 use super::{Answers, BenchScore, Issues, pair_answers, questions_of, text_field};
 use crate::records::Record;
@@ -158,6 +160,68 @@ pub fn score(records: &[Record], answers: Answers) -> BenchScore {
         issues,
         ..BenchScore::default()
     }
+}
+
+/// Adds the judged metrics from a judge's grades (`{"question_id", "correctness": 0|1|2}` lines):
+/// lmms-eval's `assign_correctness` (1 is right; for a VS question without its figure, "unclear"
+/// is right too), then `get_eval_all` (aAcc over questions), `get_eval_fig` (fAcc over figure
+/// groups, VS questions without a figure left out) and `get_eval_pair_all` (qAcc over question
+/// groups). Answered questions without a grade are counted in `counts.ungraded` and left out.
+pub fn add_judged(score: &mut BenchScore, records: &[Record], grades: &[serde_json::Value]) {
+    let mut issues = Issues::default();
+    let questions = questions_of(records, Question::from_record, &mut issues);
+    let codes: std::collections::HashMap<String, u64> = grades
+        .iter()
+        .filter_map(|g| {
+            let id = super::id_key(g.get("question_id")?)?;
+            let code = g.get("correctness")?.as_u64().filter(|c| *c <= 2)?;
+            Some((id, code))
+        })
+        .collect();
+    let answered: std::collections::HashSet<&str> = score
+        .metrics
+        .first()
+        .map(|m| m.units.iter().map(|u| u.id.as_str()).collect())
+        .unwrap_or_default();
+    let mut ungraded = 0;
+    let mut judged: Vec<(&Question, bool)> = Vec::new();
+    for q in questions
+        .iter()
+        .filter(|q| answered.contains(q.id.as_str()))
+    {
+        let Some(&code) = codes.get(&q.id) else {
+            ungraded += 1;
+            continue;
+        };
+        let no_figure = q.category == "VS" && q.figure_id == "0";
+        judged.push((q, code == 1 || (no_figure && code == 2)));
+    }
+    let per_question = grouped(
+        &judged
+            .iter()
+            .map(|(q, r)| (q.id.clone(), *r))
+            .collect::<Vec<_>>(),
+    );
+    let figures = grouped(
+        &judged
+            .iter()
+            .filter(|(q, _)| !(q.category == "VS" && q.figure_id == "0"))
+            .map(|(q, r)| (q.figure_key(), *r))
+            .collect::<Vec<_>>(),
+    );
+    let pairs = grouped(
+        &judged
+            .iter()
+            .map(|(q, r)| (q.question_key(), *r))
+            .collect::<Vec<_>>(),
+    );
+    let judged_metrics = [
+        Metric::new("judged_aAcc", Aggregate::Mean, 100.0, per_question),
+        Metric::new("judged_fAcc", Aggregate::Mean, 100.0, figures),
+        Metric::new("judged_qAcc", Aggregate::Mean, 100.0, pairs),
+    ];
+    score.metrics.extend(judged_metrics);
+    score.counts.insert("ungraded".into(), ungraded);
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! `llava grade`: MM-Vet and MMVP answers graded by an LLM judge.
+//! `llava grade`: MM-Vet, MMVP and HallusionBench answers graded by an LLM judge.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,13 +6,14 @@ use std::process::ExitCode;
 /// Its arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// mmvet or mmvp.
+    /// mmvet, mmvp or hallusionbench.
     #[arg(long)]
     bench: String,
     /// The model's answer file.
     #[arg(long)]
     answers: PathBuf,
-    /// MM-Vet: mm-vet.json; MMVP: Questions.csv.
+    /// MM-Vet: mm-vet.json; MMVP: Questions.csv; HallusionBench: its data file (lmms-eval's
+    /// rows with `gt_answer_details`, or VLMEvalKit's TSV).
     #[arg(long)]
     reference: PathBuf,
     /// The grades file to write (appended to; graded ids are not asked again).
@@ -52,9 +53,18 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
             let rows = grade::mmvp_rows(&args.reference).map_err(err)?;
             (Judge::Mmvp, grade::mmvp_requests(&mut answers, &rows))
         }
+        "hallusionbench" => {
+            let rows = llava::eval::records::read(&args.reference)
+                .map_err(err)?
+                .rows;
+            (
+                Judge::HallusionBench,
+                grade::hallusion_requests(&mut answers, &rows),
+            )
+        }
         other => {
             return Err(llava::Error::Unsupported(format!(
-                "`{other}` has no LLM judge (mmvet, mmvp)"
+                "`{other}` has no LLM judge (mmvet, mmvp, hallusionbench)"
             )));
         }
     };
