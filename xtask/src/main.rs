@@ -20,9 +20,10 @@ Commands:
   pretrain [args]       stage 1 (connector) on the tiny preset and synthetic data (llava train --stage 1)
   finetune [args]       stage 2 (connector + LM), from stage 1's connector (llava train --stage 2)
                         (both: --nproc-per-node N trains on N local ranks, data parallel)
-  eval --model DIR --bench NAME|all --data DIR
-                        answer and score benchmarks (LLaVA's playground/data/eval layout), print
-                        the paper's Table 1 row (llava eval --help)
+  eval --model DIR --bench NAME|paper|recent|all --data DIR
+                        answer and score benchmarks (LLaVA's playground/data/eval layout and
+                        VLMEvalKit's TSVs), print the paper's Table 1 row and the recent row
+                        (MMStar, MMMU, OCRBench, AI2D, TextVQA, HallusionBench) (llava eval --help)
   bench-train [args]    training steps on a random-weight preset (llava bench-train --help)
   bench-compare [args]  bench-train and the Python reference (scripts/bench_reference.py, HF
                         transformers) with the same arguments, then the ratio of their tokens/s
