@@ -7,8 +7,9 @@ use serde_json::{Value, json};
 
 use crate::Error;
 use crate::runner::Bench;
+use crate::score::pope::Pairing;
 use crate::score::{self, read_answers};
-use crate::scoring::{self, ScoreFiles};
+use crate::scoring::{self, ScoreFiles, Scored};
 
 /// Where a benchmark's files sit under the data root (LLaVA's `playground/data/eval`).
 #[derive(Debug, Clone)]
@@ -94,6 +95,11 @@ impl Layout {
     /// where the score cannot be computed here, a `note` says why. MME's answers are converted
     /// to its result files, and VQAv2's to the submission file, in `output`.
     pub fn score(&self, bench: Bench, answers: &Path, output: &Path) -> Result<Value, Error> {
+        Ok(self.score_full(bench, answers, output)?.value)
+    }
+
+    /// [`Layout::score`], keeping the metrics' units (for the manifest and `--compare`).
+    pub fn score_full(&self, bench: Bench, answers: &Path, output: &Path) -> Result<Scored, Error> {
         let base = ScoreFiles {
             bench: bench.name().into(),
             answers: Some(answers.to_path_buf()),
@@ -105,26 +111,40 @@ impl Layout {
             questions: Some(self.questions.clone()),
             ..base.clone()
         };
+        let full = |files: &ScoreFiles| scoring::score_full(files, Pairing::Position);
+        let note = |value: Value| Scored {
+            value,
+            metrics: Vec::new(),
+        };
         Ok(match bench {
             b if b.from_data_file() => {
-                scoring::score_data(b.scored_as(), &self.questions, answers)?.to_json()
+                let s = scoring::score_data(b.scored_as(), &self.questions, answers)?;
+                Scored {
+                    value: s.to_json(),
+                    metrics: s.metrics,
+                }
             }
             Bench::Synthetic => {
                 let key = self.annotations.clone().unwrap_or_default();
-                json!(crate::synthetic::score(read_answers(answers)?, &key)?)
+                note(json!(crate::synthetic::score(
+                    read_answers(answers)?,
+                    &key
+                )?))
             }
             Bench::Mme => match &base.annotations {
-                Some(gt_root) => mme(gt_root, answers, base.clone(), output)?,
-                None => json!({"note": "no MME ground truth folder to convert the answers with"}),
+                Some(gt_root) => note(mme(gt_root, answers, base.clone(), output)?),
+                None => {
+                    note(json!({"note": "no MME ground truth folder to convert the answers with"}))
+                }
             },
-            Bench::Pope => scoring::score(&with_questions())?,
-            Bench::Vqav2 => self.vqav2_submission(answers, output)?,
-            Bench::Mmvet | Bench::Mmvp if base.grades.is_none() => json!({
+            Bench::Pope => full(&with_questions())?,
+            Bench::Vqav2 => note(self.vqav2_submission(answers, output)?),
+            Bench::Mmvet | Bench::Mmvp if base.grades.is_none() => note(json!({
                 "note": "needs an LLM judge: run `llava grade` to write the grades file, then eval again",
-            }),
-            Bench::Mmvp => scoring::score(&with_questions())?,
-            _ if base.annotations.is_none() => json!({"note": "no reference answers found"}),
-            _ => scoring::score(&base)?,
+            })),
+            Bench::Mmvp => full(&with_questions())?,
+            _ if base.annotations.is_none() => note(json!({"note": "no reference answers found"})),
+            _ => full(&base)?,
         })
     }
 

@@ -92,7 +92,7 @@ pub struct Manifest {
 
 impl Manifest {
     /// A manifest for `bench`'s `score` of `answers`. `metrics` are the score's metrics with their
-    /// units (empty for the paper's seven, whose scores do not keep units yet).
+    /// units (empty for MME and the synthetic split, which keep none yet).
     pub fn new(
         bench: &str,
         answers: &Path,
@@ -213,8 +213,8 @@ pub fn compare(a: &Manifest, b: &Manifest) -> Result<RunComparison, Error> {
     }
     if a.metrics.is_empty() || b.metrics.is_empty() {
         return Err(Error::Request(format!(
-            "{}: these manifests keep no per-question units to compare (the paper's seven \
-             benchmarks do not yet)",
+            "{}: these manifests keep no per-question units to compare (MME, the synthetic \
+             split and unscored runs keep none)",
             a.bench
         )));
     }

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use crate::Error;
 use crate::score::pope::Pairing;
 use crate::score::{self, read_answers, read_json, read_jsonl};
+use crate::stats::{Aggregate, Metric, Unit};
 
 /// The benchmarks [`score()`] knows: the paper's seven, then the six scored from a data file.
 pub const BENCHES: [&str; 13] = [
@@ -122,26 +123,47 @@ pub fn score(files: &ScoreFiles) -> Result<Value, Error> {
 /// meets answers whose image or question is not their label's, a warning on stderr says so and
 /// suggests `--pair-by image-question` (the details are in the score's `issues`).
 pub fn score_with(files: &ScoreFiles, pairing: Pairing) -> Result<Value, Error> {
-    let mut value = match files.bench.as_str() {
+    Ok(score_full(files, pairing)?.value)
+}
+
+/// A score as printed, with its metrics' units (for intervals, manifests and comparisons).
+#[derive(Debug, Clone)]
+pub struct Scored {
+    /// The JSON `llava score` prints; `intervals` holds each metric's 95 % interval.
+    pub value: Value,
+    /// The metrics with their units (none for MME, whose subtask sums keep none yet).
+    pub metrics: Vec<Metric>,
+}
+
+/// [`score_with`], keeping the metrics' units.
+pub fn score_full(files: &ScoreFiles, pairing: Pairing) -> Result<Scored, Error> {
+    let (mut value, metrics) = match files.bench.as_str() {
         "gqa" => gqa(files)?,
-        "mme" => json!(score::mme::score(files.need(
-            &files.answers,
-            "answers",
-            "a folder of MME <subtask>.txt result files"
-        )?)?),
+        "mme" => (
+            json!(score::mme::score(files.need(
+                &files.answers,
+                "answers",
+                "a folder of MME <subtask>.txt result files"
+            )?)?),
+            Vec::new(),
+        ),
         "pope" => pope(files, pairing)?,
         "vqav2" => vqav2(files)?,
         "sqa" => sqa(files)?,
         "mmvp" => {
             let grades = files.read_grades()?;
             let questions = files.questions.as_deref().map(csv_rows).transpose()?;
-            json!(score::mmvp::score(&grades, questions))
+            let s = score::mmvp::score(&grades, questions);
+            let m = Metric::new("pair_accuracy", Aggregate::Mean, 1.0, s.units.clone());
+            (json!(s), vec![m])
         }
         "mmvet" => {
             let grades = files.read_grades()?;
             let annotations =
                 read_json(files.need(&files.annotations, "annotations", "mm-vet.json")?)?;
-            json!(score::mmvet::score(&grades, &annotations))
+            let s = score::mmvet::score(&grades, &annotations);
+            let m = Metric::new("total", Aggregate::Mean, 100.0, s.units.clone());
+            (json!(s), vec![m])
         }
         other if data_scorer(other).is_some() => {
             let data = files.need(
@@ -155,7 +177,7 @@ pub fn score_with(files: &ScoreFiles, pairing: Pairing) -> Result<Value, Error> 
                 let grades = files.read_grades()?;
                 score::hallusion::add_judged(&mut s, &crate::records::read(data)?.rows, &grades);
             }
-            s.to_json()
+            (s.to_json(), s.metrics)
         }
         other => {
             return Err(Error::Request(format!(
@@ -165,21 +187,33 @@ pub fn score_with(files: &ScoreFiles, pairing: Pairing) -> Result<Value, Error> 
         }
     };
     value["bench"] = json!(files.bench);
-    Ok(value)
+    if data_scorer(&files.bench).is_none() && !metrics.is_empty() {
+        let intervals: serde_json::Map<String, Value> = metrics
+            .iter()
+            .map(|m| (m.name.clone(), json!(m.interval(crate::stats::RESAMPLES))))
+            .collect();
+        value["intervals"] = Value::Object(intervals);
+    }
+    Ok(Scored { value, metrics })
 }
 
+/// A paper benchmark's printed score and its metrics.
+type PaperScore = (Value, Vec<Metric>);
+
 /// GQA against its questions file.
-fn gqa(files: &ScoreFiles) -> Result<Value, Error> {
+fn gqa(files: &ScoreFiles) -> Result<PaperScore, Error> {
     let questions = read_json(files.need(
         &files.annotations,
         "annotations",
         "GQA's testdev_balanced_questions.json",
     )?)?;
-    Ok(json!(score::gqa::score(files.read_answers()?, &questions)))
+    let s = score::gqa::score(files.read_answers()?, &questions);
+    let m = Metric::new("accuracy", Aggregate::Mean, 1.0, s.units.clone());
+    Ok((json!(s), vec![m]))
 }
 
 /// POPE against its label folder, warning when positional pairing met other questions' labels.
-fn pope(files: &ScoreFiles, pairing: Pairing) -> Result<Value, Error> {
+fn pope(files: &ScoreFiles, pairing: Pairing) -> Result<PaperScore, Error> {
     let (questions, _) =
         read_jsonl(files.need(&files.questions, "questions", "llava_pope_test.jsonl")?)?;
     let labels = files.need(
@@ -191,12 +225,37 @@ fn pope(files: &ScoreFiles, pairing: Pairing) -> Result<Value, Error> {
     if let Some(warning) = pope_warning(&s) {
         eprintln!("{warning}");
     }
-    Ok(json!(s))
+    let mut metrics = Vec::new();
+    for (category, c) in &s.categories {
+        let units: Vec<Unit> = c
+            .outcomes
+            .iter()
+            .enumerate()
+            .map(|(i, o)| Unit {
+                id: format!("{category}/{i}"),
+                group: o.to_string(),
+                value: f64::from(u8::from(matches!(*o, "tp" | "tn"))),
+            })
+            .collect();
+        metrics.push(Metric::new(
+            &format!("{category}/accuracy"),
+            Aggregate::Mean,
+            1.0,
+            units.clone(),
+        ));
+        metrics.push(Metric::new(
+            &format!("{category}/f1"),
+            Aggregate::F1,
+            1.0,
+            units,
+        ));
+    }
+    Ok((json!(s), metrics))
 }
 
 /// VQAv2 against the official annotations (the questions of `files.questions` only, when given),
 /// writing the submission file when asked.
-fn vqav2(files: &ScoreFiles) -> Result<Value, Error> {
+fn vqav2(files: &ScoreFiles) -> Result<PaperScore, Error> {
     let annotations = read_json(files.need(
         &files.annotations,
         "annotations",
@@ -211,15 +270,17 @@ fn vqav2(files: &ScoreFiles) -> Result<Value, Error> {
     let keys: Option<Vec<String>> = question_ids
         .as_ref()
         .map(|ids| ids.iter().filter_map(score::id_key).collect());
-    Ok(json!(score::vqav2::score(
+    let s = score::vqav2::score(
         answers,
         &score::vqav2::annotations(&annotations),
-        keys.as_deref()
-    )))
+        keys.as_deref(),
+    );
+    let m = Metric::new("accuracy", Aggregate::Mean, 100.0, s.units.clone());
+    Ok((json!(s), vec![m]))
 }
 
 /// ScienceQA's test split against its folder's `problems.json` and `pid_splits.json`.
-fn sqa(files: &ScoreFiles) -> Result<Value, Error> {
+fn sqa(files: &ScoreFiles) -> Result<PaperScore, Error> {
     let dir = files.need(
         &files.annotations,
         "annotations",
@@ -238,11 +299,18 @@ fn sqa(files: &ScoreFiles) -> Result<Value, Error> {
         .iter()
         .filter_map(score::id_key)
         .collect();
-    Ok(json!(score::sqa::score(
-        files.read_answers()?,
-        &problems,
-        &split
-    )))
+    let s = score::sqa::score(files.read_answers()?, &problems, &split);
+    let img: Vec<Unit> = s
+        .units
+        .iter()
+        .filter(|u| u.group == "img")
+        .cloned()
+        .collect();
+    let metrics = vec![
+        Metric::new("accuracy", Aggregate::Mean, 100.0, s.units.clone()),
+        Metric::new("img_accuracy", Aggregate::Mean, 100.0, img),
+    ];
+    Ok((json!(s), metrics))
 }
 
 /// Writes `value` to `path` atomically.
@@ -335,6 +403,48 @@ mod tests {
             annotations: Some(labels),
             ..ScoreFiles::default()
         }
+    }
+
+    #[test]
+    fn paper_scores_carry_intervals_and_units() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = shuffled(dir.path());
+        let by_image = score_full(&files, Pairing::ImageQuestion).unwrap();
+        let f1 = by_image
+            .metrics
+            .iter()
+            .find(|m| m.name == "random/f1")
+            .unwrap();
+        assert_eq!(f1.value(), by_image.value["random"]["f1"].as_f64().unwrap());
+        assert!(by_image.value["intervals"]["random/accuracy"].is_array());
+
+        let questions = dir.path().join("gqa.json");
+        let mut q = serde_json::Map::new();
+        let mut answers = String::new();
+        for i in 0..200 {
+            let gold = if i % 3 == 0 { "yes" } else { "no" };
+            q.insert(i.to_string(), json!({"answer": gold, "isBalanced": true}));
+            answers.push_str(&format!(
+                "{}\n",
+                json!({"question_id": i.to_string(), "text": "no"})
+            ));
+        }
+        std::fs::write(&questions, Value::Object(q).to_string()).unwrap();
+        std::fs::write(dir.path().join("gqa.jsonl"), answers).unwrap();
+        let s = score_full(
+            &ScoreFiles {
+                bench: "gqa".into(),
+                answers: Some(dir.path().join("gqa.jsonl")),
+                annotations: Some(questions),
+                ..ScoreFiles::default()
+            },
+            Pairing::Position,
+        )
+        .unwrap();
+        let acc = s.value["accuracy"].as_f64().unwrap();
+        let [lo, hi] = [0, 1].map(|i| s.value["intervals"]["accuracy"][i].as_f64().unwrap());
+        assert!(lo < acc && acc < hi && hi - lo < 0.2, "{lo} {acc} {hi}");
+        assert_eq!(s.metrics[0].units.len(), 200);
     }
 
     #[test]

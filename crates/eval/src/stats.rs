@@ -21,6 +21,17 @@ pub struct Unit {
     pub value: f64,
 }
 
+impl Unit {
+    /// A right (1) or wrong (0) question, in no group.
+    pub fn of(id: &str, right: bool) -> Self {
+        Unit {
+            id: id.to_string(),
+            group: String::new(),
+            value: f64::from(u8::from(right)),
+        }
+    }
+}
+
 /// How a metric's units become its value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -32,6 +43,9 @@ pub enum Aggregate {
     /// The mean of each group's mean (lmms-eval's MMStar average); the bootstrap resamples within
     /// each group.
     MeanOfGroupMeans,
+    /// F1 of "yes" from answers whose group is their outcome (`tp`, `fp`, `tn`, `fn`):
+    /// 2·TP / (2·TP + FP + FN), 0 without a true positive (POPE).
+    F1,
 }
 
 /// A metric with the units it came from.
@@ -198,6 +212,15 @@ fn combine(aggregate: Aggregate, units: &[&Unit]) -> f64 {
             }
             groups.iter().map(|g| g.1 / g.2 as f64).sum::<f64>() / groups.len() as f64
         }
+        Aggregate::F1 => {
+            let count = |o: &str| units.iter().filter(|u| u.group == o).count() as f64;
+            let (tp, fp, fn_) = (count("tp"), count("fp"), count("fn"));
+            if tp == 0.0 {
+                0.0
+            } else {
+                2.0 * tp / (2.0 * tp + fp + fn_)
+            }
+        }
     }
 }
 
@@ -317,6 +340,19 @@ mod tests {
         let same = compare(&ma, &ma, RESAMPLES);
         assert!(!same.differs);
         assert_eq!(same.interval, [0.0, 0.0]);
+    }
+
+    #[test]
+    fn f1_from_outcomes() {
+        let u = |o: &str| Unit {
+            id: o.into(),
+            group: o.into(),
+            value: 1.0,
+        };
+        // P = 2/3, R = 2/4: F1 = 2PR/(P+R) = 4/7.
+        let units = vec![u("tp"), u("tp"), u("fp"), u("fn"), u("fn"), u("tn")];
+        let m = Metric::new("f1", Aggregate::F1, 1.0, units);
+        assert!((m.value() - 4.0 / 7.0).abs() < 1e-12);
     }
 
     #[test]

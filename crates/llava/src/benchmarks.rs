@@ -184,7 +184,8 @@ fn answer_and_score(
         ));
         (s.to_json(), s.metrics)
     } else {
-        (files.score(bench, &answers, &args.output)?, Vec::new())
+        let s = files.score_full(bench, &answers, &args.output)?;
+        (s.value, s.metrics)
     };
     value["run"] = json!(stats);
     let example = match questions.first() {

@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{Answers, Issues};
+use crate::stats::Unit;
 
 /// GQA's score.
 #[derive(Debug, Clone, Serialize)]
@@ -16,6 +17,9 @@ pub struct Score {
     pub count: usize,
     /// Problems in the inputs.
     pub issues: Issues,
+    /// Each balanced question, right (1) or not (0).
+    #[serde(skip)]
+    pub units: Vec<Unit>,
 }
 
 /// What the conversion script makes of a prediction: trailing periods dropped, lowercased; no
@@ -33,6 +37,7 @@ pub fn score(mut answers: Answers, questions: &Value) -> Score {
     let questions = questions.as_object().unwrap_or(&empty);
     issues.unknown_ids = by_id.keys().filter(|k| !questions.contains_key(*k)).count();
     let (mut right, mut count) = (0usize, 0usize);
+    let mut units = Vec::new();
     for (id, q) in questions {
         if !q
             .get("isBalanced")
@@ -43,15 +48,21 @@ pub fn score(mut answers: Answers, questions: &Value) -> Score {
         }
         count += 1;
         let gold = q.get("answer").and_then(Value::as_str).unwrap_or_default();
-        match by_id.get(id) {
-            Some(a) => right += usize::from(normalise(&a.text) == gold),
-            None => issues.missing_answers += 1,
-        }
+        let ok = match by_id.get(id) {
+            Some(a) => normalise(&a.text) == gold,
+            None => {
+                issues.missing_answers += 1;
+                false
+            }
+        };
+        right += usize::from(ok);
+        units.push(Unit::of(id, ok));
     }
     Score {
         accuracy: right as f64 / count.max(1) as f64,
         count,
         issues,
+        units,
     }
 }
 

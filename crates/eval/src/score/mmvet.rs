@@ -21,6 +21,9 @@ pub struct Score {
     pub count: usize,
     /// Problems in the grades.
     pub issues: Issues,
+    /// Each question's grade (0..1; ungraded 0).
+    #[serde(skip)]
+    pub units: Vec<crate::stats::Unit>,
 }
 
 /// Scores grade lines `{"question_id": "v1_N", "score": 0..1}` against `mm-vet.json`.
@@ -46,6 +49,7 @@ pub fn score(grades: &[Value], annotations: &Value) -> Score {
         .count();
     let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
     let mut total = 0.0;
+    let mut units = Vec::new();
     for (id, q) in questions {
         let s = match scores.get(id) {
             Some(s) => *s,
@@ -55,6 +59,11 @@ pub fn score(grades: &[Value], annotations: &Value) -> Score {
             }
         };
         total += s;
+        units.push(crate::stats::Unit {
+            id: id.clone(),
+            group: String::new(),
+            value: s,
+        });
         for cap in q
             .get("capability")
             .and_then(Value::as_array)
@@ -76,6 +85,7 @@ pub fn score(grades: &[Value], annotations: &Value) -> Score {
             .collect(),
         count: questions.len(),
         issues,
+        units,
     }
 }
 

@@ -23,6 +23,9 @@ pub struct Score {
     /// questions without a grade (`missing_answers`: not scored); pairs with one grade of two
     /// (`incomplete_pairs`: not scored).
     pub issues: Issues,
+    /// Each scored pair (`pair <k>`), right when both answers are.
+    #[serde(skip)]
+    pub units: Vec<crate::stats::Unit>,
 }
 
 /// Scores grade lines `{"question_id": 1..N, "correct": bool}`. `questions` is the number of
@@ -60,10 +63,12 @@ pub fn score(grades: &[Value], questions: Option<usize>) -> Score {
         e.1 &= c;
     }
     let (mut pairs, mut right) = (0usize, 0usize);
+    let mut units = Vec::new();
     for (k, (graded, both_right)) in per_pair {
         if graded == 2 {
             pairs += 1;
             right += usize::from(both_right);
+            units.push(crate::stats::Unit::of(&format!("pair {k}"), both_right));
         } else {
             issues.incomplete_pairs.push(k);
         }
@@ -76,6 +81,7 @@ pub fn score(grades: &[Value], questions: Option<usize>) -> Score {
         },
         pairs,
         issues,
+        units,
     }
 }
 

@@ -76,6 +76,9 @@ pub struct CategoryScore {
     pub answers: usize,
     /// Labels in the category's file.
     pub labels: usize,
+    /// Each scored pair's outcome for "yes" (`tp`, `fp`, `tn`, `fn`), in pair order.
+    #[serde(skip)]
+    pub outcomes: Vec<&'static str>,
 }
 
 /// POPE's score: one object per category (`adversarial`, `popular`, `random`) at the top level,
@@ -167,13 +170,27 @@ pub fn score_category(answers: &[&str], labels: &[&str]) -> CategoryScore {
 /// ratio) and `labels` the number of lines of its label file.
 pub fn score_pairs(pairs: &[(&str, &str)], answers: &[&str], labels: usize) -> CategoryScore {
     let (mut tp, mut tn, mut fp, mut fn_) = (0usize, 0usize, 0usize, 0usize);
+    let mut outcomes = Vec::with_capacity(pairs.len());
     for &(answer, label) in pairs {
-        match (reads_yes(answer), label != "no") {
-            (true, true) => tp += 1,
-            (true, false) => fp += 1,
-            (false, false) => tn += 1,
-            (false, true) => fn_ += 1,
-        }
+        let outcome = match (reads_yes(answer), label != "no") {
+            (true, true) => {
+                tp += 1;
+                "tp"
+            }
+            (true, false) => {
+                fp += 1;
+                "fp"
+            }
+            (false, false) => {
+                tn += 1;
+                "tn"
+            }
+            (false, true) => {
+                fn_ += 1;
+                "fn"
+            }
+        };
+        outcomes.push(outcome);
     }
     let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     let precision = ratio(tp, tp + fp);
@@ -193,6 +210,7 @@ pub fn score_pairs(pairs: &[(&str, &str)], answers: &[&str], labels: usize) -> C
         ),
         answers: answers.len(),
         labels,
+        outcomes,
     }
 }
 

@@ -24,6 +24,9 @@ pub struct Score {
     pub img_count: usize,
     /// Problems in the inputs.
     pub issues: Issues,
+    /// Each problem of the split, right or not, in group `img` when its prompt has an image.
+    #[serde(skip)]
+    pub units: Vec<crate::stats::Unit>,
 }
 
 /// The letter the script reads in `text`, or `None` (its `FAILED`).
@@ -64,6 +67,7 @@ pub fn score(mut answers: Answers, problems: &Value, split: &[String]) -> Score 
     let mut issues = answers.issues.clone();
     issues.unknown_ids = by_id.keys().filter(|k| !split.contains(*k)).count();
     let (mut right, mut img_right, mut img_count) = (0usize, 0usize, 0usize);
+    let mut units = Vec::new();
     for id in split {
         let problem = &problems[id.as_str()];
         let choices = problem
@@ -90,6 +94,11 @@ pub fn score(mut answers: Answers, problems: &Value, split: &[String]) -> Score 
         right += usize::from(correct);
         img_count += usize::from(image);
         img_right += usize::from(correct && image);
+        let mut unit = crate::stats::Unit::of(id, correct);
+        if image {
+            unit.group = "img".into();
+        }
+        units.push(unit);
     }
     Score {
         accuracy: 100.0 * right as f64 / split.len().max(1) as f64,
@@ -97,6 +106,7 @@ pub fn score(mut answers: Answers, problems: &Value, split: &[String]) -> Score 
         count: split.len(),
         img_count,
         issues,
+        units,
     }
 }
 

@@ -270,6 +270,9 @@ pub struct Score {
     pub count: usize,
     /// Problems in the inputs.
     pub issues: Issues,
+    /// Each question's accuracy (0..1; unanswered 0).
+    #[serde(skip)]
+    pub units: Vec<crate::stats::Unit>,
 }
 
 /// The human answers per question id from the official annotations JSON
@@ -320,17 +323,28 @@ pub fn score(
             .collect(),
     };
     let mut total = 0.0;
+    let mut units = Vec::new();
     for id in &ids {
-        match by_id.get(id) {
-            Some(a) => total += question_accuracy(&evalai_process(&a.text), &annotations[id]),
-            None => issues.missing_answers += 1,
-        }
+        let acc = match by_id.get(id) {
+            Some(a) => question_accuracy(&evalai_process(&a.text), &annotations[id]),
+            None => {
+                issues.missing_answers += 1;
+                0.0
+            }
+        };
+        total += acc;
+        units.push(crate::stats::Unit {
+            id: id.clone(),
+            group: String::new(),
+            value: acc,
+        });
     }
     let accuracy = 100.0 * total / ids.len().max(1) as f64;
     Score {
         accuracy: (accuracy * 100.0).round() / 100.0,
         count: ids.len(),
         issues,
+        units,
     }
 }
 

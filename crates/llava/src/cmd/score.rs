@@ -48,22 +48,20 @@ pub struct Args {
 
 /// Runs `llava score`.
 pub fn run(args: &Args) -> llava::Result<ExitCode> {
-    let value = llava::eval::scoring::score_with(
-        &llava::eval::scoring::ScoreFiles {
-            bench: args.bench.clone(),
-            answers: args.answers.clone(),
-            questions: args.questions.clone(),
-            annotations: args.annotations.clone(),
-            grades: args.grades.clone(),
-            submission: args.submission.clone(),
-            data: args.data.clone(),
-        },
-        args.pair_by,
-    )?;
+    let files = llava::eval::scoring::ScoreFiles {
+        bench: args.bench.clone(),
+        answers: args.answers.clone(),
+        questions: args.questions.clone(),
+        annotations: args.annotations.clone(),
+        grades: args.grades.clone(),
+        submission: args.submission.clone(),
+        data: args.data.clone(),
+    };
+    let scored = llava::eval::scoring::score_full(&files, args.pair_by)?;
     if let Some(path) = &args.manifest {
-        write_manifest(args, &value, path)?;
+        write_manifest(args, &scored, path)?;
     }
-    print_json(&value, args.json);
+    print_json(&scored.value, args.json);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -71,21 +69,24 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
 /// files say).
 fn write_manifest(
     args: &Args,
-    value: &serde_json::Value,
+    scored: &llava::eval::scoring::Scored,
     path: &std::path::Path,
 ) -> llava::Result<()> {
     use llava::eval::manifest::{Manifest, hash_file};
     let answers = args.answers.as_deref().ok_or_else(|| {
         llava::eval::Error::Request("--manifest needs --answers (the file it describes)".into())
     })?;
-    let metrics = match (&args.data, llava::eval::scoring::data_scorer(&args.bench)) {
-        (Some(data), Some(_)) => {
-            llava::eval::scoring::score_data(&args.bench, data, answers)?.metrics
-        }
-        _ => Vec::new(),
-    };
-    let settings = serde_json::json!({"scored_from_files": true});
-    let mut manifest = Manifest::new(&args.bench, answers, value.clone(), metrics, settings)?;
+    let settings = serde_json::json!({
+        "scored_from_files": true,
+        "judge_grades": args.grades.as_deref().map(hash_file).transpose()?,
+    });
+    let mut manifest = Manifest::new(
+        &args.bench,
+        answers,
+        scored.value.clone(),
+        scored.metrics.clone(),
+        settings,
+    )?;
     let reference = args
         .data
         .as_ref()
