@@ -12,7 +12,7 @@ use crate::Error;
 use crate::prompt::{MULTIPLE_CHOICE, SHORT_ANSWER};
 use crate::records::{self, Record};
 use crate::runner::{Bench, EvalQuestion};
-use crate::score::{mcq, pystr, text_field};
+use crate::score::{mcq, options, pystr, text_field};
 
 /// The data file names VLMEvalKit gives each benchmark (its `LMUData` folder), then ours for
 /// lmms-eval's rows.
@@ -200,32 +200,6 @@ pub fn capitalize(s: &str) -> String {
             .chain(c.as_str().to_lowercase().chars())
             .collect(),
         None => String::new(),
-    }
-}
-
-/// The options of a row: lmms-eval's `options` (a list, or a Python list literal), else
-/// VLMEvalKit's option columns `A`, `B`, … up to the first empty one.
-fn options(r: &Record) -> Result<Vec<String>, String> {
-    match r.get("options") {
-        Some(Value::Array(list)) => list
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(String::from)
-                    .ok_or("`options` holds a non-string".into())
-            })
-            .collect(),
-        Some(Value::String(s)) => pystr::string_list(s)
-            .ok_or_else(|| format!("`options` is not a list of strings: {s:.80}")),
-        _ => Ok(mcq::letters(26)
-            .iter()
-            .map_while(|c| {
-                r.get(&c.to_string())
-                    .and_then(Value::as_str)
-                    .filter(|s| !s.is_empty() && *s != "nan")
-                    .map(String::from)
-            })
-            .collect()),
     }
 }
 

@@ -417,3 +417,63 @@ fn hallusionbench_judged_metrics_aggregate_as_lmms_eval_does() {
     }
     assert_eq!(ours["counts"]["ungraded"], 0);
 }
+
+/// The `vlmevalkit_*` metrics equal VLMEvalKit's own rule-based scoring (`can_infer` else `Z`,
+/// `MMMU_preproc`, `YOrN_Extraction` + `Hallusion_rating`) of the same TSV rows and answers,
+/// as `scripts/vlmevalkit_score.py` ran it on VLMEvalKit e8e78f05 (stored: VLMEvalKit is not on
+/// PyPI).
+#[test]
+fn vlmevalkit_metrics_score_as_vlmevalkits_code_does() {
+    let out = tempfile::tempdir().unwrap();
+    for (bench, per_question_metric, names) in [
+        (
+            "mmstar",
+            "vlmevalkit_overall",
+            &[("overall", "vlmevalkit_overall")][..],
+        ),
+        (
+            "ai2d",
+            "vlmevalkit_accuracy",
+            &[("overall", "vlmevalkit_accuracy")][..],
+        ),
+        (
+            "mmmu",
+            "vlmevalkit_accuracy",
+            &[("overall", "vlmevalkit_accuracy")][..],
+        ),
+        (
+            "hallusionbench",
+            "vlmevalkit_aAcc",
+            &[
+                ("aAcc", "vlmevalkit_aAcc"),
+                ("fAcc", "vlmevalkit_fAcc"),
+                ("qAcc", "vlmevalkit_qAcc"),
+            ][..],
+        ),
+    ] {
+        let d = dir(bench);
+        let reference = read_json(&d.join("vlmevalkit.json"));
+        let (answers, _) = tsv_answers(bench, out.path());
+        let ours = score_data(bench, &d.join("data.tsv"), &answers).unwrap();
+        assert!(ours.issues.is_clean(), "{bench}: {:?}", ours.issues);
+        for (theirs, mine) in names {
+            let v = ours.metric(mine).unwrap().value();
+            let r = reference["metrics"][theirs].as_f64().unwrap();
+            assert!(
+                (v - r).abs() < 1e-9,
+                "{bench} {mine}: ours {v}, VLMEvalKit {r}"
+            );
+        }
+        let units = &ours.metric(per_question_metric).unwrap().units;
+        let theirs = reference["per_question"].as_object().unwrap();
+        assert_eq!(units.len(), theirs.len(), "{bench}");
+        for u in units {
+            assert_eq!(
+                u.value,
+                theirs[&u.id].as_f64().unwrap(),
+                "{bench} row {}",
+                u.id
+            );
+        }
+    }
+}

@@ -1,8 +1,12 @@
 //! AI2D (science diagrams, multiple choice), scored as lmms-eval 0.7.3's `ai2d` task does: its
 //! filter keeps a leading `X.` letter or the whole answer ([`mcq::ai2d_filter`]), then exact match
-//! with the answer letter, case and ASCII punctuation ignored.
+//! with the answer letter, case and ASCII punctuation ignored. `vlmevalkit_accuracy` reads the
+//! letter by VLMEvalKit's rules ([`super::vlmevalkit`]).
 
-use super::{Answers, BenchScore, Issues, mcq, pair_answers, questions_of, text_field};
+use super::{
+    Answers, BenchScore, Issues, lettered, mcq, options, pair_answers, questions_of, text_field,
+    vlmevalkit,
+};
 use crate::records::Record;
 use crate::stats::{Aggregate, Metric, Unit};
 
@@ -13,6 +17,8 @@ pub struct Question {
     pub id: String,
     /// The answer letter (lmms-eval's rows keep the option's number, which becomes its letter).
     pub answer: String,
+    /// The option texts.
+    pub options: Vec<String>,
 }
 
 impl Question {
@@ -26,6 +32,7 @@ impl Question {
         Ok(Question {
             id: text_field(r, &["index", "question_id", "id"])?,
             answer,
+            options: options(r)?,
         })
     }
 }
@@ -46,8 +53,18 @@ pub fn score(records: &[Record], answers: Answers) -> BenchScore {
             ))),
         })
         .collect();
+    let kit = pairs
+        .iter()
+        .map(|(q, a)| {
+            let letter = vlmevalkit::infer_letter(&a.text, &lettered(&q.options));
+            Unit::of(&q.id, q.answer == letter.to_string())
+        })
+        .collect();
     BenchScore {
-        metrics: vec![Metric::new("accuracy", Aggregate::Mean, 1.0, units)],
+        metrics: vec![
+            Metric::new("accuracy", Aggregate::Mean, 1.0, units),
+            Metric::new("vlmevalkit_accuracy", Aggregate::Mean, 1.0, kit),
+        ],
         issues,
         ..BenchScore::default()
     }

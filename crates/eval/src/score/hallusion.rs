@@ -10,7 +10,7 @@
 //! the judged `judged_aAcc`, `judged_fAcc` and `judged_qAcc` as lmms-eval's `evaluate_hb.py`
 //! computes them, beside the rule-based figures, which are always reported.
 
-use super::{Answers, BenchScore, Issues, pair_answers, questions_of, text_field};
+use super::{Answers, BenchScore, Issues, pair_answers, questions_of, text_field, vlmevalkit};
 use crate::records::Record;
 use crate::stats::{Aggregate, Metric, Unit};
 
@@ -151,11 +151,38 @@ pub fn score(records: &[Record], answers: Answers) -> BenchScore {
     let by = |key: fn(&Question) -> String| -> Vec<Unit> {
         grouped(&judged.iter().map(|(q, r)| (key(q), *r)).collect::<Vec<_>>())
     };
+    // VLMEvalKit: yes/no as whole words (else wrong), groups by L2 category, set and figure or
+    // question (`Hallusion_rating`).
+    let kit: Vec<(&Question, bool)> = pairs
+        .iter()
+        .map(|(q, a)| (*q, vlmevalkit::yes_or_no(&a.text) == Some(q.yes)))
+        .collect();
+    let kit_units = |key: fn(&Question) -> String| -> Vec<Unit> {
+        grouped(&kit.iter().map(|(q, r)| (key(q), *r)).collect::<Vec<_>>())
+    };
     BenchScore {
         metrics: vec![
             Metric::new("aAcc", Aggregate::Mean, 100.0, per_question),
             Metric::new("fAcc", Aggregate::Mean, 100.0, by(Question::figure_key)),
             Metric::new("qAcc", Aggregate::Mean, 100.0, by(Question::question_key)),
+            Metric::new(
+                "vlmevalkit_aAcc",
+                Aggregate::Mean,
+                100.0,
+                kit.iter().map(|(q, r)| Unit::of(&q.id, *r)).collect(),
+            ),
+            Metric::new(
+                "vlmevalkit_fAcc",
+                Aggregate::Mean,
+                100.0,
+                kit_units(|q| format!("{}_{}_{}", q.subcategory, q.set_id, q.figure_id)),
+            ),
+            Metric::new(
+                "vlmevalkit_qAcc",
+                Aggregate::Mean,
+                100.0,
+                kit_units(|q| format!("{}_{}_{}", q.subcategory, q.set_id, q.question_id)),
+            ),
         ],
         issues,
         ..BenchScore::default()

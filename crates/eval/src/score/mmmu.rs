@@ -7,11 +7,16 @@
 //! overall (over questions).
 //!
 //! Where MMMU's parser finds no choice it picks one at random; we count such answers wrong and
-//! report them as `unparsed_answers`.
+//! report them as `unparsed_answers`. `vlmevalkit_accuracy` scores as VLMEvalKit does instead: an
+//! open question becomes a choice between its answer (A) and "Other Answers" (B), and letters
+//! are read by its rules ([`super::vlmevalkit`]).
 
 use fancy_regex::Regex;
 
-use super::{Answers, BenchScore, Issues, mcq, pair_answers, pystr, questions_of, text_field};
+use super::{
+    Answers, BenchScore, Issues, lettered, mcq, pair_answers, pystr, questions_of, text_field,
+    vlmevalkit,
+};
 use crate::records::Record;
 use crate::stats::{Aggregate, Metric, Unit};
 
@@ -271,7 +276,32 @@ pub fn score(records: &[Record], answers: Answers) -> BenchScore {
             }
         })
         .collect();
-    let mut metrics = vec![Metric::new("accuracy", Aggregate::Mean, 1.0, units.clone())];
+    let kit: Vec<Unit> = pairs
+        .iter()
+        .map(|(q, a)| {
+            // VLMEvalKit's `MMMU_preproc` and its answer map.
+            let choices = if q.open {
+                lettered(&[q.answer.clone(), "Other Answers".into()])
+            } else {
+                lettered(&q.options)
+            };
+            let single_letter =
+                q.answer.len() == 1 && q.answer.chars().all(|c| c.is_ascii_uppercase());
+            let gold = if single_letter {
+                q.answer.clone()
+            } else {
+                "A".into()
+            };
+            Unit::of(
+                &q.id,
+                vlmevalkit::infer_letter(&a.text, &choices).to_string() == gold,
+            )
+        })
+        .collect();
+    let mut metrics = vec![
+        Metric::new("accuracy", Aggregate::Mean, 1.0, units.clone()),
+        Metric::new("vlmevalkit_accuracy", Aggregate::Mean, 1.0, kit),
+    ];
     let of = |subjects: &[&str]| -> Vec<Unit> {
         units
             .iter()

@@ -2,9 +2,13 @@
 //! lmms-eval 0.7.3's `tasks/mmstar/utils.py` does: the letter read by its shared extractor
 //! ([`mcq::lmms_eval_letter`]) against the answer; each category is the mean of its L2
 //! categories' accuracies and `average` the mean over all L2 categories (lmms-eval's headline).
-//! `overall` is the plain mean over questions, the figure VLMEvalKit reports.
+//! `overall` is the plain mean over questions, the figure VLMEvalKit reports; `vlmevalkit_overall`
+//! reads the letters by VLMEvalKit's rules ([`super::vlmevalkit`]) instead.
 
-use super::{Answers, BenchScore, Issues, mcq, pair_answers, questions_of, text_field};
+use super::{
+    Answers, BenchScore, Issues, lettered, mcq, options, pair_answers, questions_of, text_field,
+    vlmevalkit,
+};
 use crate::records::Record;
 use crate::stats::{Aggregate, Metric, Unit};
 
@@ -30,6 +34,9 @@ pub struct Question {
     /// `l2_category` (lmms-eval) or `l2-category`; empty where the file has none (VLMEvalKit's
     /// MMStar.tsv).
     pub l2_category: String,
+    /// The option texts (VLMEvalKit's columns; lmms-eval's rows keep them in the question, so
+    /// there they are empty and only letters are read).
+    pub options: Vec<String>,
 }
 
 impl Question {
@@ -40,6 +47,7 @@ impl Question {
             answer: text_field(r, &["answer"])?,
             category: text_field(r, &["category"])?,
             l2_category: text_field(r, &["l2_category", "l2-category"]).unwrap_or_default(),
+            options: options(r)?,
         })
     }
 }
@@ -66,7 +74,22 @@ pub fn score(records: &[Record], answers: Answers) -> BenchScore {
         })
         .collect();
     let all: Vec<Unit> = units.iter().map(|(_, u)| u.clone()).collect();
-    let mut metrics = vec![Metric::new("overall", Aggregate::Mean, 1.0, all.clone())];
+    let kit: Vec<Unit> = pairs
+        .iter()
+        .map(|(q, a)| {
+            let choices = if q.options.is_empty() {
+                ['A', 'B', 'C', 'D'].map(|c| (c, String::new())).to_vec()
+            } else {
+                lettered(&q.options)
+            };
+            let letter = vlmevalkit::infer_letter(&a.text, &choices);
+            Unit::of(&q.id, q.answer == letter.to_string())
+        })
+        .collect();
+    let mut metrics = vec![
+        Metric::new("overall", Aggregate::Mean, 1.0, all.clone()),
+        Metric::new("vlmevalkit_overall", Aggregate::Mean, 1.0, kit),
+    ];
     let has_l2 = !all.is_empty() && all.iter().all(|u| !u.group.is_empty());
     if has_l2 {
         metrics.push(Metric::new(

@@ -20,6 +20,7 @@ pub mod pope;
 pub mod pystr;
 pub mod sqa;
 pub mod textvqa;
+pub mod vlmevalkit;
 pub mod vqav2;
 
 use std::collections::BTreeMap;
@@ -165,6 +166,42 @@ impl BenchScore {
             "issues": self.issues,
         })
     }
+}
+
+/// A record's options: lmms-eval's `options` (a list, or a Python list literal), else
+/// VLMEvalKit's option columns `A`, `B`, … up to the first empty one (`None` for an `options`
+/// cell that is not a list of strings).
+pub fn options(r: &Record) -> Result<Vec<String>, String> {
+    use serde_json::Value;
+    match r.get("options") {
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(String::from)
+                    .ok_or_else(|| "`options` holds a non-string".to_string())
+            })
+            .collect(),
+        Some(Value::String(s)) => pystr::string_list(s)
+            .ok_or_else(|| format!("`options` is not a list of strings: {s:.80}")),
+        _ => Ok(mcq::letters(26)
+            .iter()
+            .map_while(|c| {
+                r.get(&c.to_string())
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty() && *s != "nan")
+                    .map(String::from)
+            })
+            .collect()),
+    }
+}
+
+/// Options with their letters.
+pub fn lettered(options: &[String]) -> Vec<(char, String)> {
+    mcq::letters(options.len())
+        .into_iter()
+        .zip(options.iter().cloned())
+        .collect()
 }
 
 /// A record's field as text: a string as it is, a number in its decimal form; `Err` naming the
