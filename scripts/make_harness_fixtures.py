@@ -4,6 +4,8 @@ tested against lmms-eval's own scoring code with:
 - data.json: rows in lmms-eval's (Hugging Face) field names, images left out;
 - data.tsv: the same rows as VLMEvalKit's TSV (a one-pixel PNG as base64 in `image`, shared rows
   pointing at the first row's index as VLMEvalKit stores them);
+- data.parquet (MMStar, MMMU; with `datasets` installed): the rows as a Hugging Face dataset's
+  parquet file, images embedded, as lmms-eval downloads them;
 - answers.jsonl: answers in LLaVA's format, written by hand to hit each rule's corners (letters
   in brackets, after "the answer is", at the start and the end, option texts, numbers with commas
   and exponents, full-width letters, articles and number words, "yes" inside other words, …);
@@ -242,6 +244,29 @@ def hallusionbench():
             f.write(json.dumps({"question_id": rid, "correctness": [1, 0, 2, 1, 1, 2, 0][i % 7], "content": "by hand"}) + "\n")
 
 
+def parquet_copies():
+    """MMStar's and MMMU's rows as a Hugging Face dataset's parquet file (what lmms-eval
+    downloads): images as `datasets.Image` structs of PNG bytes, MMMU's in image_1 and image_2."""
+    import datasets
+
+    for bench, columns in (("mmstar", ["image"]), ("mmmu", ["image_1", "image_2"])):
+        with open(os.path.join(ROOT, bench, "data.json")) as f:
+            rows = json.load(f)
+        for i, r in enumerate(rows):
+            r.pop("meta_info", None)
+            for k, c in enumerate(columns):
+                r[c] = {"bytes": png(10 * i % 256, 40 * k, 200), "path": None}
+        features = datasets.Dataset.from_list(rows[:1]).features
+        for c in columns:
+            features[c] = datasets.Image()
+        ds = datasets.Dataset.from_list(rows, features=features)
+        ds.to_parquet(os.path.join(ROOT, bench, "data.parquet"))
+
+
 if __name__ == "__main__":
     for make in (mmstar, mmmu, ocrbench, ai2d, textvqa, hallusionbench):
         make()
+    try:
+        parquet_copies()
+    except ImportError:
+        print("datasets is not installed: data.parquet files left as they are")

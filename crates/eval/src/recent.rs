@@ -1,8 +1,8 @@
 //! The recent benchmarks' questions (MMStar, MMMU, OCRBench, AI2D, TextVQA, HallusionBench) from
 //! their data files, asked as lmms-eval 0.7.3 asks them by default (its `doc_to_text`), so that
 //! our answers and a harness's answers through `llava serve` come from the same prompts. Images
-//! in a VLMEvalKit TSV are written once to an image folder beside the file (as VLMEvalKit's
-//! `dump_image` does), named by row.
+//! in a VLMEvalKit TSV or embedded in a dataset's parquet are written once to an image folder
+//! beside the file (as VLMEvalKit's `dump_image` does), named by row.
 
 use std::path::{Path, PathBuf};
 
@@ -18,12 +18,18 @@ use crate::score::{mcq, options, pystr, text_field};
 /// lmms-eval's rows.
 pub fn data_files(bench: Bench) -> &'static [&'static str] {
     match bench {
-        Bench::Mmstar => &["MMStar.tsv", "mmstar.jsonl"],
-        Bench::Mmmu => &["MMMU_DEV_VAL.tsv", "mmmu.jsonl"],
-        Bench::Ocrbench => &["OCRBench.tsv", "ocrbench.jsonl"],
-        Bench::Ai2d => &["AI2D_TEST.tsv", "ai2d.jsonl"],
-        Bench::Textvqa | Bench::TextvqaOcr => &["TextVQA_VAL.tsv", "textvqa.jsonl"],
-        Bench::Hallusionbench => &["HallusionBench.tsv", "hallusionbench.jsonl"],
+        Bench::Mmstar => &["MMStar.tsv", "mmstar.parquet", "mmstar.jsonl"],
+        Bench::Mmmu => &["MMMU_DEV_VAL.tsv", "mmmu.parquet", "mmmu.jsonl"],
+        Bench::Ocrbench => &["OCRBench.tsv", "ocrbench.parquet", "ocrbench.jsonl"],
+        Bench::Ai2d => &["AI2D_TEST.tsv", "ai2d.parquet", "ai2d.jsonl"],
+        Bench::Textvqa | Bench::TextvqaOcr => {
+            &["TextVQA_VAL.tsv", "textvqa.parquet", "textvqa.jsonl"]
+        }
+        Bench::Hallusionbench => &[
+            "HallusionBench.tsv",
+            "hallusionbench.parquet",
+            "hallusionbench.jsonl",
+        ],
         _ => &[],
     }
 }
@@ -60,7 +66,8 @@ pub fn questions(bench: Bench, path: &Path) -> Result<Asked, Error> {
     let data = records::read(path)?;
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let tsv = path.extension().is_some_and(|e| e == "tsv");
-    let image_dir = if tsv {
+    let parquet = path.extension().is_some_and(|e| e == "parquet");
+    let image_dir = if tsv || parquet {
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("data");
         base.join("images").join(stem)
     } else {
@@ -72,7 +79,18 @@ pub fn questions(bench: Bench, path: &Path) -> Result<Asked, Error> {
     for (row, r) in data.rows.iter().enumerate() {
         let asked = ask(bench, r).and_then(|(id, text)| {
             let images = if tsv {
-                dump_images(r, &data.rows, &image_dir, &id)?
+                let has_image = r
+                    .get("image")
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| !s.is_empty());
+                let bytes = if has_image {
+                    records::images(r, &data.rows, &image_dir)?
+                } else {
+                    Vec::new()
+                };
+                dump_images(&bytes, &image_dir, &id)?
+            } else if parquet {
+                dump_images(&records::embedded_images(r)?, &image_dir, &id)?
             } else {
                 image_paths(r)
             };
@@ -215,16 +233,12 @@ fn image_paths(r: &Record) -> Vec<String> {
     }
 }
 
-/// A TSV row's images written to `dir` as `<id>` or `<id>_<k>` (kept when already there); their
-/// names. A row without an `image` cell is text-only.
-fn dump_images(r: &Record, rows: &[Record], dir: &Path, id: &str) -> Result<Vec<String>, String> {
-    if r.get("image")
-        .and_then(Value::as_str)
-        .is_none_or(str::is_empty)
-    {
+/// A row's images written to `dir` as `<id>` or `<id>_<k>` (kept when already there); their
+/// names. No images: a text-only question.
+fn dump_images(images: &[Vec<u8>], dir: &Path, id: &str) -> Result<Vec<String>, String> {
+    if images.is_empty() {
         return Ok(Vec::new());
     }
-    let images = records::images(r, rows, dir)?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let safe: String = id
         .chars()

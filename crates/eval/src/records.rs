@@ -1,7 +1,8 @@
 //! Benchmark data as the harnesses ship it, read into records (one JSON object per question):
 //! VLMEvalKit's TSV files (a header row, one row per question, images as base64 in an `image`
-//! column) and lmms-eval's/Hugging Face's rows exported as JSON lines or a JSON array. Each
-//! benchmark module reads its fields from a record under either harness's names.
+//! column), lmms-eval's Hugging Face datasets as their parquet files (images as `{bytes, path}`
+//! structs, whose bytes become base64 here), and rows exported as JSON lines or a JSON array.
+//! Each benchmark module reads its fields from a record under either harness's names.
 
 use std::path::Path;
 
@@ -23,12 +24,16 @@ pub struct Records {
     pub malformed: Vec<String>,
 }
 
-/// Reads a benchmark data file by its extension: `.tsv` (VLMEvalKit), `.jsonl` (one record per
-/// line) or `.json` (an array of records).
+/// Reads a benchmark data file by its extension: `.tsv` (VLMEvalKit), `.parquet` (a Hugging Face
+/// dataset's split, as lmms-eval downloads it), `.jsonl` (one record per line) or `.json` (an
+/// array of records).
 pub fn read(path: &Path) -> Result<Records, Error> {
+    let named = |m: String| format!("{}: {m}", path.display());
+    if path.extension().is_some_and(|e| e == "parquet") {
+        return parquet(path).map_err(|e| Error::File(named(e)));
+    }
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::File(format!("{}: {e}", path.display())))?;
-    let named = |m: String| format!("{}: {m}", path.display());
     let mut records = match path.extension().and_then(|e| e.to_str()) {
         Some("tsv") => tsv(&text).map_err(|e| Error::File(named(e)))?,
         Some("jsonl") => jsonl(&text),
@@ -39,7 +44,8 @@ pub fn read(path: &Path) -> Result<Records, Error> {
         }
         _ => {
             return Err(Error::Request(format!(
-                "{}: benchmark data must be .tsv (VLMEvalKit), .jsonl or .json",
+                "{}: benchmark data must be .tsv (VLMEvalKit), .parquet (lmms-eval's datasets), \
+                 .jsonl or .json",
                 path.display()
             )));
         }
@@ -121,6 +127,74 @@ fn tsv_rows(text: &str) -> Vec<(usize, Vec<String>)> {
     rows
 }
 
+/// A parquet file's rows as records: strings, numbers and booleans as they are, binary cells as
+/// base64 strings, structs as objects (an image is `{"bytes": <base64>, "path": …}`), lists as
+/// arrays. A row that cannot be read is malformed, named by its number.
+fn parquet(path: &Path) -> Result<Records, String> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let reader = SerializedFileReader::new(file).map_err(|e| format!("not a parquet file: {e}"))?;
+    let rows = reader.get_row_iter(None).map_err(|e| e.to_string())?;
+    let mut out = Records::default();
+    for (i, row) in rows.enumerate() {
+        match row {
+            Ok(row) => out.rows.push(
+                row.get_column_iter()
+                    .map(|(name, field)| (name.clone(), field_value(field)))
+                    .collect(),
+            ),
+            Err(e) => out.malformed.push(format!("row {}: {e}", i + 1)),
+        }
+    }
+    Ok(out)
+}
+
+/// One parquet cell as JSON.
+fn field_value(field: &parquet::record::Field) -> Value {
+    use parquet::record::Field;
+    match field {
+        Field::Null => Value::Null,
+        Field::Bool(b) => Value::Bool(*b),
+        Field::Byte(n) => (*n).into(),
+        Field::Short(n) => (*n).into(),
+        Field::Int(n) => (*n).into(),
+        Field::Long(n) => (*n).into(),
+        Field::UByte(n) => (*n).into(),
+        Field::UShort(n) => (*n).into(),
+        Field::UInt(n) => (*n).into(),
+        Field::ULong(n) => (*n).into(),
+        Field::Float(x) => {
+            serde_json::Number::from_f64(f64::from(*x)).map_or(Value::Null, Value::Number)
+        }
+        Field::Double(x) => serde_json::Number::from_f64(*x).map_or(Value::Null, Value::Number),
+        Field::Str(s) => Value::String(s.clone()),
+        Field::Bytes(b) => {
+            Value::String(base64::engine::general_purpose::STANDARD.encode(b.data()))
+        }
+        Field::Group(row) => Value::Object(
+            row.get_column_iter()
+                .map(|(name, f)| (name.clone(), field_value(f)))
+                .collect(),
+        ),
+        Field::ListInternal(list) => {
+            Value::Array(list.elements().iter().map(field_value).collect())
+        }
+        Field::MapInternal(map) => Value::Object(
+            map.entries()
+                .iter()
+                .map(|(k, v)| {
+                    let key = match field_value(k) {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    (key, field_value(v))
+                })
+                .collect(),
+        ),
+        other => Value::String(other.to_string()),
+    }
+}
+
 /// JSON lines, each an object.
 fn jsonl(text: &str) -> Records {
     let mut out = Records::default();
@@ -184,6 +258,31 @@ pub fn images(record: &Record, rows: &[Record], base: &Path) -> Result<Vec<Vec<u
             .collect();
     }
     Err("no `image` or `image_path`".into())
+}
+
+/// The images embedded in a dataset row (parquet): `image`, `image_1` … `image_7` (MMMU) or
+/// `images`, each a `{"bytes": <base64>}` struct, in that order; empty when the row embeds none.
+pub fn embedded_images(record: &Record) -> Result<Vec<Vec<u8>>, String> {
+    let mut cells: Vec<&Value> = Vec::new();
+    for name in [
+        "image", "image_1", "image_2", "image_3", "image_4", "image_5", "image_6", "image_7",
+    ] {
+        if let Some(v) = record.get(name).filter(|v| v.is_object()) {
+            cells.push(v);
+        }
+    }
+    if let Some(Value::Array(list)) = record.get("images") {
+        cells.extend(list.iter().filter(|v| v.is_object()));
+    }
+    cells
+        .iter()
+        .filter_map(|c| c.get("bytes").and_then(Value::as_str))
+        .map(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|e| format!("an embedded image is not base64: {e}"))
+        })
+        .collect()
 }
 
 /// A short `image` cell is the index of the row holding the image (VLMEvalKit stores a shared

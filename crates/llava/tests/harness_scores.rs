@@ -477,3 +477,37 @@ fn vlmevalkit_metrics_score_as_vlmevalkits_code_does() {
         }
     }
 }
+
+/// lmms-eval's datasets as Hugging Face writes them (parquet, images embedded): read natively,
+/// scored like the JSON rows, and asked with every embedded image written once beside the file.
+#[test]
+fn parquet_datasets_read_like_their_rows() {
+    for bench in ["mmstar", "mmmu"] {
+        let d = dir(bench);
+        let reference = read_json(&d.join("lmms_eval.json"));
+        let ours = score_data(bench, &d.join("data.parquet"), &d.join("answers.jsonl")).unwrap();
+        assert!(ours.issues.is_clean(), "{bench}: {:?}", ours.issues);
+        assert_equal_to(bench, &reference, &ours);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("mmmu.parquet");
+    std::fs::copy(dir("mmmu").join("data.parquet"), &copy).unwrap();
+    let asked = llava::eval::recent::questions(llava::eval::runner::Bench::Mmmu, &copy).unwrap();
+    assert!(asked.bad.is_empty(), "{:?}", asked.bad);
+    assert_eq!(asked.questions.len(), 36);
+    let q = &asked.questions[0];
+    assert_eq!(q.images.len(), 2, "image_1 and image_2");
+    for name in &q.images {
+        let bytes = std::fs::read(asked.image_dir.join(name)).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "{name}");
+    }
+    assert_eq!(asked.image_dir, tmp.path().join("images/mmmu"));
+    // Not a parquet file: named.
+    let fake = tmp.path().join("fake.parquet");
+    std::fs::write(&fake, "not parquet").unwrap();
+    let err = records::read(&fake).unwrap_err().to_string();
+    assert!(
+        err.contains("fake.parquet") && err.contains("not a parquet file"),
+        "{err}"
+    );
+}
