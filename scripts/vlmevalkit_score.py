@@ -53,7 +53,8 @@ def main():
 
     ns = {"re": __import__("re"), "os": os, "cp": __import__("copy"), "string": string, "np": np, "pd": pd, "defaultdict": defaultdict, "logger": Logger(), "Counter": __import__("collections").Counter, "MMB_abbrs": {}}
     functions(os.path.join(kit, "vlmeval/utils/matching_util.py"), {"_VERBOSE_ANSWER_RE", "can_infer_option", "can_infer_text", "can_infer"}, ns)
-    functions(os.path.join(kit, "vlmeval/dataset/utils/multiple_choice.py"), {"build_choices", "MMMU_preproc", "report_acc"}, ns)
+    functions(os.path.join(kit, "vlmeval/dataset/utils/multiple_choice.py"), {"build_choices", "MMMU_preproc", "report_acc", "build_prompt"}, ns)
+    functions(os.path.join(kit, "vlmeval/smp/vlm.py"), {"build_option_str"}, ns)
     functions(os.path.join(kit, "vlmeval/smp/misc.py"), {"process_punctuation"}, ns)
     functions(os.path.join(kit, "vlmeval/dataset/utils/yorn.py"), {"YOrN_Extraction", "Hallusion_rating"}, ns)
 
@@ -66,6 +67,7 @@ def main():
     data["prediction"] = answers
     data["index"] = data["index"].astype(str)
 
+    extra = {}
     if args.bench == "hallusionbench":
         data["extracted"] = [ns["YOrN_Extraction"](p) for p in data["prediction"]]
         data["score"] = data["answer"] == data["extracted"]
@@ -80,16 +82,21 @@ def main():
             data = ns["MMMU_preproc"](data)
             answer_map = {k: (v if v in list(string.ascii_uppercase) else "A") for k, v in answer_map.items()}
         hits = []
+        prompts = {}
         for _, item in data.iterrows():
             choices = ns["build_choices"](item)
-            opt = ns["can_infer"](item["prediction"], choices) or "Z"
-            hits.append(int(opt == answer_map[item["index"]]))
+            opt = ns["can_infer"](item["prediction"], dict(choices))
+            if not opt:
+                # What VLMEvalKit's extractor would be asked (`extract_answer_from_item`).
+                prompts[item["index"]] = ns["build_prompt"](item["question"], ns["build_option_str"](choices), item["prediction"])
+            hits.append(int((opt or "Z") == answer_map[item["index"]]))
         data["hit"] = hits
         report = ns["report_acc"](data)
         metrics = {"overall": float(report["Overall"][0])}
         per_question = dict(zip(data["index"], map(float, hits)))
+        extra["extractor_prompts"] = prompts
 
-    print(json.dumps({"vlmevalkit": commit, "bench": args.bench, "metrics": metrics, "per_question": per_question}, indent=1, sort_keys=True))
+    print(json.dumps({"vlmevalkit": commit, "bench": args.bench, "metrics": metrics, "per_question": per_question, **extra}, indent=1, sort_keys=True))
 
 
 if __name__ == "__main__":

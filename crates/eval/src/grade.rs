@@ -41,6 +41,34 @@ pub enum Judge {
     Mmvp,
     /// HallusionBench's correct / incorrect / unclear (lmms-eval's `evaluate_by_chatgpt`).
     HallusionBench,
+    /// VLMEvalKit's choice extractor for answers its rules cannot read (MMStar, AI2D, MMMU).
+    ChoiceExtractor,
+}
+
+/// Choice-extractor requests: for each answered multiple-choice record whose answer VLMEvalKit's
+/// `can_infer` cannot read, its extractor prompt (`bench`: mmstar, ai2d or mmmu).
+pub fn choice_requests(
+    answers: &mut Answers,
+    records: &[crate::records::Record],
+    bench: &str,
+) -> Vec<GradeRequest> {
+    use crate::score::vlmevalkit;
+    let by_id = answers.by_id();
+    records
+        .iter()
+        .filter_map(|r| {
+            let item = vlmevalkit::mcq_item(bench, r).ok()?;
+            let answer = by_id.get(&item.id)?;
+            if vlmevalkit::can_infer(&answer.text, &item.choices).is_some() {
+                return None;
+            }
+            Some(GradeRequest {
+                question_id: json!(item.id),
+                prompt: vlmevalkit::extractor_prompt(&item, &answer.text),
+                choices: item.choices,
+            })
+        })
+        .collect()
 }
 
 /// HallusionBench's judge prompt in lmms-eval (`tasks/hallusion_bench/utils.py`), before the
@@ -69,6 +97,7 @@ pub fn hallusion_requests(
                     "{HALLUSION_PROMPT}{question}\nReference answer: {reference}\nPrediction answer:{}\nOutput:",
                     answer.text
                 ),
+                choices: Vec::new(),
             })
         })
         .collect()
@@ -94,6 +123,9 @@ pub struct GradeRequest {
     pub question_id: Value,
     /// The prompt.
     pub prompt: String,
+    /// The choices a choice extractor's reply is read against (empty for the other judges).
+    #[serde(skip)]
+    pub choices: Vec<(char, String)>,
 }
 
 /// MM-Vet requests: for each question of `mm-vet.json` with an answer, the official prompt with
@@ -120,6 +152,7 @@ pub fn mmvet_requests(answers: &mut Answers, annotations: &Value) -> Vec<GradeRe
             Some(GradeRequest {
                 question_id: json!(id),
                 prompt: format!("{MMVET_PROMPT}\n{question} | {gt} | {} | ", answer.text),
+                choices: Vec::new(),
             })
         })
         .collect()
@@ -138,6 +171,7 @@ pub fn mmvp_requests(answers: &mut Answers, rows: &[(Value, String, String)]) ->
                     "Given the following question {question}, the correct answer is {correct}. Does the following answer correctly answers the question, answer:{}?",
                     answer.text
                 ),
+                choices: Vec::new(),
             })
         })
         .collect()
@@ -345,6 +379,21 @@ pub fn grade(
                 let content = client.complete(&r.prompt, 0.0, 16)?;
                 json!({"question_id": r.question_id, "correctness": parse_hallusion(&content), "content": content})
             }
+            Judge::ChoiceExtractor => {
+                // VLMEvalKit asks up to three times and reads each reply with `can_infer`; where
+                // none reads, it picks a letter at random: we record none (scored `Z`, wrong).
+                let mut letter = None;
+                let mut content = String::new();
+                for _ in 0..3 {
+                    content = client.complete(&r.prompt, 0.0, 16)?;
+                    letter = crate::score::vlmevalkit::can_infer(&content, &r.choices);
+                    if letter.is_some() {
+                        break;
+                    }
+                }
+                stats.unparsed += usize::from(letter.is_none());
+                json!({"question_id": r.question_id, "letter": letter.map(String::from), "content": content})
+            }
             Judge::Mmvp => {
                 let content = client.complete(&r.prompt, 0.0, 5)?;
                 let verdict = parse_mmvp(content.trim());
@@ -525,6 +574,33 @@ mod tests {
             .map(|l| l["correctness"].as_u64().unwrap())
             .collect();
         assert_eq!(codes, [1, 0, 2]);
+    }
+
+    #[test]
+    fn the_choice_extractor_asks_up_to_three_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let request = |id: &str| GradeRequest {
+            question_id: json!(id),
+            prompt: "p".into(),
+            choices: vec![('A', "cat".into()), ('B', "dog".into())],
+        };
+        let requests = [request("1"), request("2")];
+        // 1: unreadable, then "B"; 2: unreadable three times.
+        let (url, server) = stub(vec![
+            (200, "I am not sure"),
+            (200, "B"),
+            (200, "?"),
+            (200, "A or B"),
+            (200, "hmm"),
+        ]);
+        let mut client = Client::new(endpoint(url));
+        let grades = dir.path().join("g.jsonl");
+        let stats = grade(Judge::ChoiceExtractor, &requests, &mut client, &grades).unwrap();
+        server.join().unwrap();
+        let (lines, _) = crate::score::read_jsonl(&grades).unwrap();
+        assert_eq!(lines[0]["letter"], "B");
+        assert!(lines[1]["letter"].is_null());
+        assert_eq!(stats.unparsed, 1);
     }
 
     #[test]

@@ -173,9 +173,27 @@ pub fn score_full(files: &ScoreFiles, pairing: Pairing) -> Result<Scored, Error>
             )?;
             let answers = files.need(&files.answers, "answers", "the model's answer file")?;
             let mut s = score_data(other, data, answers)?;
-            if other == "hallusionbench" && files.grades.is_some() {
+            if files.grades.is_some() {
                 let grades = files.read_grades()?;
-                score::hallusion::add_judged(&mut s, &crate::records::read(data)?.rows, &grades);
+                let rows = crate::records::read(data)?.rows;
+                match other {
+                    "hallusionbench" => score::hallusion::add_judged(&mut s, &rows, &grades),
+                    "mmstar" | "ai2d" | "mmmu" => {
+                        let name = if other == "mmstar" {
+                            "overall"
+                        } else {
+                            "accuracy"
+                        };
+                        s.metrics.push(score::vlmevalkit::extracted_metric(
+                            other,
+                            name,
+                            &rows,
+                            read_answers(answers)?,
+                            &grades,
+                        ));
+                    }
+                    _ => {}
+                }
             }
             (s.to_json(), s.metrics)
         }

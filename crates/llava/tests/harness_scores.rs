@@ -511,3 +511,72 @@ fn parquet_datasets_read_like_their_rows() {
         "{err}"
     );
 }
+
+/// VLMEvalKit's choice extractor is asked exactly what VLMEvalKit asks (`build_prompt` with
+/// `build_option_str`), about exactly the answers its rules cannot read; its letters then count.
+#[test]
+fn the_choice_extractor_asks_as_vlmevalkit_does() {
+    let out = tempfile::tempdir().unwrap();
+    for bench in ["mmstar", "ai2d", "mmmu"] {
+        let d = dir(bench);
+        let reference = read_json(&d.join("vlmevalkit.json"));
+        let expected = reference["extractor_prompts"].as_object().unwrap();
+        let (answers, _) = tsv_answers(bench, out.path());
+        let rows = records::read(&d.join("data.tsv")).unwrap().rows;
+        let mut parsed = llava::eval::score::read_answers(&answers).unwrap();
+        let requests = llava::eval::grade::choice_requests(&mut parsed, &rows, bench);
+        assert_eq!(requests.len(), expected.len(), "{bench}");
+        for r in &requests {
+            let id = r.question_id.as_str().unwrap();
+            assert_eq!(r.prompt, expected[id].as_str().unwrap(), "{bench} row {id}");
+        }
+        // Grades naming each asked question's gold letter lift the score by exactly those.
+        let items: Vec<_> = rows
+            .iter()
+            .map(|r| llava::eval::score::vlmevalkit::mcq_item(bench, r).unwrap())
+            .collect();
+        let grades: String = requests
+            .iter()
+            .map(|r| {
+                let id = r.question_id.as_str().unwrap();
+                let gold = items.iter().find(|i| i.id == id).unwrap().gold;
+                format!(
+                    "{}\n",
+                    serde_json::json!({"question_id": id, "letter": gold.to_string()})
+                )
+            })
+            .collect();
+        let grades_path = out.path().join(format!("{bench}-grades.jsonl"));
+        std::fs::write(&grades_path, grades).unwrap();
+        let printed = run_ok(llava().args([
+            "score",
+            "--bench",
+            bench,
+            "--json",
+            "--data",
+            d.join("data.tsv").to_str().unwrap(),
+            "--answers",
+            answers.to_str().unwrap(),
+            "--grades",
+            grades_path.to_str().unwrap(),
+        ]));
+        let v: Value = serde_json::from_str(&printed).unwrap();
+        let name = if bench == "mmstar" {
+            "overall"
+        } else {
+            "accuracy"
+        };
+        let rules = v["metrics"][format!("vlmevalkit_{name}")]["value"]
+            .as_f64()
+            .unwrap();
+        let with_llm = v["metrics"][format!("vlmevalkit_llm_{name}")]["value"]
+            .as_f64()
+            .unwrap();
+        let n = items.len() as f64;
+        assert!(
+            (with_llm - rules - requests.len() as f64 / n).abs() < 1e-9,
+            "{bench}: {rules} + {} / {n} != {with_llm}",
+            requests.len()
+        );
+    }
+}

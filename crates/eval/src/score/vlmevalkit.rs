@@ -75,13 +75,137 @@ pub fn can_infer_text(answer: &str, choices: &[(char, String)]) -> Option<char> 
     (found.len() == 1).then(|| found[0])
 }
 
-/// `can_infer`, then `Z` where it finds nothing (what `exact_matching` scores): the letter
-/// VLMEvalKit reads from `answer` for `choices` (letter, option text).
-pub fn infer_letter(answer: &str, choices: &[(char, String)]) -> char {
+/// `can_infer`: the letter VLMEvalKit reads from `answer` for `choices` (letter, option text),
+/// or nothing (then an LLM extractor is asked, or the answer is `Z`).
+pub fn can_infer(answer: &str, choices: &[(char, String)]) -> Option<char> {
     let letters: Vec<char> = choices.iter().map(|(c, _)| *c).collect();
-    can_infer_option(answer, &letters)
-        .or_else(|| can_infer_text(answer, choices))
-        .unwrap_or('Z')
+    can_infer_option(answer, &letters).or_else(|| can_infer_text(answer, choices))
+}
+
+/// `can_infer`, then `Z` where it finds nothing (what `exact_matching` scores).
+pub fn infer_letter(answer: &str, choices: &[(char, String)]) -> char {
+    can_infer(answer, choices).unwrap_or('Z')
+}
+
+/// A multiple-choice question as VLMEvalKit scores it: its id, question text, choices and gold
+/// letter (MMMU's open questions as `MMMU_preproc` makes them: the answer as A, "Other Answers"
+/// as B, gold A).
+#[derive(Debug, Clone, PartialEq)]
+pub struct McqItem {
+    /// The scorer's id.
+    pub id: String,
+    /// The question text.
+    pub question: String,
+    /// (letter, option text).
+    pub choices: Vec<(char, String)>,
+    /// The gold letter.
+    pub gold: char,
+}
+
+/// `bench`'s record (mmstar, ai2d, mmmu) as VLMEvalKit's multiple-choice item.
+pub fn mcq_item(bench: &str, r: &crate::records::Record) -> Result<McqItem, String> {
+    use super::{lettered, text_field};
+    let question = text_field(r, &["question"])?;
+    let (id, choices, answer) = match bench {
+        "mmstar" => {
+            let q = super::mmstar::Question::from_record(r)?;
+            let choices = if q.options.is_empty() {
+                ['A', 'B', 'C', 'D'].map(|c| (c, String::new())).to_vec()
+            } else {
+                lettered(&q.options)
+            };
+            (q.id, choices, q.answer)
+        }
+        "ai2d" => {
+            let q = super::ai2d::Question::from_record(r)?;
+            (q.id, lettered(&q.options), q.answer)
+        }
+        "mmmu" => {
+            let q = super::mmmu::Question::from_record(r)?;
+            let choices = if q.open {
+                lettered(&[q.answer.clone(), "Other Answers".into()])
+            } else {
+                lettered(&q.options)
+            };
+            (q.id, choices, q.answer)
+        }
+        other => return Err(format!("{other} is not a multiple-choice benchmark")),
+    };
+    let mut letters = answer.chars();
+    let gold = match (letters.next(), letters.next()) {
+        (Some(c), None) if c.is_ascii_uppercase() => c,
+        _ => 'A',
+    };
+    Ok(McqItem {
+        id,
+        question,
+        choices,
+        gold,
+    })
+}
+
+/// VLMEvalKit's prompt to its choice extractor (`build_prompt` with `build_option_str`), for an
+/// answer `can_infer` cannot read.
+pub fn extractor_prompt(item: &McqItem, prediction: &str) -> String {
+    let mut options = String::from("There are several options: \n");
+    for (c, text) in &item.choices {
+        options.push_str(&format!("{c}. {text}\n"));
+    }
+    format!(
+        "You are an AI assistant who will help me to match an answer with several options of a \
+         single-choice question. You are provided with a question, several options, and an \
+         answer, and you need to find which option is most similar to the answer. If the meaning \
+         of all options are significantly different from the answer, output Z. Your should output \
+         a single uppercase character in A, B, C, D (if they are valid options), and Z. \n\
+         Example 1: \n\
+         Question: What is the main object in image?\nOptions: A. teddy bear B. rabbit C. cat D. dog\n\
+         Answer: a cute teddy bear\nYour output: A\n\
+         Example 2: \n\
+         Question: What is the main object in image?\nOptions: A. teddy bear B. rabbit C. cat D. dog\n\
+         Answer: Spider\nYour output: Z\n\
+         Example 3: \n\
+         Question: {}?\nOptions: {options}\nAnswer: {prediction}\nYour output: ",
+        item.question
+    )
+}
+
+/// VLMEvalKit's multiple-choice accuracy with its choice extractor's `grades` (`{"question_id",
+/// "letter"}` lines from `llava grade --extractor`): the letter `can_infer` reads, else the
+/// extractor's, else `Z`. Named `vlmevalkit_llm_<metric>` beside the rule-only figure.
+pub fn extracted_metric(
+    bench: &str,
+    name: &str,
+    records: &[crate::records::Record],
+    answers: super::Answers,
+    grades: &[serde_json::Value],
+) -> crate::stats::Metric {
+    use std::collections::HashMap;
+    let letters: HashMap<String, char> = grades
+        .iter()
+        .filter_map(|g| {
+            let id = super::id_key(g.get("question_id")?)?;
+            let letter = g.get("letter")?.as_str()?.chars().next()?;
+            Some((id, letter))
+        })
+        .collect();
+    let mut issues = super::Issues::default();
+    let items = super::questions_of(records, |r| mcq_item(bench, r), &mut issues);
+    let pairs = super::pair_answers(&items, |q| &q.id, answers, &mut issues);
+    let units = pairs
+        .iter()
+        .map(|(q, a)| {
+            let letter = can_infer(&a.text, &q.choices)
+                .or_else(|| letters.get(&q.id).copied())
+                .unwrap_or('Z');
+            crate::stats::Unit::of(&q.id, letter == q.gold)
+        })
+        .collect();
+    crate::stats::Metric::new(
+        &format!("vlmevalkit_llm_{name}"),
+        crate::stats::Aggregate::Mean,
+        1.0,
+        units,
+    )
 }
 
 /// VLMEvalKit's `process_punctuation` (`vlmeval/smp/misc.py`): each mark deleted when it touches a

@@ -6,14 +6,15 @@ use std::process::ExitCode;
 /// Its arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// mmvet, mmvp or hallusionbench.
+    /// mmvet, mmvp, hallusionbench, or mmstar, ai2d, mmmu (VLMEvalKit's choice extractor, asked
+    /// only about answers its rules cannot read).
     #[arg(long)]
     bench: String,
     /// The model's answer file.
     #[arg(long)]
     answers: PathBuf,
-    /// MM-Vet: mm-vet.json; MMVP: Questions.csv; HallusionBench: its data file (lmms-eval's
-    /// rows with `gt_answer_details`, or VLMEvalKit's TSV).
+    /// MM-Vet: mm-vet.json; MMVP: Questions.csv; HallusionBench, MMStar, AI2D, MMMU: the
+    /// benchmark's data file (VLMEvalKit's TSV, lmms-eval's parquet or rows).
     #[arg(long)]
     reference: PathBuf,
     /// The grades file to write (appended to; graded ids are not asked again).
@@ -53,6 +54,15 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
             let rows = grade::mmvp_rows(&args.reference).map_err(err)?;
             (Judge::Mmvp, grade::mmvp_requests(&mut answers, &rows))
         }
+        "mmstar" | "ai2d" | "mmmu" => {
+            let rows = llava::eval::records::read(&args.reference)
+                .map_err(err)?
+                .rows;
+            (
+                Judge::ChoiceExtractor,
+                grade::choice_requests(&mut answers, &rows, &args.bench),
+            )
+        }
         "hallusionbench" => {
             let rows = llava::eval::records::read(&args.reference)
                 .map_err(err)?
@@ -64,7 +74,8 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
         }
         other => {
             return Err(llava::Error::Unsupported(format!(
-                "`{other}` has no LLM judge (mmvet, mmvp, hallusionbench)"
+                "`{other}` has no LLM judge (mmvet, mmvp, hallusionbench; mmstar, ai2d, mmmu: \
+                 VLMEvalKit's choice extractor)"
             )));
         }
     };
