@@ -6,6 +6,8 @@ tested against lmms-eval's own scoring code with:
   pointing at the first row's index as VLMEvalKit stores them);
 - data.parquet (MMStar, MMMU; with `datasets` installed): the rows as a Hugging Face dataset's
   parquet file, images embedded, as lmms-eval downloads them;
+- pope/, mme/: VLMEvalKit's POPE.tsv and MME.tsv forms (data.tsv) with answers, scored by
+  VLMEvalKit's `POPE_rating`/`MME_rating` (vlmevalkit.json, scripts/vlmevalkit_score.py);
 - answers.jsonl: answers in LLaVA's format, written by hand to hit each rule's corners (letters
   in brackets, after "the answer is", at the start and the end, option texts, numbers with commas
   and exponents, full-width letters, articles and number words, "yes" inside other words, …);
@@ -244,6 +246,49 @@ def hallusionbench():
             f.write(json.dumps({"question_id": rid, "correctness": [1, 0, 2, 1, 1, 2, 0][i % 7], "content": "by hand"}) + "\n")
 
 
+def yes_no_tsv(bench, rows, answers):
+    """A VLMEvalKit TSV of yes/no rows (POPE.tsv, MME.tsv) with its answers."""
+    d = os.path.join(ROOT, bench)
+    os.makedirs(d, exist_ok=True)
+    header = list(rows[0].keys()) + ["image"]
+    with open(os.path.join(d, "data.tsv"), "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(header)
+        for i, r in enumerate(rows):
+            w.writerow([r[k] for k in header[:-1]] + [IMAGE if i == 0 else str(rows[0]["index"])])
+    with open(os.path.join(d, "answers.jsonl"), "w") as f:
+        for r, text in zip(rows, answers):
+            f.write(json.dumps({"question_id": r["index"], "prompt": "", "text": text, "answer_id": "", "model_id": "hand-made", "metadata": {}}) + "\n")
+
+
+YES_NO_ANSWERS = ["Yes", "No", "no.", "Yes, there is.", "There is not a dog.", "I think yes", "Nope", "yes and no", "", "YES", "No, it is not", "Yes."]
+
+
+def pope_tsv():
+    cats = ["adversarial", "popular", "random", "adversarial,popular", "popular,random", "adversarial,popular,random"]
+    rows, answers = [], []
+    for k in range(30):
+        gt = "Yes" if (k * 7) % 3 == 0 else "No"
+        rows.append({"index": k, "question": f"Is there a thing {k} in the image?", "answer": gt, "category": cats[k % len(cats)]})
+        answers.append(YES_NO_ANSWERS[(k * 5) % len(YES_NO_ANSWERS)])
+    yes_no_tsv("pope", rows, answers)
+
+
+def mme_tsv():
+    subtasks = ["existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR",
+                "commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning"]
+    rows, answers = [], []
+    k = 0
+    for s in subtasks:
+        for image in range(2):
+            for q in range(2):
+                gt = "Yes" if q == 0 else "No"
+                rows.append({"index": k, "question": f"Is thing {k} shown? Please answer yes or no.", "answer": gt, "category": s, "image_path": f"{s}/{image}.jpg"})
+                answers.append(YES_NO_ANSWERS[(k * 7 + image) % len(YES_NO_ANSWERS)])
+                k += 1
+    yes_no_tsv("mme", rows, answers)
+
+
 def parquet_copies():
     """MMStar's and MMMU's rows as a Hugging Face dataset's parquet file (what lmms-eval
     downloads): images as `datasets.Image` structs of PNG bytes, MMMU's in image_1 and image_2."""
@@ -264,7 +309,7 @@ def parquet_copies():
 
 
 if __name__ == "__main__":
-    for make in (mmstar, mmmu, ocrbench, ai2d, textvqa, hallusionbench):
+    for make in (mmstar, mmmu, ocrbench, ai2d, textvqa, hallusionbench, pope_tsv, mme_tsv):
         make()
     try:
         parquet_copies()

@@ -45,7 +45,7 @@ class Logger:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vlmevalkit", required=True, help="a VLMEvalKit checkout")
-    parser.add_argument("--bench", required=True, choices=["mmstar", "ai2d", "mmmu", "hallusionbench"])
+    parser.add_argument("--bench", required=True, choices=["mmstar", "ai2d", "mmmu", "hallusionbench", "pope", "mme"])
     args = parser.parse_args()
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "harness", args.bench)
     kit = args.vlmevalkit
@@ -56,7 +56,8 @@ def main():
     functions(os.path.join(kit, "vlmeval/dataset/utils/multiple_choice.py"), {"build_choices", "MMMU_preproc", "report_acc", "build_prompt"}, ns)
     functions(os.path.join(kit, "vlmeval/smp/vlm.py"), {"build_option_str"}, ns)
     functions(os.path.join(kit, "vlmeval/smp/misc.py"), {"process_punctuation"}, ns)
-    functions(os.path.join(kit, "vlmeval/dataset/utils/yorn.py"), {"YOrN_Extraction", "Hallusion_rating"}, ns)
+    functions(os.path.join(kit, "vlmeval/dataset/utils/yorn.py"), {"YOrN_Extraction", "Hallusion_rating", "POPE_rating", "MME_rating"}, ns)
+    ns["d2df"] = lambda d: pd.DataFrame({k: [v] for k, v in d.items()})
 
     with open(os.path.join(root, "data.tsv"), newline="") as f:
         data = pd.read_csv(f, sep="\t", keep_default_na=True, dtype=str)
@@ -68,7 +69,19 @@ def main():
     data["index"] = data["index"].astype(str)
 
     extra = {}
-    if args.bench == "hallusionbench":
+    if args.bench in ("pope", "mme"):
+        data["extracted"] = [ns["YOrN_Extraction"](p) for p in data["prediction"]]
+        data["score"] = data["answer"] == data["extracted"]
+        ns["load"] = lambda _: data.copy()
+        if args.bench == "pope":
+            rating = ns["POPE_rating"]("data")
+            overall = rating[rating["split"] == "Overall"].iloc[0]
+            metrics = {"f1": float(overall["Overall"]), "acc": float(overall["acc"])}
+        else:
+            rating = ns["MME_rating"]("data")
+            metrics = {"perception": float(rating["perception"][0]), "reasoning": float(rating["reasoning"][0])}
+        per_question = {i: float(s) for i, s in zip(data["index"], data["score"])}
+    elif args.bench == "hallusionbench":
         data["extracted"] = [ns["YOrN_Extraction"](p) for p in data["prediction"]]
         data["score"] = data["answer"] == data["extracted"]
         ns["load"] = lambda _: data.copy()

@@ -27,6 +27,30 @@ pub struct Layout {
 impl Layout {
     /// The layout of `bench` under `root`; the judge's grades of `model_name`'s answers.
     pub fn of(bench: Bench, root: &Path, model_name: &str) -> Layout {
+        let layout = Self::llava(bench, root, model_name);
+        // POPE and MME from VLMEvalKit's TSV when LLaVA's question file is not there.
+        if matches!(bench, Bench::Pope | Bench::Mme) && !layout.questions.exists() {
+            let tsv = crate::recent::data_file(bench, root);
+            if tsv.exists() {
+                return Layout {
+                    questions: tsv,
+                    images: root.to_path_buf(),
+                    annotations: None,
+                    grades: None,
+                };
+            }
+        }
+        layout
+    }
+
+    /// True when the questions come from a data file (the recent six, or POPE/MME from
+    /// VLMEvalKit's TSV) rather than LLaVA's question files.
+    pub fn from_data_file(&self, bench: Bench) -> bool {
+        bench.from_data_file() || self.questions.extension().is_some_and(|e| e == "tsv")
+    }
+
+    /// The files of `bench` in LLaVA's `playground/data/eval` layout.
+    fn llava(bench: Bench, root: &Path, model_name: &str) -> Layout {
         let j = |p: &str| root.join(p);
         let grades = |dir: &str| Some(j(&format!("{dir}/grades/{model_name}.jsonl")));
         let layout = |questions: &str, images: &str, annotations: Option<&str>| Layout {
@@ -123,6 +147,9 @@ impl Layout {
                     value: s.to_json(),
                     metrics: s.metrics,
                 }
+            }
+            Bench::Pope | Bench::Mme if self.from_data_file(bench) => {
+                scoring::score_paper_tsv(bench.name(), &self.questions, answers)?
             }
             Bench::Synthetic => {
                 let key = self.annotations.clone().unwrap_or_default();

@@ -30,6 +30,8 @@ pub fn data_files(bench: Bench) -> &'static [&'static str] {
             "hallusionbench.parquet",
             "hallusionbench.jsonl",
         ],
+        Bench::Pope => &["POPE.tsv"],
+        Bench::Mme => &["MME.tsv"],
         _ => &[],
     }
 }
@@ -204,6 +206,15 @@ fn ask(bench: Bench, r: &Record) -> Result<(String, String), String> {
         Bench::Hallusionbench => {
             let q = crate::score::hallusion::Question::from_record(r)?;
             (q.id, question)
+        }
+        // The paper's yes/no benchmarks from VLMEvalKit's TSV, asked as LLaVA asks them.
+        Bench::Pope | Bench::Mme => {
+            let text = if question.contains(SHORT_ANSWER) {
+                question
+            } else {
+                format!("{question}\n{SHORT_ANSWER}")
+            };
+            (text_field(r, &["index"])?, text)
         }
         other => return Err(format!("{} is not read from a data file", other.name())),
     })

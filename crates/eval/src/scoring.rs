@@ -126,6 +126,24 @@ pub fn score_with(files: &ScoreFiles, pairing: Pairing) -> Result<Value, Error> 
     Ok(score_full(files, pairing)?.value)
 }
 
+/// POPE or MME from VLMEvalKit's TSV (`data`) and an answer file: the paper's rules and
+/// VLMEvalKit's figures ([`score::paper_tsv`]).
+pub fn score_paper_tsv(bench: &str, data: &Path, answers: &Path) -> Result<Scored, Error> {
+    let records = crate::records::read(data)?;
+    let answers = read_answers(answers)?;
+    let (mut value, metrics) = match bench {
+        "pope" => score::paper_tsv::pope(&records.rows, answers, &records.malformed),
+        "mme" => score::paper_tsv::mme(&records.rows, answers, &records.malformed),
+        other => {
+            return Err(Error::Request(format!(
+                "`{other}` is not read from VLMEvalKit's TSV (pope, mme)"
+            )));
+        }
+    };
+    value["bench"] = json!(bench);
+    Ok(Scored { value, metrics })
+}
+
 /// A score as printed, with its metrics' units (for intervals, manifests and comparisons).
 #[derive(Debug, Clone)]
 pub struct Scored {
@@ -137,6 +155,13 @@ pub struct Scored {
 
 /// [`score_with`], keeping the metrics' units.
 pub fn score_full(files: &ScoreFiles, pairing: Pairing) -> Result<Scored, Error> {
+    if matches!(files.bench.as_str(), "pope" | "mme") && files.data.is_some() {
+        let data = files.data.as_deref().expect("checked");
+        let answers = files.need(&files.answers, "answers", "the model's answer file")?;
+        let mut s = score_paper_tsv(&files.bench, data, answers)?;
+        add_intervals(&mut s);
+        return Ok(s);
+    }
     let (mut value, metrics) = match files.bench.as_str() {
         "gqa" => gqa(files)?,
         "mme" => (
@@ -205,14 +230,24 @@ pub fn score_full(files: &ScoreFiles, pairing: Pairing) -> Result<Scored, Error>
         }
     };
     value["bench"] = json!(files.bench);
-    if data_scorer(&files.bench).is_none() && !metrics.is_empty() {
-        let intervals: serde_json::Map<String, Value> = metrics
-            .iter()
-            .map(|m| (m.name.clone(), json!(m.interval(crate::stats::RESAMPLES))))
-            .collect();
-        value["intervals"] = Value::Object(intervals);
+    let mut s = Scored { value, metrics };
+    if data_scorer(&files.bench).is_none() {
+        add_intervals(&mut s);
     }
-    Ok(Scored { value, metrics })
+    Ok(s)
+}
+
+/// Each metric's 95 % interval under `intervals` (the recent six print theirs with each metric).
+fn add_intervals(s: &mut Scored) {
+    if s.metrics.is_empty() {
+        return;
+    }
+    let intervals: serde_json::Map<String, Value> = s
+        .metrics
+        .iter()
+        .map(|m| (m.name.clone(), json!(m.interval(crate::stats::RESAMPLES))))
+        .collect();
+    s.value["intervals"] = Value::Object(intervals);
 }
 
 /// A paper benchmark's printed score and its metrics.

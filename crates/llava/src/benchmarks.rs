@@ -127,7 +127,7 @@ fn answer_and_score(
     model_name: &str,
     log: &mut impl FnMut(&str),
 ) -> Result<(Value, Manifest)> {
-    let (mut questions, images, targets) = if bench.from_data_file() {
+    let (mut questions, images, targets) = if files.from_data_file(bench) {
         let asked = eval::recent::questions(bench, &files.questions)?;
         if let Some(first) = asked.bad.first() {
             log(&format!(

@@ -81,6 +81,8 @@ fn recent_benchmarks_from_harness_files_with_manifests() {
         ("ocrbench", "OCRBench.tsv"),
         ("ai2d", "AI2D_TEST.tsv"),
         ("hallusionbench", "HallusionBench.tsv"),
+        ("pope", "POPE.tsv"),
+        ("mme", "MME.tsv"),
     ] {
         std::fs::copy(harness.join(bench).join("data.tsv"), data.join(file)).unwrap();
     }
@@ -103,7 +105,7 @@ fn recent_benchmarks_from_harness_files_with_manifests() {
         .unwrap();
     let args = EvalArgs {
         model: model_dir,
-        benches: Bench::RECENT.to_vec(),
+        benches: [&Bench::RECENT[..], &[Bench::Pope, Bench::Mme]].concat(),
         data: data.clone(),
         output: tmp.path().join("eval"),
         batch: 4,
@@ -163,6 +165,17 @@ fn recent_benchmarks_from_harness_files_with_manifests() {
     // The recent row has a cell per benchmark, each with its interval.
     assert!(result["recent_row"]["MMStar"]["interval"].is_array());
     assert!(result["recent_row"]["TextVQA+OCR"]["value"].is_number());
+    // POPE and MME from VLMEvalKit's TSV, scored by the paper's rules with VLMEvalKit's beside.
+    let pope = &result["scores"]["pope"];
+    assert_eq!(pope["run"]["answered"], 6, "{pope}");
+    assert!(pope["adversarial"]["accuracy"].is_number(), "{pope}");
+    assert!(pope["vlmevalkit_f1"].is_number(), "{pope}");
+    assert!(example("pope").ends_with("Answer the question using a single word or phrase.<end_of_turn>\n<start_of_turn>model\n"), "{}", example("pope"));
+    let mme = &result["scores"]["mme"];
+    assert!(
+        mme["perception"].is_number() && mme["vlmevalkit_perception"].is_number(),
+        "{mme}"
+    );
     // TSV images were written once beside the file, as VLMEvalKit does.
     assert!(data.join("images/MMStar").read_dir().unwrap().count() >= 1);
 }

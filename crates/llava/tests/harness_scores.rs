@@ -580,3 +580,137 @@ fn the_choice_extractor_asks_as_vlmevalkit_does() {
         );
     }
 }
+
+/// POPE and MME from VLMEvalKit's TSV files: the paper's rules give what they give on the same
+/// questions in LLaVA's layout, and the `vlmevalkit_*` figures are VLMEvalKit's own
+/// (`POPE_rating`, `MME_rating` on e8e78f05, stored by `scripts/vlmevalkit_score.py`).
+#[test]
+fn pope_and_mme_from_vlmevalkit_tsv() {
+    use llava::eval::score::{Answers, mme, pope};
+    let out = tempfile::tempdir().unwrap();
+
+    // POPE: the TSV against LLaVA's layout built from the same rows (one question per category).
+    let d = dir("pope");
+    let scored = |bench: &str, d: &Path| -> Value {
+        serde_json::from_str(&run_ok(llava().args([
+            "score",
+            "--bench",
+            bench,
+            "--json",
+            "--data",
+            d.join("data.tsv").to_str().unwrap(),
+            "--answers",
+            d.join("answers.jsonl").to_str().unwrap(),
+        ])))
+        .unwrap()
+    };
+    let tsv = scored("pope", &d);
+    let rows = records::read(&d.join("data.tsv")).unwrap().rows;
+    let texts: Vec<String> = std::fs::read_to_string(d.join("answers.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let labels = out.path().join("coco");
+    std::fs::create_dir_all(&labels).unwrap();
+    let (mut questions, mut answers) = (Vec::new(), String::new());
+    let mut label_files: std::collections::BTreeMap<String, String> = Default::default();
+    let mut id = 0;
+    for (r, text) in rows.iter().zip(&texts) {
+        for c in r["category"].as_str().unwrap().split(',') {
+            let q = serde_json::json!({"question_id": id, "image": format!("{}.jpg", r["index"].as_str().unwrap()),
+                "text": r["question"], "category": c});
+            questions.push(q);
+            answers.push_str(&format!(
+                "{}\n",
+                serde_json::json!({"question_id": id, "text": text})
+            ));
+            let label = if r["answer"] == "Yes" { "yes" } else { "no" };
+            label_files.entry(c.to_string()).or_default().push_str(&format!(
+                "{}\n",
+                serde_json::json!({"question_id": id, "image": format!("{}.jpg", r["index"].as_str().unwrap()), "text": r["question"], "label": label})
+            ));
+            id += 1;
+        }
+    }
+    for (c, text) in &label_files {
+        std::fs::write(labels.join(format!("coco_pope_{c}.json")), text).unwrap();
+    }
+    let llava_layout = pope::score(
+        Answers::parse(&answers),
+        &questions,
+        &labels,
+        pope::Pairing::Position,
+    )
+    .unwrap();
+    for (c, s) in &llava_layout.categories {
+        for key in ["accuracy", "precision", "recall", "f1", "yes_ratio"] {
+            assert_eq!(
+                tsv[c][key].as_f64().unwrap(),
+                serde_json::json!(s)[key].as_f64().unwrap(),
+                "POPE {c} {key}"
+            );
+        }
+    }
+    let reference = read_json(&d.join("vlmevalkit.json"));
+    for (ours, theirs) in [("vlmevalkit_f1", "f1"), ("vlmevalkit_accuracy", "acc")] {
+        let a = tsv[ours].as_f64().unwrap();
+        assert!(tsv["intervals"][ours].is_array(), "{ours}");
+        let b = reference["metrics"][theirs].as_f64().unwrap();
+        assert!(
+            (a - b).abs() < 1e-9,
+            "POPE {ours}: ours {a}, VLMEvalKit {b}"
+        );
+    }
+
+    // MME: the TSV against MME's result files built from the same rows.
+    let d = dir("mme");
+    let tsv = scored("mme", &d);
+    let rows = records::read(&d.join("data.tsv")).unwrap().rows;
+    let texts: Vec<String> = std::fs::read_to_string(d.join("answers.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let results = out.path().join("mme_results");
+    std::fs::create_dir_all(&results).unwrap();
+    let mut files: std::collections::BTreeMap<String, String> = Default::default();
+    for (r, text) in rows.iter().zip(&texts) {
+        let line = format!(
+            "{}\t{}\t{}\t{}\n",
+            r["image_path"].as_str().unwrap(),
+            r["question"].as_str().unwrap(),
+            r["answer"].as_str().unwrap(),
+            text
+        );
+        files
+            .entry(r["category"].as_str().unwrap().to_string())
+            .or_default()
+            .push_str(&line);
+    }
+    for (s, text) in &files {
+        std::fs::write(results.join(format!("{s}.txt")), text).unwrap();
+    }
+    let from_results = mme::score(&results).unwrap();
+    assert_eq!(tsv["perception"].as_f64().unwrap(), from_results.perception);
+    assert_eq!(tsv["cognition"].as_f64().unwrap(), from_results.cognition);
+    let reference = read_json(&d.join("vlmevalkit.json"));
+    assert_eq!(
+        tsv["vlmevalkit_perception"].as_f64().unwrap(),
+        reference["metrics"]["perception"].as_f64().unwrap()
+    );
+    assert_eq!(
+        tsv["vlmevalkit_cognition"].as_f64().unwrap(),
+        reference["metrics"]["reasoning"].as_f64().unwrap()
+    );
+}

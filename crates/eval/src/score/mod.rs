@@ -16,6 +16,7 @@ pub mod mmstar;
 pub mod mmvet;
 pub mod mmvp;
 pub mod ocrbench;
+pub mod paper_tsv;
 pub mod pope;
 pub mod pystr;
 pub mod sqa;
