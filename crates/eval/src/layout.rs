@@ -28,8 +28,8 @@ impl Layout {
     /// The layout of `bench` under `root`; the judge's grades of `model_name`'s answers.
     pub fn of(bench: Bench, root: &Path, model_name: &str) -> Layout {
         let layout = Self::llava(bench, root, model_name);
-        // POPE and MME from VLMEvalKit's TSV when LLaVA's question file is not there.
-        if matches!(bench, Bench::Pope | Bench::Mme) && !layout.questions.exists() {
+        // POPE, MME and GQA from VLMEvalKit's TSV when LLaVA's question file is not there.
+        if matches!(bench, Bench::Pope | Bench::Mme | Bench::Gqa) && !layout.questions.exists() {
             let tsv = crate::recent::data_file(bench, root);
             if tsv.exists() {
                 return Layout {
@@ -148,7 +148,7 @@ impl Layout {
                     metrics: s.metrics,
                 }
             }
-            Bench::Pope | Bench::Mme if self.from_data_file(bench) => {
+            Bench::Pope | Bench::Mme | Bench::Gqa if self.from_data_file(bench) => {
                 scoring::score_paper_tsv(bench.name(), &self.questions, answers)?
             }
             Bench::Synthetic => {

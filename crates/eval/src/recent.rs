@@ -31,6 +31,7 @@ pub fn data_files(bench: Bench) -> &'static [&'static str] {
             "hallusionbench.jsonl",
         ],
         Bench::Pope => &["POPE.tsv"],
+        Bench::Gqa => &["GQA_TestDev_Balanced.tsv"],
         Bench::Mme => &["MME.tsv"],
         _ => &[],
     }
@@ -208,7 +209,7 @@ fn ask(bench: Bench, r: &Record) -> Result<(String, String), String> {
             (q.id, question)
         }
         // The paper's yes/no benchmarks from VLMEvalKit's TSV, asked as LLaVA asks them.
-        Bench::Pope | Bench::Mme => {
+        Bench::Pope | Bench::Mme | Bench::Gqa => {
             let text = if question.contains(SHORT_ANSWER) {
                 question
             } else {

@@ -126,7 +126,7 @@ pub fn score_with(files: &ScoreFiles, pairing: Pairing) -> Result<Value, Error> 
     Ok(score_full(files, pairing)?.value)
 }
 
-/// POPE or MME from VLMEvalKit's TSV (`data`) and an answer file: the paper's rules and
+/// POPE, MME or GQA from VLMEvalKit's TSV (`data`) and an answer file: the paper's rules and
 /// VLMEvalKit's figures ([`score::paper_tsv`]).
 pub fn score_paper_tsv(bench: &str, data: &Path, answers: &Path) -> Result<Scored, Error> {
     let records = crate::records::read(data)?;
@@ -134,14 +134,17 @@ pub fn score_paper_tsv(bench: &str, data: &Path, answers: &Path) -> Result<Score
     let (mut value, metrics) = match bench {
         "pope" => score::paper_tsv::pope(&records.rows, answers, &records.malformed),
         "mme" => score::paper_tsv::mme(&records.rows, answers, &records.malformed),
+        "gqa" => score::paper_tsv::gqa(&records.rows, answers, &records.malformed),
         other => {
             return Err(Error::Request(format!(
-                "`{other}` is not read from VLMEvalKit's TSV (pope, mme)"
+                "`{other}` is not read from VLMEvalKit's TSV (pope, mme, gqa)"
             )));
         }
     };
     value["bench"] = json!(bench);
-    Ok(Scored { value, metrics })
+    let mut s = Scored { value, metrics };
+    add_intervals(&mut s);
+    Ok(s)
 }
 
 /// A score as printed, with its metrics' units (for intervals, manifests and comparisons).
@@ -155,12 +158,10 @@ pub struct Scored {
 
 /// [`score_with`], keeping the metrics' units.
 pub fn score_full(files: &ScoreFiles, pairing: Pairing) -> Result<Scored, Error> {
-    if matches!(files.bench.as_str(), "pope" | "mme") && files.data.is_some() {
+    if matches!(files.bench.as_str(), "pope" | "mme" | "gqa") && files.data.is_some() {
         let data = files.data.as_deref().expect("checked");
         let answers = files.need(&files.answers, "answers", "the model's answer file")?;
-        let mut s = score_paper_tsv(&files.bench, data, answers)?;
-        add_intervals(&mut s);
-        return Ok(s);
+        return score_paper_tsv(&files.bench, data, answers);
     }
     let (mut value, metrics) = match files.bench.as_str() {
         "gqa" => gqa(files)?,

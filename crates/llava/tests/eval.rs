@@ -83,6 +83,8 @@ fn recent_benchmarks_from_harness_files_with_manifests() {
         ("hallusionbench", "HallusionBench.tsv"),
         ("pope", "POPE.tsv"),
         ("mme", "MME.tsv"),
+        // Its rows serve as GQA's too: index, image, question, answer.
+        ("pope", "GQA_TestDev_Balanced.tsv"),
     ] {
         std::fs::copy(harness.join(bench).join("data.tsv"), data.join(file)).unwrap();
     }
@@ -105,7 +107,7 @@ fn recent_benchmarks_from_harness_files_with_manifests() {
         .unwrap();
     let args = EvalArgs {
         model: model_dir,
-        benches: [&Bench::RECENT[..], &[Bench::Pope, Bench::Mme]].concat(),
+        benches: [&Bench::RECENT[..], &[Bench::Pope, Bench::Mme, Bench::Gqa]].concat(),
         data: data.clone(),
         output: tmp.path().join("eval"),
         batch: 4,
@@ -171,6 +173,9 @@ fn recent_benchmarks_from_harness_files_with_manifests() {
     assert!(pope["adversarial"]["accuracy"].is_number(), "{pope}");
     assert!(pope["vlmevalkit_f1"].is_number(), "{pope}");
     assert!(example("pope").ends_with("Answer the question using a single word or phrase.<end_of_turn>\n<start_of_turn>model\n"), "{}", example("pope"));
+    let gqa = &result["scores"]["gqa"];
+    assert_eq!(gqa["count"], 6, "{gqa}");
+    assert!(gqa["intervals"]["accuracy"].is_array(), "{gqa}");
     let mme = &result["scores"]["mme"];
     assert!(
         mme["perception"].is_number() && mme["vlmevalkit_perception"].is_number(),

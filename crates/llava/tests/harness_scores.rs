@@ -668,6 +668,44 @@ fn pope_and_mme_from_vlmevalkit_tsv() {
         );
     }
 
+    // GQA: the TSV against the official questions file built from the same rows.
+    let gqa_tsv = out.path().join("GQA_TestDev_Balanced.tsv");
+    let mut official = serde_json::Map::new();
+    let mut tsv_text = String::from("index\tquestion\tanswer\timage\n");
+    let mut gqa_answers = String::new();
+    let golds = ["yes", "no", "table", "left", "red"];
+    let said = ["Yes.", "no", "table ", "Left", "blue"];
+    for i in 0..10 {
+        let gold = golds[i % 5];
+        tsv_text.push_str(&format!("{}\tq{i}?\t{gold}\t\n", 100 + i));
+        official.insert(
+            (100 + i).to_string(),
+            serde_json::json!({"answer": gold, "isBalanced": true}),
+        );
+        gqa_answers.push_str(&format!(
+            "{}\n",
+            serde_json::json!({"question_id": (100 + i).to_string(), "text": said[(i * 3) % 5]})
+        ));
+    }
+    std::fs::write(&gqa_tsv, tsv_text).unwrap();
+    let gqa_answers_path = out.path().join("gqa.jsonl");
+    std::fs::write(&gqa_answers_path, &gqa_answers).unwrap();
+    let from_tsv: Value = serde_json::from_str(&run_ok(llava().args([
+        "score",
+        "--bench",
+        "gqa",
+        "--json",
+        "--data",
+        gqa_tsv.to_str().unwrap(),
+        "--answers",
+        gqa_answers_path.to_str().unwrap(),
+    ])))
+    .unwrap();
+    let official =
+        llava::eval::score::gqa::score(Answers::parse(&gqa_answers), &Value::Object(official));
+    assert_eq!(from_tsv["accuracy"].as_f64().unwrap(), official.accuracy);
+    assert_eq!(from_tsv["count"], 10);
+
     // MME: the TSV against MME's result files built from the same rows.
     let d = dir("mme");
     let tsv = scored("mme", &d);

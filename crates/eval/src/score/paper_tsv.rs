@@ -1,6 +1,7 @@
-//! POPE and MME from VLMEvalKit's TSV files (`POPE.tsv`, `MME.tsv`), scored by the paper's rules
-//! (LLaVA's `eval_pope.py` reading and MME's `eval_tool`), with VLMEvalKit's own figures beside
-//! them (`YOrN_Extraction`, then `POPE_rating` / `MME_rating`).
+//! POPE, MME and GQA from VLMEvalKit's TSV files (`POPE.tsv`, `MME.tsv`,
+//! `GQA_TestDev_Balanced.tsv`), scored by the paper's rules (LLaVA's `eval_pope.py` reading, MME's
+//! `eval_tool`, GQA's exact match after LLaVA's conversion), with VLMEvalKit's own figures beside
+//! POPE's and MME's (`YOrN_Extraction`, then `POPE_rating` / `MME_rating`).
 //!
 //! POPE.tsv lists each question once with the categories it belongs to (`adversarial,popular`),
 //! its answer `Yes`/`No`; MME.tsv each question with its subtask (`category`), answer and
@@ -219,6 +220,32 @@ pub fn mme(records: &[Record], answers: Answers, malformed: &[String]) -> (Value
     (value, Vec::new())
 }
 
+/// GQA from its TSV: each answered question right when LLaVA's conversion of the answer
+/// (`gqa::normalise`: trailing periods dropped, lowercased) equals the row's `answer` (a Python
+/// list literal's first item, where VLMEvalKit stores a list). Over answered questions.
+pub fn gqa(records: &[Record], answers: Answers, malformed: &[String]) -> (Value, Vec<Metric>) {
+    let mut issues = Issues::default();
+    for m in malformed {
+        issues.bad_record(m.clone());
+    }
+    let parse = |r: &Record| -> Result<(String, String), String> {
+        let answer = text_field(r, &["answer"])?;
+        let answer = super::pystr::string_list(&answer)
+            .and_then(|l| l.into_iter().next())
+            .unwrap_or(answer);
+        Ok((text_field(r, &["index"])?, answer))
+    };
+    let questions = questions_of(records, parse, &mut issues);
+    let pairs = pair_answers(&questions, |q| &q.0, answers, &mut issues);
+    let units: Vec<Unit> = pairs
+        .iter()
+        .map(|((id, gold), a)| Unit::of(id, super::gqa::normalise(&a.text) == *gold))
+        .collect();
+    let metric = Metric::new("accuracy", Aggregate::Mean, 1.0, units);
+    let value = json!({"accuracy": metric.value(), "count": metric.units.len(), "issues": issues});
+    (value, vec![metric])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +274,23 @@ mod tests {
         // Question 0 counts once per category: TP, TP, FP → F1 = 4/5.
         let f1 = metrics.iter().find(|m| m.name == "vlmevalkit_f1").unwrap();
         assert!((f1.value() - 80.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn gqa_exact_match_after_llavas_conversion() {
+        let records = rows(json!([
+            {"index": "201", "answer": "yes"},
+            {"index": "202", "answer": "['table']"},
+            {"index": "203", "answer": "left"},
+        ]));
+        let answers = Answers::parse(
+            "{\"question_id\": \"201\", \"text\": \"Yes.\"}\n\
+             {\"question_id\": \"202\", \"text\": \"table \"}\n\
+             {\"question_id\": \"203\", \"text\": \"left\"}\n",
+        );
+        let (v, m) = gqa(&records, answers, &[]);
+        assert!((v["accuracy"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(m[0].units.len(), 3);
     }
 
     #[test]
