@@ -77,6 +77,16 @@ impl TensorType {
         matches!(self, TensorType::Q4_0 | TensorType::Q8_0)
     }
 
+    /// The bytes `count` values take in this type (`count` a multiple of [`BLOCK`] when blocked).
+    pub fn encoded_len(self, count: usize) -> usize {
+        match self {
+            TensorType::F32 => 4 * count,
+            TensorType::F16 => 2 * count,
+            TensorType::Q8_0 => count / BLOCK * (2 + BLOCK),
+            TensorType::Q4_0 => count / BLOCK * (2 + BLOCK / 2),
+        }
+    }
+
     /// `values` (a row-major tensor whose rows have a multiple of [`BLOCK`] values when the type
     /// is blocked) in this type's bytes.
     pub fn encode(self, values: &[f32]) -> Vec<u8> {
@@ -122,23 +132,42 @@ fn q4_0_block(x: &[f32]) -> Vec<u8> {
     out
 }
 
-/// A GGUF file being assembled: metadata in insertion order, then the tensors.
-#[derive(Debug, Default)]
-pub struct GgufWriter {
+/// Where a tensor's values come from when the file is written.
+pub type Source<'a> = Box<dyn Fn() -> Result<Vec<f32>, String> + 'a>;
+
+/// A GGUF file being assembled: metadata in insertion order, then the tensors. Tensors added
+/// with [`GgufWriter::add_lazy`] are read and encoded one at a time as the file is written, so a
+/// whole model's encoded bytes are never in memory at once.
+#[derive(Default)]
+pub struct GgufWriter<'a> {
     metadata: Vec<(String, Value)>,
-    tensors: Vec<Tensor>,
+    tensors: Vec<Tensor<'a>>,
 }
 
-#[derive(Debug)]
-struct Tensor {
+struct Tensor<'a> {
     name: String,
     /// Row-major (PyTorch's) order; the file lists them innermost first.
     shape: Vec<u64>,
     kind: TensorType,
-    data: Vec<u8>,
+    data: Data<'a>,
 }
 
-impl GgufWriter {
+enum Data<'a> {
+    /// Encoded already.
+    Bytes(Vec<u8>),
+    /// Read and encoded when written.
+    Lazy(Source<'a>),
+}
+
+impl<'a> Tensor<'a> {
+    /// Its encoded size.
+    fn len(&self) -> usize {
+        self.kind
+            .encoded_len(self.shape.iter().product::<u64>() as usize)
+    }
+}
+
+impl<'a> GgufWriter<'a> {
     /// An empty file.
     pub fn new() -> Self {
         Self::default()
@@ -169,6 +198,29 @@ impl GgufWriter {
                 values.len()
             ));
         }
+        self.check(name, shape, kind)?;
+        self.push(name, shape, kind, Data::Bytes(kind.encode(values)))
+    }
+
+    /// Adds tensor `name` of `shape` stored as `kind`, whose values `source` reads when the file
+    /// is written (it must give exactly the shape's count; the write fails naming the tensor
+    /// otherwise).
+    pub fn add_lazy(
+        &mut self,
+        name: &str,
+        shape: &[i64],
+        kind: TensorType,
+        source: Source<'a>,
+    ) -> Result<(), String> {
+        if shape.iter().any(|&d| d < 0) {
+            return Err(format!("tensor `{name}`: negative dimension in {shape:?}"));
+        }
+        self.check(name, shape, kind)?;
+        self.push(name, shape, kind, Data::Lazy(source))
+    }
+
+    /// A blocked type's rows must be whole blocks; a name is added once.
+    fn check(&self, name: &str, shape: &[i64], kind: TensorType) -> Result<(), String> {
         let inner = shape.last().copied().unwrap_or(1);
         if kind.is_blocked() && inner % BLOCK as i64 != 0 {
             return Err(format!(
@@ -178,24 +230,34 @@ impl GgufWriter {
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(format!("tensor `{name}` is added twice"));
         }
+        Ok(())
+    }
+
+    fn push(
+        &mut self,
+        name: &str,
+        shape: &[i64],
+        kind: TensorType,
+        data: Data<'a>,
+    ) -> Result<(), String> {
         self.tensors.push(Tensor {
             name: name.to_string(),
             shape: shape.iter().map(|&d| d as u64).collect(),
             kind,
-            data: kind.encode(values),
+            data,
         });
         Ok(())
     }
 
-    /// The file's bytes.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    /// The file's bytes (a lazy tensor's source failing is an error naming it).
+    pub fn to_bytes(&self) -> std::io::Result<Vec<u8>> {
         let mut out = Vec::new();
-        self.write_to(&mut out)
-            .expect("writing to memory does not fail");
-        out
+        self.write_to(&mut out)?;
+        Ok(out)
     }
 
-    /// Writes the file atomically, streaming the tensors' bytes (no second copy in memory).
+    /// Writes the file atomically, streaming the tensors' bytes (each lazy tensor read and
+    /// encoded only as it is written).
     pub fn write(&self, path: &Path) -> crate::Result<()> {
         crate::io::write_atomic_with(path, |out| self.write_to(out))
     }
@@ -220,14 +282,33 @@ impl GgufWriter {
             }
             head.extend(t.kind.id().to_le_bytes());
             head.extend(offset.to_le_bytes());
-            offset += padded(t.data.len()) as u64;
+            offset += padded(t.len()) as u64;
         }
         head.resize(padded(head.len()), 0);
         out.write_all(&head)?;
         let zeros = [0u8; ALIGNMENT];
         for t in &self.tensors {
-            out.write_all(&t.data)?;
-            out.write_all(&zeros[..padded(t.data.len()) - t.data.len()])?;
+            let lazy;
+            let bytes = match &t.data {
+                Data::Bytes(b) => b,
+                Data::Lazy(source) => {
+                    let fail =
+                        |e: String| std::io::Error::other(format!("tensor `{}`: {e}", t.name));
+                    let values = source().map_err(fail)?;
+                    let expected = t.shape.iter().product::<u64>() as usize;
+                    if values.len() != expected {
+                        return Err(fail(format!(
+                            "its source gave {} values for shape {:?}",
+                            values.len(),
+                            t.shape
+                        )));
+                    }
+                    lazy = t.kind.encode(&values);
+                    &lazy
+                }
+            };
+            out.write_all(bytes)?;
+            out.write_all(&zeros[..padded(bytes.len()) - bytes.len()])?;
         }
         Ok(())
     }
@@ -352,7 +433,7 @@ mod tests {
         w.set("gemma.block_count", Value::U32(3));
         w.add("a", &[3], &[1.0, 2.0, 3.0], TensorType::F32).unwrap();
         w.add("b", &[2, 32], &[0.5; 64], TensorType::Q8_0).unwrap();
-        let bytes = w.to_bytes();
+        let bytes = w.to_bytes().unwrap();
         assert_eq!(&bytes[..4], b"GGUF");
         assert_eq!(bytes.len() % ALIGNMENT, 0);
         // Data: a (12 bytes, padded to 32), then b (2 blocks of 34 bytes, padded to 96), after an
@@ -372,5 +453,41 @@ mod tests {
         assert!(err.contains("twice"), "{err}");
         let err = w.add("d", &[2, 2], &[0.0; 3], TensorType::F32).unwrap_err();
         assert!(err.contains("`d`"), "{err}");
+    }
+
+    #[test]
+    fn lazy_tensors_write_the_same_bytes_and_name_bad_sources() {
+        let values: Vec<f32> = (0..64).map(|i| i as f32 / 7.0).collect();
+        let mut eager = GgufWriter::new();
+        eager.add("b", &[2, 32], &values, TensorType::Q4_0).unwrap();
+        let mut lazy = GgufWriter::new();
+        let v = values.clone();
+        lazy.add_lazy(
+            "b",
+            &[2, 32],
+            TensorType::Q4_0,
+            Box::new(move || Ok(v.clone())),
+        )
+        .unwrap();
+        assert_eq!(eager.to_bytes().unwrap(), lazy.to_bytes().unwrap());
+        assert_eq!(TensorType::Q8_0.encoded_len(64), 68);
+        assert_eq!(TensorType::F16.encoded_len(3), 6);
+        let mut short = GgufWriter::new();
+        short
+            .add_lazy("s", &[4], TensorType::F32, Box::new(|| Ok(vec![0.0; 3])))
+            .unwrap();
+        let err = short.to_bytes().unwrap_err().to_string();
+        assert!(err.contains("`s`") && err.contains("3 values"), "{err}");
+        let mut failing = GgufWriter::new();
+        failing
+            .add_lazy(
+                "f",
+                &[1],
+                TensorType::F32,
+                Box::new(|| Err("unreadable".into())),
+            )
+            .unwrap();
+        let err = failing.to_bytes().unwrap_err().to_string();
+        assert!(err.contains("`f`: unreadable"), "{err}");
     }
 }

@@ -23,13 +23,13 @@ const BYTE: i32 = 6;
 /// The language model of `checkpoint` (wherever in it the decoder sits) as a GGUF file with
 /// matrices stored as `kind`, and the tokenizer of `tokenizer_json` (a `tokenizer.json`'s text).
 /// Gemma 1 only: Gemma 2 and 3 are an error that says so.
-pub fn to_gguf(
+pub fn to_gguf<'a>(
     config: &GemmaConfig,
-    checkpoint: &Checkpoint,
+    checkpoint: &'a Checkpoint,
     tokenizer_json: &str,
     kind: TensorType,
     name: &str,
-) -> Result<GgufWriter> {
+) -> Result<GgufWriter<'a>> {
     if config.generation()? != Generation::Gemma1 {
         return Err(Error::Input(format!(
             "GGUF export writes Gemma 1 language models for now (this one is `{}`)",
@@ -82,20 +82,32 @@ pub fn to_gguf(
     add_tokenizer(&mut w, config, tokenizer_json)?;
 
     let prefix = checkpoint.require_prefix("embed_tokens.weight", "model.embed_tokens.weight")?;
+    // Each tensor is read, converted and encoded only when the file is written: the export
+    // holds the checkpoint and one tensor, not every encoded tensor at once.
     let mut add = |gguf: &str, hf: &str, how: Stored| -> Result<()> {
         let name = format!("{prefix}{hf}");
-        let t = checkpoint.tensor(&name)?.to_kind(Kind::Float);
-        let t = match how {
-            Stored::Norm => t + 1.0,
-            Stored::Matrix => t,
+        // The shape from the header; the values are read when written.
+        let shape = match checkpoint.info(&name) {
+            Some(info) => info.shape.clone(),
+            None => checkpoint.tensor(&name)?.size(),
         };
-        let shape = t.size();
-        let values = Vec::<f32>::try_from(t.flatten(0, -1))?;
         let kind = match how {
             Stored::Norm => TensorType::F32,
             Stored::Matrix => kind,
         };
-        w.add(gguf, &shape, &values, kind)
+        let source_name = name.clone();
+        let source = Box::new(move || -> std::result::Result<Vec<f32>, String> {
+            let t = checkpoint
+                .tensor(&source_name)
+                .map_err(|e| e.to_string())?
+                .to_kind(Kind::Float);
+            let t = match how {
+                Stored::Norm => t + 1.0,
+                Stored::Matrix => t,
+            };
+            Vec::<f32>::try_from(t.flatten(0, -1)).map_err(|e| e.to_string())
+        });
+        w.add_lazy(gguf, &shape, kind, source)
             .map_err(|e| Error::Input(format!("{name}: {e}")))
     };
     add("token_embd.weight", "embed_tokens.weight", Stored::Matrix)?;
