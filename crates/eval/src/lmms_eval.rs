@@ -8,7 +8,6 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::Error;
 use crate::runner::{Bench, EvalQuestion};
@@ -146,7 +145,7 @@ pub fn write(
             "doc_id": doc_id,
             "target": s.target,
             "filtered_resps": answer,
-            "doc_hash": hash(&s.question.question_id.to_string()),
+            "doc_hash": crate::manifest::sha256_hex(s.question.question_id.to_string().as_bytes()),
             "input_media": s.question.images,
             "input": s.question.text,
             "question_id": s.question.question_id,
@@ -238,14 +237,6 @@ fn sanitize(model: &str) -> String {
                 "__".into()
             }
         })
-        .collect()
-}
-
-/// A SHA-256 hex digest (lmms-eval's `doc_hash` is one too).
-fn hash(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
         .collect()
 }
 

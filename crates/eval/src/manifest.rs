@@ -165,16 +165,22 @@ pub fn hash_file(path: &Path) -> Result<FileHash, Error> {
         hasher.update(&buffer[..n]);
         bytes += n as u64;
     }
-    let sha256 = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha256 = hex(&hasher.finalize());
     Ok(FileHash {
         path: path.to_path_buf(),
         bytes,
         sha256,
     })
+}
+
+/// The SHA-256 of `data`, hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+/// Bytes as lowercase hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The hashes of the files directly in `dir` (a model directory: weights, config, tokenizer,

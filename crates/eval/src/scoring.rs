@@ -53,12 +53,20 @@ pub fn data_scorer(bench: &str) -> Option<DataScorer> {
 /// Scores a data-file benchmark: its records read from `data` (malformed rows counted as bad
 /// records), the answers paired by id.
 pub fn score_data(bench: &str, data: &Path, answers: &Path) -> Result<score::BenchScore, Error> {
+    score_records(bench, &crate::records::read(data)?, read_answers(answers)?)
+}
+
+/// [`score_data`] on records already read.
+fn score_records(
+    bench: &str,
+    records: &crate::records::Records,
+    answers: score::Answers,
+) -> Result<score::BenchScore, Error> {
     let scorer = data_scorer(bench)
         .ok_or_else(|| Error::Request(format!("`{bench}` is not scored from a data file")))?;
-    let records = crate::records::read(data)?;
-    let mut s = scorer(&records.rows, read_answers(answers)?);
-    for m in records.malformed {
-        s.issues.bad_record(m);
+    let mut s = scorer(&records.rows, answers);
+    for m in &records.malformed {
+        s.issues.bad_record(m.clone());
     }
     Ok(s)
 }
@@ -197,13 +205,14 @@ pub fn score_full(files: &ScoreFiles, pairing: Pairing) -> Result<Scored, Error>
                 "data",
                 "the benchmark's data file: VLMEvalKit's TSV or lmms-eval's rows as .jsonl/.json",
             )?;
-            let answers = files.need(&files.answers, "answers", "the model's answer file")?;
-            let mut s = score_data(other, data, answers)?;
+            let answers = files.read_answers()?;
+            let records = crate::records::read(data)?;
+            let mut s = score_records(other, &records, answers.clone())?;
             if files.grades.is_some() {
                 let grades = files.read_grades()?;
-                let rows = crate::records::read(data)?.rows;
+                let rows = &records.rows;
                 match other {
-                    "hallusionbench" => score::hallusion::add_judged(&mut s, &rows, &grades),
+                    "hallusionbench" => score::hallusion::add_judged(&mut s, rows, &grades),
                     "mmstar" | "ai2d" | "mmmu" => {
                         let name = if other == "mmstar" {
                             "overall"
@@ -211,11 +220,7 @@ pub fn score_full(files: &ScoreFiles, pairing: Pairing) -> Result<Scored, Error>
                             "accuracy"
                         };
                         s.metrics.push(score::vlmevalkit::extracted_metric(
-                            other,
-                            name,
-                            &rows,
-                            read_answers(answers)?,
-                            &grades,
+                            other, name, rows, answers, &grades,
                         ));
                     }
                     _ => {}
@@ -281,28 +286,8 @@ fn pope(files: &ScoreFiles, pairing: Pairing) -> Result<PaperScore, Error> {
     }
     let mut metrics = Vec::new();
     for (category, c) in &s.categories {
-        let units: Vec<Unit> = c
-            .outcomes
-            .iter()
-            .enumerate()
-            .map(|(i, o)| Unit {
-                id: format!("{category}/{i}"),
-                group: o.to_string(),
-                value: f64::from(u8::from(matches!(*o, "tp" | "tn"))),
-            })
-            .collect();
-        metrics.push(Metric::new(
-            &format!("{category}/accuracy"),
-            Aggregate::Mean,
-            1.0,
-            units.clone(),
-        ));
-        metrics.push(Metric::new(
-            &format!("{category}/f1"),
-            Aggregate::F1,
-            1.0,
-            units,
-        ));
+        let ids = (0..c.outcomes.len()).map(|i| format!("{category}/{i}"));
+        metrics.extend(c.metrics(category, ids));
     }
     Ok((json!(s), metrics))
 }

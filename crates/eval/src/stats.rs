@@ -85,7 +85,10 @@ impl Metric {
         let mut rng = SplitMix64(0x5eed);
         let mut values: Vec<f64> = (0..resamples)
             .map(|_| {
-                let sample = resample(&strata, &mut rng);
+                let sample: Vec<&Unit> = resample(&strata, &mut rng)
+                    .into_iter()
+                    .map(|i| &self.units[i])
+                    .collect();
                 self.scale * combine(self.aggregate, &sample)
             })
             .collect();
@@ -151,27 +154,14 @@ pub fn compare(a: &Metric, b: &Metric, resamples: usize) -> Comparison {
     let right: Vec<&Unit> = pairs.iter().map(|p| p.1).collect();
     let va = a.scale * combine(a.aggregate, &left);
     let vb = b.scale * combine(b.aggregate, &right);
-    // Resample pair indices (within groups for a mean of group means).
-    let index_units: Vec<Unit> = left
-        .iter()
-        .enumerate()
-        .map(|(i, u)| Unit {
-            id: i.to_string(),
-            group: u.group.clone(),
-            value: 0.0,
-        })
-        .collect();
-    let strata = strata(a.aggregate, &index_units);
+    // Resample the shared pairs together (within A's groups for a mean of group means).
+    let strata = strata(a.aggregate, left.iter().copied());
     let mut rng = SplitMix64(0x5eed);
     let mut diffs: Vec<f64> = (0..resamples)
         .map(|_| {
-            let picks = resample(&strata, &mut rng);
-            let (sa, sb): (Vec<&Unit>, Vec<&Unit>) = picks
-                .iter()
-                .map(|p| {
-                    let i: usize = p.id.parse().expect("index ids");
-                    (left[i], right[i])
-                })
+            let (sa, sb): (Vec<&Unit>, Vec<&Unit>) = resample(&strata, &mut rng)
+                .into_iter()
+                .map(|i| (left[i], right[i]))
                 .unzip();
             a.scale * combine(a.aggregate, &sa) - b.scale * combine(b.aggregate, &sb)
         })
@@ -224,25 +214,27 @@ fn combine(aggregate: Aggregate, units: &[&Unit]) -> f64 {
     }
 }
 
-/// The units split into the strata a resample draws from: one stratum, or one per group.
-fn strata(aggregate: Aggregate, units: &[Unit]) -> Vec<Vec<&Unit>> {
+/// The units' indices split into the strata a resample draws from: one stratum, or one per
+/// group (in first-seen order).
+fn strata<'a>(aggregate: Aggregate, units: impl IntoIterator<Item = &'a Unit>) -> Vec<Vec<usize>> {
+    let units: Vec<&Unit> = units.into_iter().collect();
     match aggregate {
         Aggregate::MeanOfGroupMeans => {
-            let mut groups: Vec<Vec<&Unit>> = Vec::new();
-            for u in units {
-                match groups.iter_mut().find(|g| g[0].group == u.group) {
-                    Some(g) => g.push(u),
-                    None => groups.push(vec![u]),
+            let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+            for (i, u) in units.iter().enumerate() {
+                match groups.iter_mut().find(|g| g.0 == u.group) {
+                    Some(g) => g.1.push(i),
+                    None => groups.push((&u.group, vec![i])),
                 }
             }
-            groups
+            groups.into_iter().map(|g| g.1).collect()
         }
-        _ => vec![units.iter().collect()],
+        _ => vec![(0..units.len()).collect()],
     }
 }
 
-/// One bootstrap resample: each stratum drawn with replacement to its own size.
-fn resample<'a>(strata: &[Vec<&'a Unit>], rng: &mut SplitMix64) -> Vec<&'a Unit> {
+/// One bootstrap resample of unit indices: each stratum drawn with replacement to its own size.
+fn resample(strata: &[Vec<usize>], rng: &mut SplitMix64) -> Vec<usize> {
     strata
         .iter()
         .flat_map(|s| {

@@ -34,6 +34,20 @@ fn read_json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// The `text` of each line of an answer file, in order.
+fn answer_texts(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
 /// The metric of ours that holds one unit per question.
 fn per_question_metric(bench: &str) -> &'static str {
     match bench {
@@ -606,16 +620,7 @@ fn pope_and_mme_from_vlmevalkit_tsv() {
     };
     let tsv = scored("pope", &d);
     let rows = records::read(&d.join("data.tsv")).unwrap().rows;
-    let texts: Vec<String> = std::fs::read_to_string(d.join("answers.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["text"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let texts = answer_texts(&d.join("answers.jsonl"));
     let labels = out.path().join("coco");
     std::fs::create_dir_all(&labels).unwrap();
     let (mut questions, mut answers) = (Vec::new(), String::new());
@@ -710,16 +715,7 @@ fn pope_and_mme_from_vlmevalkit_tsv() {
     let d = dir("mme");
     let tsv = scored("mme", &d);
     let rows = records::read(&d.join("data.tsv")).unwrap().rows;
-    let texts: Vec<String> = std::fs::read_to_string(d.join("answers.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["text"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let texts = answer_texts(&d.join("answers.jsonl"));
     let results = out.path().join("mme_results");
     std::fs::create_dir_all(&results).unwrap();
     let mut files: std::collections::BTreeMap<String, String> = Default::default();

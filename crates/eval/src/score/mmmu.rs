@@ -80,19 +80,7 @@ impl Question {
     /// literal, `answer`) or VLMEvalKit's (`index`, option columns `A`…`I`, `answer`, `category`).
     pub fn from_record(r: &Record) -> Result<Self, String> {
         let id = text_field(r, &["id", "index"])?;
-        let options: Vec<String> = match r.get("options").and_then(|v| v.as_str()) {
-            Some(list) => pystr::string_list(list)
-                .ok_or_else(|| format!("`options` is not a list of strings: {list:.80}"))?,
-            None => mcq::letters(26)
-                .iter()
-                .map_while(|c| {
-                    r.get(&c.to_string())
-                        .and_then(|v| v.as_str())
-                        .filter(|s| !s.is_empty() && *s != "nan")
-                        .map(String::from)
-                })
-                .collect(),
-        };
+        let options = super::options(r)?;
         let open = match r.get("question_type").and_then(|v| v.as_str()) {
             Some(t) => t == "open",
             None => options.is_empty(),

@@ -101,22 +101,7 @@ pub fn pope(records: &[Record], answers: Answers, malformed: &[String]) -> (Valu
             .collect();
         let texts: Vec<&str> = of.iter().map(|(_, a)| a.as_str()).collect();
         let score = pope::score_pairs(&labelled, &texts, of.len());
-        let units: Vec<Unit> = of
-            .iter()
-            .zip(&score.outcomes)
-            .map(|((q, _), o)| Unit {
-                id: q.id.clone(),
-                group: o.to_string(),
-                value: f64::from(u8::from(matches!(*o, "tp" | "tn"))),
-            })
-            .collect();
-        metrics.push(Metric::new(
-            &format!("{c}/accuracy"),
-            Aggregate::Mean,
-            1.0,
-            units.clone(),
-        ));
-        metrics.push(Metric::new(&format!("{c}/f1"), Aggregate::F1, 1.0, units));
+        metrics.extend(score.metrics(c, of.iter().map(|(q, _)| q.id.clone())));
         categories.insert(c.to_string(), score);
     }
     // VLMEvalKit: each question once per category it is listed in (`POPE_rating` explodes the

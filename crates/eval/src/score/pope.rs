@@ -81,6 +81,36 @@ pub struct CategoryScore {
     pub outcomes: Vec<&'static str>,
 }
 
+impl CategoryScore {
+    /// Its accuracy and F1 as metrics `<category>/accuracy` and `<category>/f1`, one unit per
+    /// scored pair (named by `ids`, in pair order) with its outcome as the group.
+    pub fn metrics(
+        &self,
+        category: &str,
+        ids: impl IntoIterator<Item = String>,
+    ) -> [crate::stats::Metric; 2] {
+        use crate::stats::{Aggregate, Metric, Unit};
+        let units: Vec<Unit> = ids
+            .into_iter()
+            .zip(&self.outcomes)
+            .map(|(id, o)| Unit {
+                id,
+                group: o.to_string(),
+                value: f64::from(u8::from(matches!(*o, "tp" | "tn"))),
+            })
+            .collect();
+        [
+            Metric::new(
+                &format!("{category}/accuracy"),
+                Aggregate::Mean,
+                1.0,
+                units.clone(),
+            ),
+            Metric::new(&format!("{category}/f1"), Aggregate::F1, 1.0, units),
+        ]
+    }
+}
+
 /// POPE's score: one object per category (`adversarial`, `popular`, `random`) at the top level,
 /// next to `pairing` and `issues`.
 #[derive(Debug, Clone, Serialize)]
