@@ -140,6 +140,18 @@ enum Stored {
     Matrix,
 }
 
+/// Gemma's chat template as llama.cpp's chat tools render it: a message's content may also be a
+/// list of parts (llama-cpp-python's multimodal handler hands images over as text parts holding
+/// the media marker), joined by newlines, so an image then a question reads as LLaVA's
+/// `<image>\n{question}` does.
+const CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}\
+{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}\
+{{ '<start_of_turn>' + role + '\\n' }}\
+{% if message['content'] is string %}{{ message['content'] | trim }}\
+{% else %}{% for part in message['content'] %}{% if not loop.first %}{{ '\\n' }}{% endif %}{{ part['text'] | trim }}{% endfor %}{% endif %}\
+{{ '<end_of_turn>\\n' }}{% endfor %}\
+{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}";
+
 /// The vocabulary, scores, types and special ids of a `tokenizer.json` (BPE with byte fallback,
 /// as Gemma's), padded with unused entries up to the model's `vocab_size`.
 fn add_tokenizer(w: &mut GgufWriter, config: &GemmaConfig, json: &str) -> Result<()> {
@@ -242,5 +254,6 @@ fn add_tokenizer(w: &mut GgufWriter, config: &GemmaConfig, json: &str) -> Result
     w.set("tokenizer.ggml.add_bos_token", Value::Bool(true));
     w.set("tokenizer.ggml.add_eos_token", Value::Bool(false));
     w.set("tokenizer.ggml.add_space_prefix", Value::Bool(false));
+    w.set("tokenizer.chat_template", Value::Str(CHAT_TEMPLATE.into()));
     Ok(())
 }

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use gemma_lm::GemmaConfig;
 use serde::{Deserialize, Serialize};
+use vision_encoders::processing::{ProcessorConfig, Resize};
 use vision_encoders::{FeatureSelect, SelectStrategy, VisionConfig};
 
 use crate::{Error, Result};
@@ -360,6 +361,53 @@ impl LlavaConfig {
         Ok(FeatureSelect {
             layer: self.feature_layers()[0],
             strategy,
+        })
+    }
+
+    /// The image processor the model expects: `preprocessor_config.json` in `dir` when there is
+    /// one, else the tower's own (CLIP: shortest edge and crop at `image_size`, CLIP statistics;
+    /// DINOv2: a crop that gives `image_seq_length` tokens, the shortest edge at 256/224 of it,
+    /// ImageNet statistics; SigLIP: a square resize, bicubic, Gemma 3's bilinear). LLaVA's images
+    /// are padded to squares unless `config.json` says `"image_aspect_ratio"` is something other
+    /// than `pad` (LLaVA-1.5 pads); Gemma 3's and PaliGemma's never are.
+    pub fn image_processor(&self, dir: Option<&std::path::Path>) -> Result<ProcessorConfig> {
+        // Gemma 3's and PaliGemma's processors resize without padding.
+        let pad = self.family() == Family::Llava
+            && self
+                .extra
+                .get("image_aspect_ratio")
+                .and_then(|v| v.as_str())
+                .is_none_or(|v| v == "pad");
+        if let Some(file) = dir
+            .map(|d| d.join("preprocessor_config.json"))
+            .filter(|f| f.exists())
+        {
+            let config = ProcessorConfig::from_file(&file)?;
+            return Ok(ProcessorConfig {
+                pad_to_square: pad,
+                ..config
+            });
+        }
+        let side = self.image_side()? as u32;
+        let config = match self.vision()? {
+            VisionConfig::Clip(_) => ProcessorConfig {
+                resize: Some(Resize::ShortestEdge(side)),
+                crop: Some((side, side)),
+                ..ProcessorConfig::clip_336()
+            },
+            VisionConfig::Dinov2(_) => ProcessorConfig {
+                resize: Some(Resize::ShortestEdge(side * 256 / 224)),
+                crop: Some((side, side)),
+                ..ProcessorConfig::dinov2_224()
+            },
+            VisionConfig::Siglip(_) if self.family() == Family::Gemma3 => {
+                ProcessorConfig::gemma3(side)
+            }
+            VisionConfig::Siglip(_) => ProcessorConfig::siglip(side),
+        };
+        Ok(ProcessorConfig {
+            pad_to_square: pad,
+            ..config
         })
     }
 

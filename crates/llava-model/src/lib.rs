@@ -14,6 +14,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod explain;
+pub mod gguf;
 pub mod model;
 pub mod parity;
 pub mod peft;

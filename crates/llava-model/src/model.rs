@@ -12,7 +12,7 @@
 use gemma_lm::{Blocks, Gemma, GenerationConfig, IGNORE_INDEX, generate_from_embeds_with};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
-use vision_encoders::processing::{ProcessorConfig, Resize};
+use vision_encoders::processing::ProcessorConfig;
 use vision_encoders::{FeatureSelect, VisionTower};
 
 use crate::config::{Family, LlavaConfig};
@@ -109,52 +109,9 @@ impl LlavaModel {
         Ok(self.lm.quantize(how)?)
     }
 
-    /// The image processor this model expects: `preprocessor_config.json` in `dir` when there is
-    /// one, else the tower's own (CLIP: shortest edge and crop at `image_size`, CLIP statistics;
-    /// DINOv2: a crop that gives `image_seq_length` tokens, the shortest edge at 256/224 of it,
-    /// ImageNet statistics; SigLIP: a square resize, bicubic, Gemma 3's bilinear). LLaVA's images
-    /// are padded to squares unless `config.json` says `"image_aspect_ratio"` is something other
-    /// than `pad` (LLaVA-1.5 pads); Gemma 3's and PaliGemma's never are.
+    /// The image processor this model expects ([`LlavaConfig::image_processor`]).
     pub fn image_processor(&self, dir: Option<&std::path::Path>) -> Result<ProcessorConfig> {
-        // Gemma 3's and PaliGemma's processors resize without padding.
-        let pad = self.family() == Family::Llava
-            && self
-                .config
-                .extra
-                .get("image_aspect_ratio")
-                .and_then(|v| v.as_str())
-                .is_none_or(|v| v == "pad");
-        if let Some(file) = dir
-            .map(|d| d.join("preprocessor_config.json"))
-            .filter(|f| f.exists())
-        {
-            let config = ProcessorConfig::from_file(&file)?;
-            return Ok(ProcessorConfig {
-                pad_to_square: pad,
-                ..config
-            });
-        }
-        let side = self.config.image_side()? as u32;
-        let config = match &self.tower {
-            VisionTower::Clip(_) => ProcessorConfig {
-                resize: Some(Resize::ShortestEdge(side)),
-                crop: Some((side, side)),
-                ..ProcessorConfig::clip_336()
-            },
-            VisionTower::Dinov2(_) => ProcessorConfig {
-                resize: Some(Resize::ShortestEdge(side * 256 / 224)),
-                crop: Some((side, side)),
-                ..ProcessorConfig::dinov2_224()
-            },
-            VisionTower::Siglip(_) if self.family() == Family::Gemma3 => {
-                ProcessorConfig::gemma3(side)
-            }
-            VisionTower::Siglip(_) => ProcessorConfig::siglip(side),
-        };
-        Ok(ProcessorConfig {
-            pad_to_square: pad,
-            ..config
-        })
+        self.config.image_processor(dir)
     }
 
     /// The id of `<image>`.

@@ -1,10 +1,12 @@
-//! `llava export-gguf`: the language model as a GGUF file for llama.cpp.
+//! `llava export-gguf`: a model as llama.cpp's GGUF files: the language model, and for a LLaVA
+//! model the `mmproj` file of its vision tower and connector.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use llava::foundation::gguf::TensorType;
 use llava::gemma_lm::config::GemmaConfig;
+use llava::llava_model::config::LlavaConfig;
 
 use super::model_path;
 
@@ -15,12 +17,17 @@ pub struct Args {
     /// Hugging Face id.
     #[arg(long)]
     model: PathBuf,
-    /// Where to write `<name>-<type>.gguf`.
+    /// Where to write `<name>-<type>.gguf` (and, for a LLaVA model, `mmproj-<name>-<type>.gguf`).
     #[arg(long)]
     output: PathBuf,
-    /// The matrices' type: f32, f16, q8_0 or q4_0 (norms stay f32).
+    /// The matrices' type: f32, f16, q8_0 or q4_0 (norms stay f32; matrices whose rows are not
+    /// whole blocks of 32 stay f16).
     #[arg(long = "type", default_value = "f16")]
     kind: String,
+    /// The model scales image features by sqrt(hidden) itself, as the original LLaVA-Gemma code
+    /// did (Intel's checkpoints; `llava generate --scale-image-features`).
+    #[arg(long)]
+    scale_image_features: bool,
 }
 
 /// Runs `llava export-gguf`.
@@ -38,9 +45,10 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
     };
     let dir = model_path(&args.model)?;
     // A LLaVA directory's language model is its text_config; a Gemma directory's is the config.
-    let config = match llava::llava_model::config::LlavaConfig::from_file(&dir) {
-        Ok(llava) => llava.text_config,
-        Err(_) => GemmaConfig::from_file(&dir)?,
+    let llava_config = LlavaConfig::from_file(&dir).ok();
+    let config = match &llava_config {
+        Some(llava) => llava.text_config.clone(),
+        None => GemmaConfig::from_file(&dir)?,
     };
     let checkpoint = llava::foundation::Checkpoint::open(&dir)?;
     let tokenizer_path = dir.join("tokenizer.json");
@@ -51,13 +59,40 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
         .and_then(|n| n.to_str())
         .unwrap_or("model")
         .to_string();
-    let gguf = llava::gemma_lm::gguf::to_gguf(&config, &checkpoint, &tokenizer, kind, &name)?;
+    let lm = llava::gemma_lm::gguf::to_gguf(&config, &checkpoint, &tokenizer, kind, &name)?;
+    // Both files are assembled (and refused) before either is written.
+    let mmproj = match &llava_config {
+        Some(llava) => {
+            let scaled = args.scale_image_features || llava.image_features_scaled.unwrap_or(false);
+            let processor = llava.image_processor(Some(&dir))?;
+            Some(llava::llava_model::gguf::mmproj_to_gguf(
+                llava,
+                &processor,
+                &checkpoint,
+                kind,
+                scaled,
+                &name,
+            )?)
+        }
+        None => None,
+    };
     std::fs::create_dir_all(&args.output).map_err(|e| llava::Error::io(&args.output, e))?;
     let file = args.output.join(format!("{name}-{}.gguf", args.kind));
-    gguf.write(&file)?;
-    eprintln!(
-        "wrote {} (the language model; the vision tower's mmproj file is not written yet)",
-        file.display()
-    );
+    lm.write(&file)?;
+    eprintln!("wrote {} (the language model)", file.display());
+    if let (Some(mmproj), Some(llava)) = (mmproj, &llava_config) {
+        let file = args
+            .output
+            .join(format!("mmproj-{name}-{}.gguf", args.kind));
+        mmproj.write(&file)?;
+        eprintln!("wrote {} (the vision tower and connector)", file.display());
+        if llava.vision()?.has_class_token() {
+            eprintln!(
+                "note: llama.cpp up to at least 0c1e57098 (llama-cpp-python 0.3.36) misplaces a \
+                 CLIP tower's class token (ggml-org/llama.cpp#25814): its image features, and so \
+                 its answers, differ from this model's until that is fixed"
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
