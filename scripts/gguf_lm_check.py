@@ -62,7 +62,7 @@ for t in reader.tensors:
     got = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(want.shape)
     if norm and t.tensor_type != gguf.GGMLQuantizationType.F32:
         problems.append(f"{t.name}: a norm stored as {t.tensor_type.name}")
-    tolerance = {"F32": 0.0, "F16": 1e-3, "Q8_0": 1e-2, "Q4_0": 0.15}[t.tensor_type.name]
+    tolerance = {"F32": 0.0, "F16": 1e-3, "BF16": 8e-3, "Q8_0": 1e-2, "Q4_0": 0.15}[t.tensor_type.name]
     err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
     worst = max(worst, err)
     if err > tolerance:

@@ -3,6 +3,7 @@
 //! Every command first makes sure a libtorch for PyTorch 2.11.0 is available (see [`setup`]), then runs
 //! cargo or the `llava` binary with it. Run `cargo xtask help` for the list.
 
+mod bench_cpu;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -31,6 +32,9 @@ Commands:
   lint                  cargo fmt --check and clippy with warnings as errors
   bench-generate [args] greedy generation on a random-weight preset (llava bench-generate --help)
   bench-vision [args]   a preset's vision tower on random images (llava bench-vision --help)
+  bench-cpu [--prompt-len N --new-tokens N --rounds N --threads N]
+                        ours (bf16, int8, int4) against llama.cpp (bf16, Q8_0, Q4_0) on a random
+                        Gemma-2B-shaped model, interleaved: load, memory, prefill, decode
   device-bundle         build release binaries and CUDA tests into .device-bin/ for a GPU machine
                         (then run scripts/gpu-check.sh there)
   serve --model DIR [args]
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
         "eval" => with_libtorch(|| release_llava(&prepend("eval", rest))),
         "bench-train" => with_libtorch(|| release_llava(&prepend("bench-train", rest))),
         "bench-compare" => with_libtorch(|| bench_compare(rest)),
+        "bench-cpu" => with_libtorch(|| bench_cpu::run(rest)),
         "bench-generate" | "bench-vision" => {
             with_libtorch(|| release_llava(&prepend(command, rest)))
         }
@@ -280,12 +285,7 @@ fn bench_compare(args: &[String]) -> Result<(), String> {
             .arg(root().join("scripts/bench_reference.py"))
             .args(&args),
     )?;
-    let number = |json: &str, key: &str| -> Option<f64> {
-        let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
-        let rest = &json[at..];
-        let end = rest.find([',', '}']).unwrap_or(rest.len());
-        rest[..end].trim().parse().ok()
-    };
+    let number = bench_cpu::number;
     let (a, b) = (
         number(&ours, "tokens_per_s").ok_or("no tokens_per_s from bench-train")?,
         number(&reference, "tokens_per_s").ok_or("no tokens_per_s from the reference")?,

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 use safetensors::{Dtype, SafeTensors};
 use tch::{Kind, Tensor, nn::VarStore};
 
@@ -190,6 +190,62 @@ impl Checkpoint {
         Ok(Tensor::f_from_data_size(bytes, &info.shape, kind)?)
     }
 
+    /// Drops tensor `name`'s mapped pages from this process's resident memory once it has been
+    /// read (a later read maps them in again from the file or the page cache): loading a model
+    /// then holds the model and one tensor's pages, not the whole file's.
+    pub fn release(&self, name: &str) {
+        if let Some(info) = self.tensors.get(name) {
+            self.release_range(info.file, info.range.0, info.range.1 - info.range.0);
+        }
+    }
+
+    fn release_range(&self, file: usize, start: usize, len: usize) {
+        // SAFETY: the mapping is read-only and nothing borrows it past a read (tensors are
+        // copies): MADV_DONTNEED on a file mapping only unmaps the pages, and touching them again
+        // faults the file's contents back in.
+        let _ = unsafe {
+            self.files[file]
+                .mmap
+                .unchecked_advise_range(UncheckedAdvice::DontNeed, start, len)
+        };
+    }
+
+    /// Copies tensor `name` into `var` (converting the dtype, onto its device) a slice of rows
+    /// at a time, about [`SLICE_BYTES`] each, releasing each slice's pages once copied: loading
+    /// holds the model and one slice, never a second copy of a tensor (Gemma's embedding alone
+    /// is 1 GB in bf16).
+    fn copy_into(&self, name: &str, var: &mut Tensor) -> Result<()> {
+        let info = &self.tensors[name];
+        let file = &self.files[info.file];
+        let kind = kind_of(info.dtype).ok_or_else(|| Error::UnsupportedDtype {
+            name: name.to_string(),
+            file: file.path.clone(),
+            dtype: format!("{:?}", info.dtype),
+        })?;
+        let (start, end) = info.range;
+        let rows = info.shape.first().copied().unwrap_or(1).max(1) as usize;
+        let row_bytes = (end - start) / rows;
+        let per_slice = (SLICE_BYTES / row_bytes.max(1)).max(1);
+        if info.shape.len() < 2 || per_slice >= rows {
+            let value = self.tensor(name)?;
+            var.f_copy_(&value)?;
+            self.release_range(info.file, start, end - start);
+            return Ok(());
+        }
+        let mut row = 0;
+        while row < rows {
+            let n = per_slice.min(rows - row);
+            let (from, to) = (start + row * row_bytes, start + (row + n) * row_bytes);
+            let mut shape = info.shape.clone();
+            shape[0] = n as i64;
+            let slice = Tensor::f_from_data_size(&file.mmap[from..to], &shape, kind)?;
+            var.f_narrow(0, row as i64, n as i64)?.f_copy_(&slice)?;
+            self.release_range(info.file, from, to - from);
+            row += n;
+        }
+        Ok(())
+    }
+
     /// Fills every variable of `vs` from this checkpoint. `names` maps a variable's name (as built
     /// from the module tree) to the checkpoint names to try, in order; an empty list marks a variable
     /// the checkpoint may lack, which then keeps its value. Each tensor is converted to
@@ -235,8 +291,7 @@ impl Checkpoint {
                         found: format!("{:?}", info.dtype),
                     });
                 }
-                let value = self.tensor(found)?;
-                var.f_copy_(&value.f_to_kind(var.kind())?)?;
+                self.copy_into(found, &mut var)?;
                 used.push(found.clone());
             }
             Ok(())
@@ -244,6 +299,9 @@ impl Checkpoint {
         Ok(used)
     }
 }
+
+/// How much of a tensor [`Checkpoint::load_into`] reads at a time.
+const SLICE_BYTES: usize = 64 << 20;
 
 /// The files of the checkpoint in `dir`, in the order their index lists them.
 fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {

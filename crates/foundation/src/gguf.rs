@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use half::f16;
+use half::{bf16, f16};
 
 /// Where each tensor's data starts: a multiple of this many bytes (`general.alignment`'s default).
 pub const ALIGNMENT: usize = 32;
@@ -45,6 +45,8 @@ pub enum TensorType {
     F32,
     /// `GGML_TYPE_F16`.
     F16,
+    /// `GGML_TYPE_BF16`: bfloat16, rounded to nearest even as ggml rounds.
+    BF16,
     /// `GGML_TYPE_Q4_0`: blocks of 32 values, an f16 scale and 16 bytes of 4-bit codes.
     Q4_0,
     /// `GGML_TYPE_Q8_0`: blocks of 32 values, an f16 scale and 32 int8 codes.
@@ -57,6 +59,7 @@ impl TensorType {
         match self {
             TensorType::F32 => 0,
             TensorType::F16 => 1,
+            TensorType::BF16 => 30,
             TensorType::Q4_0 => 2,
             TensorType::Q8_0 => 8,
         }
@@ -67,6 +70,7 @@ impl TensorType {
         match self {
             TensorType::F32 => 0,
             TensorType::F16 => 1,
+            TensorType::BF16 => 32,
             TensorType::Q4_0 => 2,
             TensorType::Q8_0 => 7,
         }
@@ -81,7 +85,7 @@ impl TensorType {
     pub fn encoded_len(self, count: usize) -> usize {
         match self {
             TensorType::F32 => 4 * count,
-            TensorType::F16 => 2 * count,
+            TensorType::F16 | TensorType::BF16 => 2 * count,
             TensorType::Q8_0 => count / BLOCK * (2 + BLOCK),
             TensorType::Q4_0 => count / BLOCK * (2 + BLOCK / 2),
         }
@@ -95,6 +99,10 @@ impl TensorType {
             TensorType::F16 => values
                 .iter()
                 .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                .collect(),
+            TensorType::BF16 => values
+                .iter()
+                .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
                 .collect(),
             TensorType::Q8_0 => values.chunks(BLOCK).flat_map(q8_0_block).collect(),
             TensorType::Q4_0 => values.chunks(BLOCK).flat_map(q4_0_block).collect(),

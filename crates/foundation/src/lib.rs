@@ -61,8 +61,48 @@ pub fn build<M, E>(
     kind: tch::Kind,
     build: impl FnOnce(&tch::nn::Path) -> std::result::Result<M, E>,
 ) -> std::result::Result<(tch::nn::VarStore, M), E> {
+    build_with(device, kind, false, build)
+}
+
+/// [`build`] for a model whose weights are about to be loaded: its variables are created in
+/// `kind` from the start, so a bf16 model never holds an f32 copy (twice its weights' bytes)
+/// while loading, and the layers of [`layers`] draw no random values (zeros instead), which only
+/// matters for variables the checkpoint does not fill.
+pub fn build_to_load<M, E>(
+    device: tch::Device,
+    kind: tch::Kind,
+    build: impl FnOnce(&tch::nn::Path) -> std::result::Result<M, E>,
+) -> std::result::Result<(tch::nn::VarStore, M), E> {
+    build_with(device, kind, true, build)
+}
+
+thread_local! {
+    /// Whether [`build_to_load`] is building on this thread.
+    static LOADING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the model being built on this thread has its weights loaded next
+/// ([`build_to_load`]): layers then skip drawing random values ([`layers::normal`]).
+pub fn building_to_load() -> bool {
+    LOADING.get()
+}
+
+/// [`build`] (`to_load` false) or [`build_to_load`] (true).
+pub fn build_with<M, E>(
+    device: tch::Device,
+    kind: tch::Kind,
+    to_load: bool,
+    build: impl FnOnce(&tch::nn::Path) -> std::result::Result<M, E>,
+) -> std::result::Result<(tch::nn::VarStore, M), E> {
     let mut vs = tch::nn::VarStore::new(device);
-    let model = build(&vs.root())?;
+    if to_load {
+        vs.set_kind(kind);
+    }
+    let was = LOADING.replace(to_load);
+    let model = build(&vs.root());
+    LOADING.set(was);
+    let model = model?;
+    // Every variable in `kind`, also those created with a dtype of their own.
     vs.set_kind(kind);
     Ok((vs, model))
 }

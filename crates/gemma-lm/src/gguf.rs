@@ -101,6 +101,8 @@ pub fn to_gguf<'a>(
                 .tensor(&source_name)
                 .map_err(|e| e.to_string())?
                 .to_kind(Kind::Float);
+            // Its mapped pages leave our memory once read: the export holds one tensor at a time.
+            checkpoint.release(&source_name);
             let t = match how {
                 Stored::Norm => t + 1.0,
                 Stored::Matrix => t,

@@ -144,7 +144,7 @@ impl Gemma {
         device: Device,
         kind: Kind,
     ) -> Result<(VarStore, Self)> {
-        let (vs, model) = foundation::build(device, kind, |root| Self::new(root, config))?;
+        let (vs, model) = foundation::build_to_load(device, kind, |root| Self::new(root, config))?;
         model.load(&vs, checkpoint)?;
         Ok((vs, model))
     }

@@ -160,7 +160,7 @@ impl LlavaModel {
         }
         let config = LlavaConfig::from_file(dir)?;
         let checkpoint = Checkpoint::open(dir)?;
-        let model = LlavaModel::new(&config, device, kind)?;
+        let model = LlavaModel::new_to_load(&config, device, kind)?;
         model.tower.load(&model.vision_vs, &checkpoint)?;
         model.connector.load(&model.connector_vs, &checkpoint)?;
         model.lm.load(&model.lm_vs, &checkpoint)?;

@@ -161,6 +161,8 @@ pub fn mmproj_to_gguf<'a>(
                 .tensor(&source_name)
                 .map_err(|e| e.to_string())?
                 .to_kind(Kind::Float);
+            // Its mapped pages leave our memory once read: the export holds one tensor at a time.
+            checkpoint.release(&source_name);
             let t = match how {
                 Stored::Matrix(scale) | Stored::Vector(scale) if scale != 1.0 => t * scale,
                 _ => t,

@@ -44,11 +44,23 @@ pub struct LlavaModel {
 impl LlavaModel {
     /// A randomly initialised model for `config` on `device`, weights in `kind`.
     pub fn new(config: &LlavaConfig, device: Device, kind: Kind) -> Result<Self> {
+        Self::create(config, device, kind, false)
+    }
+
+    /// [`new`](Self::new) for a model whose weights are loaded next: variables are born in `kind`
+    /// ([`foundation::build_to_load`]), never as an f32 copy.
+    pub(crate) fn new_to_load(config: &LlavaConfig, device: Device, kind: Kind) -> Result<Self> {
+        Self::create(config, device, kind, true)
+    }
+
+    fn create(config: &LlavaConfig, device: Device, kind: Kind, to_load: bool) -> Result<Self> {
         let vision = config.vision()?;
-        let (vision_vs, tower) =
-            foundation::build(device, kind, |root| VisionTower::new(root, &vision))?;
-        let (lm_vs, mut lm) =
-            foundation::build(device, kind, |root| Gemma::new(root, &config.lm_config()))?;
+        let (vision_vs, tower) = foundation::build_with(device, kind, to_load, |root| {
+            VisionTower::new(root, &vision)
+        })?;
+        let (lm_vs, mut lm) = foundation::build_with(device, kind, to_load, |root| {
+            Gemma::new(root, &config.lm_config())
+        })?;
         // transformers' composite heads call the LM head without the causal LM's final soft-cap.
         lm.set_final_logit_softcap(None);
         let family = config.family();
@@ -59,7 +71,7 @@ impl LlavaModel {
             Family::Llava => config.feature_layers().len() as i64,
             Family::Gemma3 | Family::PaliGemma => 1,
         };
-        let (connector_vs, connector) = foundation::build(device, kind, |root| {
+        let (connector_vs, connector) = foundation::build_with(device, kind, to_load, |root| {
             let (width, text) = (
                 vision.hidden_size() * layers,
                 config.text_config.hidden_size,

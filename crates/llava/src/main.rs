@@ -50,6 +50,9 @@ enum Command {
     BenchTrain(cmd::bench::train::Args),
     /// Measure a preset's vision tower on random images (one JSON object).
     BenchVision(cmd::bench::vision::Args),
+    /// Measure loading, prefill and decoding of a Gemma checkpoint on a random prompt (one JSON
+    /// object; `cargo xtask bench-cpu` sets it beside llama.cpp).
+    BenchText(cmd::bench::text::Args),
     /// Validate a dataset, or show one sample with its loss mask.
     #[command(subcommand)]
     Data(cmd::data::Args),
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
         Command::BenchGenerate(args) => cmd::bench::generate::run(&args),
         Command::BenchTrain(args) => cmd::bench::train::run(&args),
         Command::BenchVision(args) => cmd::bench::vision::run(&args),
+        Command::BenchText(args) => cmd::bench::text::run(&args),
         Command::Plan(args) => cmd::plan::run(&args),
         Command::MergeLora(args) => cmd::merge_lora::run(&args),
         Command::ExportGguf(args) => cmd::export_gguf::run(&args),

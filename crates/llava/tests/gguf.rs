@@ -83,6 +83,7 @@ fn gguf_package_reads_our_files_and_quantizes_as_we_do() {
     let tensors = [
         ("output_norm.weight", vec![48], TensorType::F32),
         ("blk.0.attn_q.weight", vec![8, 64], TensorType::F16),
+        ("blk.0.attn_k.weight", vec![3, 40], TensorType::BF16),
         ("blk.0.ffn_up.weight", vec![5, 96], TensorType::Q8_0),
         ("token_embd.weight", vec![7, 128], TensorType::Q4_0),
     ];
@@ -136,7 +137,7 @@ fn exported_language_model_is_its_checkpoint() {
     };
     let model = root().join("fixtures/hf-parity/llava-clip/model");
     let dir = tempfile::tempdir().unwrap();
-    for kind in ["f32", "f16", "q8_0", "q4_0"] {
+    for kind in ["f32", "f16", "bf16", "q8_0", "q4_0"] {
         let file = export(&model, kind, dir.path());
         let report = run_ok(
             Command::new(&python)

@@ -20,7 +20,7 @@ pub struct Args {
     /// Where to write `<name>-<type>.gguf` (and, for a LLaVA model, `mmproj-<name>-<type>.gguf`).
     #[arg(long)]
     output: PathBuf,
-    /// The matrices' type: f32, f16, q8_0 or q4_0 (norms stay f32; matrices whose rows are not
+    /// The matrices' type: f32, f16, bf16, q8_0 or q4_0 (norms stay f32; matrices whose rows are not
     /// whole blocks of 32 stay f16).
     #[arg(long = "type", default_value = "f16")]
     kind: String,
@@ -35,11 +35,12 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
     let kind = match args.kind.as_str() {
         "f32" => TensorType::F32,
         "f16" => TensorType::F16,
+        "bf16" => TensorType::BF16,
         "q8_0" => TensorType::Q8_0,
         "q4_0" => TensorType::Q4_0,
         other => {
             return Err(llava::Error::Unsupported(format!(
-                "--type {other}: the choices are f32, f16, q8_0 and q4_0"
+                "--type {other}: the choices are f32, f16, bf16, q8_0 and q4_0"
             )));
         }
     };

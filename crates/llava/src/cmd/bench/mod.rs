@@ -5,9 +5,11 @@
 //!
 //! * [`generate`]: `llava bench-generate`, greedy generation;
 //! * [`vision`]: `llava bench-vision`, a preset's vision tower;
+//! * [`text`]: `llava bench-text`, a Gemma checkpoint from disk: load, prefill, decode;
 //! * [`train`]: `llava bench-train`, training steps (one rank or several).
 
 pub mod generate;
+pub mod text;
 pub mod train;
 pub mod vision;
 
