@@ -65,24 +65,34 @@ impl Lora {
     }
 }
 
-/// A normal initialisation with `std`, or zeros (nothing drawn) while a model whose weights are
-/// loaded next is built ([`crate::build_to_load`]): drawing 2.5 billion bf16 normals alone takes
-/// most of a minute on two cores.
-pub fn normal(std: f64) -> Init {
+/// Variable `weight` of `dims` under `path`, drawn from a normal distribution with `std`; while a
+/// model whose weights are loaded next is built ([`crate::build_to_load`]) it is left unwritten
+/// instead (no memory touched until the checkpoint fills it): drawing 2.5 billion bf16 normals
+/// alone takes most of a minute on two cores, and untouched pages let a quantized load hold one
+/// layer's dense weights at a time.
+pub fn weight(path: &Path, dims: &[i64], std: f64) -> Tensor {
     if crate::building_to_load() {
-        Init::Const(0.0)
+        path.add(
+            "weight",
+            Tensor::empty(dims, (path.kind(), path.device())),
+            true,
+        )
     } else {
-        Init::Randn {
-            mean: 0.0,
-            stdev: std,
-        }
+        path.var(
+            "weight",
+            dims,
+            Init::Randn {
+                mean: 0.0,
+                stdev: std,
+            },
+        )
     }
 }
 
 impl Linear {
     /// Creates `path.weight` (and `path.bias` when `bias`).
     pub fn new(path: &Path, in_dim: i64, out_dim: i64, bias: bool, std: f64) -> Self {
-        let weight = path.var("weight", &[out_dim, in_dim], normal(std));
+        let weight = weight(path, &[out_dim, in_dim], std);
         let bias = bias.then(|| path.var("bias", &[out_dim], Init::Const(0.0)));
         Linear {
             weight,
@@ -152,7 +162,7 @@ pub struct Embedding {
 impl Embedding {
     /// Creates `path.weight`.
     pub fn new(path: &Path, num: i64, dim: i64, std: f64) -> Self {
-        let weight = path.var("weight", &[num, dim], normal(std));
+        let weight = weight(path, &[num, dim], std);
         Embedding {
             weight,
             quantized: None,

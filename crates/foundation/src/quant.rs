@@ -88,58 +88,61 @@ impl QuantizedWeight {
     /// Quantizes `weight` `[out, in]` as `how` says. Int4 needs `out` a multiple of 16 and `in` of
     /// the group size (ATen's packing); the error says which does not hold.
     pub fn quantize(weight: &Tensor, how: Quantization) -> Result<Self, String> {
+        Self::quantize_sliced(weight, how, SLICE_BYTES)
+    }
+
+    /// [`quantize`](Self::quantize), holding about `slice_bytes` of f32 temporaries at a time.
+    fn quantize_sliced(
+        weight: &Tensor,
+        how: Quantization,
+        slice_bytes: i64,
+    ) -> Result<Self, String> {
         let (out, inner) = match weight.size()[..] {
             [out, inner] => (out, inner),
             ref other => return Err(format!("a weight of shape {other:?} is not a matrix")),
         };
+        if let Quantization::Int4 { group } = how {
+            if out % 16 != 0 || inner % group != 0 {
+                return Err(format!(
+                    "int4 needs the outputs a multiple of 16 and the inputs of the group size \
+                     {group}; this weight is [{out}, {inner}]"
+                ));
+            }
+        }
+        // A slice of rows at a time: the f32 temporaries of one slice, not of the whole weight
+        // (Gemma's 1 GB embedding made several GB of them). Slices are whole multiples of 256
+        // rows, so ATen's int4 packing of each is the packing of the whole, row for row.
+        let per = ((slice_bytes / (4 * inner.max(1))).max(1) / 256).max(1) * 256;
+        let slices = (0..out)
+            .step_by(per as usize)
+            .map(|r| (r, per.min(out - r)));
         tch::no_grad(|| match how {
             Quantization::Int8 => {
-                let w = weight.to_kind(Kind::Float);
-                let scales = (w.abs().amax([1].as_slice(), false) / 127.0).clamp_min(1e-12);
-                let q = (w / scales.unsqueeze(1))
-                    .round()
-                    .clamp(-128.0, 127.0)
-                    .to_kind(Kind::Int8)
-                    .contiguous();
+                let q = Tensor::empty([out, inner], (Kind::Int8, weight.device()));
+                let mut scales = Vec::new();
+                for (row, n) in slices {
+                    let w = weight.narrow(0, row, n).to_kind(Kind::Float);
+                    let s = (w.abs().amax([1].as_slice(), false) / 127.0).clamp_min(1e-12);
+                    let codes = (w / s.unsqueeze(1)).round_().clamp_(-128.0, 127.0);
+                    q.narrow(0, row, n).copy_(&codes);
+                    scales.push(s);
+                }
                 Ok(QuantizedWeight::Int8 {
                     q,
-                    scales: scales.to_kind(Kind::BFloat16),
+                    scales: Tensor::cat(&scales, 0).to_kind(Kind::BFloat16),
                 })
             }
             Quantization::Int4 { group } => {
-                if out % 16 != 0 || inner % group != 0 {
-                    return Err(format!(
-                        "int4 needs the outputs a multiple of 16 and the inputs of the group size \
-                         {group}; this weight is [{out}, {inner}]"
-                    ));
+                let (mut packed, mut scales_and_zeros) = (Vec::new(), Vec::new());
+                for (row, n) in slices {
+                    let (p, sz) = int4_slice(&weight.narrow(0, row, n), group);
+                    packed.push(p);
+                    scales_and_zeros.push(sz);
                 }
-                let w = weight
-                    .to_kind(Kind::Float)
-                    .view([out, inner / group, group]);
-                let min = w.amin([2].as_slice(), true);
-                let max = w.amax([2].as_slice(), true);
-                let scales = ((&max - &min) / 15.0).clamp_min(1e-12);
-                // Rounded through bf16 first, so the codes are chosen for the scales and zeros the
-                // kernel multiplies with.
-                let scales = scales.to_kind(Kind::BFloat16).to_kind(Kind::Float);
-                let zeros = (&min + &scales * 8.0)
-                    .to_kind(Kind::BFloat16)
-                    .to_kind(Kind::Float);
-                // w = (q - 8) * s + z  =>  q = (w - z) / s + 8.
-                let q = ((w - &zeros) / &scales + 8.0)
-                    .round()
-                    .clamp(0.0, 15.0)
-                    .to_kind(Kind::Int)
-                    .view([out, inner]);
-                let packed = q.internal_convert_weight_to_int4pack_for_cpu(1);
-                // [out, groups, 1] twice -> [groups, out, 2].
-                let scales_and_zeros = Tensor::cat(&[scales, zeros], 2)
-                    .transpose(0, 1)
-                    .contiguous()
-                    .to_kind(Kind::BFloat16);
                 Ok(QuantizedWeight::Int4 {
-                    packed,
-                    scales_and_zeros,
+                    packed: Tensor::cat(&packed, 0),
+                    // [groups, out, 2]: the slices' outputs side by side.
+                    scales_and_zeros: Tensor::cat(&scales_and_zeros, 1),
                     group,
                     out_features: out,
                 })
@@ -225,6 +228,37 @@ impl QuantizedWeight {
     }
 }
 
+/// How much f32 one quantizing step holds (per slice of rows).
+const SLICE_BYTES: i64 = 32 << 20;
+
+/// Int4 codes of `w` `[n, in]` packed by ATen, and its groups' scales and zeros `[groups, n, 2]`.
+fn int4_slice(w: &Tensor, group: i64) -> (Tensor, Tensor) {
+    let (out, inner) = (w.size()[0], w.size()[1]);
+    let w = w.to_kind(Kind::Float).view([out, inner / group, group]);
+    let min = w.amin([2].as_slice(), true);
+    let max = w.amax([2].as_slice(), true);
+    let scales = ((&max - &min) / 15.0).clamp_min(1e-12);
+    // Rounded through bf16 first, so the codes are chosen for the scales and zeros the kernel
+    // multiplies with.
+    let scales = scales.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+    let zeros = (&min + &scales * 8.0)
+        .to_kind(Kind::BFloat16)
+        .to_kind(Kind::Float);
+    // w = (q - 8) * s + z  =>  q = (w - z) / s + 8.
+    let q = ((w - &zeros) / &scales + 8.0)
+        .round()
+        .clamp(0.0, 15.0)
+        .to_kind(Kind::Int)
+        .view([out, inner]);
+    let packed = q.internal_convert_weight_to_int4pack_for_cpu(1);
+    // [out, groups, 1] twice -> [groups, out, 2].
+    let scales_and_zeros = Tensor::cat(&[scales, zeros], 2)
+        .transpose(0, 1)
+        .contiguous()
+        .to_kind(Kind::BFloat16);
+    (packed, scales_and_zeros)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,6 +325,40 @@ mod tests {
             .max()
             .double_value(&[]);
         assert!(diff < 0.1, "{diff}");
+    }
+
+    #[test]
+    fn slices_quantize_as_the_whole_weight_does() {
+        let w = Tensor::randn([1040, 64], (Kind::Float, tch::Device::Cpu));
+        for how in [Quantization::Int8, Quantization::Int4 { group: 32 }] {
+            let whole = QuantizedWeight::quantize_sliced(&w, how, i64::MAX).unwrap();
+            // 256 rows a slice: five slices, the last 16 rows.
+            let sliced = QuantizedWeight::quantize_sliced(&w, how, 256 * 64 * 4).unwrap();
+            match (whole, sliced) {
+                (
+                    QuantizedWeight::Int8 { q, scales },
+                    QuantizedWeight::Int8 { q: q2, scales: s2 },
+                ) => {
+                    assert!(q.equal(&q2) && scales.equal(&s2));
+                }
+                (
+                    QuantizedWeight::Int4 {
+                        packed,
+                        scales_and_zeros,
+                        ..
+                    },
+                    QuantizedWeight::Int4 {
+                        packed: p2,
+                        scales_and_zeros: sz2,
+                        ..
+                    },
+                ) => {
+                    assert!(packed.equal(&p2), "{how}: packing differs by slices");
+                    assert!(scales_and_zeros.equal(&sz2));
+                }
+                _ => unreachable!(),
+            }
+        }
     }
 
     #[test]

@@ -137,6 +137,22 @@ impl Gemma {
         Self::from_checkpoint(&config, &checkpoint, device, kind)
     }
 
+    /// [`from_checkpoint`](Self::from_checkpoint) with the linear layers quantized as they load
+    /// ([`load_quantized`](Self::load_quantized)): the process holds the quantized model and one
+    /// decoder layer's dense weights, not the dense model.
+    pub fn from_checkpoint_quantized(
+        config: &GemmaConfig,
+        checkpoint: &Checkpoint,
+        device: Device,
+        kind: Kind,
+        how: Quantization,
+    ) -> Result<(VarStore, Self)> {
+        let (vs, mut model) =
+            foundation::build_to_load(device, kind, |root| Self::new(root, config))?;
+        model.load_quantized(&vs, checkpoint, how)?;
+        Ok((vs, model))
+    }
+
     /// Builds a model for `config` from `checkpoint`, wherever in it the language model sits.
     pub fn from_checkpoint(
         config: &GemmaConfig,
@@ -153,18 +169,72 @@ impl Gemma {
     /// prefix: `model.` (GemmaForCausalLM), none (GemmaModel), `language_model.model.` or
     /// `model.language_model.` (LLaVA checkpoints).
     pub fn load(&self, vs: &VarStore, checkpoint: &Checkpoint) -> Result<()> {
+        let used = self.load_where(vs, checkpoint, |_| true)?;
+        Self::reject_unused(checkpoint, &used)
+    }
+
+    /// [`load`](Self::load) with the decoder's linear layers quantized as they load (`how`, as
+    /// [`quantize`](Self::quantize) does it): one layer's dense weights at a time, so with
+    /// variables built by `foundation::build_to_load` (left unwritten until loaded) the process
+    /// never holds the whole dense model. CPU only.
+    pub fn load_quantized(
+        &mut self,
+        vs: &VarStore,
+        checkpoint: &Checkpoint,
+        how: Quantization,
+    ) -> Result<()> {
+        let linear =
+            |name: &str| name.starts_with("model.layers.") && name.ends_with("_proj.weight");
+        let mut used = self.load_where(vs, checkpoint, |name| !linear(name))?;
+        // The head (and the embedding it may share) first, so its dense table is gone before
+        // the layers' codes pile up.
+        self.quantize_head(how)?;
+        foundation::device::return_freed_host_memory();
+        for i in 0..self.layers.len() {
+            let layer = format!("model.layers.{i}.");
+            used.extend(self.load_where(vs, checkpoint, |name| {
+                linear(name) && name.starts_with(&layer)
+            })?);
+            for (name, linear) in self.layers[i].linears_mut() {
+                linear
+                    .quantize(how)
+                    .map_err(|e| Error::Input(format!("layers.{i}.{name}: {e}")))?;
+            }
+        }
+        Self::reject_unused(checkpoint, &used)?;
+        foundation::device::return_freed_host_memory();
+        Ok(())
+    }
+
+    /// Fills the variables whose names `wanted` accepts; the checkpoint names used.
+    fn load_where(
+        &self,
+        vs: &VarStore,
+        checkpoint: &Checkpoint,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>> {
         let prefix =
             checkpoint.require_prefix("embed_tokens.weight", "model.embed_tokens.weight")?;
         // Where an untied head sits next to the decoder: `lm_head.weight` beside `model.`, or
         // `language_model.lm_head.weight` beside `language_model.model.`.
         let outer = prefix.strip_suffix("model.").unwrap_or("");
-        let used = checkpoint.load_into(vs, |name| match name.strip_prefix("model.") {
-            Some(rest) => vec![format!("{prefix}{rest}")],
-            None => vec![format!("{outer}{name}"), name.to_string()],
-        })?;
-        // Every tensor of the decoder must be taken (old files keep rotary buffers, which are
-        // recomputed): a Gemma 2 checkpoint read as Gemma 1 leaves its extra norms behind.
-        checkpoint.reject_unused(&prefix, &used, |name| name.ends_with("rotary_emb.inv_freq"))?;
+        Ok(checkpoint.load_into(vs, |name| {
+            if !wanted(name) {
+                return Vec::new();
+            }
+            match name.strip_prefix("model.") {
+                Some(rest) => vec![format!("{prefix}{rest}")],
+                None => vec![format!("{outer}{name}"), name.to_string()],
+            }
+        })?)
+    }
+
+    /// Every tensor of the decoder must be taken (old files keep rotary buffers, which are
+    /// recomputed): a Gemma 2 checkpoint read as Gemma 1 leaves its extra norms behind.
+    fn reject_unused(checkpoint: &Checkpoint, used: &[String]) -> Result<()> {
+        let prefix =
+            checkpoint.require_prefix("embed_tokens.weight", "model.embed_tokens.weight")?;
+        checkpoint.reject_unused(&prefix, used, |name| name.ends_with("rotary_emb.inv_freq"))?;
         Ok(())
     }
 
@@ -549,6 +619,13 @@ impl Gemma {
                 .quantize(how)
                 .map_err(|e| Error::Input(format!("{name}: {e}")))?;
         }
+        self.quantize_head(how)?;
+        foundation::device::return_freed_host_memory();
+        Ok(n)
+    }
+
+    /// The head's part of [`quantize`](Self::quantize) (and a tied head's embedding).
+    fn quantize_head(&mut self, how: Quantization) -> Result<()> {
         match &mut self.lm_head {
             Some(head) => head
                 .quantize(how)
@@ -572,8 +649,7 @@ impl Gemma {
                 });
             }
         }
-        foundation::device::return_freed_host_memory();
-        Ok(n)
+        Ok(())
     }
 
     /// The final soft-cap [`logits`](Self::logits) applies.

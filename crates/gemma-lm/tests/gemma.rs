@@ -533,3 +533,50 @@ fn quantized_weights_give_logits_close_to_the_dense_model() {
         }
     }
 }
+
+#[test]
+fn quantizing_while_loading_equals_quantizing_after() {
+    use foundation::quant::Quantization;
+    let dir = fixture_model();
+    let config = GemmaConfig::from_file(&dir).unwrap();
+    let checkpoint = Checkpoint::open(&dir).unwrap();
+    let ids = Tensor::arange_start(2, 22, (Kind::Int64, Device::Cpu)).view([1, 20]);
+    let one = Tensor::from_slice(&[2i64]).view([1, 1]);
+    for how in [Quantization::Int8, Quantization::Int4 { group: 32 }] {
+        let mut after = load(&dir);
+        after.quantize(how).unwrap();
+        let (_vs, during) =
+            Gemma::from_checkpoint_quantized(&config, &checkpoint, Device::Cpu, Kind::Float, how)
+                .unwrap();
+        for (name, linear) in during.linears() {
+            assert_eq!(
+                linear.weight.numel(),
+                0,
+                "{how}: {name} kept its dense weight"
+            );
+        }
+        for ids in [&one, &ids] {
+            let (a, b) = (logits_of(&after, ids), logits_of(&during, ids));
+            assert!(a.equal(&b), "{how}: logits differ");
+        }
+    }
+    // A checkpoint that lacks a layer's weight is still named.
+    let broken = tempfile::tempdir().unwrap();
+    write_layout(
+        broken.path(),
+        &std::fs::read_to_string(dir.join("config.json")).unwrap(),
+        |name| (!name.contains("layers.1.mlp.up_proj")).then(|| name.to_string()),
+        1,
+    );
+    let checkpoint = Checkpoint::open(broken.path()).unwrap();
+    let Err(err) = Gemma::from_checkpoint_quantized(
+        &config,
+        &checkpoint,
+        Device::Cpu,
+        Kind::Float,
+        Quantization::Int8,
+    ) else {
+        panic!("a missing weight is an error");
+    };
+    assert!(err.to_string().contains("up_proj"), "{err}");
+}

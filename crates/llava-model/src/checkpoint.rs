@@ -151,7 +151,27 @@ impl LlavaModel {
     /// Loads an HF LLaVA directory (config.json and one or sharded safetensors files) onto `device`
     /// with weights in `kind`.
     pub fn from_pretrained(dir: impl AsRef<Path>, device: Device, kind: Kind) -> Result<Self> {
+        Self::from_pretrained_quantized(dir, device, kind, None)
+    }
+
+    /// [`from_pretrained`](Self::from_pretrained) with the language model's linear layers
+    /// quantized as they load when `how` says so (`Gemma::load_quantized`: one decoder layer's
+    /// dense weights at a time, never the dense model; the CPU only), as
+    /// [`quantize`](Self::quantize) would leave them.
+    pub fn from_pretrained_quantized(
+        dir: impl AsRef<Path>,
+        device: Device,
+        kind: Kind,
+        how: Option<foundation::quant::Quantization>,
+    ) -> Result<Self> {
         let dir = dir.as_ref();
+        if let Some(how) = how {
+            if device != Device::Cpu {
+                return Err(Error::Input(format!(
+                    "{how} weights run on the CPU (ATen's kernels for them here are CPU kernels)"
+                )));
+            }
+        }
         if !dir.is_dir() {
             return Err(Error::io(
                 dir,
@@ -160,10 +180,13 @@ impl LlavaModel {
         }
         let config = LlavaConfig::from_file(dir)?;
         let checkpoint = Checkpoint::open(dir)?;
-        let model = LlavaModel::new_to_load(&config, device, kind)?;
+        let mut model = LlavaModel::new_to_load(&config, device, kind)?;
         model.tower.load(&model.vision_vs, &checkpoint)?;
         model.connector.load(&model.connector_vs, &checkpoint)?;
-        model.lm.load(&model.lm_vs, &checkpoint)?;
+        match how {
+            Some(how) => model.lm.load_quantized(&model.lm_vs, &checkpoint, how)?,
+            None => model.lm.load(&model.lm_vs, &checkpoint)?,
+        }
         Ok(model)
     }
 

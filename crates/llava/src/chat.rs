@@ -58,16 +58,34 @@ impl ImageChat {
         kind: Kind,
         options: &ChatOptions,
     ) -> Result<Self> {
-        let mut model = LlavaModel::from_pretrained_with_adapter(
-            model_dir,
-            options.adapter.as_deref(),
-            device,
-            kind,
-        )?;
+        let how: Option<foundation::quant::Quantization> = options
+            .quantize
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(Error::Unsupported)?;
+        let mut model = match (&options.adapter, how) {
+            // Quantized as it loads: the dense model is never in memory.
+            (None, Some(how)) => {
+                LlavaModel::from_pretrained_quantized(model_dir, device, kind, Some(how))?
+            }
+            // An adapter merges into the dense weights first.
+            (adapter, how) => {
+                let mut model = LlavaModel::from_pretrained_with_adapter(
+                    model_dir,
+                    adapter.as_deref(),
+                    device,
+                    kind,
+                )?;
+                if let Some(how) = how {
+                    model.quantize(how)?;
+                }
+                model
+            }
+        };
         if let Some(scale) = options.scale_image_features {
             model.config.image_features_scaled = Some(scale);
         }
-        quantize(&mut model, options.quantize.as_deref())?;
         let tokenizer = GemmaTokenizer::from_file(model_dir)?;
         let mut config = model.image_processor(Some(model_dir))?;
         if let Some(on) = options.pan_and_scan {

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use llava::foundation::Checkpoint;
 use llava::foundation::device::{host_memory, peak_host_memory, return_freed_host_memory};
+use llava::foundation::quant::Quantization;
+use llava::gemma_lm::config::GemmaConfig;
 use llava::gemma_lm::{Gemma, GenerationConfig, generate};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
@@ -66,16 +69,21 @@ pub fn run(a: &Args) -> llava::Result<ExitCode> {
     let (device, kind) = device_and_kind(&a.device, &a.dtype)?;
     let dir = model_path(&a.model)?;
     let start = Instant::now();
-    let (_vs, mut model) = Gemma::from_pretrained(&dir, device, kind)?;
-    let weights = match a.quantize.as_deref() {
+    let config = GemmaConfig::from_file(&dir)?;
+    let checkpoint = Checkpoint::open(&dir)?;
+    let (_vs, model, weights) = match a.quantize.as_deref() {
         Some(how) => {
-            let how: llava::foundation::quant::Quantization =
-                how.parse().map_err(llava::Error::Unsupported)?;
-            model.quantize(how)?;
-            how.to_string()
+            let how: Quantization = how.parse().map_err(llava::Error::Unsupported)?;
+            let (vs, model) =
+                Gemma::from_checkpoint_quantized(&config, &checkpoint, device, kind, how)?;
+            (vs, model, how.to_string())
         }
-        None => dtype_name(kind).to_string(),
+        None => {
+            let (vs, model) = Gemma::from_checkpoint(&config, &checkpoint, device, kind)?;
+            (vs, model, dtype_name(kind).to_string())
+        }
     };
+    drop(checkpoint);
     return_freed_host_memory();
     let load_s = start.elapsed().as_secs_f64();
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
