@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::{cargo, output_of, reference_python, root};
+use crate::{build_release_llava, output_of, reference_python, root};
 
 /// The three pairs: our weights (and `--quantize`), llama.cpp's file type.
 const PAIRS: [(&str, Option<&str>, &str); 3] = [
@@ -63,15 +63,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 .arg(&model),
         )?;
     }
-    cargo(&[
-        "build",
-        "--quiet",
-        "--release",
-        "--package",
-        "llava",
-        "--bin",
-        "llava",
-    ])?;
+    build_release_llava()?;
     let llava = root.join("target/release/llava");
     for (_, _, file_type) in PAIRS {
         if !gguf(&out, file_type).exists() {

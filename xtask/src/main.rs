@@ -266,15 +266,7 @@ fn bench_compare(args: &[String]) -> Result<(), String> {
     if !args.iter().any(|a| a == "--json") {
         args.push("--json".into());
     }
-    cargo(&[
-        "build",
-        "--quiet",
-        "--release",
-        "--package",
-        "llava",
-        "--bin",
-        "llava",
-    ])?;
+    build_release_llava()?;
     let ours = output_of(
         Command::new(root().join("target/release/llava"))
             .arg("bench-train")
@@ -310,6 +302,19 @@ fn bench_compare(args: &[String]) -> Result<(), String> {
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     std::fs::write(out.join("bench-compare.json"), report)
         .map_err(|e| format!("{}: {e}", out.display()))
+}
+
+/// Builds the optimised `llava` binary (`target/release/llava`), which benchmarks run.
+fn build_release_llava() -> Result<(), String> {
+    cargo(&[
+        "build",
+        "--quiet",
+        "--release",
+        "--package",
+        "llava",
+        "--bin",
+        "llava",
+    ])
 }
 
 /// Runs the optimised `llava` binary: benchmarks measure release builds.

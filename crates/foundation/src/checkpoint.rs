@@ -175,19 +175,30 @@ impl Checkpoint {
 
     /// Reads tensor `name` into a new CPU tensor of its stored dtype.
     pub fn tensor(&self, name: &str) -> Result<Tensor> {
+        let (info, kind) = self.located(name)?;
+        let bytes = &self.files[info.file].mmap[info.range.0..info.range.1];
+        Ok(Tensor::f_from_data_size(bytes, &info.shape, kind)?)
+    }
+
+    /// Tensor `name`'s shape, from the header (nothing read).
+    pub fn shape(&self, name: &str) -> Result<Vec<i64>> {
+        Ok(self.located(name)?.0.shape.clone())
+    }
+
+    /// Where tensor `name` is and the dtype it reads as; an error names a missing tensor or a
+    /// dtype we cannot read.
+    fn located(&self, name: &str) -> Result<(&TensorInfo, Kind)> {
         let info = self.info(name).ok_or_else(|| Error::MissingTensor {
             name: name.to_string(),
             location: self.location.clone(),
             tried: name.to_string(),
         })?;
-        let file = &self.files[info.file];
         let kind = kind_of(info.dtype).ok_or_else(|| Error::UnsupportedDtype {
             name: name.to_string(),
-            file: file.path.clone(),
+            file: self.files[info.file].path.clone(),
             dtype: format!("{:?}", info.dtype),
         })?;
-        let bytes = &file.mmap[info.range.0..info.range.1];
-        Ok(Tensor::f_from_data_size(bytes, &info.shape, kind)?)
+        Ok((info, kind))
     }
 
     /// Drops tensor `name`'s mapped pages from this process's resident memory once it has been
@@ -215,13 +226,8 @@ impl Checkpoint {
     /// holds the model and one slice, never a second copy of a tensor (Gemma's embedding alone
     /// is 1 GB in bf16).
     fn copy_into(&self, name: &str, var: &mut Tensor) -> Result<()> {
-        let info = &self.tensors[name];
+        let (info, kind) = self.located(name)?;
         let file = &self.files[info.file];
-        let kind = kind_of(info.dtype).ok_or_else(|| Error::UnsupportedDtype {
-            name: name.to_string(),
-            file: file.path.clone(),
-            dtype: format!("{:?}", info.dtype),
-        })?;
         let (start, end) = info.range;
         let rows = info.shape.first().copied().unwrap_or(1).max(1) as usize;
         let row_bytes = (end - start) / rows;

@@ -227,6 +227,28 @@ impl<'a> GgufWriter<'a> {
         self.push(name, shape, kind, Data::Lazy(source))
     }
 
+    /// Adds tensor `name` as `kind` from checkpoint tensor `tensor` (its shape from the header),
+    /// read as f32 and passed through `map` only when the file is written, its mapped pages
+    /// released once read: an export holds one tensor at a time.
+    pub fn add_from_checkpoint(
+        &mut self,
+        name: &str,
+        checkpoint: &'a crate::Checkpoint,
+        tensor: &str,
+        kind: TensorType,
+        map: impl Fn(tch::Tensor) -> tch::Tensor + 'a,
+    ) -> Result<(), String> {
+        let shape = checkpoint.shape(tensor).map_err(|e| e.to_string())?;
+        let tensor = tensor.to_string();
+        let source = Box::new(move || -> Result<Vec<f32>, String> {
+            let t = checkpoint.tensor(&tensor).map_err(|e| e.to_string())?;
+            checkpoint.release(&tensor);
+            let t = map(t.to_kind(tch::Kind::Float));
+            Vec::<f32>::try_from(t.flatten(0, -1)).map_err(|e| e.to_string())
+        });
+        self.add_lazy(name, &shape, kind, source)
+    }
+
     /// A blocked type's rows must be whole blocks; a name is added once.
     fn check(&self, name: &str, shape: &[i64], kind: TensorType) -> Result<(), String> {
         let inner = shape.last().copied().unwrap_or(1);

@@ -8,7 +8,6 @@
 
 use foundation::Checkpoint;
 use foundation::gguf::{GgufWriter, TensorType, Value};
-use tch::Kind;
 
 use crate::config::{GemmaConfig, Generation};
 use crate::{Error, Result};
@@ -86,31 +85,15 @@ pub fn to_gguf<'a>(
     // holds the checkpoint and one tensor, not every encoded tensor at once.
     let mut add = |gguf: &str, hf: &str, how: Stored| -> Result<()> {
         let name = format!("{prefix}{hf}");
-        // The shape from the header; the values are read when written.
-        let shape = match checkpoint.info(&name) {
-            Some(info) => info.shape.clone(),
-            None => checkpoint.tensor(&name)?.size(),
-        };
         let kind = match how {
             Stored::Norm => TensorType::F32,
             Stored::Matrix => kind,
         };
-        let source_name = name.clone();
-        let source = Box::new(move || -> std::result::Result<Vec<f32>, String> {
-            let t = checkpoint
-                .tensor(&source_name)
-                .map_err(|e| e.to_string())?
-                .to_kind(Kind::Float);
-            // Its mapped pages leave our memory once read: the export holds one tensor at a time.
-            checkpoint.release(&source_name);
-            let t = match how {
-                Stored::Norm => t + 1.0,
-                Stored::Matrix => t,
-            };
-            Vec::<f32>::try_from(t.flatten(0, -1)).map_err(|e| e.to_string())
-        });
-        w.add_lazy(gguf, &shape, kind, source)
-            .map_err(|e| Error::Input(format!("{name}: {e}")))
+        w.add_from_checkpoint(gguf, checkpoint, &name, kind, move |t| match how {
+            Stored::Norm => t + 1.0,
+            Stored::Matrix => t,
+        })
+        .map_err(|e| Error::Input(format!("{name}: {e}")))
     };
     add("token_embd.weight", "embed_tokens.weight", Stored::Matrix)?;
     for i in 0..config.num_hidden_layers {

@@ -25,7 +25,6 @@
 
 use foundation::Checkpoint;
 use foundation::gguf::{GgufWriter, TensorType, Value};
-use tch::Kind;
 use vision_encoders::VisionConfig;
 use vision_encoders::processing::ProcessorConfig;
 
@@ -139,10 +138,7 @@ pub fn mmproj_to_gguf<'a>(
         1.0 / (text_hidden as f64).sqrt()
     };
     let mut add = |gguf: &str, hf: String, how: Stored| -> Result<()> {
-        let shape = match checkpoint.info(&hf) {
-            Some(info) => info.shape.clone(),
-            None => checkpoint.tensor(&hf)?.size(),
-        };
+        let shape = checkpoint.shape(&hf)?;
         let stored = match how {
             Stored::Vector(_) => TensorType::F32,
             // ggml's convolution takes f16 or f32 kernels.
@@ -155,22 +151,11 @@ pub fn mmproj_to_gguf<'a>(
             }
             Stored::Matrix(_) => kind,
         };
-        let source_name = hf.clone();
-        let source = Box::new(move || -> std::result::Result<Vec<f32>, String> {
-            let t = checkpoint
-                .tensor(&source_name)
-                .map_err(|e| e.to_string())?
-                .to_kind(Kind::Float);
-            // Its mapped pages leave our memory once read: the export holds one tensor at a time.
-            checkpoint.release(&source_name);
-            let t = match how {
-                Stored::Matrix(scale) | Stored::Vector(scale) if scale != 1.0 => t * scale,
-                _ => t,
-            };
-            Vec::<f32>::try_from(t.flatten(0, -1)).map_err(|e| e.to_string())
-        });
-        w.add_lazy(gguf, &shape, stored, source)
-            .map_err(|e| Error::Input(format!("{hf}: {e}")))
+        w.add_from_checkpoint(gguf, checkpoint, &hf, stored, move |t| match how {
+            Stored::Matrix(scale) | Stored::Vector(scale) if scale != 1.0 => t * scale,
+            _ => t,
+        })
+        .map_err(|e| Error::Input(format!("{hf}: {e}")))
     };
     let t = |n: &str| format!("{tower_prefix}{n}");
     add(
