@@ -1,6 +1,7 @@
 fn main() {
     libtorch_build::emit_link_args();
     libtorch_build::compile_cpp("llava_profiler", &["csrc/profiler.cpp"]);
+    libtorch_build::compile_cpp_openmp("llava_cpu_gemv", &["csrc/cpu_gemv.cpp"]);
     // The GPU extras, each only where its tools are (see csrc/cuda.cpp): CUDA graphs need the CUDA
     // runtime's headers, our kernels need nvcc as well. Without them the build is the same, and
     // the code falls back to libtorch's operations.

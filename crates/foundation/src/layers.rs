@@ -124,7 +124,13 @@ impl Linear {
                 None => y,
             };
         }
-        let y = x.linear(&self.weight, self.bias.as_ref());
+        let y = match crate::cpu_gemv::dense(x, &self.weight) {
+            Some(y) => match &self.bias {
+                Some(bias) => y + bias,
+                None => y,
+            },
+            None => x.linear(&self.weight, self.bias.as_ref()),
+        };
         match &self.lora {
             None => y,
             // In place: the base product is not needed by its own backward pass.

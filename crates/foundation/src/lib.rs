@@ -10,12 +10,14 @@
 //! * [`layers`]: the few layers every model here shares, initialised as Hugging Face initialises them;
 //! * [`gguf`]: GGUF files as llama.cpp reads them (f32, f16, Q8_0, Q4_0 tensors);
 //! * [`quant`]: weight-only int8 and int4 quantization for inference;
+//! * [`cpu_gemv`]: matrix-vector products for decoding on a CPU, at the memory's bandwidth;
 //! * [`parity`]: the shared machinery of the Hugging Face parity checks (fixture metadata, checks,
 //!   reports, `allclose`-style comparison);
 //! * [`torch_panic`]: libtorch errors that `tch` raises as panics (CUDA out of memory), caught and
 //!   turned back into errors.
 
 pub mod checkpoint;
+pub mod cpu_gemv;
 pub mod cuda;
 pub mod device;
 mod error;

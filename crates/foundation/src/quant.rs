@@ -169,6 +169,9 @@ impl QuantizedWeight {
         let inner = *shape.last().expect("an input has a last dimension");
         let rows = x.numel() as i64 / inner.max(1);
         if let QuantizedWeight::Int8 { q, scales } = self {
+            if let Some(y) = crate::cpu_gemv::int8(x, q, scales) {
+                return y;
+            }
             if rows >= INT8_DEQUANTIZE_ROWS {
                 let w = q.to_kind(x.kind()) * scales.to_kind(x.kind()).unsqueeze(1);
                 return x.matmul(&w.tr());

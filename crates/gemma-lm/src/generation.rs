@@ -199,12 +199,15 @@ pub fn generate_from_embeds_with(
     let mut sampler = config.is_sampling().then(|| Sampler::new(config));
     let mut finished = vec![false; batch as usize];
 
-    let hidden = tch::no_grad(|| {
-        model.forward_embeds_with(embeds, mask.as_ref(), blocks, Some(&mut cache), false)
-    })?
-    .last_hidden_state
-    .narrow(1, prompt_len - 1, 1);
-    let mut logits = model.logits(&hidden).squeeze_dim(1).to_kind(Kind::Float);
+    // Inference throughout: nothing recorded for autograd (the tied head's embedding is a
+    // trainable variable), so the head takes the CPU's matrix-vector kernels too.
+    let mut logits = tch::no_grad(|| -> Result<Tensor> {
+        let hidden = model
+            .forward_embeds_with(embeds, mask.as_ref(), blocks, Some(&mut cache), false)?
+            .last_hidden_state
+            .narrow(1, prompt_len - 1, 1);
+        Ok(model.logits(&hidden).squeeze_dim(1).to_kind(Kind::Float))
+    })?;
     let mut steps = Steps::new(model, config.decode, cache, mask)?;
     for step in 0..max_new {
         let next: Vec<i64> = match sampler.as_mut() {
@@ -283,11 +286,12 @@ impl Steps {
                 if let Some(m) = mask.as_mut() {
                     *m = Tensor::cat(&[&*m, &m.ones_like().narrow(1, 0, 1)], 1);
                 }
-                let hidden = tch::no_grad(|| {
-                    model.forward_embeds(&model.embed(&ids), mask.as_ref(), Some(cache), false)
-                })?
-                .last_hidden_state;
-                Ok(model.logits(&hidden).squeeze_dim(1).to_kind(Kind::Float))
+                tch::no_grad(|| {
+                    let hidden = model
+                        .forward_embeds(&model.embed(&ids), mask.as_ref(), Some(cache), false)?
+                        .last_hidden_state;
+                    Ok(model.logits(&hidden).squeeze_dim(1).to_kind(Kind::Float))
+                })
             }
             Steps::Static { decoder, fallback } => match decoder.next(model, chosen) {
                 Err(e) if *fallback => {

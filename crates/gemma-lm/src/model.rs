@@ -598,7 +598,8 @@ impl Gemma {
         let logits = match (&self.lm_head, &self.tied_head_quantized) {
             (Some(head), _) => head.forward(hidden),
             (None, Some(head)) => head.matmul(hidden),
-            (None, None) => hidden.matmul(&self.embed_tokens.weight.tr()),
+            (None, None) => foundation::cpu_gemv::dense(hidden, &self.embed_tokens.weight)
+                .unwrap_or_else(|| hidden.matmul(&self.embed_tokens.weight.tr())),
         };
         match self.final_logit_softcap {
             Some(cap) => (logits / cap).tanh() * cap,

@@ -60,6 +60,24 @@ pub fn compile_cpp(name: &str, files: &[&str]) {
 /// [`compile_cpp`] with more include directories (relative to the crate) and preprocessor
 /// definitions (`NAME` or `NAME=VALUE`).
 pub fn compile_cpp_with(name: &str, files: &[&str], includes: &[&str], defines: &[&str]) {
+    build_cpp(files, includes, defines).compile(name);
+}
+
+/// [`compile_cpp`] for code that splits work with `at::parallel_for`: compiled with OpenMP, as
+/// libtorch is (`AT_PARALLEL_OPENMP`), and linked to the `libgomp.so.1` libtorch ships, so the
+/// work runs on libtorch's own intra-op threads. Without `-fopenmp` that inline template ignores
+/// its `#pragma omp parallel` and runs on the caller's thread alone.
+pub fn compile_cpp_openmp(name: &str, files: &[&str]) {
+    let mut build = build_cpp(files, &[], &[]);
+    build.flag("-fopenmp");
+    build.compile(name);
+    // The same runtime libtorch_cpu.so loads (found on torch-sys's search path, `lib/`); one
+    // soname, so one OpenMP runtime in the process.
+    println!("cargo:rustc-link-lib=dylib:+verbatim=libgomp.so.1");
+}
+
+/// The `cc` build every C++ shim shares (see [`compile_cpp`]).
+fn build_cpp(files: &[&str], includes: &[&str], defines: &[&str]) -> cc::Build {
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     for file in files {
         println!("cargo:rerun-if-changed={file}");
@@ -91,7 +109,8 @@ pub fn compile_cpp_with(name: &str, files: &[&str], includes: &[&str], defines: 
             None => build.define(define, None),
         };
     }
-    build.files(files).compile(name);
+    build.files(files);
+    build
 }
 
 /// The CUDA toolkit pieces that PyPI ships next to torch (`site-packages/nvidia/cu13`): the

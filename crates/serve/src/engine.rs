@@ -423,7 +423,9 @@ impl Batcher {
             let blocks = model.blocks(&ids, None, None);
             let hidden = prefill_with(&model.lm, cache, slot, &embeds, blocks.as_ref())
                 .map_err(|e| e.to_string())?;
-            Ok(model.lm.logits(&hidden).squeeze_dim(1).to_kind(Kind::Float))
+            Ok(tch::no_grad(|| {
+                model.lm.logits(&hidden).squeeze_dim(1).to_kind(Kind::Float)
+            }))
         });
         let logits = match first {
             Ok(logits) => logits,
@@ -504,7 +506,10 @@ impl Batcher {
         let (model, cache) = (&self.model, &mut self.cache);
         let result = guarded(|| {
             let hidden = decode_step(&model.lm, cache, &rows).map_err(|e| e.to_string())?;
-            let logits = model.lm.logits(&hidden).squeeze_dim(1).to_kind(Kind::Float);
+            // Inference: nothing recorded (the tied head's embedding is trainable), so the head
+            // takes the CPU's matrix-vector kernels.
+            let logits =
+                tch::no_grad(|| model.lm.logits(&hidden).squeeze_dim(1).to_kind(Kind::Float));
             let mut tokens = Vec::with_capacity(rows.len());
             let greedy = Vec::<i64>::try_from(logits.argmax(-1, false).to_device(tch::Device::Cpu))
                 .map_err(|e| e.to_string())?;

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use llava::foundation::Checkpoint;
 use llava::foundation::device::{host_memory, peak_host_memory, return_freed_host_memory};
+use llava::foundation::profiler::Profile;
 use llava::foundation::quant::Quantization;
 use llava::gemma_lm::config::GemmaConfig;
 use llava::gemma_lm::{Gemma, GenerationConfig, generate};
@@ -39,6 +40,10 @@ pub struct Args {
     /// Seed of the prompt's ids.
     #[arg(long, default_value_t = 0)]
     seed: i64,
+    /// Writes libtorch's profile of the decoding steps (after the first new token) to this file:
+    /// a tab-separated line per operator with its total milliseconds and calls.
+    #[arg(long)]
+    profile: Option<PathBuf>,
 }
 
 /// What `bench-text` reports: one run, cold.
@@ -106,10 +111,26 @@ pub fn run(a: &Args) -> llava::Result<ExitCode> {
     };
     let start = Instant::now();
     let mut first = None;
+    let mut profile = None;
+    let mut profile_error = None;
     generate(&model, &[prompt], &config, |_, _| {
-        first.get_or_insert_with(|| start.elapsed().as_secs_f64());
+        first.get_or_insert_with(|| {
+            if a.profile.is_some() {
+                match Profile::start(false) {
+                    Ok(p) => profile = Some(p),
+                    Err(e) => profile_error = Some(e),
+                }
+            }
+            start.elapsed().as_secs_f64()
+        });
     })?;
     let total = start.elapsed().as_secs_f64();
+    if let Some(e) = profile_error {
+        return Err(e.into());
+    }
+    if let (Some(p), Some(path)) = (profile, &a.profile) {
+        p.finish(path)?;
+    }
     let prefill = first.unwrap_or(total);
     print_json(
         &TextReport {

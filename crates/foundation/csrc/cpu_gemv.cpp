@@ -1,0 +1,452 @@
+// Matrix-vector products for decoding on a CPU, behind a C ABI: `y = x W^T` for a few rows of `x`
+// (one per sequence while decoding) and a weight `W` `[n, k]` held as bf16, f16 or f32, or as int8
+// codes with one scale per row.
+//
+// Decoding one token reads every weight once, so at batch 1 the speed is how close the weights
+// stream at the memory's bandwidth. libtorch's kernels for these shapes reach about half of it on
+// the machines we measured (docs/benchmarks.md); these walk four weight rows at a time with wide
+// loads, widen 16-bit weights to f32 in registers and accumulate in f32, split the rows over
+// libtorch's threads, and pick their instructions by what the CPU has (checked once, at run time):
+// AVX-512 (with VNNI for int8), AVX2 with FMA and F16C, or plain C++ anywhere else.
+//
+// Int8 weights meet activations quantized as llama.cpp's Q8_0 does (blocks of 32, one f32 scale
+// each, symmetric), so one VNNI instruction multiplies and sums 64 weight codes; the result is
+// the block sums scaled by the activations' and the row's scales.
+//
+// Tensors cross as tch's `at::Tensor *`; every function returns NULL on success or a malloc'd
+// message (free it with `llava_gemv_free_message`).
+
+#pragma GCC optimize("O3")
+// GCC 12's AVX-512 conversion intrinsics start from an "undefined" register it then reports as
+// maybe uninitialized: a false alarm in its own headers.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <llava_ffi.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+// What the CPU can run, best first.
+enum Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Vnni = 3 };
+
+Isa detect() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512vl");
+    if (avx512 && __builtin_cpu_supports("avx512vnni")) return kAvx512Vnni;
+    if (avx512) return kAvx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c"))
+        return kAvx2;
+#endif
+    return kScalar;
+}
+
+Isa isa() {
+    static const Isa found = [] {
+        // LLAVA_CPU_ISA=scalar|avx2|avx512 caps what is used (tests of each path, comparisons).
+        Isa best = detect();
+        if (const char *cap = std::getenv("LLAVA_CPU_ISA")) {
+            Isa want = best;
+            if (!std::strcmp(cap, "scalar")) want = kScalar;
+            else if (!std::strcmp(cap, "avx2")) want = kAvx2;
+            else if (!std::strcmp(cap, "avx512")) want = kAvx512;
+            best = std::min(best, want);
+        }
+        return best;
+    }();
+    return found;
+}
+
+// Weight element types the dense kernel reads.
+enum Dtype : int { kBf16 = 0, kF16 = 1, kF32 = 2 };
+
+inline float scalar_load(const void *w, int64_t i, Dtype t) {
+    switch (t) {
+        case kBf16: {
+            uint32_t bits = uint32_t(static_cast<const uint16_t *>(w)[i]) << 16;
+            float f;
+            std::memcpy(&f, &bits, 4);
+            return f;
+        }
+        case kF16:
+            return float(static_cast<const c10::Half *>(w)[i]);
+        default:
+            return static_cast<const float *>(w)[i];
+    }
+}
+
+// ---- dense: rows [r0, r1) of W against m rows of x (f32, [m, k]); y is [m, n] f32 ----
+
+void dense_scalar(const void *w, Dtype t, const float *x, float *y, int64_t m, int64_t n,
+                  int64_t k, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t i = 0; i < m; ++i) {
+            float acc = 0.f;
+            for (int64_t j = 0; j < k; ++j) acc += scalar_load(w, r * k + j, t) * x[i * k + j];
+            y[i * n + r] = acc;
+        }
+    }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma,f16c"))) inline __m256 load8(const void *w, int64_t i, Dtype t) {
+    switch (t) {
+        case kBf16: {
+            __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i *>(
+                static_cast<const uint16_t *>(w) + i));
+            return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+        }
+        case kF16: {
+            __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i *>(
+                static_cast<const uint16_t *>(w) + i));
+            return _mm256_cvtph_ps(h);
+        }
+        default:
+            return _mm256_loadu_ps(static_cast<const float *>(w) + i);
+    }
+}
+
+__attribute__((target("avx2,fma,f16c"))) inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+template <Dtype T>
+__attribute__((target("avx2,fma,f16c"))) void dense_avx2(const void *w, const float *x, float *y,
+                                                         int64_t m, int64_t n, int64_t k,
+                                                         int64_t r0, int64_t r1) {
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        for (int64_t i = 0; i < m; ++i) {
+            const float *xi = x + i * k;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            int64_t j = 0;
+            for (; j + 8 <= k; j += 8) {
+                __m256 xv = _mm256_loadu_ps(xi + j);
+                a0 = _mm256_fmadd_ps(load8(w, (r + 0) * k + j, T), xv, a0);
+                a1 = _mm256_fmadd_ps(load8(w, (r + 1) * k + j, T), xv, a1);
+                a2 = _mm256_fmadd_ps(load8(w, (r + 2) * k + j, T), xv, a2);
+                a3 = _mm256_fmadd_ps(load8(w, (r + 3) * k + j, T), xv, a3);
+            }
+            float s[4] = {hsum8(a0), hsum8(a1), hsum8(a2), hsum8(a3)};
+            for (; j < k; ++j)
+                for (int q = 0; q < 4; ++q) s[q] += scalar_load(w, (r + q) * k + j, T) * xi[j];
+            for (int q = 0; q < 4; ++q) y[i * n + r + q] = s[q];
+        }
+    }
+    dense_scalar(w, T, x, y, m, n, k, r, r1);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load16(const void *w,
+                                                                           int64_t i, Dtype t) {
+    switch (t) {
+        case kBf16: {
+            __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(
+                static_cast<const uint16_t *>(w) + i));
+            return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        }
+        case kF16: {
+            __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(
+                static_cast<const uint16_t *>(w) + i));
+            return _mm512_cvtph_ps(h);
+        }
+        default:
+            return _mm512_loadu_ps(static_cast<const float *>(w) + i);
+    }
+}
+
+template <Dtype T>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void dense_avx512(const void *w,
+                                                                        const float *x, float *y,
+                                                                        int64_t m, int64_t n,
+                                                                        int64_t k, int64_t r0,
+                                                                        int64_t r1) {
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        for (int64_t i = 0; i < m; ++i) {
+            const float *xi = x + i * k;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            int64_t j = 0;
+            for (; j + 16 <= k; j += 16) {
+                __m512 xv = _mm512_loadu_ps(xi + j);
+                a0 = _mm512_fmadd_ps(load16(w, (r + 0) * k + j, T), xv, a0);
+                a1 = _mm512_fmadd_ps(load16(w, (r + 1) * k + j, T), xv, a1);
+                a2 = _mm512_fmadd_ps(load16(w, (r + 2) * k + j, T), xv, a2);
+                a3 = _mm512_fmadd_ps(load16(w, (r + 3) * k + j, T), xv, a3);
+            }
+            float s[4] = {_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1),
+                          _mm512_reduce_add_ps(a2), _mm512_reduce_add_ps(a3)};
+            for (; j < k; ++j)
+                for (int q = 0; q < 4; ++q) s[q] += scalar_load(w, (r + q) * k + j, T) * xi[j];
+            for (int q = 0; q < 4; ++q) y[i * n + r + q] = s[q];
+        }
+    }
+    dense_scalar(w, T, x, y, m, n, k, r, r1);
+}
+#endif
+
+using DenseFn = void (*)(const void *, const float *, float *, int64_t, int64_t, int64_t, int64_t,
+                         int64_t);
+
+template <Dtype T>
+void dense_scalar_t(const void *w, const float *x, float *y, int64_t m, int64_t n, int64_t k,
+                    int64_t r0, int64_t r1) {
+    dense_scalar(w, T, x, y, m, n, k, r0, r1);
+}
+
+template <Dtype T>
+DenseFn dense_fn(Isa level) {
+#if defined(__x86_64__)
+    if (level >= kAvx512) return dense_avx512<T>;
+    if (level >= kAvx2) return dense_avx2<T>;
+#endif
+    return dense_scalar_t<T>;
+}
+
+// Rows per task: enough weight bytes (about 256 KiB) that splitting pays, a multiple of 4.
+int64_t grain_rows(int64_t k, int64_t bytes_per_weight) {
+    int64_t rows = (int64_t(256) << 10) / std::max<int64_t>(1, k * bytes_per_weight);
+    return std::max<int64_t>(4, (rows + 3) / 4 * 4);
+}
+
+// ---- int8 codes, one scale per row ----
+
+// Activations of one row as Q8_0: |q| as bytes, the signs as bits (one per element), one scale
+// per block of 32 spread over 8 lanes each (so one 16-lane vector holds two blocks' scales).
+struct Q8Row {
+    std::vector<uint8_t> abs;
+    std::vector<uint64_t> negative;
+    std::vector<float> scales;
+};
+
+Q8Row quantize_row(const float *x, int64_t k) {
+    Q8Row q;
+    q.abs.resize(k);
+    q.negative.assign(k / 64, 0);
+    q.scales.resize(k / 4);
+    for (int64_t b = 0; b < k / 32; ++b) {
+        float amax = 0.f;
+        for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[b * 32 + j]));
+        float d = amax / 127.f;
+        float inv = d > 0.f ? 1.f / d : 0.f;
+        for (int j = 0; j < 32; ++j) {
+            int64_t e = b * 32 + j;
+            int v = int(std::nearbyint(x[e] * inv));
+            v = std::clamp(v, -127, 127);
+            q.abs[e] = uint8_t(v < 0 ? -v : v);
+            if (v < 0) q.negative[e / 64] |= uint64_t(1) << (e % 64);
+        }
+        for (int l = 0; l < 8; ++l) q.scales[b * 8 + l] = d;
+    }
+    return q;
+}
+
+void int8_scalar(const int8_t *w, const float *scales, const float *x, float *y, int64_t m,
+                 int64_t n, int64_t k, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+        for (int64_t i = 0; i < m; ++i) {
+            float acc = 0.f;
+            for (int64_t j = 0; j < k; ++j) acc += float(w[r * k + j]) * x[i * k + j];
+            y[i * n + r] = acc * scales[r];
+        }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma,f16c"))) void int8_avx2(const int8_t *w, const float *scales,
+                                                   const float *x, float *y, int64_t m,
+                                                   int64_t n, int64_t k, int64_t r0,
+                                                   int64_t r1) {
+    int64_t r = r0;
+    for (; r + 4 <= r1 && k % 8 == 0; r += 4)
+        for (int64_t i = 0; i < m; ++i) {
+            const float *xi = x + i * k;
+            __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                           _mm256_setzero_ps()};
+            for (int64_t j = 0; j < k; j += 8) {
+                __m256 xv = _mm256_loadu_ps(xi + j);
+                for (int q = 0; q < 4; ++q) {
+                    __m128i c = _mm_loadl_epi64(
+                        reinterpret_cast<const __m128i *>(w + (r + q) * k + j));
+                    a[q] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c)), xv, a[q]);
+                }
+            }
+            for (int q = 0; q < 4; ++q) y[i * n + r + q] = hsum8(a[q]) * scales[r + q];
+        }
+    int8_scalar(w, scales, x, y, m, n, k, r, r1);
+}
+
+// k a multiple of 64; `xs` holds each row of x as Q8_0.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void int8_vnni(
+    const int8_t *w, const float *scales, const std::vector<Q8Row> &xs, float *y, int64_t m,
+    int64_t n, int64_t k, int64_t r0, int64_t r1) {
+    const __m512i zero = _mm512_setzero_si512();
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4)
+        for (int64_t i = 0; i < m; ++i) {
+            const Q8Row &xq = xs[i];
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t j = 0; j < k; j += 64) {
+                __m512i xa = _mm512_loadu_si512(xq.abs.data() + j);
+                __mmask64 neg = xq.negative[j / 64];
+                __m512 d = _mm512_loadu_ps(xq.scales.data() + j / 4);
+                // Codes times the sign of x, so |x| (unsigned) times them is x times the codes.
+#define LLAVA_ROW(acc, q)                                                                      \
+    {                                                                                          \
+        __m512i c = _mm512_loadu_si512(w + (r + q) * k + j);                                   \
+        c = _mm512_mask_sub_epi8(c, neg, zero, c);                                             \
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, xa, c)), d, acc); \
+    }
+                LLAVA_ROW(a0, 0)
+                LLAVA_ROW(a1, 1)
+                LLAVA_ROW(a2, 2)
+                LLAVA_ROW(a3, 3)
+#undef LLAVA_ROW
+            }
+            y[i * n + r + 0] = _mm512_reduce_add_ps(a0) * scales[r + 0];
+            y[i * n + r + 1] = _mm512_reduce_add_ps(a1) * scales[r + 1];
+            y[i * n + r + 2] = _mm512_reduce_add_ps(a2) * scales[r + 2];
+            y[i * n + r + 3] = _mm512_reduce_add_ps(a3) * scales[r + 3];
+        }
+    // The last rows (fewer than 4) by the same arithmetic.
+    for (; r < r1; ++r)
+        for (int64_t i = 0; i < m; ++i) {
+            const Q8Row &xq = xs[i];
+            float acc = 0.f;
+            for (int64_t b = 0; b < k / 32; ++b) {
+                int32_t sum = 0;
+                for (int j = 0; j < 32; ++j) {
+                    int64_t e = b * 32 + j;
+                    int v = xq.abs[e];
+                    if (xq.negative[e / 64] >> (e % 64) & 1) v = -v;
+                    sum += v * w[r * k + e];
+                }
+                acc += float(sum) * xq.scales[b * 8];
+            }
+            y[i * n + r] = acc * scales[r];
+        }
+}
+#endif
+
+// Whether autograd would need to record the product (these kernels have no backward).
+bool records_grad(const at::Tensor &x, const at::Tensor &w) {
+    return at::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad());
+}
+
+void check_matrix(const at::Tensor &w, const at::Tensor &x) {
+    TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), "the weight must be a contiguous matrix");
+    TORCH_CHECK(x.dim() == 2 && x.size(1) == w.size(1), "x must be [m, ", w.size(1), "], not ",
+                x.sizes());
+    TORCH_CHECK(w.device().is_cpu() && x.device().is_cpu(), "these kernels run on the CPU");
+}
+
+}  // namespace
+
+extern "C" {
+
+void llava_gemv_free_message(char *message) {
+    std::free(message);
+}
+
+// 0: plain C++, 1: AVX2, 2: AVX-512, 3: AVX-512 with VNNI.
+int llava_gemv_isa() {
+    return isa();
+}
+
+// y = x W^T: x [m, k] (any float dtype), W [n, k] bf16, f16 or f32, contiguous; y [m, n] in x's
+// dtype, using at most the instructions of `level` (an `Isa`; tests run each one). Where autograd
+// would record the product (grad mode on and an input requiring grad) *out is left NULL: the
+// caller multiplies by libtorch's op instead.
+char *llava_gemv_dense(const at::Tensor *x_, const at::Tensor *w_, int level_,
+                       at::Tensor **out) {
+    return llava_ffi::guarded([&] {
+        Isa level = std::min(isa(), Isa(level_));
+        const at::Tensor &w = *w_;
+        check_matrix(w, *x_);
+        if (records_grad(*x_, w)) {
+            *out = nullptr;
+            return;
+        }
+        at::Tensor x = x_->to(at::kFloat).contiguous();
+        int64_t m = x.size(0), k = w.size(1), n = w.size(0);
+        DenseFn fn;
+        switch (w.scalar_type()) {
+            case at::kBFloat16: fn = dense_fn<kBf16>(level); break;
+            case at::kHalf: fn = dense_fn<kF16>(level); break;
+            case at::kFloat: fn = dense_fn<kF32>(level); break;
+            default: TORCH_CHECK(false, "no dense kernel for weights of ", w.scalar_type());
+        }
+        at::Tensor y = at::empty({m, n}, x.options());
+        const void *wp = w.data_ptr();
+        const float *xp = x.data_ptr<float>();
+        float *yp = y.data_ptr<float>();
+        int64_t grain = grain_rows(k, w.element_size());
+        at::parallel_for(0, (n + grain - 1) / grain, 1, [&](int64_t b0, int64_t b1) {
+            fn(wp, xp, yp, m, n, k, b0 * grain, std::min(n, b1 * grain));
+        });
+        *out = new at::Tensor(y.to(x_->scalar_type()));
+    });
+}
+
+// y = (x Q^T) * scales: Q [n, k] int8 codes, scales [n] (any float dtype); x [m, k]; y [m, n] in
+// x's dtype, using at most the instructions of `level`. With VNNI (and k a multiple of 64) x is
+// quantized as Q8_0 first.
+char *llava_gemv_int8(const at::Tensor *x_, const at::Tensor *q_, const at::Tensor *scales_,
+                      int level_, at::Tensor **out) {
+    return llava_ffi::guarded([&] {
+        const at::Tensor &q = *q_;
+        check_matrix(q, *x_);
+        TORCH_CHECK(q.scalar_type() == at::kChar, "int8 codes expected, not ", q.scalar_type());
+        at::Tensor x = x_->to(at::kFloat).contiguous();
+        at::Tensor scales = scales_->to(at::kFloat).contiguous();
+        int64_t m = x.size(0), k = q.size(1), n = q.size(0);
+        TORCH_CHECK(scales.numel() == n, "one scale per row expected");
+        at::Tensor y = at::empty({m, n}, x.options());
+        const int8_t *wp = q.data_ptr<int8_t>();
+        const float *sp = scales.data_ptr<float>();
+        const float *xp = x.data_ptr<float>();
+        float *yp = y.data_ptr<float>();
+        int64_t grain = grain_rows(k, 1);
+        Isa level = std::min(isa(), Isa(level_));
+#if defined(__x86_64__)
+        if (level >= kAvx512Vnni && k % 64 == 0) {
+            std::vector<Q8Row> xs;
+            for (int64_t i = 0; i < m; ++i) xs.push_back(quantize_row(xp + i * k, k));
+            at::parallel_for(0, (n + grain - 1) / grain, 1, [&](int64_t b0, int64_t b1) {
+                int8_vnni(wp, sp, xs, yp, m, n, k, b0 * grain, std::min(n, b1 * grain));
+            });
+            *out = new at::Tensor(y.to(x_->scalar_type()));
+            return;
+        }
+#endif
+        at::parallel_for(0, (n + grain - 1) / grain, 1, [&](int64_t b0, int64_t b1) {
+#if defined(__x86_64__)
+            if (level >= kAvx2) {
+                int8_avx2(wp, sp, xp, yp, m, n, k, b0 * grain, std::min(n, b1 * grain));
+                return;
+            }
+#endif
+            int8_scalar(wp, sp, xp, yp, m, n, k, b0 * grain, std::min(n, b1 * grain));
+        });
+        *out = new at::Tensor(y.to(x_->scalar_type()));
+    });
+}
+
+}  // extern "C"

@@ -1,0 +1,299 @@
+//! Matrix-vector products for decoding on a CPU (`csrc/cpu_gemv.cpp`): `x W^T` for a few rows of
+//! `x` against a bf16, f16 or f32 weight, or int8 codes with a scale per row, with the weights
+//! streamed at close to the memory's bandwidth (libtorch's kernels for these shapes reach about
+//! half of it). Instructions are picked by what the CPU has: AVX-512 (VNNI for int8), AVX2, or
+//! plain C++.
+//!
+//! [`Linear`](crate::layers::Linear) and the quantized weights call these for inputs of at most
+//! [`MAX_ROWS`] rows on the CPU; `LLAVA_CPU_GEMV=0` turns them off (libtorch's ops then run), and
+//! `LLAVA_CPU_ISA=scalar|avx2|avx512` caps the instructions they use.
+
+use std::ffi::{c_char, c_void};
+use std::sync::OnceLock;
+
+use tch::{Device, Kind, TchError, Tensor};
+
+unsafe extern "C" {
+    fn llava_gemv_free_message(message: *mut c_char);
+    fn llava_gemv_isa() -> i32;
+    fn llava_gemv_dense(
+        x: *const c_void,
+        w: *const c_void,
+        level: i32,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    fn llava_gemv_int8(
+        x: *const c_void,
+        q: *const c_void,
+        scales: *const c_void,
+        level: i32,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+}
+
+/// Inputs of at most this many rows (tokens: one per sequence while decoding) go through these
+/// kernels; longer ones (prompts) through libtorch's GEMMs, which reuse each weight across rows.
+pub const MAX_ROWS: i64 = 4;
+
+/// The instructions the kernels use on this CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Plain C++ (any CPU).
+    Scalar,
+    /// AVX2 with FMA and F16C.
+    Avx2,
+    /// AVX-512 (F, BW, VL).
+    Avx512,
+    /// AVX-512 with VNNI: int8 weights meet Q8_0-quantized activations.
+    Avx512Vnni,
+}
+
+/// What [`Isa`] the kernels picked (after `LLAVA_CPU_ISA`).
+pub fn isa() -> Isa {
+    // SAFETY: no arguments; reads the CPU's features once.
+    match unsafe { llava_gemv_isa() } {
+        3 => Isa::Avx512Vnni,
+        2 => Isa::Avx512,
+        1 => Isa::Avx2,
+        _ => Isa::Scalar,
+    }
+}
+
+impl Isa {
+    /// Every level, plainest first.
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni];
+
+    /// The shim's number for the level.
+    fn code(self) -> i32 {
+        self as i32
+    }
+}
+
+/// Whether the kernels are on (`LLAVA_CPU_GEMV`, read once; on unless `0`).
+pub fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("LLAVA_CPU_GEMV").is_none_or(|v| v != "0"))
+}
+
+/// The rows of `x` `[..., k]` when the kernels should take the product: on, on the CPU, at most
+/// [`MAX_ROWS`] rows.
+fn rows_taken(x: &Tensor) -> Option<i64> {
+    if !enabled() || x.device() != Device::Cpu {
+        return None;
+    }
+    let k = *x.size().last()?;
+    let rows = x.numel() as i64 / k.max(1);
+    (rows <= MAX_ROWS).then_some(rows)
+}
+
+/// `x W^T` for `x` `[..., k]` and `w` `[n, k]` (bf16, f16 or f32, on the CPU), in `x`'s dtype,
+/// or `None` where libtorch's op should run: more than [`MAX_ROWS`] rows, another device or
+/// dtype, a weight that is not contiguous, or autograd recording (grad mode on and an input that
+/// requires grad).
+pub fn dense(x: &Tensor, w: &Tensor) -> Option<Tensor> {
+    dense_with(x, w, isa())
+}
+
+/// [`dense`] with at most the instructions of `level` (each path can be checked on one CPU).
+pub fn dense_with(x: &Tensor, w: &Tensor, level: Isa) -> Option<Tensor> {
+    let rows = rows_taken(x)?;
+    if w.device() != Device::Cpu
+        || !matches!(w.kind(), Kind::BFloat16 | Kind::Half | Kind::Float)
+        || w.dim() != 2
+        || !w.is_contiguous()
+    {
+        return None;
+    }
+    let mut shape = x.size();
+    let x2 = x.reshape([rows, *shape.last()?]);
+    let mut out = std::ptr::null_mut();
+    // SAFETY: live tensors for the call's duration; the shim catches every C++ exception.
+    let message = unsafe {
+        llava_gemv_dense(
+            x2.as_ptr().cast(),
+            w.as_ptr().cast(),
+            level.code(),
+            &mut out,
+        )
+    };
+    let y = taken(message, out)?;
+    *shape.last_mut()? = w.size()[0];
+    Some(y.reshape(shape.as_slice()))
+}
+
+/// `(x Q^T) * scales` for `x` `[..., k]`, int8 codes `q` `[n, k]` and `scales` `[n]`, in `x`'s
+/// dtype, or `None` where libtorch's op should run (as in [`dense`]). With VNNI the rows of `x`
+/// are quantized as llama.cpp's Q8_0 (blocks of 32, a scale each) first.
+pub fn int8(x: &Tensor, q: &Tensor, scales: &Tensor) -> Option<Tensor> {
+    int8_with(x, q, scales, isa())
+}
+
+/// [`int8`] with at most the instructions of `level`.
+pub fn int8_with(x: &Tensor, q: &Tensor, scales: &Tensor, level: Isa) -> Option<Tensor> {
+    let rows = rows_taken(x)?;
+    if q.device() != Device::Cpu || !q.is_contiguous() || x.requires_grad() {
+        return None;
+    }
+    let mut shape = x.size();
+    let x2 = x.reshape([rows, *shape.last()?]);
+    let mut out = std::ptr::null_mut();
+    // SAFETY: as in `dense`.
+    let message = unsafe {
+        llava_gemv_int8(
+            x2.as_ptr().cast(),
+            q.as_ptr().cast(),
+            scales.as_ptr().cast(),
+            level.code(),
+            &mut out,
+        )
+    };
+    let y = taken(message, out)?;
+    *shape.last_mut()? = q.size()[0];
+    Some(y.reshape(shape.as_slice()))
+}
+
+/// The shim's answer: its tensor, `None` where it declined. An error is our bug (the checks above
+/// admit only what the kernels take), so it panics with libtorch's message.
+fn taken(message: *mut c_char, out: *mut c_void) -> Option<Tensor> {
+    // SAFETY: the shim's answers are NULL or its own strdup'd messages.
+    if let Err(e) = unsafe { crate::ffi::checked(message, llava_gemv_free_message) } {
+        panic!("{}", TchError::Torch(e));
+    }
+    // SAFETY: a non-NULL `out` is a tensor the shim allocated for us, owned from here.
+    (!out.is_null()).then(|| unsafe { Tensor::from_ptr(out.cast()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The levels this CPU can run.
+    fn levels() -> Vec<Isa> {
+        Isa::ALL.into_iter().filter(|l| *l <= isa()).collect()
+    }
+
+    /// The largest difference relative to the reference's largest magnitude.
+    fn relative_error(got: &Tensor, want: &Tensor) -> f64 {
+        let want = want.to_kind(Kind::Double);
+        let diff = (got.to_kind(Kind::Double) - &want)
+            .abs()
+            .max()
+            .double_value(&[]);
+        diff / want.abs().max().double_value(&[]).max(1e-12)
+    }
+
+    #[test]
+    fn dense_matches_libtorch_at_every_level_dtype_and_shape() {
+        tch::manual_seed(0);
+        // Odd sizes reach the tails: rows not a multiple of 4, k not a multiple of 8 or 16.
+        for (n, k) in [(37, 67), (64, 256), (130, 1000), (4, 16)] {
+            let w32 = Tensor::randn([n, k], (Kind::Float, Device::Cpu));
+            for wkind in [Kind::Float, Kind::BFloat16, Kind::Half] {
+                let w = w32.to_kind(wkind);
+                for rows in 1..=MAX_ROWS {
+                    for xkind in [Kind::Float, Kind::BFloat16] {
+                        let x = Tensor::randn([rows, k], (Kind::Float, Device::Cpu));
+                        let want = x.linear::<&Tensor>(&w.to_kind(Kind::Float), None);
+                        for level in levels() {
+                            let got = dense_with(&x.to_kind(xkind), &w, level)
+                                .expect("the kernels take a few rows");
+                            assert_eq!(got.kind(), xkind);
+                            assert_eq!(got.size(), [rows, n]);
+                            // f32 accumulation: differences are rounding, bf16 outputs round to 8 bits.
+                            let x_error = match xkind {
+                                Kind::BFloat16 => 1e-2,
+                                _ => 1e-5,
+                            };
+                            let want = match xkind {
+                                Kind::BFloat16 => x
+                                    .to_kind(Kind::BFloat16)
+                                    .to_kind(Kind::Float)
+                                    .linear::<&Tensor>(&w.to_kind(Kind::Float), None),
+                                _ => want.shallow_clone(),
+                            };
+                            let e = relative_error(&got, &want);
+                            assert!(
+                                e < x_error,
+                                "{level:?} {wkind:?} weights, {xkind:?} x, {rows}x{k} by {n}: {e}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dense_keeps_leading_dimensions() {
+        let w = Tensor::randn([5, 8], (Kind::Float, Device::Cpu));
+        let x = Tensor::randn([1, 3, 8], (Kind::Float, Device::Cpu));
+        let got = dense(&x, &w).unwrap();
+        assert_eq!(got.size(), [1, 3, 5]);
+        assert!(relative_error(&got, &x.linear::<&Tensor>(&w, None)) < 1e-5);
+    }
+
+    #[test]
+    fn dense_declines_what_libtorch_should_run() {
+        let w = Tensor::randn([5, 8], (Kind::Float, Device::Cpu));
+        // Prompts: more rows than the kernels take.
+        let x = Tensor::randn([MAX_ROWS + 1, 8], (Kind::Float, Device::Cpu));
+        assert!(dense(&x, &w).is_none());
+        // Autograd recording.
+        let x = Tensor::randn([1, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        assert!(dense(&x, &w).is_none());
+        let trained = w.shallow_clone().set_requires_grad(true);
+        assert!(dense(&x.detach(), &trained).is_none());
+        // Without grad mode the product is inference: the kernels take it.
+        let _guard = tch::no_grad_guard();
+        assert!(dense(&x, &trained).is_some());
+        // Weights that are not a contiguous matrix.
+        assert!(dense(&Tensor::randn([1, 5], (Kind::Float, Device::Cpu)), &w.tr()).is_none());
+        // Integer weights.
+        assert!(dense(&x, &w.to_kind(Kind::Int8)).is_none());
+    }
+
+    #[test]
+    fn int8_matches_the_dequantized_product_at_every_level() {
+        tch::manual_seed(1);
+        // 64 | k reaches VNNI's Q8_0 path; the others the float paths.
+        for (n, k) in [(37, 64), (130, 2048), (9, 100), (8, 40)] {
+            let q = Tensor::randint_low(-127, 128, [n, k], (Kind::Int8, Device::Cpu));
+            let scales = Tensor::rand([n], (Kind::Float, Device::Cpu)) * 0.01 + 0.001;
+            let w = q.to_kind(Kind::Float) * scales.unsqueeze(1);
+            for rows in 1..=MAX_ROWS {
+                let x = Tensor::randn([rows, k], (Kind::Float, Device::Cpu));
+                let want = x.linear::<&Tensor>(&w, None);
+                for level in levels() {
+                    let got = int8_with(&x, &q, &scales.to_kind(Kind::BFloat16), level).unwrap();
+                    assert_eq!(got.size(), [rows, n]);
+                    // Scales in bf16 (as quantized weights keep them) and, with VNNI, activations
+                    // rounded to 8 bits per block of 32: a few parts in a thousand.
+                    let bf16_scales = q.to_kind(Kind::Float)
+                        * scales
+                            .to_kind(Kind::BFloat16)
+                            .to_kind(Kind::Float)
+                            .unsqueeze(1);
+                    let want_bf16 = x.linear::<&Tensor>(&bf16_scales, None);
+                    let e = relative_error(&got, &want_bf16);
+                    let bound = if level == Isa::Avx512Vnni && k % 64 == 0 {
+                        2e-2
+                    } else {
+                        1e-5
+                    };
+                    assert!(e < bound, "{level:?}, {rows}x{k} by {n}: {e}");
+                    assert!(relative_error(&got, &want) < 3e-2);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn int8_declines_autograd_and_long_inputs() {
+        let q = Tensor::ones([4, 64], (Kind::Int8, Device::Cpu));
+        let scales = Tensor::ones([4], (Kind::Float, Device::Cpu));
+        let x = Tensor::randn([1, 64], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        assert!(int8(&x, &q, &scales).is_none());
+        let x = Tensor::randn([MAX_ROWS + 1, 64], (Kind::Float, Device::Cpu));
+        assert!(int8(&x, &q, &scales).is_none());
+    }
+}
