@@ -25,6 +25,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <llava_ffi.h>
@@ -227,6 +228,44 @@ int64_t grain_rows(int64_t k, int64_t bytes_per_weight) {
     return std::max<int64_t>(4, (rows + 3) / 4 * 4);
 }
 
+// ---- widening a block of 16-bit weight rows to f32 (for prompts: see llava_gemm_widened) ----
+
+void widen_scalar(const void *w, Dtype t, float *out, int64_t count) {
+    for (int64_t i = 0; i < count; ++i) out[i] = scalar_load(w, i, t);
+}
+
+#if defined(__x86_64__)
+template <Dtype T>
+__attribute__((target("avx2,fma,f16c"))) void widen_avx2(const void *w, float *out,
+                                                        int64_t count) {
+    int64_t i = 0;
+    for (; i + 8 <= count; i += 8) _mm256_storeu_ps(out + i, load8(w, i, T));
+    for (; i < count; ++i) out[i] = scalar_load(w, i, T);
+}
+
+template <Dtype T>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void widen_avx512(const void *w, float *out,
+                                                                        int64_t count) {
+    int64_t i = 0;
+    for (; i + 16 <= count; i += 16) _mm512_storeu_ps(out + i, load16(w, i, T));
+    for (; i < count; ++i) out[i] = scalar_load(w, i, T);
+}
+#endif
+
+// `count` weights of type `t` from `w` as f32 into `out`.
+void widen(const void *w, Dtype t, float *out, int64_t count, Isa level) {
+#if defined(__x86_64__)
+    if (level >= kAvx512) {
+        if (t == kBf16) return widen_avx512<kBf16>(w, out, count);
+        if (t == kF16) return widen_avx512<kF16>(w, out, count);
+    } else if (level >= kAvx2) {
+        if (t == kBf16) return widen_avx2<kBf16>(w, out, count);
+        if (t == kF16) return widen_avx2<kF16>(w, out, count);
+    }
+#endif
+    widen_scalar(w, t, out, count);
+}
+
 // ---- int8 codes, one scale per row ----
 
 // Activations of one row as Q8_0: |q| as bytes, the signs as bits (one per element), one scale
@@ -402,6 +441,61 @@ char *llava_gemv_dense(const at::Tensor *x_, const at::Tensor *w_, int level_,
             fn(wp, xp, yp, m, n, k, b0 * grain, std::min(n, b1 * grain));
         });
         *out = new at::Tensor(y.to(x_->scalar_type()));
+    });
+}
+
+// Whether the CPU multiplies bf16 pairs natively (AVX512_BF16): libtorch's bf16 GEMMs are fast
+// there and slow (widening element by element) elsewhere.
+int llava_gemv_bf16_dot() {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16");
+#else
+    return 0;
+#endif
+}
+
+// y = x W^T for a prompt's many rows against bf16 or f16 weights, by libtorch's f32 GEMM on
+// blocks of W widened to f32 (about 8 MiB each, so the f32 copy stays in cache and no whole f32
+// matrix is made): where the CPU has no bf16 arithmetic, libtorch's bf16 GEMM runs at a third of
+// its f32 speed and its f16 GEMM slower still. x [m, k] any float dtype; y [m, n] in x's dtype.
+// *out is NULL where autograd would record the product.
+char *llava_gemm_widened(const at::Tensor *x_, const at::Tensor *w_, int level_,
+                         at::Tensor **out) {
+    return llava_ffi::guarded([&] {
+        Isa level = std::min(isa(), Isa(level_));
+        const at::Tensor &w = *w_;
+        check_matrix(w, *x_);
+        if (records_grad(*x_, w)) {
+            *out = nullptr;
+            return;
+        }
+        Dtype t;
+        switch (w.scalar_type()) {
+            case at::kBFloat16: t = kBf16; break;
+            case at::kHalf: t = kF16; break;
+            default: TORCH_CHECK(false, "widening takes bf16 or f16 weights, not ", w.scalar_type());
+        }
+        at::Tensor x = x_->to(at::kFloat).contiguous();
+        int64_t m = x.size(0), k = w.size(1), n = w.size(0);
+        int64_t block = std::max<int64_t>(16, ((int64_t(8) << 20) / std::max<int64_t>(1, 4 * k)) / 16 * 16);
+        block = std::min(block, n);
+        // y^T, so each block's product lands in contiguous rows.
+        at::Tensor yt = at::empty({n, m}, x.options());
+        at::Tensor wf = at::empty({block, k}, x.options());
+        const char *wp = static_cast<const char *>(w.data_ptr());
+        int64_t row_bytes = k * int64_t(w.element_size());
+        at::Tensor xt = x.t();
+        for (int64_t r0 = 0; r0 < n; r0 += block) {
+            int64_t rows = std::min(block, n - r0);
+            float *dst = wf.data_ptr<float>();
+            at::parallel_for(0, rows, 16, [&](int64_t a, int64_t b) {
+                widen(wp + (r0 + a) * row_bytes, t, dst + a * k, (b - a) * k, level);
+            });
+            at::Tensor slice = yt.narrow(0, r0, rows);
+            at::mm_out(slice, wf.narrow(0, 0, rows), xt);
+        }
+        *out = new at::Tensor(yt.t().contiguous().to(x_->scalar_type()));
     });
 }
 

@@ -1,11 +1,14 @@
-//! Matrix-vector products for decoding on a CPU (`csrc/cpu_gemv.cpp`): `x W^T` for a few rows of
-//! `x` against a bf16, f16 or f32 weight, or int8 codes with a scale per row, with the weights
-//! streamed at close to the memory's bandwidth (libtorch's kernels for these shapes reach about
-//! half of it). Instructions are picked by what the CPU has: AVX-512 (VNNI for int8), AVX2, or
-//! plain C++.
+//! Matrix products on a CPU where libtorch's are slow (`csrc/cpu_gemv.cpp`):
 //!
-//! [`Linear`](crate::layers::Linear) and the quantized weights call these for inputs of at most
-//! [`MAX_ROWS`] rows on the CPU; `LLAVA_CPU_GEMV=0` turns them off (libtorch's ops then run), and
+//! * decoding's matrix-vector products ([`dense`], [`int8`]): `x W^T` for a few rows of `x`
+//!   against a bf16, f16 or f32 weight, or int8 codes with a scale per row, with the weights
+//!   streamed at close to the memory's bandwidth (libtorch's bf16 kernel reaches about half of
+//!   it). Instructions are picked by what the CPU has: AVX-512 (VNNI for int8), AVX2, or plain C++;
+//! * a prompt's rows against 16-bit weights on CPUs without bf16 arithmetic ([`widened`]):
+//!   libtorch's f32 GEMM on blocks of the weight widened to f32, about 3x its bf16 GEMM there.
+//!
+//! [`Linear`](crate::layers::Linear), Gemma's tied head and the int8 weights call these
+//! ([`linear`] picks); `LLAVA_CPU_GEMV=0` turns them off (libtorch's ops then run), and
 //! `LLAVA_CPU_ISA=scalar|avx2|avx512` caps the instructions they use.
 
 use std::ffi::{c_char, c_void};
@@ -17,6 +20,13 @@ unsafe extern "C" {
     fn llava_gemv_free_message(message: *mut c_char);
     fn llava_gemv_isa() -> i32;
     fn llava_gemv_dense(
+        x: *const c_void,
+        w: *const c_void,
+        level: i32,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    fn llava_gemv_bf16_dot() -> i32;
+    fn llava_gemm_widened(
         x: *const c_void,
         w: *const c_void,
         level: i32,
@@ -84,6 +94,64 @@ fn rows_taken(x: &Tensor) -> Option<i64> {
     let k = *x.size().last()?;
     let rows = x.numel() as i64 / k.max(1);
     (rows <= MAX_ROWS).then_some(rows)
+}
+
+/// `x W^T` for `x` `[..., k]` and `w` `[n, k]` on the CPU by whichever of our kernels beats
+/// libtorch's for this input: [`dense`] for a few rows, [`widened`] for a prompt's rows against
+/// 16-bit weights where the CPU lacks bf16 arithmetic; `None` where libtorch's op should run.
+pub fn linear(x: &Tensor, w: &Tensor) -> Option<Tensor> {
+    dense(x, w).or_else(|| widened(x, w))
+}
+
+/// Whether the CPU multiplies bf16 numbers natively (AVX512_BF16), which libtorch's bf16 GEMMs
+/// need to run at speed.
+pub fn has_bf16_arithmetic() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    // SAFETY: no arguments; reads the CPU's features.
+    *HAS.get_or_init(|| unsafe { llava_gemv_bf16_dot() } != 0)
+}
+
+/// `x W^T` for many rows of `x` against bf16 or f16 weights by libtorch's f32 GEMM on 8 MiB
+/// blocks of `W` widened to f32, where that is faster than libtorch's 16-bit GEMM: f16 weights
+/// always, bf16 ones on CPUs without bf16 arithmetic (there libtorch's bf16 GEMM runs at about a
+/// third of its f32 speed). `None` where libtorch's op should run: the kernels off, another
+/// device, [`MAX_ROWS`] rows or fewer (see [`dense`]), a weight that is not a contiguous 16-bit
+/// matrix, bf16 on a CPU with bf16 arithmetic, or autograd recording.
+pub fn widened(x: &Tensor, w: &Tensor) -> Option<Tensor> {
+    widened_with(x, w, isa(), has_bf16_arithmetic())
+}
+
+/// [`widened`] with at most the instructions of `level` for widening, and `bf16_native` standing
+/// for the CPU's bf16 arithmetic.
+pub fn widened_with(x: &Tensor, w: &Tensor, level: Isa, bf16_native: bool) -> Option<Tensor> {
+    if !enabled() || x.device() != Device::Cpu || w.device() != Device::Cpu {
+        return None;
+    }
+    let k = *x.size().last()?;
+    let rows = x.numel() as i64 / k.max(1);
+    let pays = match w.kind() {
+        Kind::Half => true,
+        Kind::BFloat16 => !bf16_native,
+        _ => false,
+    };
+    if rows <= MAX_ROWS || !pays || w.dim() != 2 || !w.is_contiguous() {
+        return None;
+    }
+    let mut shape = x.size();
+    let x2 = x.reshape([rows, k]);
+    let mut out = std::ptr::null_mut();
+    // SAFETY: as in `dense_with`.
+    let message = unsafe {
+        llava_gemm_widened(
+            x2.as_ptr().cast(),
+            w.as_ptr().cast(),
+            level.code(),
+            &mut out,
+        )
+    };
+    let y = taken(message, out)?;
+    *shape.last_mut()? = w.size()[0];
+    Some(y.reshape(shape.as_slice()))
 }
 
 /// `x W^T` for `x` `[..., k]` and `w` `[n, k]` (bf16, f16 or f32, on the CPU), in `x`'s dtype,
@@ -250,6 +318,42 @@ mod tests {
         assert!(dense(&Tensor::randn([1, 5], (Kind::Float, Device::Cpu)), &w.tr()).is_none());
         // Integer weights.
         assert!(dense(&x, &w.to_kind(Kind::Int8)).is_none());
+    }
+
+    #[test]
+    fn widened_matches_libtorch_for_prompts() {
+        tch::manual_seed(2);
+        // n over one 8 MiB block of f32 rows (k = 1000: 2096 rows a block) and not a multiple of it.
+        for (n, k) in [(37, 67), (4500, 1000)] {
+            let w32 = Tensor::randn([n, k], (Kind::Float, Device::Cpu));
+            for wkind in [Kind::BFloat16, Kind::Half] {
+                let w = w32.to_kind(wkind);
+                for rows in [MAX_ROWS + 1, 19] {
+                    let x = Tensor::randn([1, rows, k], (Kind::Float, Device::Cpu));
+                    let want = x.linear::<&Tensor>(&w.to_kind(Kind::Float), None);
+                    for level in levels() {
+                        let got = widened_with(&x, &w, level, false).expect("16-bit weights");
+                        assert_eq!(got.size(), [1, rows, n]);
+                        let e = relative_error(&got, &want);
+                        assert!(e < 1e-5, "{level:?} {wkind:?}, {rows}x{k} by {n}: {e}");
+                        let got = widened_with(&x.to_kind(Kind::BFloat16), &w, level, false)
+                            .expect("16-bit weights");
+                        assert_eq!(got.kind(), Kind::BFloat16);
+                    }
+                }
+            }
+            // Where libtorch is as fast or faster: bf16 with bf16 arithmetic, f32, few rows.
+            let x = Tensor::randn([8, k], (Kind::Float, Device::Cpu));
+            assert!(widened_with(&x, &w32.to_kind(Kind::BFloat16), isa(), true).is_none());
+            assert!(widened_with(&x, &w32, isa(), false).is_none());
+            assert!(
+                widened_with(&x.narrow(0, 0, 2), &w32.to_kind(Kind::Half), isa(), false).is_none()
+            );
+        }
+        // Autograd recording.
+        let w = Tensor::randn([8, 16], (Kind::Float, Device::Cpu)).to_kind(Kind::Half);
+        let x = Tensor::randn([8, 16], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        assert!(widened_with(&x, &w, isa(), false).is_none());
     }
 
     #[test]

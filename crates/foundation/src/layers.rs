@@ -124,7 +124,7 @@ impl Linear {
                 None => y,
             };
         }
-        let y = match crate::cpu_gemv::dense(x, &self.weight) {
+        let y = match crate::cpu_gemv::linear(x, &self.weight) {
             Some(y) => match &self.bias {
                 Some(bias) => y + bias,
                 None => y,

@@ -598,7 +598,7 @@ impl Gemma {
         let logits = match (&self.lm_head, &self.tied_head_quantized) {
             (Some(head), _) => head.forward(hidden),
             (None, Some(head)) => head.matmul(hidden),
-            (None, None) => foundation::cpu_gemv::dense(hidden, &self.embed_tokens.weight)
+            (None, None) => foundation::cpu_gemv::linear(hidden, &self.embed_tokens.weight)
                 .unwrap_or_else(|| hidden.matmul(&self.embed_tokens.weight.tr())),
         };
         match self.final_logit_softcap {
