@@ -222,9 +222,15 @@ fn llama_cpp_answers_from_exported_files_as_transformers_does() {
 ///   converter keeps them).
 #[test]
 fn llama_cpp_answers_about_an_image_from_exported_files() {
+    // The check script reads the image with Pillow and the expected tokens with safetensors.
     let Some(python) = python_having(
-        "import gguf, llama_cpp; assert llama_cpp.__version__ == '0.3.36'",
-        &["gguf==0.19.0", "llama-cpp-python==0.3.36"],
+        "import gguf, llama_cpp, PIL, safetensors; assert llama_cpp.__version__ == '0.3.36'",
+        &[
+            "gguf==0.19.0",
+            "llama-cpp-python==0.3.36",
+            "pillow",
+            "safetensors",
+        ],
         "llama.cpp",
     ) else {
         return;
