@@ -137,21 +137,10 @@ pub fn widened_with(x: &Tensor, w: &Tensor, level: Isa, bf16_native: bool) -> Op
     if rows <= MAX_ROWS || !pays || w.dim() != 2 || !w.is_contiguous() {
         return None;
     }
-    let mut shape = x.size();
-    let x2 = x.reshape([rows, k]);
-    let mut out = std::ptr::null_mut();
-    // SAFETY: as in `dense_with`.
-    let message = unsafe {
-        llava_gemm_widened(
-            x2.as_ptr().cast(),
-            w.as_ptr().cast(),
-            level.code(),
-            &mut out,
-        )
-    };
-    let y = taken(message, out)?;
-    *shape.last_mut()? = w.size()[0];
-    Some(y.reshape(shape.as_slice()))
+    by_rows(x, rows, w.size()[0], |x2, out| {
+        // SAFETY: as in `dense_with`.
+        unsafe { llava_gemm_widened(x2.as_ptr().cast(), w.as_ptr().cast(), level.code(), out) }
+    })
 }
 
 /// `x W^T` for `x` `[..., k]` and `w` `[n, k]` (bf16, f16 or f32, on the CPU), in `x`'s dtype,
@@ -172,21 +161,10 @@ pub fn dense_with(x: &Tensor, w: &Tensor, level: Isa) -> Option<Tensor> {
     {
         return None;
     }
-    let mut shape = x.size();
-    let x2 = x.reshape([rows, *shape.last()?]);
-    let mut out = std::ptr::null_mut();
-    // SAFETY: live tensors for the call's duration; the shim catches every C++ exception.
-    let message = unsafe {
-        llava_gemv_dense(
-            x2.as_ptr().cast(),
-            w.as_ptr().cast(),
-            level.code(),
-            &mut out,
-        )
-    };
-    let y = taken(message, out)?;
-    *shape.last_mut()? = w.size()[0];
-    Some(y.reshape(shape.as_slice()))
+    by_rows(x, rows, w.size()[0], |x2, out| {
+        // SAFETY: live tensors for the call's duration; the shim catches every C++ exception.
+        unsafe { llava_gemv_dense(x2.as_ptr().cast(), w.as_ptr().cast(), level.code(), out) }
+    })
 }
 
 /// `(x Q^T) * scales` for `x` `[..., k]`, int8 codes `q` `[n, k]` and `scales` `[n]`, in `x`'s
@@ -202,21 +180,35 @@ pub fn int8_with(x: &Tensor, q: &Tensor, scales: &Tensor, level: Isa) -> Option<
     if q.device() != Device::Cpu || !q.is_contiguous() || x.requires_grad() {
         return None;
     }
+    by_rows(x, rows, q.size()[0], |x2, out| {
+        // SAFETY: as in `dense_with`.
+        unsafe {
+            llava_gemv_int8(
+                x2.as_ptr().cast(),
+                q.as_ptr().cast(),
+                scales.as_ptr().cast(),
+                level.code(),
+                out,
+            )
+        }
+    })
+}
+
+/// One shim call on `x` `[..., k]` seen as `rows` rows: `call` gets them as `[rows, k]` and the
+/// slot for its result `[rows, n]`, returned in `x`'s leading shape (`[..., n]`), or `None`
+/// where the shim declined.
+fn by_rows(
+    x: &Tensor,
+    rows: i64,
+    n: i64,
+    call: impl FnOnce(&Tensor, *mut *mut c_void) -> *mut c_char,
+) -> Option<Tensor> {
     let mut shape = x.size();
     let x2 = x.reshape([rows, *shape.last()?]);
     let mut out = std::ptr::null_mut();
-    // SAFETY: as in `dense`.
-    let message = unsafe {
-        llava_gemv_int8(
-            x2.as_ptr().cast(),
-            q.as_ptr().cast(),
-            scales.as_ptr().cast(),
-            level.code(),
-            &mut out,
-        )
-    };
+    let message = call(&x2, &mut out);
     let y = taken(message, out)?;
-    *shape.last_mut()? = q.size()[0];
+    *shape.last_mut()? = n;
     Some(y.reshape(shape.as_slice()))
 }
 
