@@ -1,6 +1,7 @@
 // Matrix-vector products for decoding on a CPU, behind a C ABI: `y = x W^T` for a few rows of `x`
-// (one per sequence while decoding) and a weight `W` `[n, k]` held as bf16, f16 or f32, or as int8
-// codes with one scale per row.
+// (one per sequence while decoding) and a weight `W` `[n, k]` held as bf16, f16 or f32, as int8
+// codes with one scale per row, or as int4 codes with a scale and a minimum per group of inputs;
+// and, for a prompt's many rows, libtorch's f32 GEMM on blocks of such a weight widened to f32.
 //
 // Decoding one token reads every weight once, so at batch 1 the speed is how close the weights
 // stream at the memory's bandwidth. libtorch's kernels for these shapes reach about half of it on
@@ -11,7 +12,13 @@
 //
 // Int8 weights meet activations quantized as llama.cpp's Q8_0 does (blocks of 32, one f32 scale
 // each, symmetric), so one VNNI instruction multiplies and sums 64 weight codes; the result is
-// the block sums scaled by the activations' and the row's scales.
+// the block sums scaled by the activations' and the row's scales. Int4 weights (`w = q s + m`,
+// q in 0..15, as llama.cpp's Q4_1) meet signed Q8_0 activations the same way: the codes are the
+// unsigned operand, and the minimums multiply each group's sum of activations.
+//
+// Int4 layout: codes `[n, k / 2]` bytes, each 32 inputs of a row in 16 bytes, byte b holding
+// input b in its low nibble and input 16 + b in its high one (llama.cpp's Q4_0 and Q4_1 blocks);
+// scales and minimums `[n, k / group]` bf16.
 //
 // Tensors cross as tch's `at::Tensor *`; every function returns NULL on success or a malloc'd
 // message (free it with `llava_gemv_free_message`).
@@ -20,6 +27,7 @@
 // GCC 12's AVX-512 conversion intrinsics start from an "undefined" register it then reports as
 // maybe uninitialized: a false alarm in its own headers.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -37,6 +45,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -92,6 +101,18 @@ inline float scalar_load(const void *w, int64_t i, Dtype t) {
     }
 }
 
+// The kernels walk a few weight rows at a time, and a row is short (1-4 KiB at k = 2048) while
+// the hardware prefetcher stops at page ends: each inner step also asks for the same place this
+// many rows ahead. On the Xeon of docs/benchmarks.md this took Gemma's tied head (too big for
+// the cache) from 28 to 16 ms in int4, 31 to 23 in int8 and 50 to 44 in bf16.
+constexpr int64_t kPrefetchRows = 4;
+
+// Asks for the cache line holding element i of a weight of type t.
+inline void prefetch_row(const void *w, int64_t i, Dtype t) {
+    const char *p = static_cast<const char *>(w) + i * (t == kF32 ? 4 : 2);
+    _mm_prefetch(p, _MM_HINT_T0);
+}
+
 // ---- dense: rows [r0, r1) of W against m rows of x (f32, [m, k]); y is [m, n] f32 ----
 
 void dense_scalar(const void *w, Dtype t, const float *x, float *y, int64_t m, int64_t n,
@@ -142,6 +163,7 @@ __attribute__((target("avx2,fma,f16c"))) void dense_avx2(const void *w, const fl
             int64_t j = 0;
             for (; j + 8 <= k; j += 8) {
                 __m256 xv = _mm256_loadu_ps(xi + j);
+                for (int q = 0; q < 4; ++q) prefetch_row(w, (r + q + kPrefetchRows) * k + j, T);
                 a0 = _mm256_fmadd_ps(load8(w, (r + 0) * k + j, T), xv, a0);
                 a1 = _mm256_fmadd_ps(load8(w, (r + 1) * k + j, T), xv, a1);
                 a2 = _mm256_fmadd_ps(load8(w, (r + 2) * k + j, T), xv, a2);
@@ -188,6 +210,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void dense_avx512(const voi
             int64_t j = 0;
             for (; j + 16 <= k; j += 16) {
                 __m512 xv = _mm512_loadu_ps(xi + j);
+                for (int q = 0; q < 4; ++q) prefetch_row(w, (r + q + kPrefetchRows) * k + j, T);
                 a0 = _mm512_fmadd_ps(load16(w, (r + 0) * k + j, T), xv, a0);
                 a1 = _mm512_fmadd_ps(load16(w, (r + 1) * k + j, T), xv, a1);
                 a2 = _mm512_fmadd_ps(load16(w, (r + 2) * k + j, T), xv, a2);
@@ -266,6 +289,130 @@ void widen(const void *w, Dtype t, float *out, int64_t count, Isa level) {
     widen_scalar(w, t, out, count);
 }
 
+// ---- int8 and int4 rows widened to f32 ----
+
+#if defined(__x86_64__)
+// One int8 row times `s` into `dst`; returns how many inputs it did (the rest: scalar).
+__attribute__((target("avx512f,avx512bw,avx512vl"))) int64_t widen_int8_avx512(
+    const int8_t *src, float s, float *dst, int64_t k) {
+    __m512 sv = _mm512_set1_ps(s);
+    int64_t j = 0;
+    for (; j + 16 <= k; j += 16) {
+        __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i *>(src + j));
+        _mm512_storeu_ps(dst + j, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(c)), sv));
+    }
+    return j;
+}
+
+__attribute__((target("avx2,fma,f16c"))) int64_t widen_int8_avx2(const int8_t *src, float s,
+                                                                 float *dst, int64_t k) {
+    __m256 sv = _mm256_set1_ps(s);
+    int64_t j = 0;
+    for (; j + 8 <= k; j += 8) {
+        __m128i c = _mm_loadl_epi64(reinterpret_cast<const __m128i *>(src + j));
+        _mm256_storeu_ps(dst + j, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c)), sv));
+    }
+    return j;
+}
+#endif
+
+// Int8 rows [r0, r0 + rows) of `q` times their scales, as f32 into `out` [rows, k].
+void widen_int8(const int8_t *q, const float *scales, int64_t k, int64_t r0, int64_t rows,
+                float *out, Isa level) {
+    for (int64_t r = r0; r < r0 + rows; ++r) {
+        const int8_t *src = q + r * k;
+        float *dst = out + (r - r0) * k;
+        int64_t j = 0;
+#if defined(__x86_64__)
+        if (level >= kAvx512) j = widen_int8_avx512(src, scales[r], dst, k);
+        else if (level >= kAvx2) j = widen_int8_avx2(src, scales[r], dst, k);
+#endif
+        for (; j < k; ++j) dst[j] = float(src[j]) * scales[r];
+    }
+}
+
+inline float bf16_to_float(uint16_t h) {
+    uint32_t bits = uint32_t(h) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+// The int4 code of input j of a row whose codes start at `row` (see the layout above).
+inline int int4_code(const uint8_t *row, int64_t j) {
+    uint8_t byte = row[j / 32 * 16 + j % 16];
+    return (j % 32) < 16 ? byte & 15 : byte >> 4;
+}
+
+// An int4 weight: codes, bf16 scales and minimums, inputs per group.
+struct Int4 {
+    const uint8_t *codes;
+    const uint16_t *scales;
+    const uint16_t *mins;
+    int64_t k, group;
+};
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void widen_int4_row_avx512(
+    const uint8_t *codes, const uint16_t *s, const uint16_t *m, int64_t k, int64_t group,
+    float *dst) {
+    const __m128i low = _mm_set1_epi8(15);
+    for (int64_t b = 0; b < k / 32; ++b) {
+        __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i *>(codes + 16 * b));
+        int64_t g = 32 * b / group;
+        __m512 sv = _mm512_set1_ps(bf16_to_float(s[g])), mv = _mm512_set1_ps(bf16_to_float(m[g]));
+        __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(bytes, low)));
+        __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(bytes, 4), low)));
+        _mm512_storeu_ps(dst + 32 * b, _mm512_fmadd_ps(lo, sv, mv));
+        _mm512_storeu_ps(dst + 32 * b + 16, _mm512_fmadd_ps(hi, sv, mv));
+    }
+}
+#endif
+
+// Int4 rows [r0, r0 + rows) as f32 (q s + m) into `out` [rows, k]; k a multiple of 32.
+void widen_int4(const Int4 &w, int64_t r0, int64_t rows, float *out, Isa level) {
+    int64_t k = w.k, groups = k / w.group;
+    for (int64_t r = r0; r < r0 + rows; ++r) {
+        const uint8_t *codes = w.codes + r * (k / 2);
+        const uint16_t *s = w.scales + r * groups, *m = w.mins + r * groups;
+        float *dst = out + (r - r0) * k;
+#if defined(__x86_64__)
+        if (level >= kAvx512) {
+            widen_int4_row_avx512(codes, s, m, k, w.group, dst);
+            continue;
+        }
+#endif
+        for (int64_t j = 0; j < k; ++j) {
+            int64_t g = j / w.group;
+            dst[j] = float(int4_code(codes, j)) * bf16_to_float(s[g]) + bf16_to_float(m[g]);
+        }
+    }
+}
+
+// y = x W^T for x [m, k] f32 by libtorch's f32 GEMM on blocks of W's rows widened to f32 by
+// `widen_rows(r0, rows, dst)` (about 8 MiB of f32 a block, so it stays in cache and no whole f32
+// matrix is made). Returns y [m, n] f32.
+template <class WidenRows>
+at::Tensor gemm_by_blocks(const at::Tensor &x, int64_t n, int64_t k, WidenRows widen_rows) {
+    int64_t m = x.size(0);
+    int64_t block =
+        std::max<int64_t>(16, ((int64_t(8) << 20) / std::max<int64_t>(1, 4 * k)) / 16 * 16);
+    block = std::min(block, n);
+    // y^T, so each block's product lands in contiguous rows.
+    at::Tensor yt = at::empty({n, m}, x.options());
+    at::Tensor wf = at::empty({block, k}, x.options());
+    at::Tensor xt = x.t();
+    for (int64_t r0 = 0; r0 < n; r0 += block) {
+        int64_t rows = std::min(block, n - r0);
+        float *dst = wf.data_ptr<float>();
+        at::parallel_for(0, rows, 16,
+                         [&](int64_t a, int64_t b) { widen_rows(r0 + a, b - a, dst + a * k); });
+        at::Tensor slice = yt.narrow(0, r0, rows);
+        at::mm_out(slice, wf.narrow(0, 0, rows), xt);
+    }
+    return yt.t().contiguous();
+}
+
 // ---- int8 codes, one scale per row ----
 
 // Activations of one row as Q8_0: |q| as bytes, the signs as bits (one per element), one scale
@@ -276,24 +423,74 @@ struct Q8Row {
     std::vector<float> scales;
 };
 
+// One block of 32 activations as Q8_0: its codes into `out`, its scale returned.
+float quantize_block(const float *x, int8_t *out) {
+    float amax = 0.f;
+    for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
+    float d = amax / 127.f;
+    float inv = d > 0.f ? 1.f / d : 0.f;
+    for (int j = 0; j < 32; ++j) out[j] = int8_t(std::clamp(int(std::nearbyint(x[j] * inv)), -127, 127));
+    return d;
+}
+
 Q8Row quantize_row(const float *x, int64_t k) {
     Q8Row q;
     q.abs.resize(k);
     q.negative.assign(k / 64, 0);
     q.scales.resize(k / 4);
+    int8_t codes[32];
     for (int64_t b = 0; b < k / 32; ++b) {
-        float amax = 0.f;
-        for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[b * 32 + j]));
-        float d = amax / 127.f;
-        float inv = d > 0.f ? 1.f / d : 0.f;
+        float d = quantize_block(x + b * 32, codes);
         for (int j = 0; j < 32; ++j) {
             int64_t e = b * 32 + j;
-            int v = int(std::nearbyint(x[e] * inv));
-            v = std::clamp(v, -127, 127);
-            q.abs[e] = uint8_t(v < 0 ? -v : v);
-            if (v < 0) q.negative[e / 64] |= uint64_t(1) << (e % 64);
+            q.abs[e] = uint8_t(codes[j] < 0 ? -codes[j] : codes[j]);
+            if (codes[j] < 0) q.negative[e / 64] |= uint64_t(1) << (e % 64);
         }
         for (int l = 0; l < 8; ++l) q.scales[b * 8 + l] = d;
+    }
+    return q;
+}
+
+// Activations of one row as signed Q8_0 for int4 weights. The int4 kernel takes 128 inputs (four
+// blocks, 64 bytes of codes) at a time: their low nibbles are the first half of each block, their
+// high nibbles the second. So each whole 128 inputs are stored as the first halves of the four
+// blocks (64 codes), then the second halves; one dot product instruction on each leaves block b's
+// sums in lanes 4b..4b+3, and `scales` holds each block's scale over those four lanes. Inputs past
+// the last whole 128 stay in input order (their blocks' scales in `block_scales`, which holds
+// every block's). `group_sums`: each group's sum of the quantized activations, which the group's
+// minimum multiplies.
+struct Q8Signed {
+    std::vector<int8_t> codes;
+    std::vector<float> scales;
+    std::vector<float> block_scales;
+    std::vector<float> group_sums;
+};
+
+// Where Q8Signed's order puts input j of a row of k.
+inline int64_t kernel_order(int64_t j, int64_t k) {
+    if (j >= k / 128 * 128) return j;
+    int64_t o = j % 128, block = o / 32, half = o % 32 / 16;
+    return j / 128 * 128 + half * 64 + block * 16 + o % 16;
+}
+
+Q8Signed quantize_row_signed(const float *x, int64_t k, int64_t group) {
+    Q8Signed q;
+    q.codes.resize(k);
+    q.scales.resize(k / 128 * 16);
+    q.block_scales.resize(k / 32);
+    q.group_sums.assign(k / group, 0.f);
+    int8_t codes[32];
+    for (int64_t b = 0; b < k / 32; ++b) {
+        float d = quantize_block(x + b * 32, codes);
+        int32_t sum = 0;
+        for (int j = 0; j < 32; ++j) {
+            q.codes[kernel_order(b * 32 + j, k)] = codes[j];
+            sum += codes[j];
+        }
+        q.group_sums[b * 32 / group] += d * float(sum);
+        q.block_scales[b] = d;
+        if (b < k / 128 * 4)
+            for (int l = 0; l < 4; ++l) q.scales[b * 4 + l] = d;
     }
     return q;
 }
@@ -349,6 +546,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void int8_vnni(
                 // Codes times the sign of x, so |x| (unsigned) times them is x times the codes.
 #define LLAVA_ROW(acc, q)                                                                      \
     {                                                                                          \
+        _mm_prefetch(reinterpret_cast<const char *>(w + (r + q + kPrefetchRows) * k + j), _MM_HINT_T0); \
         __m512i c = _mm512_loadu_si512(w + (r + q) * k + j);                                   \
         c = _mm512_mask_sub_epi8(c, neg, zero, c);                                             \
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, xa, c)), d, acc); \
@@ -382,6 +580,84 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void int8_vnni(
             y[i * n + r] = acc * scales[r];
         }
 }
+
+// R rows of an int4 weight from r against m rows of x as signed Q8_0 (see Q8Signed): 128 inputs
+// (64 bytes of codes) a step, which spans S groups' scales (4 for groups of 32, 2 for 64, else 1).
+template <int R, int S>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void int4_vnni_rows(
+    const Int4 &w, const std::vector<Q8Signed> &xs, float *y, int64_t m, int64_t n, int64_t r) {
+    const int64_t k = w.k, groups = k / w.group, steps = k / 128;
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i nibble = _mm512_set1_epi8(15);
+    // The step's scales as lanes: block b's (lanes 4b..4b+3) is scale b * 32 / group of the
+    // step's first. Each f32 lane takes its bf16 into its high word (vpermw), the low one zeroed.
+    alignas(64) int16_t pick_words[32];
+    for (int l = 0; l < 16; ++l) {
+        pick_words[2 * l] = 0;
+        pick_words[2 * l + 1] = int16_t(l / 4 * 32 / std::min<int64_t>(w.group, 128));
+    }
+    const __m512i pick = _mm512_load_si512(pick_words);
+    for (int64_t i = 0; i < m; ++i) {
+        const Q8Signed &xq = xs[i];
+        __m512 acc[R];
+        for (int q = 0; q < R; ++q) acc[q] = _mm512_setzero_ps();
+        for (int64_t t = 0; t < steps; ++t) {
+            __m512i x_first = _mm512_loadu_si512(xq.codes.data() + 128 * t);
+            __m512i x_second = _mm512_loadu_si512(xq.codes.data() + 128 * t + 64);
+            __m512 d = _mm512_loadu_ps(xq.scales.data() + 16 * t);
+            int64_t g = 128 * t / w.group;
+            for (int q = 0; q < R; ++q) {
+                const uint8_t *row = w.codes + (r + q) * (k / 2);
+                _mm_prefetch(reinterpret_cast<const char *>(row + kPrefetchRows * (k / 2) + 64 * t),
+                             _MM_HINT_T0);
+                __m512i bytes = _mm512_loadu_si512(row + 64 * t);
+                __m512i dot = _mm512_dpbusd_epi32(zero, _mm512_and_si512(bytes, nibble), x_first);
+                dot = _mm512_dpbusd_epi32(
+                    dot, _mm512_and_si512(_mm512_srli_epi16(bytes, 4), nibble), x_second);
+                int64_t words = 0;
+                std::memcpy(&words, w.scales + (r + q) * groups + g, 2 * S);
+                __m512 sv = _mm512_castsi512_ps(
+                    _mm512_maskz_permutexvar_epi16(0xAAAAAAAA, pick, _mm512_set1_epi64(words)));
+                acc[q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, sv), acc[q]);
+            }
+        }
+        for (int q = 0; q < R; ++q) {
+            // Each group's minimum times the group's sum of activations, into the same lanes.
+            const uint16_t *mins = w.mins + (r + q) * groups;
+            int64_t g = 0;
+            for (; g + 16 <= groups; g += 16) {
+                __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(mins + g));
+                __m512 mv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+                acc[q] = _mm512_fmadd_ps(mv, _mm512_loadu_ps(xq.group_sums.data() + g), acc[q]);
+            }
+            float total = _mm512_reduce_add_ps(acc[q]);
+            for (; g < groups; ++g) total += bf16_to_float(mins[g]) * xq.group_sums[g];
+            // Blocks past the last whole 128 inputs, in input order.
+            const uint8_t *codes = w.codes + (r + q) * (k / 2);
+            for (int64_t b = steps * 4; b < k / 32; ++b) {
+                int32_t sum = 0;
+                for (int64_t j = 32 * b; j < 32 * b + 32; ++j) sum += int4_code(codes, j) * xq.codes[j];
+                total += float(sum) * xq.block_scales[b] *
+                         bf16_to_float(w.scales[(r + q) * groups + 32 * b / w.group]);
+            }
+            y[i * n + r + q] = total;
+        }
+    }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void int4_vnni(
+    const Int4 &w, const std::vector<Q8Signed> &xs, float *y, int64_t m, int64_t n, int64_t r0,
+    int64_t r1) {
+    auto rows = [&](auto s) {
+        constexpr int S = decltype(s)::value;
+        int64_t r = r0;
+        for (; r + 4 <= r1; r += 4) int4_vnni_rows<4, S>(w, xs, y, m, n, r);
+        for (; r < r1; ++r) int4_vnni_rows<1, S>(w, xs, y, m, n, r);
+    };
+    if (w.group == 32) rows(std::integral_constant<int, 4>());
+    else if (w.group == 64) rows(std::integral_constant<int, 2>());
+    else rows(std::integral_constant<int, 1>());
+}
 #endif
 
 // Whether autograd would need to record the product (these kernels have no backward).
@@ -394,6 +670,31 @@ void check_matrix(const at::Tensor &w, const at::Tensor &x) {
     TORCH_CHECK(x.dim() == 2 && x.size(1) == w.size(1), "x must be [m, ", w.size(1), "], not ",
                 x.sizes());
     TORCH_CHECK(w.device().is_cpu() && x.device().is_cpu(), "these kernels run on the CPU");
+}
+
+// The int4 weight held by `codes` [n, k / 2] uint8, `scales` and `mins` [n, k / group] bf16
+// (layout at the top), checked against x [m, k].
+Int4 int4_weight(const at::Tensor &x, const at::Tensor &codes, const at::Tensor &scales,
+                 const at::Tensor &mins, int64_t group) {
+    int64_t n = codes.size(0), k = x.size(1);
+    TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kByte && codes.is_contiguous() &&
+                    codes.size(1) * 2 == k,
+                "int4 codes must be a contiguous uint8 [n, ", k / 2, "] matrix, not ",
+                codes.sizes());
+    TORCH_CHECK(group >= 32 && group % 32 == 0 && k % group == 0,
+                "int4 needs groups of 32 inputs or a multiple of it, and the inputs a multiple of "
+                "the group; here ", k, " inputs, groups of ", group);
+    for (const at::Tensor *t : {&scales, &mins})
+        TORCH_CHECK(t->scalar_type() == at::kBFloat16 && t->is_contiguous() && t->dim() == 2 &&
+                        t->size(0) == n && t->size(1) == k / group,
+                    "int4 scales and minimums must be contiguous bf16 [", n, ", ", k / group,
+                    "], not ", t->scalar_type(), " ", t->sizes());
+    TORCH_CHECK(x.device().is_cpu() && codes.device().is_cpu() && scales.device().is_cpu() &&
+                    mins.device().is_cpu(),
+                "these kernels run on the CPU");
+    return Int4{codes.data_ptr<uint8_t>(),
+                reinterpret_cast<const uint16_t *>(scales.data_ptr()),
+                reinterpret_cast<const uint16_t *>(mins.data_ptr()), k, group};
 }
 
 }  // namespace
@@ -477,25 +778,91 @@ char *llava_gemm_widened(const at::Tensor *x_, const at::Tensor *w_, int level_,
             default: TORCH_CHECK(false, "widening takes bf16 or f16 weights, not ", w.scalar_type());
         }
         at::Tensor x = x_->to(at::kFloat).contiguous();
-        int64_t m = x.size(0), k = w.size(1), n = w.size(0);
-        int64_t block = std::max<int64_t>(16, ((int64_t(8) << 20) / std::max<int64_t>(1, 4 * k)) / 16 * 16);
-        block = std::min(block, n);
-        // y^T, so each block's product lands in contiguous rows.
-        at::Tensor yt = at::empty({n, m}, x.options());
-        at::Tensor wf = at::empty({block, k}, x.options());
+        int64_t k = w.size(1);
         const char *wp = static_cast<const char *>(w.data_ptr());
         int64_t row_bytes = k * int64_t(w.element_size());
-        at::Tensor xt = x.t();
-        for (int64_t r0 = 0; r0 < n; r0 += block) {
-            int64_t rows = std::min(block, n - r0);
-            float *dst = wf.data_ptr<float>();
-            at::parallel_for(0, rows, 16, [&](int64_t a, int64_t b) {
-                widen(wp + (r0 + a) * row_bytes, t, dst + a * k, (b - a) * k, level);
+        at::Tensor y = gemm_by_blocks(x, w.size(0), k, [&](int64_t r0, int64_t rows, float *dst) {
+            widen(wp + r0 * row_bytes, t, dst, rows * k, level);
+        });
+        *out = new at::Tensor(y.to(x_->scalar_type()));
+    });
+}
+
+// As llava_gemm_widened for int8 codes Q [n, k] with a scale per row (scales [n], any float
+// dtype): libtorch's int8 kernel works row by row, and a weight dequantized to bf16 for the call
+// meets the slow bf16 GEMM.
+char *llava_gemm_int8_widened(const at::Tensor *x_, const at::Tensor *q_,
+                              const at::Tensor *scales_, int level_, at::Tensor **out) {
+    return llava_ffi::guarded([&] {
+        Isa level = std::min(isa(), Isa(level_));
+        const at::Tensor &q = *q_;
+        check_matrix(q, *x_);
+        TORCH_CHECK(q.scalar_type() == at::kChar, "int8 codes expected, not ", q.scalar_type());
+        at::Tensor scales = scales_->to(at::kFloat).contiguous();
+        TORCH_CHECK(scales.numel() == q.size(0), "one scale per row expected");
+        at::Tensor x = x_->to(at::kFloat).contiguous();
+        const int8_t *qp = q.data_ptr<int8_t>();
+        const float *sp = scales.data_ptr<float>();
+        int64_t k = q.size(1);
+        at::Tensor y = gemm_by_blocks(x, q.size(0), k, [&](int64_t r0, int64_t rows, float *dst) {
+            widen_int8(qp, sp, k, r0, rows, dst, level);
+        });
+        *out = new at::Tensor(y.to(x_->scalar_type()));
+    });
+}
+
+// As llava_gemm_int8_widened for an int4 weight (see int4_weight).
+char *llava_gemm_int4_widened(const at::Tensor *x_, const at::Tensor *codes,
+                              const at::Tensor *scales, const at::Tensor *mins, int64_t group,
+                              int level_, at::Tensor **out) {
+    return llava_ffi::guarded([&] {
+        Isa level = std::min(isa(), Isa(level_));
+        TORCH_CHECK(x_->dim() == 2, "x must be a matrix");
+        at::Tensor x = x_->to(at::kFloat).contiguous();
+        Int4 w = int4_weight(x, *codes, *scales, *mins, group);
+        at::Tensor y = gemm_by_blocks(x, codes->size(0), w.k, [&](int64_t r0, int64_t rows, float *dst) {
+            widen_int4(w, r0, rows, dst, level);
+        });
+        *out = new at::Tensor(y.to(x_->scalar_type()));
+    });
+}
+
+// y = x W^T for an int4 weight (see int4_weight) and a few rows of x [m, k]; y [m, n] in x's
+// dtype. With VNNI x is quantized as signed Q8_0 and meets the codes directly; otherwise rows of
+// W are widened to f32 16 at a time and multiplied by the dense kernel.
+char *llava_gemv_int4(const at::Tensor *x_, const at::Tensor *codes, const at::Tensor *scales,
+                      const at::Tensor *mins, int64_t group, int level_, at::Tensor **out) {
+    return llava_ffi::guarded([&] {
+        Isa level = std::min(isa(), Isa(level_));
+        TORCH_CHECK(x_->dim() == 2, "x must be a matrix");
+        at::Tensor x = x_->to(at::kFloat).contiguous();
+        Int4 w = int4_weight(x, *codes, *scales, *mins, group);
+        int64_t m = x.size(0), k = w.k, n = codes->size(0);
+        at::Tensor y = at::empty({m, n}, x.options());
+        const float *xp = x.data_ptr<float>();
+        float *yp = y.data_ptr<float>();
+        int64_t grain = grain_rows(k / 2, 1);
+#if defined(__x86_64__)
+        if (level >= kAvx512Vnni) {
+            std::vector<Q8Signed> xs;
+            for (int64_t i = 0; i < m; ++i) xs.push_back(quantize_row_signed(xp + i * k, k, group));
+            at::parallel_for(0, (n + grain - 1) / grain, 1, [&](int64_t b0, int64_t b1) {
+                int4_vnni(w, xs, yp, m, n, b0 * grain, std::min(n, b1 * grain));
             });
-            at::Tensor slice = yt.narrow(0, r0, rows);
-            at::mm_out(slice, wf.narrow(0, 0, rows), xt);
+            *out = new at::Tensor(y.to(x_->scalar_type()));
+            return;
         }
-        *out = new at::Tensor(yt.t().contiguous().to(x_->scalar_type()));
+#endif
+        DenseFn dense = dense_fn<kF32>(level);
+        at::parallel_for(0, (n + grain - 1) / grain, 1, [&](int64_t b0, int64_t b1) {
+            std::vector<float> rows(16 * k);
+            for (int64_t r = b0 * grain; r < std::min(n, b1 * grain); r += 16) {
+                int64_t count = std::min<int64_t>(16, n - r);
+                widen_int4(w, r, count, rows.data(), level);
+                dense(rows.data(), xp, yp + r, m, n, k, 0, count);
+            }
+        });
+        *out = new at::Tensor(y.to(x_->scalar_type()));
     });
 }
 

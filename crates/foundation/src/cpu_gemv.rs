@@ -5,10 +5,13 @@
 //!   streamed at close to the memory's bandwidth (libtorch's bf16 kernel reaches about half of
 //!   it). Instructions are picked by what the CPU has: AVX-512 (VNNI for int8), AVX2, or plain C++;
 //! * a prompt's rows against 16-bit weights on CPUs without bf16 arithmetic ([`widened`]):
-//!   libtorch's f32 GEMM on blocks of the weight widened to f32, about 3x its bf16 GEMM there.
+//!   libtorch's f32 GEMM on blocks of the weight widened to f32, about 3x its bf16 GEMM there;
+//! * quantized weights ([`int8`], [`int4`]): with VNNI, a few rows of activations quantized as
+//!   llama.cpp's Q8_0 meet the codes in integer dot products; a prompt's rows go through libtorch's
+//!   f32 GEMM on blocks of the weight dequantized to f32.
 //!
-//! [`Linear`](crate::layers::Linear), Gemma's tied head and the int8 weights call these
-//! ([`linear`] picks); `LLAVA_CPU_GEMV=0` turns them off (libtorch's ops then run), and
+//! [`Linear`](crate::layers::Linear), Gemma's tied head and the quantized weights call these
+//! ([`linear`] picks for dense weights); `LLAVA_CPU_GEMV=0` turns them off (libtorch's ops then run), and
 //! `LLAVA_CPU_ISA=scalar|avx2|avx512` caps the instructions they use.
 
 use std::ffi::{c_char, c_void};
@@ -36,6 +39,31 @@ unsafe extern "C" {
         x: *const c_void,
         q: *const c_void,
         scales: *const c_void,
+        level: i32,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    fn llava_gemm_int8_widened(
+        x: *const c_void,
+        q: *const c_void,
+        scales: *const c_void,
+        level: i32,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    fn llava_gemv_int4(
+        x: *const c_void,
+        codes: *const c_void,
+        scales: *const c_void,
+        mins: *const c_void,
+        group: i64,
+        level: i32,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    fn llava_gemm_int4_widened(
+        x: *const c_void,
+        codes: *const c_void,
+        scales: *const c_void,
+        mins: *const c_void,
+        group: i64,
         level: i32,
         out: *mut *mut c_void,
     ) -> *mut c_char;
@@ -168,22 +196,26 @@ pub fn dense_with(x: &Tensor, w: &Tensor, level: Isa) -> Option<Tensor> {
 }
 
 /// `(x Q^T) * scales` for `x` `[..., k]`, int8 codes `q` `[n, k]` and `scales` `[n]`, in `x`'s
-/// dtype, or `None` where libtorch's op should run (as in [`dense`]). With VNNI the rows of `x`
-/// are quantized as llama.cpp's Q8_0 (blocks of 32, a scale each) first.
+/// dtype, or `None` where libtorch's op should run: the kernels off, another device, or an input
+/// that requires grad. A few rows (at most [`MAX_ROWS`]) go through the matrix-vector kernel (with
+/// VNNI, the rows of `x` quantized as llama.cpp's Q8_0 first); more through libtorch's f32 GEMM on
+/// blocks of the weight dequantized to f32.
 pub fn int8(x: &Tensor, q: &Tensor, scales: &Tensor) -> Option<Tensor> {
     int8_with(x, q, scales, isa())
 }
 
 /// [`int8`] with at most the instructions of `level`.
 pub fn int8_with(x: &Tensor, q: &Tensor, scales: &Tensor, level: Isa) -> Option<Tensor> {
-    let rows = rows_taken(x)?;
-    if q.device() != Device::Cpu || !q.is_contiguous() || x.requires_grad() {
-        return None;
-    }
+    let (rows, few) = quantized_rows(x, q)?;
+    let shim = if few {
+        llava_gemv_int8
+    } else {
+        llava_gemm_int8_widened
+    };
     by_rows(x, rows, q.size()[0], |x2, out| {
         // SAFETY: as in `dense_with`.
         unsafe {
-            llava_gemv_int8(
+            shim(
                 x2.as_ptr().cast(),
                 q.as_ptr().cast(),
                 scales.as_ptr().cast(),
@@ -192,6 +224,70 @@ pub fn int8_with(x: &Tensor, q: &Tensor, scales: &Tensor, level: Isa) -> Option<
             )
         }
     })
+}
+
+/// An int4 weight `[n, k]` as the kernels read it: `w = q * scale + min` per group of `group`
+/// consecutive inputs of a row, `q` in 0..=15 (llama.cpp's Q4_1).
+#[derive(Debug, Clone, Copy)]
+pub struct Int4<'a> {
+    /// `[n, k / 2]` uint8: each 32 inputs of a row in 16 bytes, byte `b` holding input `b` in its
+    /// low nibble and input `16 + b` in its high one (llama.cpp's Q4_0 and Q4_1 blocks).
+    pub codes: &'a Tensor,
+    /// `[n, k / group]` bf16.
+    pub scales: &'a Tensor,
+    /// `[n, k / group]` bf16.
+    pub mins: &'a Tensor,
+    /// Inputs per group: 32 or a multiple of it; `k` is a multiple of it.
+    pub group: i64,
+}
+
+/// `x W^T` for `x` `[..., k]` and an int4 weight, in `x`'s dtype, or `None` where the kernels do
+/// not run (as in [`int8`]). A few rows go through the matrix-vector kernel (with VNNI against
+/// the rows of `x` quantized as Q8_0), more through libtorch's f32 GEMM on blocks of the weight
+/// dequantized to f32.
+pub fn int4(x: &Tensor, w: Int4) -> Option<Tensor> {
+    int4_with(x, w, isa())
+}
+
+/// [`int4`] with at most the instructions of `level`.
+pub fn int4_with(x: &Tensor, w: Int4, level: Isa) -> Option<Tensor> {
+    let (rows, few) = quantized_rows(x, w.codes)?;
+    let shim = if few {
+        llava_gemv_int4
+    } else {
+        llava_gemm_int4_widened
+    };
+    by_rows(x, rows, w.codes.size()[0], |x2, out| {
+        // SAFETY: as in `dense_with`; the shim checks the shapes and dtypes.
+        unsafe {
+            shim(
+                x2.as_ptr().cast(),
+                w.codes.as_ptr().cast(),
+                w.scales.as_ptr().cast(),
+                w.mins.as_ptr().cast(),
+                w.group,
+                level.code(),
+                out,
+            )
+        }
+    })
+}
+
+/// The rows of `x` `[..., k]` and whether they are few (at most [`MAX_ROWS`]) when the quantized
+/// kernels should take a product with `codes`: on, everything on the CPU, contiguous codes, no
+/// gradient wanted.
+fn quantized_rows(x: &Tensor, codes: &Tensor) -> Option<(i64, bool)> {
+    if !enabled()
+        || x.device() != Device::Cpu
+        || codes.device() != Device::Cpu
+        || !codes.is_contiguous()
+        || x.requires_grad()
+    {
+        return None;
+    }
+    let k = *x.size().last()?;
+    let rows = x.numel() as i64 / k.max(1);
+    Some((rows, rows <= MAX_ROWS))
 }
 
 /// One shim call on `x` `[..., k]` seen as `rows` rows: `call` gets them as `[rows, k]` and the
@@ -351,12 +447,18 @@ mod tests {
     #[test]
     fn int8_matches_the_dequantized_product_at_every_level() {
         tch::manual_seed(1);
-        // 64 | k reaches VNNI's Q8_0 path; the others the float paths.
-        for (n, k) in [(37, 64), (130, 2048), (9, 100), (8, 40)] {
+        // 64 | k reaches VNNI's Q8_0 path; the others the float paths. 9 and 40 rows are prompts
+        // (the weight dequantized to f32 block by block; n = 4500 spans two blocks at k = 1000).
+        for (n, k) in [(37, 64), (130, 2048), (9, 100), (8, 40), (4500, 1000)] {
             let q = Tensor::randint_low(-127, 128, [n, k], (Kind::Int8, Device::Cpu));
             let scales = Tensor::rand([n], (Kind::Float, Device::Cpu)) * 0.01 + 0.001;
             let w = q.to_kind(Kind::Float) * scales.unsqueeze(1);
-            for rows in 1..=MAX_ROWS {
+            let row_counts: Vec<i64> = if n > 1000 {
+                vec![1, 9]
+            } else {
+                (1..=MAX_ROWS).chain([9, 40]).collect()
+            };
+            for rows in row_counts {
                 let x = Tensor::randn([rows, k], (Kind::Float, Device::Cpu));
                 let want = x.linear::<&Tensor>(&w, None);
                 for level in levels() {
@@ -371,7 +473,7 @@ mod tests {
                             .unsqueeze(1);
                     let want_bf16 = x.linear::<&Tensor>(&bf16_scales, None);
                     let e = relative_error(&got, &want_bf16);
-                    let bound = if level == Isa::Avx512Vnni && k % 64 == 0 {
+                    let bound = if level == Isa::Avx512Vnni && k % 64 == 0 && rows <= MAX_ROWS {
                         2e-2
                     } else {
                         1e-5
@@ -384,12 +486,122 @@ mod tests {
     }
 
     #[test]
-    fn int8_declines_autograd_and_long_inputs() {
+    fn int8_declines_autograd_and_other_devices() {
         let q = Tensor::ones([4, 64], (Kind::Int8, Device::Cpu));
         let scales = Tensor::ones([4], (Kind::Float, Device::Cpu));
         let x = Tensor::randn([1, 64], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         assert!(int8(&x, &q, &scales).is_none());
         let x = Tensor::randn([MAX_ROWS + 1, 64], (Kind::Float, Device::Cpu));
-        assert!(int8(&x, &q, &scales).is_none());
+        assert!(int8(&x, &q, &scales).is_some());
+        assert!(int8(&x, &q.tr(), &scales).is_none());
+    }
+
+    /// Random int4 codes `[n, k]` (0..=15), packed as [`Int4`] documents by a plain loop, with
+    /// random bf16 scales and minimums per group, and the weight they stand for.
+    struct RandomInt4 {
+        codes: Tensor,
+        scales: Tensor,
+        mins: Tensor,
+        group: i64,
+        dense: Tensor,
+    }
+
+    impl RandomInt4 {
+        fn new(n: i64, k: i64, group: i64) -> Self {
+            let q = Tensor::randint_low(0, 16, [n, k], (Kind::Int64, Device::Cpu));
+            let values = Vec::<i64>::try_from(q.reshape([-1])).unwrap();
+            let mut packed = vec![0u8; (n * k / 2) as usize];
+            for r in 0..n as usize {
+                for j in 0..k as usize {
+                    let code = values[r * k as usize + j] as u8;
+                    let byte = &mut packed[r * k as usize / 2 + j / 32 * 16 + j % 16];
+                    *byte |= if j % 32 < 16 { code } else { code << 4 };
+                }
+            }
+            let codes = Tensor::from_slice(&packed).view([n, k / 2]);
+            let groups = k / group;
+            let scales = (Tensor::rand([n, groups], (Kind::Float, Device::Cpu)) * 0.01 + 0.001)
+                .to_kind(Kind::BFloat16);
+            let mins = (Tensor::randn([n, groups], (Kind::Float, Device::Cpu)) * 0.05)
+                .to_kind(Kind::BFloat16);
+            let per_input = |t: &Tensor| {
+                t.to_kind(Kind::Float)
+                    .repeat_interleave_self_int(group, 1, None)
+            };
+            let dense = q.to_kind(Kind::Float) * per_input(&scales) + per_input(&mins);
+            RandomInt4 {
+                codes,
+                scales,
+                mins,
+                group,
+                dense,
+            }
+        }
+
+        fn weight(&self) -> Int4<'_> {
+            Int4 {
+                codes: &self.codes,
+                scales: &self.scales,
+                mins: &self.mins,
+                group: self.group,
+            }
+        }
+    }
+
+    #[test]
+    fn int4_matches_its_definition_at_every_level() {
+        tch::manual_seed(3);
+        // VNNI takes 128 inputs a step: 64, 96 and 160 leave blocks of 32 past the last step.
+        for (n, k, group) in [
+            (37, 64, 32),
+            (130, 2048, 32),
+            (13, 96, 32),
+            (6, 160, 32),
+            (11, 384, 64),
+            (21, 512, 128),
+            (9, 256, 256),
+        ] {
+            let w = RandomInt4::new(n, k, group);
+            for rows in (1..=MAX_ROWS).chain([7, 40]) {
+                let x = Tensor::randn([1, rows, k], (Kind::Float, Device::Cpu));
+                let want = x.linear::<&Tensor>(&w.dense, None);
+                for level in levels() {
+                    let got = int4_with(&x, w.weight(), level).unwrap();
+                    assert_eq!(got.size(), [1, rows, n]);
+                    // VNNI rounds the activations to 8 bits per block of 32 (Q8_0).
+                    let bound = if level == Isa::Avx512Vnni && rows <= MAX_ROWS {
+                        2e-2
+                    } else {
+                        1e-5
+                    };
+                    let e = relative_error(&got, &want);
+                    assert!(
+                        e < bound,
+                        "{level:?}, {rows}x{k} by {n}, groups of {group}: {e}"
+                    );
+                    let got = int4_with(&x.to_kind(Kind::BFloat16), w.weight(), level).unwrap();
+                    assert_eq!(got.kind(), Kind::BFloat16);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn int4_names_what_it_cannot_multiply() {
+        let w = RandomInt4::new(8, 64, 32);
+        let x = Tensor::randn([1, 64], (Kind::Float, Device::Cpu));
+        let bad_group = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            int4(
+                &x,
+                Int4 {
+                    group: 48,
+                    ..w.weight()
+                },
+            )
+        }));
+        let message = *bad_group.unwrap_err().downcast::<String>().unwrap();
+        assert!(message.contains("groups of 48"), "{message}");
+        let x = Tensor::randn([1, 64], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        assert!(int4(&x, w.weight()).is_none());
     }
 }

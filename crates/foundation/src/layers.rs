@@ -104,8 +104,9 @@ impl Linear {
 
     /// Quantizes the weight for inference (see [`QuantizedWeight`]): an attached adapter is
     /// merged first, then the dense weight is replaced by its codes and scales (its memory freed,
-    /// also in the variable store that shares it), and `forward` multiplies with those. The CPU
-    /// only: ATen's kernels for these forms are CPU kernels.
+    /// also in the variable store that shares it), and `forward` multiplies with those. Meant for
+    /// the CPU, where our kernels multiply them (`cpu_gemv`); elsewhere the weight is dequantized
+    /// for every call.
     pub fn quantize(&mut self, how: Quantization) -> Result<(), String> {
         self.merge_lora();
         self.quantized = Some(QuantizedWeight::replace(&mut self.weight, how)?);
@@ -160,8 +161,8 @@ impl Linear {
 pub struct Embedding {
     /// `[num, dim]`.
     pub weight: Tensor,
-    /// The table as int8 rows with per-row scales ([`quantize`](Embedding::quantize)), which
-    /// `forward` then looks up; `weight` is emptied.
+    /// The table's quantized rows ([`quantize`](Embedding::quantize)), which `forward` then looks
+    /// up; `weight` is emptied.
     pub quantized: Option<QuantizedWeight>,
 }
 
@@ -175,25 +176,18 @@ impl Embedding {
         }
     }
 
-    /// Replaces the table by int8 rows with per-row scales (its memory freed, also in the
-    /// variable store); looked-up rows are dequantized to the table's dtype.
-    pub fn quantize(&mut self) {
-        let quantized = QuantizedWeight::replace(&mut self.weight, Quantization::Int8)
-            .expect("an embedding table is a matrix");
-        self.quantized = Some(quantized);
+    /// Replaces the table by its quantized rows, int8 with per-row scales or int4 with per-group
+    /// scales and minimums (its memory freed, also in the variable store); looked-up rows are
+    /// dequantized to the table's dtype. A tied head multiplies with the same codes.
+    pub fn quantize(&mut self, how: Quantization) -> Result<(), String> {
+        self.quantized = Some(QuantizedWeight::replace(&mut self.weight, how)?);
+        Ok(())
     }
 
     /// Looks up the rows for the integer ids in `ids`.
     pub fn forward(&self, ids: &Tensor) -> Tensor {
         match &self.quantized {
-            Some(QuantizedWeight::Int8 { q, scales }) => {
-                let kind = self.weight.kind();
-                Tensor::embedding(q, ids, -1, false, false).to_kind(kind)
-                    * Tensor::embedding(&scales.unsqueeze(1), ids, -1, false, false).to_kind(kind)
-            }
-            Some(QuantizedWeight::Int4 { .. }) => {
-                unreachable!("Embedding::quantize makes int8 rows")
-            }
+            Some(quantized) => quantized.rows(ids, self.weight.kind()),
             None => Tensor::embedding(&self.weight, ids, -1, false, false),
         }
     }

@@ -1,6 +1,7 @@
 //! Weight-only quantization for inference: a linear layer's weight stored as int8 or int4 codes
-//! with scales, multiplied by ATen's CPU kernels (`_weight_int8pack_mm`,
-//! `_weight_int4pack_mm_for_cpu`) with bf16 activations.
+//! with scales, multiplied on the CPU by our kernels ([`crate::cpu_gemv`]), elsewhere (or with
+//! the kernels off) by libtorch's ops on the weight dequantized for the call (int8 on the CPU:
+//! ATen's `_weight_int8pack_mm`).
 //!
 //! Decoding one token reads every weight once, so at batch 1 its speed is the bytes per weight:
 //! int8 reads half of bf16's, int4 a quarter (plus its scales). The dense weight is dropped once
@@ -8,15 +9,17 @@
 
 use tch::{Kind, Tensor};
 
+use crate::cpu_gemv;
+
 /// How a weight is quantized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quantization {
     /// Symmetric int8 per output row: `w ≈ q * scale`, `q` in -128..=127.
     Int8,
     /// Asymmetric int4 per group of `group` consecutive inputs of each output row:
-    /// `w ≈ (q - 8) * scale + zero`, `q` in 0..=15 (ATen's and torchao's convention).
+    /// `w ≈ q * scale + min`, `q` in 0..=15, `scale = (max - min) / 15` (llama.cpp's Q4_1).
     Int4 {
-        /// Inputs per scale and zero: 32, 64, 128 or 256.
+        /// Inputs per scale and minimum: 32, 64, 128 or 256.
         group: i64,
     },
 }
@@ -55,9 +58,10 @@ impl std::fmt::Display for Quantization {
     }
 }
 
-/// From this many rows on (a prompt), an int8 weight is dequantized for the call and multiplied
-/// by the dense GEMM: ATen's int8 kernel works row by row, 3.4x slower than a bf16 GEMM at 512
-/// rows of Gemma-2B's MLP on 2 cores, against 1.5x for dequantizing first (equal at 128 rows).
+/// From this many rows on (a prompt), where our kernels do not run, an int8 weight is
+/// dequantized for the call and multiplied by the dense GEMM: ATen's int8 kernel works row by
+/// row, 3.4x slower than a bf16 GEMM at 512 rows of Gemma-2B's MLP on 2 cores, against 1.5x for
+/// dequantizing first (equal at 128 rows).
 pub const INT8_DEQUANTIZE_ROWS: i64 = 128;
 
 /// A weight `[out, in]` in quantized form.
@@ -70,23 +74,22 @@ pub enum QuantizedWeight {
         /// `[out]`, bf16: `max |w_row| / 127`.
         scales: Tensor,
     },
-    /// See [`Quantization::Int4`].
+    /// See [`Quantization::Int4`]; the layout is [`cpu_gemv::Int4`]'s, the same on every CPU.
     Int4 {
-        /// The codes as `_convert_weight_to_int4pack_for_cpu` packs them (its layout depends on
-        /// the CPU's vector width; only ATen's kernel reads it).
-        packed: Tensor,
-        /// `[in / group, out, 2]`, bf16: each group's scale and zero.
-        scales_and_zeros: Tensor,
+        /// `[out, in / 2]`, uint8: two codes a byte (see [`cpu_gemv::Int4::codes`]).
+        codes: Tensor,
+        /// `[out, in / group]`, bf16.
+        scales: Tensor,
+        /// `[out, in / group]`, bf16.
+        mins: Tensor,
         /// Inputs per group.
         group: i64,
-        /// `out`.
-        out_features: i64,
     },
 }
 
 impl QuantizedWeight {
-    /// Quantizes `weight` `[out, in]` as `how` says. Int4 needs `out` a multiple of 16 and `in` of
-    /// the group size (ATen's packing); the error says which does not hold.
+    /// Quantizes `weight` `[out, in]` as `how` says. Int4 needs `in` a multiple of the group
+    /// size; the error says when it is not.
     pub fn quantize(weight: &Tensor, how: Quantization) -> Result<Self, String> {
         Self::quantize_sliced(weight, how, SLICE_BYTES)
     }
@@ -102,17 +105,16 @@ impl QuantizedWeight {
             ref other => return Err(format!("a weight of shape {other:?} is not a matrix")),
         };
         if let Quantization::Int4 { group } = how {
-            if out % 16 != 0 || inner % group != 0 {
+            if inner % group != 0 {
                 return Err(format!(
-                    "int4 needs the outputs a multiple of 16 and the inputs of the group size \
-                     {group}; this weight is [{out}, {inner}]"
+                    "int4 needs the inputs a multiple of the group size {group}; this weight is \
+                     [{out}, {inner}]"
                 ));
             }
         }
         // A slice of rows at a time: the f32 temporaries of one slice, not of the whole weight
-        // (Gemma's 1 GB embedding made several GB of them). Slices are whole multiples of 256
-        // rows, so ATen's int4 packing of each is the packing of the whole, row for row.
-        let per = ((slice_bytes / (4 * inner.max(1))).max(1) / 256).max(1) * 256;
+        // (Gemma's 1 GB embedding made several GB of them).
+        let per = (slice_bytes / (4 * inner.max(1))).max(1);
         let slices = (0..out)
             .step_by(per as usize)
             .map(|r| (r, per.min(out - r)));
@@ -133,18 +135,21 @@ impl QuantizedWeight {
                 })
             }
             Quantization::Int4 { group } => {
-                let (mut packed, mut scales_and_zeros) = (Vec::new(), Vec::new());
+                let device = weight.device();
+                let codes = Tensor::empty([out, inner / 2], (Kind::Uint8, device));
+                let scales = Tensor::empty([out, inner / group], (Kind::BFloat16, device));
+                let mins = Tensor::empty([out, inner / group], (Kind::BFloat16, device));
                 for (row, n) in slices {
-                    let (p, sz) = int4_slice(&weight.narrow(0, row, n), group);
-                    packed.push(p);
-                    scales_and_zeros.push(sz);
+                    let (c, s, m) = int4_slice(&weight.narrow(0, row, n), group);
+                    codes.narrow(0, row, n).copy_(&c);
+                    scales.narrow(0, row, n).copy_(&s);
+                    mins.narrow(0, row, n).copy_(&m);
                 }
                 Ok(QuantizedWeight::Int4 {
-                    packed: Tensor::cat(&packed, 0),
-                    // [groups, out, 2]: the slices' outputs side by side.
-                    scales_and_zeros: Tensor::cat(&scales_and_zeros, 1),
+                    codes,
+                    scales,
+                    mins,
                     group,
-                    out_features: out,
                 })
             }
         })
@@ -161,39 +166,108 @@ impl QuantizedWeight {
         Ok(quantized)
     }
 
-    /// `x W^T` for `x` `[..., in]`, computed with bf16 activations and returned in `x`'s dtype.
-    /// Int8 inputs of at least [`INT8_DEQUANTIZE_ROWS`] rows (prompts) multiply the weight
-    /// dequantized for the call instead.
+    /// `x W^T` for `x` `[..., in]`, in `x`'s dtype: on the CPU by our kernels (see
+    /// [`cpu_gemv::int8`] and [`cpu_gemv::int4`]); elsewhere, with the kernels off or where
+    /// autograd records, by libtorch (int8 on the CPU: ATen's kernel with bf16 activations, or
+    /// from [`INT8_DEQUANTIZE_ROWS`] rows on the weight dequantized for the call; int4: the
+    /// weight dequantized for the call).
     pub fn matmul(&self, x: &Tensor) -> Tensor {
+        let kernel = match self {
+            QuantizedWeight::Int8 { q, scales } => cpu_gemv::int8(x, q, scales),
+            QuantizedWeight::Int4 { .. } => cpu_gemv::int4(x, self.int4().expect("int4")),
+        };
+        if let Some(y) = kernel {
+            return y;
+        }
         let mut shape = x.size();
         let inner = *shape.last().expect("an input has a last dimension");
         let rows = x.numel() as i64 / inner.max(1);
-        if let QuantizedWeight::Int8 { q, scales } = self {
-            if let Some(y) = crate::cpu_gemv::int8(x, q, scales) {
-                return y;
+        match self {
+            QuantizedWeight::Int8 { q, scales }
+                if x.device() == tch::Device::Cpu && rows < INT8_DEQUANTIZE_ROWS =>
+            {
+                let x2 = x.reshape([-1, inner]).to_kind(Kind::BFloat16);
+                let y = x2.internal_weight_int8pack_mm(q, scales);
+                *shape.last_mut().expect("checked") = q.size()[0];
+                y.to_kind(x.kind()).reshape(shape.as_slice())
             }
-            if rows >= INT8_DEQUANTIZE_ROWS {
-                let w = q.to_kind(x.kind()) * scales.to_kind(x.kind()).unsqueeze(1);
-                return x.matmul(&w.tr());
-            }
+            _ => x.matmul(&self.dequantize(x.kind()).tr()),
         }
-        let x2 = x.reshape([-1, inner]).to_kind(Kind::BFloat16);
-        let (y, out) = match self {
+    }
+
+    /// The weight the codes stand for, `[out, in]` in `kind`.
+    pub fn dequantize(&self, kind: Kind) -> Tensor {
+        match self {
             QuantizedWeight::Int8 { q, scales } => {
-                (x2.internal_weight_int8pack_mm(q, scales), q.size()[0])
+                q.to_kind(kind) * scales.to_kind(kind).unsqueeze(1)
             }
             QuantizedWeight::Int4 {
-                packed,
-                scales_and_zeros,
+                codes,
+                scales,
+                mins,
                 group,
-                out_features,
-            } => (
-                x2.internal_weight_int4pack_mm_for_cpu(packed, *group, scales_and_zeros),
-                *out_features,
-            ),
+            } => {
+                let (out, inner) = (codes.size()[0], codes.size()[1] * 2);
+                // Each 16 bytes: inputs 0..15 in the low nibbles, 16..31 in the high ones.
+                let bytes = codes.view([out, inner / 32, 1, 16]);
+                let q = Tensor::cat(
+                    &[
+                        bytes.bitwise_and(15),
+                        bytes.bitwise_right_shift_tensor_scalar(4),
+                    ],
+                    2,
+                )
+                .view([out, inner / group, *group])
+                .to_kind(Kind::Float);
+                let w = q * scales.to_kind(Kind::Float).unsqueeze(2)
+                    + mins.to_kind(Kind::Float).unsqueeze(2);
+                w.view([out, inner]).to_kind(kind)
+            }
+        }
+    }
+
+    /// Rows `ids` (any shape of integer ids) of the weight, dequantized to `kind`: an embedding
+    /// table's lookup, `[..ids, in]`.
+    pub fn rows(&self, ids: &Tensor, kind: Kind) -> Tensor {
+        let flat = ids.reshape([-1]);
+        let picked = match self {
+            QuantizedWeight::Int8 { q, scales } => QuantizedWeight::Int8 {
+                q: q.index_select(0, &flat),
+                scales: scales.index_select(0, &flat),
+            },
+            QuantizedWeight::Int4 {
+                codes,
+                scales,
+                mins,
+                group,
+            } => QuantizedWeight::Int4 {
+                codes: codes.index_select(0, &flat),
+                scales: scales.index_select(0, &flat),
+                mins: mins.index_select(0, &flat),
+                group: *group,
+            },
         };
-        *shape.last_mut().expect("checked") = out;
-        y.to_kind(x.kind()).reshape(shape.as_slice())
+        let mut shape = ids.size();
+        shape.push(-1);
+        picked.dequantize(kind).reshape(shape.as_slice())
+    }
+
+    /// The int4 weight as the kernels take it; `None` for int8.
+    pub fn int4(&self) -> Option<cpu_gemv::Int4<'_>> {
+        match self {
+            QuantizedWeight::Int4 {
+                codes,
+                scales,
+                mins,
+                group,
+            } => Some(cpu_gemv::Int4 {
+                codes,
+                scales,
+                mins,
+                group: *group,
+            }),
+            QuantizedWeight::Int8 { .. } => None,
+        }
     }
 
     /// The same codes and scales, shared (no copy).
@@ -204,15 +278,15 @@ impl QuantizedWeight {
                 scales: scales.shallow_clone(),
             },
             QuantizedWeight::Int4 {
-                packed,
-                scales_and_zeros,
+                codes,
+                scales,
+                mins,
                 group,
-                out_features,
             } => QuantizedWeight::Int4 {
-                packed: packed.shallow_clone(),
-                scales_and_zeros: scales_and_zeros.shallow_clone(),
+                codes: codes.shallow_clone(),
+                scales: scales.shallow_clone(),
+                mins: mins.shallow_clone(),
                 group: *group,
-                out_features: *out_features,
             },
         }
     }
@@ -223,10 +297,11 @@ impl QuantizedWeight {
         match self {
             QuantizedWeight::Int8 { q, scales } => size(q) + size(scales),
             QuantizedWeight::Int4 {
-                packed,
-                scales_and_zeros,
+                codes,
+                scales,
+                mins,
                 ..
-            } => size(packed) + size(scales_and_zeros),
+            } => size(codes) + size(scales) + size(mins),
         }
     }
 }
@@ -234,32 +309,33 @@ impl QuantizedWeight {
 /// How much f32 one quantizing step holds (per slice of rows).
 const SLICE_BYTES: i64 = 32 << 20;
 
-/// Int4 codes of `w` `[n, in]` packed by ATen, and its groups' scales and zeros `[groups, n, 2]`.
-fn int4_slice(w: &Tensor, group: i64) -> (Tensor, Tensor) {
+/// Int4 codes of `w` `[n, in]` packed as [`cpu_gemv::Int4`] lays them out, and its groups'
+/// scales and minimums `[n, in / group]` (bf16).
+fn int4_slice(w: &Tensor, group: i64) -> (Tensor, Tensor, Tensor) {
     let (out, inner) = (w.size()[0], w.size()[1]);
     let w = w.to_kind(Kind::Float).view([out, inner / group, group]);
     let min = w.amin([2].as_slice(), true);
     let max = w.amax([2].as_slice(), true);
-    let scales = ((&max - &min) / 15.0).clamp_min(1e-12);
-    // Rounded through bf16 first, so the codes are chosen for the scales and zeros the kernel
-    // multiplies with.
-    let scales = scales.to_kind(Kind::BFloat16).to_kind(Kind::Float);
-    let zeros = (&min + &scales * 8.0)
+    // Rounded through bf16 first, so the codes are chosen for the scales and minimums the
+    // kernels multiply with.
+    let scales = ((&max - &min) / 15.0)
+        .clamp_min(1e-12)
         .to_kind(Kind::BFloat16)
         .to_kind(Kind::Float);
-    // w = (q - 8) * s + z  =>  q = (w - z) / s + 8.
-    let q = ((w - &zeros) / &scales + 8.0)
+    let mins = min.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+    let q = ((w - &mins) / &scales)
         .round()
         .clamp(0.0, 15.0)
-        .to_kind(Kind::Int)
-        .view([out, inner]);
-    let packed = q.internal_convert_weight_to_int4pack_for_cpu(1);
-    // [out, groups, 1] twice -> [groups, out, 2].
-    let scales_and_zeros = Tensor::cat(&[scales, zeros], 2)
-        .transpose(0, 1)
-        .contiguous()
-        .to_kind(Kind::BFloat16);
-    (packed, scales_and_zeros)
+        .to_kind(Kind::Uint8)
+        .view([out, inner / 32, 2, 16]);
+    // Byte b of each 32 inputs: input b low, input 16 + b high.
+    let codes = (q.select(2, 0) + q.select(2, 1) * 16).view([out, inner / 2]);
+    let groups = [out, inner / group];
+    (
+        codes,
+        scales.view(groups).to_kind(Kind::BFloat16),
+        mins.view(groups).to_kind(Kind::BFloat16),
+    )
 }
 
 #[cfg(test)]
@@ -322,7 +398,7 @@ mod tests {
         let by_rows = q.matmul(&x.narrow(0, 0, 1));
         let by_prompt = q.matmul(&x);
         assert!(by_prompt.allclose(&x.matmul(&dequantized.tr()), 1e-5, 1e-5, false));
-        // One row through the int8 kernel (bf16 activations) is close to the same row.
+        // One row through the decoding kernel (activations rounded to 8 or 16 bits) is close.
         let diff = (by_rows - by_prompt.narrow(0, 0, 1))
             .abs()
             .max()
@@ -346,18 +422,20 @@ mod tests {
                 }
                 (
                     QuantizedWeight::Int4 {
-                        packed,
-                        scales_and_zeros,
+                        codes,
+                        scales,
+                        mins,
                         ..
                     },
                     QuantizedWeight::Int4 {
-                        packed: p2,
-                        scales_and_zeros: sz2,
+                        codes: c2,
+                        scales: s2,
+                        mins: m2,
                         ..
                     },
                 ) => {
-                    assert!(packed.equal(&p2), "{how}: packing differs by slices");
-                    assert!(scales_and_zeros.equal(&sz2));
+                    assert!(codes.equal(&c2), "{how}: codes differ by slices");
+                    assert!(scales.equal(&s2) && mins.equal(&m2));
                 }
                 _ => unreachable!(),
             }
@@ -366,35 +444,58 @@ mod tests {
 
     #[test]
     fn int4_computes_its_definition() {
-        // Codes, scales and zeros read back through the kernel with an identity input give
-        // (q - 8) * s + z for every weight: the kernel and our convention agree.
         tch::manual_seed(1);
-        let w = Tensor::randn([32, 64], (Kind::Float, tch::Device::Cpu));
+        let w = Tensor::randn([32, 128], (Kind::Float, tch::Device::Cpu));
         let q = QuantizedWeight::quantize(&w, Quantization::Int4 { group: 32 }).unwrap();
-        let eye = Tensor::eye(64, (Kind::Float, tch::Device::Cpu));
-        let back = q.matmul(&eye).tr(); // [32, 64]
-        // Every weight is within half a step of its group's grid.
         let QuantizedWeight::Int4 {
-            scales_and_zeros, ..
+            codes,
+            scales,
+            mins,
+            ..
         } = &q
         else {
             unreachable!()
         };
-        let step = scales_and_zeros
-            .select(2, 0)
-            .to_kind(Kind::Float)
-            .tr()
+        // The codes by their layout, read one by one: byte j / 32 * 16 + j % 16 of a row, low
+        // nibble for j % 32 < 16.
+        let bytes = Vec::<u8>::try_from(codes.reshape([-1])).unwrap();
+        let scales = Vec::<f32>::try_from(scales.to_kind(Kind::Float).reshape([-1])).unwrap();
+        let mins = Vec::<f32>::try_from(mins.to_kind(Kind::Float).reshape([-1])).unwrap();
+        let mut by_definition = vec![0f32; 32 * 128];
+        for r in 0..32 {
+            for j in 0..128 {
+                let byte = bytes[r * 64 + j / 32 * 16 + j % 16];
+                let code = if j % 32 < 16 { byte & 15 } else { byte >> 4 };
+                let g = r * 4 + j / 32;
+                by_definition[r * 128 + j] = f32::from(code) * scales[g] + mins[g];
+            }
+        }
+        let by_definition = Tensor::from_slice(&by_definition).view([32, 128]);
+        assert!(q.dequantize(Kind::Float).equal(&by_definition));
+        // Every weight is within half a step of its group's grid (plus bf16's rounding).
+        let step = Tensor::from_slice(&scales)
+            .view([32, 4])
             .repeat_interleave_self_int(32, 1, None);
-        let slack: Tensor = &step * 0.5 + step.abs() * 1e-2;
-        let off = ((&back - &w).abs() - slack).max().double_value(&[]);
-        assert!(off <= 0.02, "{off}");
-        assert!(q.bytes() < 32 * 64 / 2 + 2 * 2 * 2 * 32 + 1);
+        let slack: Tensor = &step * 0.5 + 1e-2 * (w.abs() + &step);
+        let off = ((&by_definition - &w).abs() - slack)
+            .max()
+            .double_value(&[]);
+        assert!(off <= 0.0, "{off}");
+        // A prompt's rows (the f32 GEMM on dequantized blocks) multiply exactly this weight.
+        let eye = Tensor::eye(128, (Kind::Float, tch::Device::Cpu));
+        assert!(
+            q.matmul(&eye)
+                .tr()
+                .allclose(&by_definition, 1e-6, 1e-6, false)
+        );
+        // 5 bits a weight: the codes, then a bf16 scale and minimum per 32.
+        assert_eq!(q.bytes(), 32 * 128 / 2 + 2 * 2 * 32 * 4);
     }
 
     #[test]
     fn int4_names_the_shapes_it_cannot_pack() {
-        let w = Tensor::zeros([20, 64], (Kind::Float, tch::Device::Cpu));
-        let err = QuantizedWeight::quantize(&w, Quantization::Int4 { group: 32 }).unwrap_err();
-        assert!(err.contains("[20, 64]"), "{err}");
+        let w = Tensor::zeros([16, 96], (Kind::Float, tch::Device::Cpu));
+        let err = QuantizedWeight::quantize(&w, Quantization::Int4 { group: 64 }).unwrap_err();
+        assert!(err.contains("[16, 96]") && err.contains("64"), "{err}");
     }
 }

@@ -57,8 +57,8 @@ pub struct Gemma {
     pub(crate) norm: RmsNorm,
     /// `[vocab, hidden]` when the head is not tied to the embedding.
     lm_head: Option<Linear>,
-    /// The tied head quantized for inference ([`quantize`](Self::quantize)); the embedding's
-    /// lookups then read int8 rows.
+    /// The tied head quantized for inference ([`quantize`](Self::quantize)): the embedding's
+    /// own codes, which its lookups read too.
     tied_head_quantized: Option<QuantizedWeight>,
     rotaries: Rotaries,
     /// The causal LM's final soft-cap (Gemma 2); composite heads switch it off.
@@ -608,9 +608,9 @@ impl Gemma {
     }
 
     /// Quantizes the model for inference as `how` says (`foundation::quant`: int8 per row or
-    /// int4 per group, bf16 activations; adapters merged first, dense weights freed): every
-    /// decoder layer's linear layer and the head; a tied head's embedding is then looked up from
-    /// int8 rows. Returns how many decoder linear layers. The CPU only. An error names the layer
+    /// int4 per group; adapters merged first, dense weights freed): every decoder layer's linear
+    /// layer and the head; a tied head and its embedding share one set of codes, which lookups
+    /// dequantize. Returns how many decoder linear layers. The CPU only. An error names the layer
     /// whose shape the form cannot take.
     pub fn quantize(&mut self, how: Quantization) -> Result<usize> {
         let linears = self.linears_mut();
@@ -631,23 +631,16 @@ impl Gemma {
             Some(head) => head
                 .quantize(how)
                 .map_err(|e| Error::Input(format!("lm_head: {e}")))?,
-            // The tied head multiplies with the embedding's own int8 rows, or with int4 codes of
-            // its own beside them.
+            // The tied head multiplies with the embedding's own codes.
             None => {
-                let head = match how {
-                    Quantization::Int8 => None,
-                    Quantization::Int4 { .. } => Some(
-                        QuantizedWeight::quantize(&self.embed_tokens.weight, how)
-                            .map_err(|e| Error::Input(format!("the tied head: {e}")))?,
-                    ),
-                };
-                self.embed_tokens.quantize();
-                self.tied_head_quantized = head.or_else(|| {
-                    self.embed_tokens
-                        .quantized
-                        .as_ref()
-                        .map(QuantizedWeight::share)
-                });
+                self.embed_tokens
+                    .quantize(how)
+                    .map_err(|e| Error::Input(format!("the tied embedding and head: {e}")))?;
+                self.tied_head_quantized = self
+                    .embed_tokens
+                    .quantized
+                    .as_ref()
+                    .map(QuantizedWeight::share);
             }
         }
         Ok(())

@@ -168,7 +168,7 @@ impl LlavaModel {
         if let Some(how) = how {
             if device != Device::Cpu {
                 return Err(Error::Input(format!(
-                    "{how} weights run on the CPU (ATen's kernels for them here are CPU kernels)"
+                    "{how} weights run on the CPU (our kernels for them are CPU kernels)"
                 )));
             }
         }

@@ -115,7 +115,7 @@ impl LlavaModel {
     pub fn quantize(&mut self, how: foundation::quant::Quantization) -> Result<usize> {
         if self.device() != Device::Cpu {
             return Err(Error::Input(format!(
-                "{how} weights run on the CPU (ATen's kernels for them here are CPU kernels)"
+                "{how} weights run on the CPU (our kernels for them are CPU kernels)"
             )));
         }
         Ok(self.lm.quantize(how)?)

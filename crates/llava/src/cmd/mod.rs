@@ -121,8 +121,8 @@ pub struct ImageModel {
     #[arg(long)]
     pub pan_and_scan: bool,
     /// `int8`, `int4` or `int4:G`: the language model's linear layers as int8 weights with
-    /// per-row scales, or int4 with a scale and zero per G inputs (32 by default), multiplied
-    /// with bf16 activations (CPU only): faster decoding and less memory, answers close to the
+    /// per-row scales, or int4 with a scale and minimum per G inputs (32 by default), multiplied
+    /// by our CPU kernels (CPU only): faster decoding and less memory, answers close to the
     /// plain model's.
     #[arg(long)]
     pub quantize: Option<String>,
