@@ -697,6 +697,56 @@ Int4 int4_weight(const at::Tensor &x, const at::Tensor &codes, const at::Tensor 
                 reinterpret_cast<const uint16_t *>(mins.data_ptr()), k, group};
 }
 
+// Row r's f32 values v [k] quantized into the outputs of llava_quantize_rows (group 0: int8).
+template <int Variant>
+__attribute__((always_inline)) inline void quantize_row_impl(const float *v, int64_t k, int64_t group, int64_t r, at::Tensor *codes,
+                              c10::BFloat16 *scales, c10::BFloat16 *mins) {
+    if (group == 0) {
+        float amax = 0.f;
+        for (int64_t j = 0; j < k; ++j) amax = std::max(amax, std::fabs(v[j]));
+        float s = std::max(amax / 127.f, 1e-12f);
+        int8_t *q = codes->data_ptr<int8_t>() + r * k;
+        for (int64_t j = 0; j < k; ++j)
+            q[j] = int8_t(std::clamp(std::nearbyint(v[j] / s), -128.f, 127.f));
+        scales[r] = c10::BFloat16(s);
+        return;
+    }
+    int64_t groups = k / group;
+    uint8_t *q = codes->data_ptr<uint8_t>() + r * (k / 2);
+    std::memset(q, 0, k / 2);
+    for (int64_t g = 0; g < groups; ++g) {
+        const float *x = v + g * group;
+        float lo = x[0], hi = x[0];
+        for (int64_t j = 1; j < group; ++j) {
+            lo = std::min(lo, x[j]);
+            hi = std::max(hi, x[j]);
+        }
+        c10::BFloat16 s16(std::max((hi - lo) / 15.f, 1e-12f)), m16(lo);
+        float s = float(s16), m = float(m16);
+        for (int64_t j = 0; j < group; ++j) {
+            int64_t e = g * group + j;
+            int code = int(std::clamp(std::nearbyint((x[j] - m) / s), 0.f, 15.f));
+            q[e / 32 * 16 + e % 16] |= uint8_t(e % 32 < 16 ? code : code << 4);
+        }
+        scales[r * groups + g] = s16;
+        mins[r * groups + g] = m16;
+    }
+}
+
+void quantize_row(const float *v, int64_t k, int64_t group, int64_t r, at::Tensor *codes,
+                  c10::BFloat16 *scales, c10::BFloat16 *mins) {
+    quantize_row_impl<0>(v, k, group, r, codes, scales, mins);
+}
+
+#if defined(__x86_64__)
+// The same, compiled for AVX2: rounding and the loops vectorise (the baseline has no roundps).
+__attribute__((target("avx2,fma,f16c"))) void quantize_row_avx2(
+    const float *v, int64_t k, int64_t group, int64_t r, at::Tensor *codes,
+    c10::BFloat16 *scales, c10::BFloat16 *mins) {
+    quantize_row_impl<1>(v, k, group, r, codes, scales, mins);
+}
+#endif
+
 }  // namespace
 
 extern "C" {
@@ -907,6 +957,61 @@ char *llava_gemv_int8(const at::Tensor *x_, const at::Tensor *q_, const at::Tens
             int8_scalar(wp, sp, xp, yp, m, n, k, b0 * grain, std::min(n, b1 * grain));
         });
         *out = new at::Tensor(y.to(x_->scalar_type()));
+    });
+}
+
+// Quantizes the rows of w [n, k] (bf16, f16 or f32; contiguous, on the CPU) into preallocated
+// outputs, one pass over each row, rows split over libtorch's threads: with group 0, int8 `codes`
+// [n, k] and bf16 `scales` [n]; otherwise int4 `codes` [n, k / 2] uint8 and bf16 `scales` and
+// `mins` [n, k / group] in Int4's layout. Element for element the arithmetic of
+// foundation::quant's tensor ops (f32, round half to even, bf16 rounding where they round).
+char *llava_quantize_rows(const at::Tensor *w_, int64_t group, at::Tensor *codes_,
+                          at::Tensor *scales_, at::Tensor *mins_) {
+    return llava_ffi::guarded([&] {
+        const at::Tensor &w = *w_;
+        TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && w.device().is_cpu(),
+                    "a contiguous CPU matrix expected");
+        Dtype t;
+        switch (w.scalar_type()) {
+            case at::kBFloat16: t = kBf16; break;
+            case at::kHalf: t = kF16; break;
+            case at::kFloat: t = kF32; break;
+            default: TORCH_CHECK(false, "cannot quantize weights of ", w.scalar_type());
+        }
+        int64_t n = w.size(0), k = w.size(1);
+        bool int4 = group > 0;
+        TORCH_CHECK(!int4 || (group % 32 == 0 && k % group == 0), "groups of ", group,
+                    " do not divide ", k, " inputs");
+        int64_t groups = int4 ? k / group : 1;
+        for (const at::Tensor *o : {codes_, scales_})
+            TORCH_CHECK(o->is_contiguous() && o->device().is_cpu(), "contiguous outputs expected");
+        TORCH_CHECK(codes_->scalar_type() == (int4 ? at::kByte : at::kChar) &&
+                        codes_->numel() == (int4 ? n * k / 2 : n * k),
+                    "codes of the wrong type or size");
+        TORCH_CHECK(scales_->scalar_type() == at::kBFloat16 && scales_->numel() == n * groups,
+                    "scales of the wrong type or size");
+        if (int4)
+            TORCH_CHECK(mins_ && mins_->is_contiguous() && mins_->scalar_type() == at::kBFloat16 &&
+                            mins_->numel() == n * groups,
+                        "minimums of the wrong type or size");
+        const char *wp = static_cast<const char *>(w.data_ptr());
+        int64_t row_bytes = k * int64_t(w.element_size());
+        auto *scales = reinterpret_cast<c10::BFloat16 *>(scales_->data_ptr());
+        auto *mins = int4 ? reinterpret_cast<c10::BFloat16 *>(mins_->data_ptr()) : nullptr;
+        Isa level = isa();
+        at::parallel_for(0, n, 16, [&](int64_t r0, int64_t r1) {
+            std::vector<float> v(k);
+            for (int64_t r = r0; r < r1; ++r) {
+                widen(wp + r * row_bytes, t, v.data(), k, level);
+#if defined(__x86_64__)
+                if (level >= kAvx2) {
+                    quantize_row_avx2(v.data(), k, group, r, codes_, scales, mins);
+                    continue;
+                }
+#endif
+                quantize_row(v.data(), k, group, r, codes_, scales, mins);
+            }
+        });
     });
 }
 

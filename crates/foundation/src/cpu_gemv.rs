@@ -58,6 +58,13 @@ unsafe extern "C" {
         level: i32,
         out: *mut *mut c_void,
     ) -> *mut c_char;
+    fn llava_quantize_rows(
+        w: *const c_void,
+        group: i64,
+        codes: *mut c_void,
+        scales: *mut c_void,
+        mins: *mut c_void,
+    ) -> *mut c_char;
     fn llava_gemm_int4_widened(
         x: *const c_void,
         codes: *const c_void,
@@ -271,6 +278,41 @@ pub fn int4_with(x: &Tensor, w: Int4, level: Isa) -> Option<Tensor> {
             )
         }
     })
+}
+
+/// Quantizes `w` `[n, k]` (bf16, f16 or f32, contiguous, on the CPU) in one pass over each row
+/// into `codes` and `scales` (and `mins`), allocated by the caller: int8 codes `[n, k]` with bf16
+/// scales `[n]` when `group` is `None`, else int4 in [`Int4`]'s layout with bf16 scales and
+/// minimums `[n, k / group]`. The arithmetic is `foundation::quant`'s tensor ops', element for
+/// element; `false` where the weight is not such a matrix (those ops should run).
+pub fn quantize_rows(
+    w: &Tensor,
+    group: Option<i64>,
+    codes: &Tensor,
+    scales: &Tensor,
+    mins: Option<&Tensor>,
+) -> bool {
+    if w.device() != Device::Cpu
+        || w.dim() != 2
+        || !w.is_contiguous()
+        || !matches!(w.kind(), Kind::BFloat16 | Kind::Half | Kind::Float)
+    {
+        return false;
+    }
+    let mins = mins.map_or(std::ptr::null_mut(), |m| m.as_ptr() as *mut c_void);
+    // SAFETY: live tensors for the call's duration; the shim checks every output's type and
+    // size before writing, and catches every C++ exception.
+    let message = unsafe {
+        llava_quantize_rows(
+            w.as_ptr().cast(),
+            group.unwrap_or(0),
+            codes.as_ptr() as *mut c_void,
+            scales.as_ptr() as *mut c_void,
+            mins,
+        )
+    };
+    taken(message, std::ptr::null_mut());
+    true
 }
 
 /// The rows of `x` `[..., k]` and whether they are few (at most [`MAX_ROWS`]) when the quantized

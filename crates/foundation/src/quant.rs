@@ -91,15 +91,41 @@ impl QuantizedWeight {
     /// Quantizes `weight` `[out, in]` as `how` says. Int4 needs `in` a multiple of the group
     /// size; the error says when it is not.
     pub fn quantize(weight: &Tensor, how: Quantization) -> Result<Self, String> {
+        Self::check_shape(weight, how)?;
+        let (out, inner) = (weight.size()[0], weight.size()[1]);
+        // On the CPU, one pass over each row in the shim (the tensor ops below take several);
+        // the same arithmetic.
+        let quantized = match how {
+            Quantization::Int8 => QuantizedWeight::Int8 {
+                q: Tensor::empty([out, inner], (Kind::Int8, weight.device())),
+                scales: Tensor::empty([out], (Kind::BFloat16, weight.device())),
+            },
+            Quantization::Int4 { group } => QuantizedWeight::Int4 {
+                codes: Tensor::empty([out, inner / 2], (Kind::Uint8, weight.device())),
+                scales: Tensor::empty([out, inner / group], (Kind::BFloat16, weight.device())),
+                mins: Tensor::empty([out, inner / group], (Kind::BFloat16, weight.device())),
+                group,
+            },
+        };
+        let done = match &quantized {
+            QuantizedWeight::Int8 { q, scales } => {
+                cpu_gemv::quantize_rows(weight, None, q, scales, None)
+            }
+            QuantizedWeight::Int4 {
+                codes,
+                scales,
+                mins,
+                group,
+            } => cpu_gemv::quantize_rows(weight, Some(*group), codes, scales, Some(mins)),
+        };
+        if done {
+            return Ok(quantized);
+        }
         Self::quantize_sliced(weight, how, SLICE_BYTES)
     }
 
-    /// [`quantize`](Self::quantize), holding about `slice_bytes` of f32 temporaries at a time.
-    fn quantize_sliced(
-        weight: &Tensor,
-        how: Quantization,
-        slice_bytes: i64,
-    ) -> Result<Self, String> {
+    /// Whether `how` can take a weight of this shape; the error says why not.
+    fn check_shape(weight: &Tensor, how: Quantization) -> Result<(), String> {
         let (out, inner) = match weight.size()[..] {
             [out, inner] => (out, inner),
             ref other => return Err(format!("a weight of shape {other:?} is not a matrix")),
@@ -112,6 +138,18 @@ impl QuantizedWeight {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// [`quantize`](Self::quantize) by libtorch's tensor ops (any device), holding about
+    /// `slice_bytes` of f32 temporaries at a time.
+    fn quantize_sliced(
+        weight: &Tensor,
+        how: Quantization,
+        slice_bytes: i64,
+    ) -> Result<Self, String> {
+        Self::check_shape(weight, how)?;
+        let (out, inner) = (weight.size()[0], weight.size()[1]);
         // A slice of rows at a time: the f32 temporaries of one slice, not of the whole weight
         // (Gemma's 1 GB embedding made several GB of them).
         let per = (slice_bytes / (4 * inner.max(1))).max(1);
@@ -438,6 +476,51 @@ mod tests {
                     assert!(scales.equal(&s2) && mins.equal(&m2));
                 }
                 _ => unreachable!(),
+            }
+        }
+    }
+
+    #[test]
+    fn the_one_pass_quantizer_equals_the_tensor_ops() {
+        tch::manual_seed(4);
+        for kind in [Kind::BFloat16, Kind::Half, Kind::Float] {
+            // Rows of different ranges, and one constant row (a zero range).
+            let w = (Tensor::randn([67, 256], (Kind::Float, tch::Device::Cpu))
+                * Tensor::rand([67, 1], (Kind::Float, tch::Device::Cpu))
+                * 3.0)
+                .to_kind(kind);
+            let _ = w.narrow(0, 5, 1).fill_(0.25);
+            for how in [
+                Quantization::Int8,
+                Quantization::Int4 { group: 32 },
+                Quantization::Int4 { group: 128 },
+            ] {
+                let fast = QuantizedWeight::quantize(&w, how).unwrap();
+                let ops = QuantizedWeight::quantize_sliced(&w, how, SLICE_BYTES).unwrap();
+                match (fast, ops) {
+                    (
+                        QuantizedWeight::Int8 { q, scales },
+                        QuantizedWeight::Int8 { q: q2, scales: s2 },
+                    ) => assert!(q.equal(&q2) && scales.equal(&s2), "{kind:?} {how}"),
+                    (
+                        QuantizedWeight::Int4 {
+                            codes,
+                            scales,
+                            mins,
+                            ..
+                        },
+                        QuantizedWeight::Int4 {
+                            codes: c2,
+                            scales: s2,
+                            mins: m2,
+                            ..
+                        },
+                    ) => assert!(
+                        codes.equal(&c2) && scales.equal(&s2) && mins.equal(&m2),
+                        "{kind:?} {how}"
+                    ),
+                    _ => unreachable!(),
+                }
             }
         }
     }
