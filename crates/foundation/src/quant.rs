@@ -433,15 +433,22 @@ mod tests {
             unreachable!()
         };
         let dequantized = codes.to_kind(Kind::Float) * scales.to_kind(Kind::Float).unsqueeze(1);
-        let by_rows = q.matmul(&x.narrow(0, 0, 1));
         let by_prompt = q.matmul(&x);
         assert!(by_prompt.allclose(&x.matmul(&dequantized.tr()), 1e-5, 1e-5, false));
-        // One row through the decoding kernel (activations rounded to 8 or 16 bits) is close.
-        let diff = (by_rows - by_prompt.narrow(0, 0, 1))
+        // One row through the decoding kernel: exact but for the activations, which VNNI rounds
+        // to 8 bits per block of 32 (Q8_0, scale amax/127). Each output is then off by at most
+        // sum_k |w_jk| * scale_k / 2.
+        let row = x.narrow(0, 0, 1);
+        let half_step = (row.view([2, 32]).abs().amax([1], true) / 254.0).repeat([1, 32]);
+        let bound = dequantized
             .abs()
+            .matmul(&half_step.view([64, 1]))
+            .view([1, 48]);
+        let by_rows = q.matmul(&row);
+        let excess = ((by_rows - by_prompt.narrow(0, 0, 1)).abs() - bound - 1e-4)
             .max()
             .double_value(&[]);
-        assert!(diff < 0.1, "{diff}");
+        assert!(excess <= 0.0, "{excess}");
     }
 
     #[test]
