@@ -7,9 +7,12 @@
 //! int8 reads half of bf16's, int4 a quarter (plus its scales). The dense weight is dropped once
 //! the codes are made, so the model's memory shrinks by as much.
 
+use std::path::Path;
+
+use safetensors::Dtype;
 use tch::{Kind, Tensor};
 
-use crate::cpu_gemv;
+use crate::{Checkpoint, Error, cpu_gemv};
 
 /// How a weight is quantized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +58,75 @@ impl std::fmt::Display for Quantization {
             Quantization::Int8 => write!(f, "int8"),
             Quantization::Int4 { group } => write!(f, "int4:{group}"),
         }
+    }
+}
+
+/// `quantization_config.quant_method` in the `config.json` of a model directory whose weights we
+/// saved quantized ([`QuantizedWeight::tensors`]). transformers refuses a method it does not
+/// know, so it names the directory's form rather than loading codes as weights.
+pub const QUANT_METHOD: &str = "llava-gemma-rs";
+
+impl Quantization {
+    /// `config.json`'s `quantization_config` for weights saved in this form:
+    /// `{"quant_method": "llava-gemma-rs", "bits": 8}` or `{…, "bits": 4, "group_size": G}`.
+    pub fn to_config(self) -> serde_json::Value {
+        match self {
+            Quantization::Int8 => serde_json::json!({"quant_method": QUANT_METHOD, "bits": 8}),
+            Quantization::Int4 { group } => serde_json::json!({
+                "quant_method": QUANT_METHOD,
+                "bits": 4,
+                "group_size": group,
+            }),
+        }
+    }
+
+    /// The form a parsed `config.json` says its weights are saved in ([`to_config`]
+    /// (Self::to_config)): `None` without a `quantization_config`; an error for another method
+    /// (GPTQ, bitsandbytes, …) or a config of ours we cannot read.
+    pub fn from_config(config: &serde_json::Value) -> Result<Option<Self>, String> {
+        let q = match config.get("quantization_config") {
+            None | Some(serde_json::Value::Null) => return Ok(None),
+            Some(q) => q,
+        };
+        let method = q.get("quant_method").and_then(|m| m.as_str()).unwrap_or("");
+        if method != QUANT_METHOD {
+            return Err(format!(
+                "quantization_config: weights quantized as `{method}`, which we do not read \
+                 (ours say `{QUANT_METHOD}`, written by `llava quantize`)"
+            ));
+        }
+        let bits = q.get("bits").and_then(|b| b.as_i64());
+        let group = q.get("group_size").and_then(|g| g.as_i64());
+        match (bits, group) {
+            (Some(8), None) => Ok(Some(Quantization::Int8)),
+            (Some(4), Some(group)) => format!("int4:{group}")
+                .parse()
+                .map(Some)
+                .map_err(|e| format!("quantization_config: {e}")),
+            _ => Err(format!(
+                "quantization_config: expected bits 8 (no group_size) or bits 4 with a \
+                 group_size, found {q}"
+            )),
+        }
+    }
+
+    /// The form model directory `dir`'s weights are saved in, from its `config.json`
+    /// ([`from_config`](Self::from_config)); `None` when it has no config or no
+    /// `quantization_config`.
+    pub fn of_directory(dir: &Path) -> crate::Result<Option<Self>> {
+        let path = dir.join("config.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(Error::Io { path, source }),
+        };
+        let json = |message: String| Error::Json {
+            path: path.clone(),
+            message,
+        };
+        let config: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| json(e.to_string()))?;
+        Self::from_config(&config).map_err(json)
     }
 }
 
@@ -329,6 +401,110 @@ impl QuantizedWeight {
         }
     }
 
+    /// The form these codes are in.
+    pub fn how(&self) -> Quantization {
+        match self {
+            QuantizedWeight::Int8 { .. } => Quantization::Int8,
+            QuantizedWeight::Int4 { group, .. } => Quantization::Int4 { group: *group },
+        }
+    }
+
+    /// The tensors this weight is saved as, for the dense weight's name `name` (`….weight`):
+    /// `{name}_codes` and `{name}_scales` (int4 also `{name}_mins`), each in its field's dtype
+    /// and layout. [`read`](Self::read) takes them back.
+    pub fn tensors(&self, name: &str) -> Vec<(String, Tensor)> {
+        let named = |suffix: &str, t: &Tensor| (format!("{name}_{suffix}"), t.shallow_clone());
+        match self {
+            QuantizedWeight::Int8 { q, scales } => {
+                vec![named("codes", q), named("scales", scales)]
+            }
+            QuantizedWeight::Int4 {
+                codes,
+                scales,
+                mins,
+                ..
+            } => vec![
+                named("codes", codes),
+                named("scales", scales),
+                named("mins", mins),
+            ],
+        }
+    }
+
+    /// Whether `checkpoint` holds weight `name` as [`tensors`](Self::tensors) saves it.
+    pub fn is_saved(checkpoint: &Checkpoint, name: &str) -> bool {
+        checkpoint.contains(&format!("{name}_codes"))
+    }
+
+    /// Reads weight `name` of dense shape `[out, in]` from `checkpoint`, saved in form `how` by
+    /// [`tensors`](Self::tensors) (each tensor's pages released once read). Returns the weight
+    /// and the checkpoint names it took; an error names a missing tensor, or one whose dtype or
+    /// shape is not the form's.
+    pub fn read(
+        checkpoint: &Checkpoint,
+        name: &str,
+        how: Quantization,
+        [out, inner]: [i64; 2],
+    ) -> crate::Result<(Self, Vec<String>)> {
+        let mut names = Vec::new();
+        let mut take = |suffix: &str, dtype: Dtype, shape: Vec<i64>| -> crate::Result<Tensor> {
+            let full = format!("{name}_{suffix}");
+            let file: std::path::PathBuf = checkpoint
+                .file_of(&full)
+                .unwrap_or(checkpoint.location())
+                .into();
+            let info = checkpoint.info(&full).ok_or_else(|| Error::MissingTensor {
+                name: full.clone(),
+                location: checkpoint.location().into(),
+                tried: full.clone(),
+            })?;
+            if info.dtype != dtype {
+                return Err(Error::DtypeMismatch {
+                    name: full,
+                    file,
+                    expected: format!("{dtype:?} ({how} codes)"),
+                    found: format!("{:?}", info.dtype),
+                });
+            }
+            if info.shape != shape {
+                return Err(Error::ShapeMismatch {
+                    name: full,
+                    file,
+                    expected: shape,
+                    found: info.shape.clone(),
+                });
+            }
+            let t = checkpoint.tensor(&full)?;
+            checkpoint.release(&full);
+            names.push(full);
+            Ok(t)
+        };
+        let weight = match how {
+            Quantization::Int8 => QuantizedWeight::Int8 {
+                q: take("codes", Dtype::I8, vec![out, inner])?,
+                scales: take("scales", Dtype::BF16, vec![out])?,
+            },
+            Quantization::Int4 { group } => {
+                let groups = inner / group;
+                if inner % group != 0 {
+                    return Err(Error::Json {
+                        path: checkpoint.location().into(),
+                        message: format!(
+                            "`{name}` has {inner} inputs, not a multiple of int4's group {group}"
+                        ),
+                    });
+                }
+                QuantizedWeight::Int4 {
+                    codes: take("codes", Dtype::U8, vec![out, inner / 2])?,
+                    scales: take("scales", Dtype::BF16, vec![out, groups])?,
+                    mins: take("mins", Dtype::BF16, vec![out, groups])?,
+                    group,
+                }
+            }
+        };
+        Ok((weight, names))
+    }
+
     /// The bytes the codes and scales take.
     pub fn bytes(&self) -> i64 {
         let size = |t: &Tensor| t.numel() as i64 * t.kind().elt_size_in_bytes() as i64;
@@ -421,6 +597,28 @@ mod tests {
     fn int4_is_close_to_the_dense_product() {
         close_to_dense(Quantization::Int4 { group: 32 }, 0.12);
         close_to_dense(Quantization::Int4 { group: 128 }, 0.15);
+    }
+
+    #[test]
+    fn configs_name_the_saved_form_and_refuse_others() {
+        let read = |q: serde_json::Value| {
+            Quantization::from_config(&serde_json::json!({ "quantization_config": q }))
+        };
+        for how in [
+            Quantization::Int8,
+            Quantization::Int4 { group: 32 },
+            Quantization::Int4 { group: 128 },
+        ] {
+            assert_eq!(read(how.to_config()), Ok(Some(how)));
+        }
+        assert_eq!(Quantization::from_config(&serde_json::json!({})), Ok(None));
+        assert_eq!(read(serde_json::Value::Null), Ok(None));
+        let gptq = read(serde_json::json!({"quant_method": "gptq", "bits": 4})).unwrap_err();
+        assert!(gptq.contains("`gptq`"), "{gptq}");
+        let odd = serde_json::json!({"quant_method": QUANT_METHOD, "bits": 4, "group_size": 48});
+        assert!(read(odd).unwrap_err().contains("int4:48"));
+        let three = read(serde_json::json!({"quant_method": QUANT_METHOD, "bits": 3})).unwrap_err();
+        assert!(three.contains("bits 8"), "{three}");
     }
 
     #[test]

@@ -134,7 +134,28 @@ impl Gemma {
         let dir = dir.as_ref();
         let config = GemmaConfig::from_file(dir)?;
         let checkpoint = Checkpoint::open(dir)?;
-        Self::from_checkpoint(&config, &checkpoint, device, kind)
+        match Quantization::of_directory(dir)? {
+            Some(how) => {
+                Self::from_checkpoint_prequantized(&config, &checkpoint, device, kind, how)
+            }
+            None => Self::from_checkpoint(&config, &checkpoint, device, kind),
+        }
+    }
+
+    /// [`from_checkpoint`](Self::from_checkpoint) for a checkpoint whose linear layers were
+    /// saved quantized in form `how` ([`tensors`](Self::tensors), `llava quantize`): their codes
+    /// are read as they are ([`load_prequantized`](Self::load_prequantized)).
+    pub fn from_checkpoint_prequantized(
+        config: &GemmaConfig,
+        checkpoint: &Checkpoint,
+        device: Device,
+        kind: Kind,
+        how: Quantization,
+    ) -> Result<(VarStore, Self)> {
+        let (vs, mut model) =
+            foundation::build_to_load(device, kind, |root| Self::new(root, config))?;
+        model.load_prequantized(&vs, checkpoint, how)?;
+        Ok((vs, model))
     }
 
     /// [`from_checkpoint`](Self::from_checkpoint) with the linear layers quantized as they load
@@ -206,6 +227,106 @@ impl Gemma {
         Ok(())
     }
 
+    /// [`load`](Self::load) for a checkpoint whose decoder linear layers and head (a tied
+    /// head: the embedding) were saved quantized in form `how` ([`tensors`](Self::tensors)): the
+    /// codes and scales are read as they are, the dense variables of those weights (built by
+    /// `foundation::build_to_load`, never written) freed. The rest loads as `load` loads it.
+    pub fn load_prequantized(
+        &mut self,
+        vs: &VarStore,
+        checkpoint: &Checkpoint,
+        how: Quantization,
+    ) -> Result<()> {
+        let tied = self.lm_head.is_none();
+        let quantized = |name: &str| {
+            (name.starts_with("model.layers.") && name.ends_with("_proj.weight"))
+                || name == "lm_head.weight"
+                || (tied && name == "model.embed_tokens.weight")
+        };
+        let mut used = self.load_where(vs, checkpoint, |name| !quantized(name))?;
+        let names = Self::checkpoint_names(checkpoint)?;
+        let mut read = |var: &str, dense: &mut Tensor| -> Result<QuantizedWeight> {
+            let candidates = names(var);
+            let Some(found) = candidates
+                .iter()
+                .find(|c| QuantizedWeight::is_saved(checkpoint, c))
+            else {
+                return Err(foundation::Error::MissingTensor {
+                    name: format!("{var}_codes"),
+                    location: checkpoint.location().into(),
+                    tried: candidates.iter().map(|c| format!("{c}_codes, ")).collect(),
+                }
+                .into());
+            };
+            let size = dense.size();
+            let (weight, taken) =
+                QuantizedWeight::read(checkpoint, found, how, [size[0], size[1]])?;
+            used.extend(taken);
+            tch::no_grad(|| {
+                let _ = dense.set_();
+            });
+            Ok(weight)
+        };
+        for i in 0..self.layers.len() {
+            for (name, linear) in self.layers[i].linears_mut() {
+                let var = format!("model.layers.{i}.{name}.weight");
+                linear.quantized = Some(read(&var, &mut linear.weight)?);
+            }
+        }
+        match &mut self.lm_head {
+            Some(head) => head.quantized = Some(read("lm_head.weight", &mut head.weight)?),
+            None => {
+                let codes = read("model.embed_tokens.weight", &mut self.embed_tokens.weight)?;
+                self.tied_head_quantized = Some(codes.share());
+                self.embed_tokens.quantized = Some(codes);
+            }
+        }
+        Self::reject_unused(checkpoint, &used)
+    }
+
+    /// Which form the quantized weights are in (`None`: the model is dense).
+    pub fn quantization(&self) -> Option<Quantization> {
+        self.quantized_weights().first().map(|(_, q)| q.how())
+    }
+
+    /// The quantized weights under their variables' names (a tied head's are the embedding's).
+    fn quantized_weights(&self) -> Vec<(String, &QuantizedWeight)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            for (name, linear) in layer.linears() {
+                if let Some(q) = &linear.quantized {
+                    out.push((format!("model.layers.{i}.{name}.weight"), q));
+                }
+            }
+        }
+        if let Some(q) = self.lm_head.as_ref().and_then(|h| h.quantized.as_ref()) {
+            out.push(("lm_head.weight".to_string(), q));
+        }
+        if let Some(q) = &self.embed_tokens.quantized {
+            out.push(("model.embed_tokens.weight".to_string(), q));
+        }
+        out
+    }
+
+    /// The model's tensors as a checkpoint holds them, under `vs`'s names (HF's): the dense
+    /// variables as they are, each quantized weight as [`QuantizedWeight::tensors`] saves it in
+    /// place of its emptied variable; sorted by name. [`load`](Self::load) or, quantized,
+    /// [`load_prequantized`](Self::load_prequantized) reads them back.
+    pub fn tensors(&self, vs: &VarStore) -> Vec<(String, Tensor)> {
+        let quantized = self.quantized_weights();
+        let mut out: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(name, _)| !quantized.iter().any(|(q, _)| q == name))
+            .map(|(name, t)| (name, t.detach()))
+            .collect();
+        for (name, q) in &quantized {
+            out.extend(q.tensors(name));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Fills the variables whose names `wanted` accepts; the checkpoint names used.
     fn load_where(
         &self,
@@ -213,27 +334,44 @@ impl Gemma {
         checkpoint: &Checkpoint,
         wanted: impl Fn(&str) -> bool,
     ) -> Result<Vec<String>> {
-        let prefix =
-            checkpoint.require_prefix("embed_tokens.weight", "model.embed_tokens.weight")?;
-        // Where an untied head sits next to the decoder: `lm_head.weight` beside `model.`, or
-        // `language_model.lm_head.weight` beside `language_model.model.`.
-        let outer = prefix.strip_suffix("model.").unwrap_or("");
+        let names = Self::checkpoint_names(checkpoint)?;
         Ok(checkpoint.load_into(vs, |name| {
-            if !wanted(name) {
-                return Vec::new();
-            }
-            match name.strip_prefix("model.") {
-                Some(rest) => vec![format!("{prefix}{rest}")],
-                None => vec![format!("{outer}{name}"), name.to_string()],
+            if wanted(name) {
+                names(name)
+            } else {
+                Vec::new()
             }
         })?)
+    }
+
+    /// Where the decoder sits in `checkpoint` (`model.`, `language_model.model.`, …), found by
+    /// its embedding, dense or saved quantized.
+    fn prefix(checkpoint: &Checkpoint) -> Result<String> {
+        match checkpoint.prefix_of("embed_tokens.weight_codes") {
+            Some(prefix) => Ok(prefix),
+            None => Ok(
+                checkpoint.require_prefix("embed_tokens.weight", "model.embed_tokens.weight")?
+            ),
+        }
+    }
+
+    /// The checkpoint names to try for a variable, wherever in `checkpoint` the language model
+    /// sits.
+    fn checkpoint_names(checkpoint: &Checkpoint) -> Result<impl Fn(&str) -> Vec<String>> {
+        let prefix = Self::prefix(checkpoint)?;
+        // Where an untied head sits next to the decoder: `lm_head.weight` beside `model.`, or
+        // `language_model.lm_head.weight` beside `language_model.model.`.
+        let outer = prefix.strip_suffix("model.").unwrap_or("").to_string();
+        Ok(move |name: &str| match name.strip_prefix("model.") {
+            Some(rest) => vec![format!("{prefix}{rest}")],
+            None => vec![format!("{outer}{name}"), name.to_string()],
+        })
     }
 
     /// Every tensor of the decoder must be taken (old files keep rotary buffers, which are
     /// recomputed): a Gemma 2 checkpoint read as Gemma 1 leaves its extra norms behind.
     fn reject_unused(checkpoint: &Checkpoint, used: &[String]) -> Result<()> {
-        let prefix =
-            checkpoint.require_prefix("embed_tokens.weight", "model.embed_tokens.weight")?;
+        let prefix = Self::prefix(checkpoint)?;
         checkpoint.reject_unused(&prefix, used, |name| name.ends_with("rotary_emb.inv_freq"))?;
         Ok(())
     }
@@ -612,7 +750,17 @@ impl Gemma {
     /// layer and the head; a tied head and its embedding share one set of codes, which lookups
     /// dequantize. Returns how many decoder linear layers. The CPU only. An error names the layer
     /// whose shape the form cannot take.
+    /// A model already quantized (loaded from a quantized save) stays as it is in the same
+    /// form; another form is an error.
     pub fn quantize(&mut self, how: Quantization) -> Result<usize> {
+        if let Some(current) = self.quantization() {
+            if current != how {
+                return Err(Error::Input(format!(
+                    "the model is quantized as {current} already; it cannot become {how}"
+                )));
+            }
+            return Ok(self.layers.len() * 7);
+        }
         let linears = self.linears_mut();
         let n = linears.len();
         for (name, linear) in linears {

@@ -582,3 +582,98 @@ fn quantizing_while_loading_equals_quantizing_after() {
     };
     assert!(err.to_string().contains("up_proj"), "{err}");
 }
+
+#[test]
+fn a_model_saved_quantized_loads_its_codes_as_they_were() {
+    use foundation::quant::Quantization;
+    let dir = fixture_model();
+    let config = GemmaConfig::from_file(&dir).unwrap();
+    let checkpoint = Checkpoint::open(&dir).unwrap();
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let ids = Tensor::arange_start(2, 22, (Kind::Int64, Device::Cpu)).view([1, 20]);
+    let one = Tensor::from_slice(&[2i64]).view([1, 1]);
+    for how in [Quantization::Int8, Quantization::Int4 { group: 32 }] {
+        let (vs, quantized) =
+            Gemma::from_checkpoint_quantized(&config, &checkpoint, Device::Cpu, Kind::Float, how)
+                .unwrap();
+        let saved = tempfile::tempdir().unwrap();
+        let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        json["quantization_config"] = how.to_config();
+        std::fs::write(saved.path().join("config.json"), json.to_string()).unwrap();
+        let tensors = quantized.tensors(&vs);
+        save_safetensors(saved.path().join("model.safetensors"), &tensors, None).unwrap();
+        // Codes in place of the dense linear weights and the tied embedding.
+        let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(names.contains(&"model.layers.1.mlp.up_proj.weight_codes"));
+        assert!(names.contains(&"model.embed_tokens.weight_scales"));
+        assert!(!names.contains(&"model.layers.1.mlp.up_proj.weight"));
+        assert!(!names.contains(&"model.embed_tokens.weight"));
+        assert_eq!(
+            names.contains(&"model.layers.0.self_attn.q_proj.weight_mins"),
+            how != Quantization::Int8
+        );
+
+        let (_vs, mut loaded) = Gemma::from_pretrained(saved.path(), Device::Cpu, Kind::Float)
+            .unwrap_or_else(|e| panic!("{how}: {e}"));
+        assert_eq!(loaded.quantization(), Some(how));
+        for (name, linear) in loaded.linears() {
+            assert_eq!(linear.weight.numel(), 0, "{how}: {name} has a dense weight");
+        }
+        for ids in [&one, &ids] {
+            let (a, b) = (logits_of(&quantized, ids), logits_of(&loaded, ids));
+            assert!(a.equal(&b), "{how}: logits differ");
+        }
+        // Quantizing it again in its own form leaves it; another form is refused.
+        loaded.quantize(how).unwrap();
+        assert!(logits_of(&loaded, &one).equal(&logits_of(&quantized, &one)));
+        let other = match how {
+            Quantization::Int8 => Quantization::Int4 { group: 32 },
+            _ => Quantization::Int8,
+        };
+        let err = loaded.quantize(other).unwrap_err().to_string();
+        assert!(err.contains(&how.to_string()), "{err}");
+
+        // A file whose scales are not the form's dtype is named, as is a missing tensor.
+        let broken = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            saved.path().join("config.json"),
+            broken.path().join("config.json"),
+        )
+        .unwrap();
+        let damaged: Vec<(String, Tensor)> = tensors
+            .iter()
+            .filter(|(n, _)| n != "model.layers.0.mlp.down_proj.weight_codes")
+            .map(|(n, t)| match n.as_str() {
+                "model.layers.1.self_attn.k_proj.weight_scales" => {
+                    (n.clone(), t.to_kind(Kind::Float))
+                }
+                _ => (n.clone(), t.shallow_clone()),
+            })
+            .collect();
+        save_safetensors(broken.path().join("model.safetensors"), &damaged, None).unwrap();
+        let err = Gemma::from_pretrained(broken.path(), Device::Cpu, Kind::Float)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("model.layers.0.mlp.down_proj.weight_codes"),
+            "{err}"
+        );
+        let restored: Vec<(String, Tensor)> = damaged
+            .into_iter()
+            .chain(
+                tensors
+                    .iter()
+                    .filter(|(n, _)| n == "model.layers.0.mlp.down_proj.weight_codes")
+                    .map(|(n, t)| (n.clone(), t.shallow_clone())),
+            )
+            .collect();
+        save_safetensors(broken.path().join("model.safetensors"), &restored, None).unwrap();
+        let err = Gemma::from_pretrained(broken.path(), Device::Cpu, Kind::Float)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("model.layers.1.self_attn.k_proj.weight_scales") && err.contains("F32"),
+            "{err}"
+        );
+    }
+}

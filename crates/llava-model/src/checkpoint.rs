@@ -149,7 +149,8 @@ pub const IMAGE_SOFT_TOKEN: &str = "<image_soft_token>";
 
 impl LlavaModel {
     /// Loads an HF LLaVA directory (config.json and one or sharded safetensors files) onto `device`
-    /// with weights in `kind`.
+    /// with weights in `kind`; one saved quantized loads quantized (see
+    /// [`from_pretrained_quantized`](Self::from_pretrained_quantized)).
     pub fn from_pretrained(dir: impl AsRef<Path>, device: Device, kind: Kind) -> Result<Self> {
         Self::from_pretrained_quantized(dir, device, kind, None)
     }
@@ -157,7 +158,9 @@ impl LlavaModel {
     /// [`from_pretrained`](Self::from_pretrained) with the language model's linear layers
     /// quantized as they load when `how` says so (`Gemma::load_quantized`: one decoder layer's
     /// dense weights at a time, never the dense model; the CPU only), as
-    /// [`quantize`](Self::quantize) would leave them.
+    /// [`quantize`](Self::quantize) would leave them. A directory saved quantized (its
+    /// `config.json` has our `quantization_config`) loads its codes as they are, in its own
+    /// form; `how`, if given, must be that form.
     pub fn from_pretrained_quantized(
         dir: impl AsRef<Path>,
         device: Device,
@@ -165,27 +168,40 @@ impl LlavaModel {
         how: Option<foundation::quant::Quantization>,
     ) -> Result<Self> {
         let dir = dir.as_ref();
-        if let Some(how) = how {
-            if device != Device::Cpu {
-                return Err(Error::Input(format!(
-                    "{how} weights run on the CPU (our kernels for them are CPU kernels)"
-                )));
-            }
-        }
         if !dir.is_dir() {
             return Err(Error::io(
                 dir,
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory"),
             ));
         }
+        let stored = foundation::quant::Quantization::of_directory(dir)?;
+        if let (Some(stored), Some(how)) = (stored, how) {
+            if stored != how {
+                return Err(Error::Input(format!(
+                    "{} holds {stored} weights (written by `llava quantize`); they cannot be \
+                     quantized again as {how}: quantize the dense model, or leave out --quantize",
+                    dir.display()
+                )));
+            }
+        }
+        if let Some(how) = stored.or(how) {
+            if device != Device::Cpu {
+                return Err(Error::Input(format!(
+                    "{how} weights run on the CPU (our kernels for them are CPU kernels)"
+                )));
+            }
+        }
         let config = LlavaConfig::from_file(dir)?;
         let checkpoint = Checkpoint::open(dir)?;
         let mut model = LlavaModel::new_to_load(&config, device, kind)?;
         model.tower.load(&model.vision_vs, &checkpoint)?;
         model.connector.load(&model.connector_vs, &checkpoint)?;
-        match how {
-            Some(how) => model.lm.load_quantized(&model.lm_vs, &checkpoint, how)?,
-            None => model.lm.load(&model.lm_vs, &checkpoint)?,
+        match (stored, how) {
+            (Some(stored), _) => model
+                .lm
+                .load_prequantized(&model.lm_vs, &checkpoint, stored)?,
+            (None, Some(how)) => model.lm.load_quantized(&model.lm_vs, &checkpoint, how)?,
+            (None, None) => model.lm.load(&model.lm_vs, &checkpoint)?,
         }
         Ok(model)
     }
@@ -306,8 +322,8 @@ impl LlavaModel {
             v.sort_by(|a, b| a.0.cmp(&b.0));
             v
         };
-        for (name, t) in sorted(&self.lm_vs) {
-            tensors.push((format!("language_model.{name}"), t.detach()));
+        for (name, t) in self.lm.tensors(&self.lm_vs) {
+            tensors.push((format!("language_model.{name}"), t));
         }
         // A CLIP tower keeps its `vision_model.` level (`vision_tower.vision_model.*`, as llava-hf's
         // checkpoints have it): transformers 5 reads it, and transformers 4 reads nothing else
@@ -330,6 +346,13 @@ impl LlavaModel {
             _ => "float32",
         };
         config.extra.insert("dtype".into(), dtype.into());
+        // Quantized language-model weights are saved as their codes; the config says so.
+        match self.lm.quantization() {
+            Some(how) => config
+                .extra
+                .insert("quantization_config".into(), how.to_config()),
+            None => config.extra.remove("quantization_config"),
+        };
         let json = serde_json::to_string_pretty(&config.to_json()).expect("config serialises");
         write_atomic(dir.join("config.json"), json.as_bytes())?;
 

@@ -108,10 +108,11 @@ impl LlavaModel {
         })
     }
 
-    /// Quantizes the language model's linear layers for inference as `how` says
-    /// (`foundation::quant`: int8 per row or int4 per group, bf16 activations, dense weights
-    /// freed), on the CPU only; the tower, connector, embeddings and head stay as they are.
-    /// Returns how many layers.
+    /// Quantizes the language model's linear layers and head (a tied head with its embedding)
+    /// for inference as `how` says (`foundation::quant`: int8 per row or int4 per group, dense
+    /// weights freed), on the CPU only; the tower and connector stay as they are. Returns how
+    /// many decoder linear layers. [`save_pretrained`](Self::save_pretrained) then saves the
+    /// codes.
     pub fn quantize(&mut self, how: foundation::quant::Quantization) -> Result<usize> {
         if self.device() != Device::Cpu {
             return Err(Error::Input(format!(
@@ -119,6 +120,11 @@ impl LlavaModel {
             )));
         }
         Ok(self.lm.quantize(how)?)
+    }
+
+    /// The form of the language model's quantized weights (`None`: dense).
+    pub fn quantization(&self) -> Option<foundation::quant::Quantization> {
+        self.lm.quantization()
     }
 
     /// The image processor this model expects ([`LlavaConfig::image_processor`]).

@@ -263,6 +263,15 @@ impl LlavaModel {
     /// `modules_to_save` connector loaded over ours. Returns the adapter's configuration.
     pub fn load_adapter(&mut self, dir: impl AsRef<Path>) -> Result<AdapterConfig> {
         let dir = dir.as_ref();
+        if let Some(how) = self.quantization() {
+            return Err(Error::Adapter {
+                path: dir.to_path_buf(),
+                message: format!(
+                    "the model's language model holds {how} codes; an adapter applies to dense \
+                     weights (load the dense model, merge the adapter, then quantize)"
+                ),
+            });
+        }
         let config = AdapterConfig::from_dir(dir)?;
         let file = dir.join(WEIGHTS_FILE);
         if !file.exists() {

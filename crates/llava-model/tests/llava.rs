@@ -494,3 +494,54 @@ fn paligemma_token_types_come_from_the_labels() {
         "padding (segment -1) starts a run of its own; the padding mask keeps it out of blocks"
     );
 }
+
+#[test]
+fn a_quantized_model_saves_its_codes_and_loads_them_back() {
+    use foundation::quant::Quantization;
+    for (name, how) in [
+        ("llava-clip", Quantization::Int4 { group: 32 }),
+        ("gemma3", Quantization::Int8),
+        ("paligemma", Quantization::Int4 { group: 32 }),
+    ] {
+        let source = fixtures().join(name).join("model");
+        let quantized =
+            LlavaModel::from_pretrained_quantized(&source, Device::Cpu, Kind::Float, Some(how))
+                .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        quantized.save_pretrained(tmp.path(), None).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(tmp.path().join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["quantization_config"], how.to_config(), "{name}");
+
+        // It loads as its codes, in its own form, and answers as the model it was saved from.
+        let loaded = load(tmp.path());
+        assert_eq!(loaded.quantization(), Some(how), "{name}");
+        assert!(
+            logits(&loaded, name).equal(&logits(&quantized, name)),
+            "{name}: logits differ"
+        );
+        let again =
+            LlavaModel::from_pretrained_quantized(tmp.path(), Device::Cpu, Kind::Float, Some(how))
+                .unwrap();
+        assert!(logits(&again, name).equal(&logits(&quantized, name)));
+
+        // Another form, an adapter or saving it dense again are not silently done.
+        let other = match how {
+            Quantization::Int8 => Quantization::Int4 { group: 32 },
+            _ => Quantization::Int8,
+        };
+        let err = LlavaModel::from_pretrained_quantized(
+            tmp.path(),
+            Device::Cpu,
+            Kind::Float,
+            Some(other),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(&format!("holds {how}")), "{err}");
+        let mut loaded = loaded;
+        let err = loaded.load_adapter(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("dense"), "{err}");
+    }
+}

@@ -67,6 +67,8 @@ enum Command {
     MergeLora(cmd::merge_lora::Args),
     /// Write the language model as a GGUF file for llama.cpp (f32, f16, q8_0 or q4_0).
     ExportGguf(cmd::export_gguf::Args),
+    /// Save a model with its language model quantized (int8, int4), so that it loads as codes.
+    Quantize(cmd::quantize::Args),
 }
 
 fn main() -> ExitCode {
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => cmd::plan::run(&args),
         Command::MergeLora(args) => cmd::merge_lora::run(&args),
         Command::ExportGguf(args) => cmd::export_gguf::run(&args),
+        Command::Quantize(args) => cmd::quantize::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -410,3 +410,105 @@ fn explain_synthetic_reports_relevancy_inside_the_shapes_boxes() {
         assert!((0.0..=1.0).contains(&inside), "{what}: {inside}");
     }
 }
+
+#[test]
+fn a_model_quantized_once_answers_as_quantizing_at_every_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures().join("llava-clip/model");
+    let saved = tmp.path().join("int4");
+    let said = run_ok(
+        llava()
+            .args(["quantize", "--quantize", "int4"])
+            .arg("--model")
+            .arg(&model)
+            .arg("--output")
+            .arg(&saved),
+    );
+    assert!(said.contains("int4:32"), "{said}");
+    let generate = |dir: &Path, extra: &[&str]| {
+        run_ok(
+            llava()
+                .args(["generate", "--device", "cpu", "--max-new-tokens", "8"])
+                .args(["--prompt", "What shape is this?"])
+                .args(extra)
+                .arg("--model")
+                .arg(dir)
+                .arg("--image")
+                .arg(image()),
+        )
+    };
+    let at_load = generate(&model, &["--quantize", "int4"]);
+    assert_eq!(generate(&saved, &[]), at_load);
+    assert_eq!(generate(&saved, &["--quantize", "int4"]), at_load);
+
+    // What cannot work with codes says so.
+    let image = image().display().to_string();
+    let out = tmp.path().join("out").display().to_string();
+    for (args, expected) in [
+        (
+            vec![
+                "generate",
+                "--quantize",
+                "int8",
+                "--prompt",
+                "What?",
+                "--image",
+                &image,
+            ],
+            "holds int4:32",
+        ),
+        (
+            vec![
+                "explain", "--prompt", "What?", "--image", &image, "--output", &out,
+            ],
+            "dense weights",
+        ),
+        (
+            vec!["quantize", "--quantize", "int8", "--output", &out],
+            "already holds int4:32",
+        ),
+        (
+            vec!["export-gguf", "--type", "f16", "--output", &out],
+            "export the dense model",
+        ),
+    ] {
+        let result = llava()
+            .args(&args)
+            .arg("--model")
+            .arg(&saved)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(
+            !result.status.success() && stderr.contains(expected),
+            "{args:?}: {stderr}"
+        );
+    }
+
+    // A Gemma directory too: bench-text reads the saved int8 codes.
+    let gemma = tmp.path().join("gemma-int8");
+    run_ok(
+        llava()
+            .args(["quantize", "--quantize", "int8"])
+            .arg("--model")
+            .arg(fixtures().join("gemma/model"))
+            .arg("--output")
+            .arg(&gemma),
+    );
+    assert!(gemma.join("tokenizer.json").exists());
+    let report = run_ok(
+        llava()
+            .args([
+                "bench-text",
+                "--device",
+                "cpu",
+                "--prompt-len",
+                "4",
+                "--new-tokens",
+                "3",
+            ])
+            .arg("--model")
+            .arg(&gemma),
+    );
+    assert!(report.contains("int8 (saved)"), "{report}");
+}

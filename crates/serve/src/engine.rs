@@ -102,6 +102,9 @@ pub struct ModelInfo {
     pub processor: ImageProcessor,
     /// When the model was loaded (Unix seconds).
     pub created: u64,
+    /// The language model's quantized form, if it runs quantized (`--quantize`, or a directory
+    /// saved by `llava quantize`).
+    pub quantization: Option<foundation::quant::Quantization>,
 }
 
 /// The HTTP side's handle on the model thread.
@@ -269,6 +272,7 @@ fn load(config: &ServerConfig) -> Result<(LlavaModel, ModelInfo, i64)> {
     let created = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let quantization = model.quantization();
     Ok((
         model,
         ModelInfo {
@@ -279,6 +283,7 @@ fn load(config: &ServerConfig) -> Result<(LlavaModel, ModelInfo, i64)> {
             prompt_format,
             processor,
             created,
+            quantization,
         },
         capacity,
     ))

@@ -308,7 +308,7 @@ fn prepare(state: &AppState, body: &[u8], arrived: Instant) -> Result<Prepared, 
             Some("explain"),
         ));
     }
-    if explain && state.config.quantize.is_some() {
+    if explain && state.engine.info.quantization.is_some() {
         // Explaining differentiates through the linear layers, which quantized kernels cannot.
         return Err(Error::bad_request(
             "`explain` needs the model's dense weights: this server runs it quantized",

@@ -334,6 +334,12 @@ fn llava_from_dir(
     }
     let kind = foundation::device::default_kind(device);
     let model = LlavaModel::from_pretrained(dir, device, kind)?;
+    if let Some(how) = model.quantization() {
+        return Err(RunError::Config(format!(
+            "{} holds {how} weights (from `llava quantize`): training needs the dense model",
+            dir.display()
+        )));
+    }
     load_connector(&model, connector)?;
     let tokenizer = gemma_lm::GemmaTokenizer::from_file(dir).map_err(llava_model::Error::from)?;
     Ok((model, tokenizer))

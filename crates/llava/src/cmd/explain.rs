@@ -36,6 +36,13 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
         ));
     }
     let chat = args.source.open()?;
+    if let Some(how) = chat.model().quantization() {
+        return Err(llava::Error::Unsupported(format!(
+            "explain needs the model's dense weights: {} holds {how} codes (from `llava \
+             quantize`)",
+            args.source.model.display()
+        )));
+    }
     let config = llava::gemma_lm::GenerationConfig {
         temperature: Some(0.0),
         ..args.source.sampling.config()

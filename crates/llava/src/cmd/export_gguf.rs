@@ -45,6 +45,13 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
         }
     };
     let dir = model_path(&args.model)?;
+    if let Some(how) = llava::foundation::quant::Quantization::of_directory(&dir)? {
+        return Err(llava::Error::Unsupported(format!(
+            "{} holds {how} codes of our own form (from `llava quantize`): export the dense \
+             model, with --type q8_0 or q4_0 for llama.cpp's quantized forms",
+            dir.display()
+        )));
+    }
     // A LLaVA directory's language model is its text_config; a Gemma directory's is the config.
     let llava_config = LlavaConfig::from_file(&dir).ok();
     let config = match &llava_config {

@@ -18,6 +18,7 @@ pub mod launch;
 pub mod merge_lora;
 pub mod parity;
 pub mod plan;
+pub mod quantize;
 pub mod score;
 pub mod serve;
 pub mod train;

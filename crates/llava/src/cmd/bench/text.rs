@@ -76,14 +76,26 @@ pub fn run(a: &Args) -> llava::Result<ExitCode> {
     let start = Instant::now();
     let config = GemmaConfig::from_file(&dir)?;
     let checkpoint = Checkpoint::open(&dir)?;
-    let (_vs, model, weights) = match a.quantize.as_deref() {
-        Some(how) => {
+    let stored = Quantization::of_directory(&dir)?;
+    let (_vs, model, weights) = match (stored, a.quantize.as_deref()) {
+        (Some(how), asked) => {
+            if asked.is_some_and(|q| q.parse() != Ok(how)) {
+                return Err(llava::Error::Unsupported(format!(
+                    "{} holds {how} weights; --quantize must be that or left out",
+                    dir.display()
+                )));
+            }
+            let (vs, model) =
+                Gemma::from_checkpoint_prequantized(&config, &checkpoint, device, kind, how)?;
+            (vs, model, format!("{how} (saved)"))
+        }
+        (None, Some(how)) => {
             let how: Quantization = how.parse().map_err(llava::Error::Unsupported)?;
             let (vs, model) =
                 Gemma::from_checkpoint_quantized(&config, &checkpoint, device, kind, how)?;
             (vs, model, how.to_string())
         }
-        None => {
+        (None, None) => {
             let (vs, model) = Gemma::from_checkpoint(&config, &checkpoint, device, kind)?;
             (vs, model, dtype_name(kind).to_string())
         }
