@@ -180,6 +180,16 @@ impl Checkpoint {
         Ok(Tensor::f_from_data_size(bytes, &info.shape, kind)?)
     }
 
+    /// [`tensor`](Self::tensor) a slice of rows at a time, each slice's pages released once
+    /// copied (see [`release`](Self::release)): the process holds the copy, never the copy and
+    /// the file's pages of a large tensor.
+    pub fn tensor_released(&self, name: &str) -> Result<Tensor> {
+        let (info, kind) = self.located(name)?;
+        let mut t = Tensor::f_empty(&info.shape, (kind, tch::Device::Cpu))?;
+        tch::no_grad(|| self.copy_into(name, &mut t))?;
+        Ok(t)
+    }
+
     /// Tensor `name`'s shape, from the header (nothing read).
     pub fn shape(&self, name: &str) -> Result<Vec<i64>> {
         Ok(self.located(name)?.0.shape.clone())

@@ -23,6 +23,18 @@ pub fn write_atomic_with(
     path: impl AsRef<Path>,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<()> {
+    write_atomic_file(path, |tmp| {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(tmp)?);
+        write(&mut file)?;
+        file.flush()
+    })
+}
+
+/// Like [`write_atomic`], with the temporary file written by `write` at the path it is given.
+fn write_atomic_file(
+    path: impl AsRef<Path>,
+    write: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<()> {
     let path = path.as_ref();
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -37,10 +49,8 @@ pub fn write_atomic_with(
         std::process::id()
     ));
     let result = (|| {
-        let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        write(&mut file)?;
-        let file = file.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
+        write(&tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, path)?;
         // Make the rename itself durable.
         if let Ok(d) = std::fs::File::open(dir) {
@@ -54,11 +64,11 @@ pub fn write_atomic_with(
     })
 }
 
-/// One tensor's bytes, ready for serialisation.
+/// One tensor, contiguous on the CPU, whose memory is serialised as it is.
 struct Bytes {
     dtype: Dtype,
     shape: Vec<usize>,
-    data: Vec<u8>,
+    tensor: Tensor,
 }
 
 impl View for &Bytes {
@@ -69,14 +79,24 @@ impl View for &Bytes {
         &self.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
+        let len = self.data_len();
+        if len == 0 {
+            return Cow::Borrowed(&[]);
+        }
+        // SAFETY: `tensor` is a contiguous CPU tensor of `len` bytes that this value owns a
+        // handle to (keeping its storage alive) and nothing writes while the file is written.
+        Cow::Borrowed(unsafe {
+            std::slice::from_raw_parts(self.tensor.data_ptr() as *const u8, len)
+        })
     }
     fn data_len(&self) -> usize {
-        self.data.len()
+        self.tensor.numel() * self.tensor.kind().elt_size_in_bytes()
     }
 }
 
 /// Saves named tensors (any device, any supported dtype) as one safetensors file, atomically.
+/// CPU tensors are written from their own memory (no copy of the model is made); others are
+/// copied to the CPU first.
 pub fn save_safetensors(
     path: impl AsRef<Path>,
     tensors: &[(String, Tensor)],
@@ -92,18 +112,23 @@ pub fn save_safetensors(
             file: path.to_path_buf(),
             dtype: format!("{kind:?}"),
         })?;
-        let numel = cpu.numel();
-        let mut data = vec![0u8; numel * kind.elt_size_in_bytes()];
-        cpu.f_copy_data_u8(&mut data, numel)?;
         let shape = cpu.size().iter().map(|&d| d as usize).collect();
-        owned.push((name.as_str(), Bytes { dtype, shape, data }));
+        owned.push((
+            name.as_str(),
+            Bytes {
+                dtype,
+                shape,
+                tensor: cpu,
+            },
+        ));
     }
     let views = owned.iter().map(|(name, bytes)| (*name, bytes));
-    let buffer = safetensors::serialize(views, metadata).map_err(|e| Error::Safetensors {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    write_atomic(path, &buffer)
+    write_atomic_file(path, |tmp| {
+        safetensors::serialize_to_file(views, metadata, tmp).map_err(|e| match e {
+            safetensors::SafeTensorError::IoError(e) => e,
+            other => std::io::Error::other(format!("not a valid safetensors file: {other}")),
+        })
+    })
 }
 
 #[cfg(test)]

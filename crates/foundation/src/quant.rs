@@ -437,7 +437,7 @@ impl QuantizedWeight {
     }
 
     /// Reads weight `name` of dense shape `[out, in]` from `checkpoint`, saved in form `how` by
-    /// [`tensors`](Self::tensors) (each tensor's pages released once read). Returns the weight
+    /// [`tensors`](Self::tensors) (each slice's file pages released once read). Returns the weight
     /// and the checkpoint names it took; an error names a missing tensor, or one whose dtype or
     /// shape is not the form's.
     pub fn read(
@@ -474,8 +474,7 @@ impl QuantizedWeight {
                     found: info.shape.clone(),
                 });
             }
-            let t = checkpoint.tensor(&full)?;
-            checkpoint.release(&full);
+            let t = checkpoint.tensor_released(&full)?;
             names.push(full);
             Ok(t)
         };
