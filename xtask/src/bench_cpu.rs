@@ -3,8 +3,9 @@
 //!
 //! A random-weight Gemma with Gemma-2B's exact shapes (`scripts/make_random_gemma.py`,
 //! transformers' initialisation, bf16) is written once under `out/bench-cpu/`, exported by
-//! `llava export-gguf` as bf16, Q8_0 and Q4_0 files, and then each pair runs in fresh processes,
-//! interleaved round by round: ours in bf16 / int8 / int4 (`llava bench-text`, release build) and
+//! `llava export-gguf` as bf16, Q8_0 and Q4_0 files and by `llava quantize` as int8 and int4
+//! directories, and then each pair runs in fresh processes, interleaved round by round: ours in
+//! bf16 / int8 / int4 (`llava bench-text`, release build) and
 //! llama.cpp in bf16 / Q8_0 / Q4_0 (llama-cpp-python 0.3.36, `scripts/llama_cpp_bench.py`), each
 //! loading the weights into memory (not mapped), one prompt of random ids, greedy decoding.
 //! Prints a table of medians over the rounds and writes every run to
@@ -15,7 +16,8 @@ use std::process::Command;
 
 use crate::{build_release_llava, output_of, reference_python, root};
 
-/// The three pairs: our weights (and `--quantize`), llama.cpp's file type.
+/// The three pairs: our weights (and the form `llava quantize` saves them in), llama.cpp's
+/// file type.
 const PAIRS: [(&str, Option<&str>, &str); 3] = [
     ("bf16", None, "bf16"),
     ("int8", Some("int8"), "q8_0"),
@@ -76,6 +78,20 @@ pub fn run(args: &[String]) -> Result<(), String> {
             )?;
         }
     }
+    // Ours quantized once and saved, as llama.cpp's GGUF files are: both load codes.
+    for (_, quantize, _) in PAIRS {
+        if let Some(q) = quantize {
+            if !quantized(&out, q).join("model.safetensors").exists() {
+                run_ok(
+                    Command::new(&llava)
+                        .args(["quantize", "--dtype", "bf16", "--quantize", q, "--model"])
+                        .arg(&model)
+                        .arg("--output")
+                        .arg(quantized(&out, q)),
+                )?;
+            }
+        }
+    }
     let (prompt, new, threads_s) = (
         prompt_len.to_string(),
         new_tokens.to_string(),
@@ -89,11 +105,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
             command
                 .args(["bench-text", "--device", "cpu", "--dtype", "bf16"])
                 .args(["--prompt-len", &prompt, "--new-tokens", &new, "--model"])
-                .arg(&model)
+                .arg(quantize.map_or(model.clone(), |q| quantized(&out, q)))
                 .env("OMP_NUM_THREADS", &threads_s);
-            if let Some(q) = quantize {
-                command.args(["--quantize", q]);
-            }
             runs.push((
                 "ours".into(),
                 ours.into(),
@@ -158,6 +171,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
     std::fs::write(&file, report).map_err(|e| format!("{}: {e}", file.display()))?;
     eprintln!("xtask: every run in {}", file.display());
     Ok(())
+}
+
+/// The directory `llava quantize` writes the model to in form `how`.
+fn quantized(out: &Path, how: &str) -> std::path::PathBuf {
+    out.join(format!("gemma-2b-{how}"))
 }
 
 /// The GGUF file of `file_type` that `llava export-gguf` writes for the model.

@@ -581,11 +581,37 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void int8_vnni(
         }
 }
 
-// R rows of an int4 weight from r against m rows of x as signed Q8_0 (see Q8Signed): 128 inputs
-// (64 bytes of codes) a step, which spans S groups' scales (4 for groups of 32, 2 for 64, else 1).
-template <int R, int S>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void int4_vnni_rows(
-    const Int4 &w, const std::vector<Q8Signed> &xs, float *y, int64_t m, int64_t n, int64_t r) {
+// Row `row` of an int4 weight against one row of x as signed Q8_0, given `acc`, the lanes its
+// whole 128-input steps summed: each group's minimum times the group's sum of activations into
+// the same lanes, the lanes summed, then the blocks past the last whole 128 inputs in input order.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) float int4_vnni_finish(
+    const Int4 &w, const Q8Signed &xq, int64_t row, __m512 acc) {
+    const int64_t k = w.k, groups = k / w.group, steps = k / 128;
+    const uint16_t *mins = w.mins + row * groups;
+    int64_t g = 0;
+    for (; g + 16 <= groups; g += 16) {
+        __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(mins + g));
+        __m512 mv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        acc = _mm512_fmadd_ps(mv, _mm512_loadu_ps(xq.group_sums.data() + g), acc);
+    }
+    float total = _mm512_reduce_add_ps(acc);
+    for (; g < groups; ++g) total += bf16_to_float(mins[g]) * xq.group_sums[g];
+    const uint8_t *codes = w.codes + row * (k / 2);
+    for (int64_t b = steps * 4; b < k / 32; ++b) {
+        int32_t sum = 0;
+        for (int64_t j = 32 * b; j < 32 * b + 32; ++j) sum += int4_code(codes, j) * xq.codes[j];
+        total += float(sum) * xq.block_scales[b] * bf16_to_float(w.scales[row * groups + 32 * b / w.group]);
+    }
+    return total;
+}
+
+// R rows of an int4 weight from r against X rows of x from i0, as signed Q8_0 (see Q8Signed):
+// 128 inputs (64 bytes of codes) a step, which spans S groups' scales (4 for groups of 32, 2 for
+// 64, else 1). Each step's codes are unpacked once for the X rows, so a prompt's rows share the
+// unpacking and the weight rows stay in L1 while they pass.
+template <int R, int S, int X>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void int4_vnni_tile(
+    const Int4 &w, const std::vector<Q8Signed> &xs, float *y, int64_t n, int64_t r, int64_t i0) {
     const int64_t k = w.k, groups = k / w.group, steps = k / 128;
     const __m512i zero = _mm512_setzero_si512();
     const __m512i nibble = _mm512_set1_epi8(15);
@@ -597,62 +623,61 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void int4_vnni_r
         pick_words[2 * l + 1] = int16_t(l / 4 * 32 / std::min<int64_t>(w.group, 128));
     }
     const __m512i pick = _mm512_load_si512(pick_words);
-    for (int64_t i = 0; i < m; ++i) {
-        const Q8Signed &xq = xs[i];
-        __m512 acc[R];
-        for (int q = 0; q < R; ++q) acc[q] = _mm512_setzero_ps();
-        for (int64_t t = 0; t < steps; ++t) {
-            __m512i x_first = _mm512_loadu_si512(xq.codes.data() + 128 * t);
-            __m512i x_second = _mm512_loadu_si512(xq.codes.data() + 128 * t + 64);
-            __m512 d = _mm512_loadu_ps(xq.scales.data() + 16 * t);
-            int64_t g = 128 * t / w.group;
-            for (int q = 0; q < R; ++q) {
-                const uint8_t *row = w.codes + (r + q) * (k / 2);
-                _mm_prefetch(reinterpret_cast<const char *>(row + kPrefetchRows * (k / 2) + 64 * t),
-                             _MM_HINT_T0);
-                __m512i bytes = _mm512_loadu_si512(row + 64 * t);
-                __m512i dot = _mm512_dpbusd_epi32(zero, _mm512_and_si512(bytes, nibble), x_first);
-                dot = _mm512_dpbusd_epi32(
-                    dot, _mm512_and_si512(_mm512_srli_epi16(bytes, 4), nibble), x_second);
-                int64_t words = 0;
-                std::memcpy(&words, w.scales + (r + q) * groups + g, 2 * S);
-                __m512 sv = _mm512_castsi512_ps(
-                    _mm512_maskz_permutexvar_epi16(0xAAAAAAAA, pick, _mm512_set1_epi64(words)));
-                acc[q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, sv), acc[q]);
-            }
+    __m512 acc[R][X];
+    for (int q = 0; q < R; ++q)
+        for (int j = 0; j < X; ++j) acc[q][j] = _mm512_setzero_ps();
+    for (int64_t t = 0; t < steps; ++t) {
+        __m512i x_first[X], x_second[X];
+        for (int j = 0; j < X; ++j) {
+            x_first[j] = _mm512_loadu_si512(xs[i0 + j].codes.data() + 128 * t);
+            x_second[j] = _mm512_loadu_si512(xs[i0 + j].codes.data() + 128 * t + 64);
         }
+        int64_t g = 128 * t / w.group;
         for (int q = 0; q < R; ++q) {
-            // Each group's minimum times the group's sum of activations, into the same lanes.
-            const uint16_t *mins = w.mins + (r + q) * groups;
-            int64_t g = 0;
-            for (; g + 16 <= groups; g += 16) {
-                __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(mins + g));
-                __m512 mv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-                acc[q] = _mm512_fmadd_ps(mv, _mm512_loadu_ps(xq.group_sums.data() + g), acc[q]);
+            const uint8_t *row = w.codes + (r + q) * (k / 2);
+            _mm_prefetch(reinterpret_cast<const char *>(row + kPrefetchRows * (k / 2) + 64 * t),
+                         _MM_HINT_T0);
+            __m512i bytes = _mm512_loadu_si512(row + 64 * t);
+            __m512i low = _mm512_and_si512(bytes, nibble);
+            __m512i high = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), nibble);
+            int64_t words = 0;
+            std::memcpy(&words, w.scales + (r + q) * groups + g, 2 * S);
+            __m512 sv = _mm512_castsi512_ps(
+                _mm512_maskz_permutexvar_epi16(0xAAAAAAAA, pick, _mm512_set1_epi64(words)));
+            for (int j = 0; j < X; ++j) {
+                __m512i dot = _mm512_dpbusd_epi32(zero, low, x_first[j]);
+                dot = _mm512_dpbusd_epi32(dot, high, x_second[j]);
+                __m512 d = _mm512_loadu_ps(xs[i0 + j].scales.data() + 16 * t);
+                acc[q][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, sv), acc[q][j]);
             }
-            float total = _mm512_reduce_add_ps(acc[q]);
-            for (; g < groups; ++g) total += bf16_to_float(mins[g]) * xq.group_sums[g];
-            // Blocks past the last whole 128 inputs, in input order.
-            const uint8_t *codes = w.codes + (r + q) * (k / 2);
-            for (int64_t b = steps * 4; b < k / 32; ++b) {
-                int32_t sum = 0;
-                for (int64_t j = 32 * b; j < 32 * b + 32; ++j) sum += int4_code(codes, j) * xq.codes[j];
-                total += float(sum) * xq.block_scales[b] *
-                         bf16_to_float(w.scales[(r + q) * groups + 32 * b / w.group]);
-            }
-            y[i * n + r + q] = total;
         }
     }
+    for (int q = 0; q < R; ++q)
+        for (int j = 0; j < X; ++j)
+            y[(i0 + j) * n + r + q] = int4_vnni_finish(w, xs[i0 + j], r + q, acc[q][j]);
 }
 
+// Rows r0..r1 of an int4 weight against the m rows of x, as signed Q8_0: tiles of 4 weight rows
+// by 4 rows of x.
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void int4_vnni(
     const Int4 &w, const std::vector<Q8Signed> &xs, float *y, int64_t m, int64_t n, int64_t r0,
     int64_t r1) {
     auto rows = [&](auto s) {
         constexpr int S = decltype(s)::value;
+        auto tile = [&](auto rr, int64_t r) {
+            constexpr int R = decltype(rr)::value;
+            int64_t i = 0;
+            for (; i + 4 <= m; i += 4) int4_vnni_tile<R, S, 4>(w, xs, y, n, r, i);
+            switch (m - i) {
+            case 3: int4_vnni_tile<R, S, 3>(w, xs, y, n, r, i); break;
+            case 2: int4_vnni_tile<R, S, 2>(w, xs, y, n, r, i); break;
+            case 1: int4_vnni_tile<R, S, 1>(w, xs, y, n, r, i); break;
+            default: break;
+            }
+        };
         int64_t r = r0;
-        for (; r + 4 <= r1; r += 4) int4_vnni_rows<4, S>(w, xs, y, m, n, r);
-        for (; r < r1; ++r) int4_vnni_rows<1, S>(w, xs, y, m, n, r);
+        for (; r + 4 <= r1; r += 4) tile(std::integral_constant<int, 4>(), r);
+        for (; r < r1; ++r) tile(std::integral_constant<int, 1>(), r);
     };
     if (w.group == 32) rows(std::integral_constant<int, 4>());
     else if (w.group == 64) rows(std::integral_constant<int, 2>());
@@ -894,8 +919,10 @@ char *llava_gemv_int4(const at::Tensor *x_, const at::Tensor *codes, const at::T
         int64_t grain = grain_rows(k / 2, 1);
 #if defined(__x86_64__)
         if (level >= kAvx512Vnni) {
-            std::vector<Q8Signed> xs;
-            for (int64_t i = 0; i < m; ++i) xs.push_back(quantize_row_signed(xp + i * k, k, group));
+            std::vector<Q8Signed> xs(m);
+            at::parallel_for(0, m, 1, [&](int64_t i0, int64_t i1) {
+                for (int64_t i = i0; i < i1; ++i) xs[i] = quantize_row_signed(xp + i * k, k, group);
+            });
             at::parallel_for(0, (n + grain - 1) / grain, 1, [&](int64_t b0, int64_t b1) {
                 int4_vnni(w, xs, yp, m, n, b0 * grain, std::min(n, b1 * grain));
             });

@@ -250,7 +250,8 @@ pub struct Int4<'a> {
 
 /// `x W^T` for `x` `[..., k]` and an int4 weight, in `x`'s dtype, or `None` where the kernels do
 /// not run (as in [`int8`]). A few rows go through the matrix-vector kernel (with VNNI against
-/// the rows of `x` quantized as Q8_0), more through libtorch's f32 GEMM on blocks of the weight
+/// the rows of `x` quantized as Q8_0, in tiles of 4 weight rows by up to 4 rows of `x` that
+/// unpack each step's codes once), more through libtorch's f32 GEMM on blocks of the weight
 /// dequantized to f32.
 pub fn int4(x: &Tensor, w: Int4) -> Option<Tensor> {
     int4_with(x, w, isa())
@@ -259,6 +260,10 @@ pub fn int4(x: &Tensor, w: Int4) -> Option<Tensor> {
 /// [`int4`] with at most the instructions of `level`.
 pub fn int4_with(x: &Tensor, w: Int4, level: Isa) -> Option<Tensor> {
     let (rows, few) = quantized_rows(x, w.codes)?;
+    // A prompt's rows against VNNI's integer tiles measured no faster than libtorch's f32 GEMM
+    // on dequantized blocks (62 against 59 ms for 128 rows by Gemma-2B's up_proj on the 2-vCPU
+    // Xeon: per two dot products a tile step also converts, scales and accumulates in f32), and
+    // the GEMM keeps the activations exact.
     let shim = if few {
         llava_gemv_int4
     } else {
@@ -371,6 +376,28 @@ mod tests {
     }
 
     /// The largest difference relative to the reference's largest magnitude.
+    /// How far `got` strays from `want = x W^T` beyond what rounding the rows of `x` to Q8_0
+    /// (blocks of 32, step max |x| / 127, as the VNNI kernels do) moves it: each output by at
+    /// most sum_k |w_jk| * step_k / 2, and, the roundings being independent and uniform, by
+    /// more than six standard deviations (sqrt(sum_k w_jk^2 * step_k^2 / 12)) about once in
+    /// 10^9; the smaller bound, plus f32 rounding. At most 0 when within.
+    fn q8_excess(got: &Tensor, want: &Tensor, x: &Tensor, w: &Tensor) -> f64 {
+        let (k, n) = (x.size()[x.dim() - 1], w.size()[0]);
+        let x = x.to_kind(Kind::Float).reshape([-1, k / 32, 32]);
+        let step = (x.abs().amax([2], true) / 127.0)
+            .expand([-1, k / 32, 32], false)
+            .reshape([-1, k]);
+        let w = w.to_kind(Kind::Float);
+        let worst = (&step / 2.0).matmul(&w.abs().tr());
+        let six_sigma = ((&step * &step / 12.0).matmul(&(&w * &w).tr())).sqrt() * 6.0;
+        let bound = worst.minimum(&six_sigma);
+        let want = want.to_kind(Kind::Float).reshape([-1, n]);
+        let diff = (got.to_kind(Kind::Float).reshape([-1, n]) - &want).abs();
+        (diff - bound * 1.001 - (want.abs() + 1.0) * 1e-4)
+            .max()
+            .double_value(&[])
+    }
+
     fn relative_error(got: &Tensor, want: &Tensor) -> f64 {
         let want = want.to_kind(Kind::Double);
         let diff = (got.to_kind(Kind::Double) - &want)
@@ -507,20 +534,19 @@ mod tests {
                     let got = int8_with(&x, &q, &scales.to_kind(Kind::BFloat16), level).unwrap();
                     assert_eq!(got.size(), [rows, n]);
                     // Scales in bf16 (as quantized weights keep them) and, with VNNI, activations
-                    // rounded to 8 bits per block of 32: a few parts in a thousand.
+                    // rounded to 8 bits per block of 32.
                     let bf16_scales = q.to_kind(Kind::Float)
                         * scales
                             .to_kind(Kind::BFloat16)
                             .to_kind(Kind::Float)
                             .unsqueeze(1);
                     let want_bf16 = x.linear::<&Tensor>(&bf16_scales, None);
-                    let e = relative_error(&got, &want_bf16);
-                    let bound = if level == Isa::Avx512Vnni && k % 64 == 0 && rows <= MAX_ROWS {
-                        2e-2
+                    let e = if level == Isa::Avx512Vnni && k % 64 == 0 && rows <= MAX_ROWS {
+                        q8_excess(&got, &want_bf16, &x, &bf16_scales)
                     } else {
-                        1e-5
+                        relative_error(&got, &want_bf16) - 1e-5
                     };
-                    assert!(e < bound, "{level:?}, {rows}x{k} by {n}: {e}");
+                    assert!(e <= 0.0, "{level:?}, {rows}x{k} by {n}: {e}");
                     assert!(relative_error(&got, &want) < 3e-2);
                 }
             }
@@ -611,14 +637,13 @@ mod tests {
                     let got = int4_with(&x, w.weight(), level).unwrap();
                     assert_eq!(got.size(), [1, rows, n]);
                     // VNNI rounds the activations to 8 bits per block of 32 (Q8_0).
-                    let bound = if level == Isa::Avx512Vnni && rows <= MAX_ROWS {
-                        2e-2
+                    let e = if level == Isa::Avx512Vnni && rows <= MAX_ROWS {
+                        q8_excess(&got, &want, &x, &w.dense)
                     } else {
-                        1e-5
+                        relative_error(&got, &want) - 1e-5
                     };
-                    let e = relative_error(&got, &want);
                     assert!(
-                        e < bound,
+                        e <= 0.0,
                         "{level:?}, {rows}x{k} by {n}, groups of {group}: {e}"
                     );
                     let got = int4_with(&x.to_kind(Kind::BFloat16), w.weight(), level).unwrap();
