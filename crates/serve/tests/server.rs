@@ -451,13 +451,34 @@ fn metrics_are_prometheus_text() {
 }
 
 /// A server that loads its model quantized answers, and refuses `explain` (which needs the dense
-/// weights) with a 400 while staying up.
+/// weights) with a 400 while staying up; so does one given a directory saved quantized (by
+/// `llava quantize`), which answers as quantizing at load does.
 #[test]
 fn quantized_server_answers_and_refuses_explain() {
-    for how in ["int8", "int4"] {
-        let server = start(ServerConfig {
-            quantize: Some(how.into()),
-            ..common::config()
+    let saved = tempfile::tempdir().unwrap();
+    let model = llava_model::LlavaModel::from_pretrained_quantized(
+        model_dir(),
+        tch::Device::Cpu,
+        tch::Kind::Float,
+        Some(foundation::quant::Quantization::Int4 { group: 32 }),
+    )
+    .unwrap();
+    let tokenizer = gemma_lm::GemmaTokenizer::from_file(model_dir()).unwrap();
+    model
+        .save_pretrained(saved.path(), Some(&tokenizer))
+        .unwrap();
+    drop(model);
+    let mut answers = Vec::new();
+    for how in ["int8", "int4", "saved int4"] {
+        let server = start(match how {
+            "saved int4" => ServerConfig {
+                model: saved.path().to_path_buf(),
+                ..common::config()
+            },
+            _ => ServerConfig {
+                quantize: Some(how.into()),
+                ..common::config()
+            },
         });
         let (text, usage) = complete(&server, &chat_body("Describe the image.", true, 7));
         assert!(!text.is_empty(), "{how}");
@@ -474,6 +495,11 @@ fn quantized_server_answers_and_refuses_explain() {
         );
         let (text_again, _) = complete(&server, &chat_body("Describe the image.", true, 7));
         assert_eq!(text_again, text, "{how}: greedy answers are repeatable");
+        answers.push(text);
         server.shutdown().unwrap();
     }
+    assert_eq!(
+        answers[2], answers[1],
+        "the saved int4 model answers as int4 at load"
+    );
 }
