@@ -27,6 +27,12 @@ pub use crate::norm::RmsNorm;
 use crate::rotary::{CosSin, Rotaries};
 use crate::{Error, Result};
 
+/// Whether variable `name` is a decoder layer's linear weight (`model.layers.3.mlp.up_proj.weight`):
+/// what quantizing takes besides the head.
+fn is_decoder_linear(name: &str) -> bool {
+    name.starts_with("model.layers.") && name.ends_with("_proj.weight")
+}
+
 /// Label value that carries no loss, as in PyTorch's `CrossEntropyLoss`.
 pub const IGNORE_INDEX: i64 = -100;
 
@@ -204,9 +210,7 @@ impl Gemma {
         checkpoint: &Checkpoint,
         how: Quantization,
     ) -> Result<()> {
-        let linear =
-            |name: &str| name.starts_with("model.layers.") && name.ends_with("_proj.weight");
-        let mut used = self.load_where(vs, checkpoint, |name| !linear(name))?;
+        let mut used = self.load_where(vs, checkpoint, |name| !is_decoder_linear(name))?;
         // The head (and the embedding it may share) first, so its dense table is gone before
         // the layers' codes pile up.
         self.quantize_head(how)?;
@@ -214,7 +218,7 @@ impl Gemma {
         for i in 0..self.layers.len() {
             let layer = format!("model.layers.{i}.");
             used.extend(self.load_where(vs, checkpoint, |name| {
-                linear(name) && name.starts_with(&layer)
+                is_decoder_linear(name) && name.starts_with(&layer)
             })?);
             for (name, linear) in self.layers[i].linears_mut() {
                 linear
@@ -239,7 +243,7 @@ impl Gemma {
     ) -> Result<()> {
         let tied = self.lm_head.is_none();
         let quantized = |name: &str| {
-            (name.starts_with("model.layers.") && name.ends_with("_proj.weight"))
+            is_decoder_linear(name)
                 || name == "lm_head.weight"
                 || (tied && name == "model.embed_tokens.weight")
         };
@@ -267,11 +271,8 @@ impl Gemma {
             });
             Ok(weight)
         };
-        for i in 0..self.layers.len() {
-            for (name, linear) in self.layers[i].linears_mut() {
-                let var = format!("model.layers.{i}.{name}.weight");
-                linear.quantized = Some(read(&var, &mut linear.weight)?);
-            }
+        for (name, linear) in self.linears_mut() {
+            linear.quantized = Some(read(&format!("{name}.weight"), &mut linear.weight)?);
         }
         match &mut self.lm_head {
             Some(head) => head.quantized = Some(read("lm_head.weight", &mut head.weight)?),
@@ -291,14 +292,13 @@ impl Gemma {
 
     /// The quantized weights under their variables' names (a tied head's are the embedding's).
     fn quantized_weights(&self) -> Vec<(String, &QuantizedWeight)> {
-        let mut out = Vec::new();
-        for (i, layer) in self.layers.iter().enumerate() {
-            for (name, linear) in layer.linears() {
-                if let Some(q) = &linear.quantized {
-                    out.push((format!("model.layers.{i}.{name}.weight"), q));
-                }
-            }
-        }
+        let mut out: Vec<(String, &QuantizedWeight)> = self
+            .linears()
+            .into_iter()
+            .filter_map(|(name, linear)| {
+                Some((format!("{name}.weight"), linear.quantized.as_ref()?))
+            })
+            .collect();
         if let Some(q) = self.lm_head.as_ref().and_then(|h| h.quantized.as_ref()) {
             out.push(("lm_head.weight".to_string(), q));
         }
@@ -759,7 +759,7 @@ impl Gemma {
                     "the model is quantized as {current} already; it cannot become {how}"
                 )));
             }
-            return Ok(self.layers.len() * 7);
+            return Ok(self.linears().len());
         }
         let linears = self.linears_mut();
         let n = linears.len();

@@ -66,7 +66,7 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
         ] {
             vs.set_kind(kind);
         }
-        let layers = model.config.text_config.num_hidden_layers as usize * 7;
+        let layers = model.lm.linears().len();
         let tokenizer = GemmaTokenizer::from_file(&source)?;
         model.save_pretrained(&args.output, Some(&tokenizer))?;
         // The source's own processor and generation settings, where it has them, rather than
@@ -97,7 +97,7 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
         copy_files(&source, &args.output, |name| {
             name != "config.json" && !name.contains(".safetensors") && !name.ends_with(".bin")
         })?;
-        config.num_hidden_layers as usize * 7
+        model.linears().len()
     };
     println!(
         "quantized {layers} linear layers and the head as {how} into {} in {:.1} s",
