@@ -62,8 +62,9 @@ impl std::fmt::Display for Quantization {
 }
 
 /// `quantization_config.quant_method` in the `config.json` of a model directory whose weights we
-/// saved quantized ([`QuantizedWeight::tensors`]). transformers refuses a method it does not
-/// know, so it names the directory's form rather than loading codes as weights.
+/// saved quantized ([`QuantizedWeight::tensors`]): our form alone. transformers 5 only warns
+/// about a method it does not know and leaves the weights it cannot find at random, so such a
+/// directory is for our loaders, never for transformers.
 pub const QUANT_METHOD: &str = "llava-gemma-rs";
 
 impl Quantization {
