@@ -4,8 +4,12 @@ safetensors and tokenizers for the Hugging Face directory.
 
 Usage: gguf_lm_check.py FILE MODEL_DIR
 
-Every tensor must equal the checkpoint's (norms as 1 + w), within the quantization's error for a
-quantized file; the vocabulary must be the tokenizer's, id by id; the keys must be config.json's.
+Gemma 1, 2 and 3 (architectures gemma, gemma2, gemma3). Every tensor must equal the checkpoint's
+(norms as 1 + w), within the quantization's error for a quantized file; where llama.cpp's query
+scale (1/sqrt(head_dim)) differs from the config's (1/sqrt(query_pre_attn_scalar)), the queries
+carry the ratio (Gemma 2's q_proj, Gemma 3's q_norm). The vocabulary must be the tokenizer's, id
+by id; the keys must be config.json's (for Gemma 2/3 also the window, which layers slide, the
+soft-caps and the rotary embeddings).
 Prints one JSON line; exits 1 on a mismatch.
 """
 import glob
@@ -33,22 +37,63 @@ def field(key):
     return None if f is None else f.contents()
 
 
-for key, want in [
-    ("gemma.embedding_length", text["hidden_size"]),
-    ("gemma.block_count", text["num_hidden_layers"]),
-    ("gemma.feed_forward_length", text["intermediate_size"]),
-    ("gemma.attention.head_count", text["num_attention_heads"]),
-    ("gemma.attention.head_count_kv", text["num_key_value_heads"]),
-    ("gemma.attention.key_length", text["head_dim"]),
-    ("gemma.context_length", text["max_position_embeddings"]),
-]:
-    if field(key) != want:
-        problems.append(f"{key}: {field(key)} != {want}")
+model_type = text.get("model_type", "gemma")
+arch = {"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3"}[model_type]
+if field("general.architecture") != arch:
+    problems.append(f"architecture {field('general.architecture')} != {arch}")
+layers = text["num_hidden_layers"]
+wanted = [
+    ("embedding_length", text["hidden_size"]),
+    ("block_count", layers),
+    ("feed_forward_length", text["intermediate_size"]),
+    ("attention.head_count", text["num_attention_heads"]),
+    ("attention.head_count_kv", text["num_key_value_heads"]),
+    ("attention.key_length", text["head_dim"]),
+    ("context_length", text["max_position_embeddings"]),
+]
+q_factor = 1.0
+if arch != "gemma":
+    types = text["layer_types"]
+    wanted += [
+        ("attention.sliding_window", text["sliding_window"]),
+        ("attention.sliding_window_pattern", [t == "sliding_attention" for t in types]),
+    ]
+    if arch == "gemma2":
+        wanted += [
+            ("attn_logit_softcapping", text["attn_logit_softcapping"]),
+            ("final_logit_softcapping", text["final_logit_softcapping"]),
+        ]
+    else:
+        rope = text["rope_parameters"]
+        wanted += [
+            ("rope.freq_base", rope["full_attention"]["rope_theta"]),
+            ("rope.freq_base_swa", rope["sliding_attention"]["rope_theta"]),
+        ]
+        if rope["full_attention"].get("rope_type") == "linear":
+            wanted += [
+                ("rope.scaling.type", "linear"),
+                ("rope.scaling.factor", rope["full_attention"]["factor"]),
+            ]
+    big = layers == {"gemma2": 46, "gemma3": 62}[arch]
+    per_head = text["hidden_size"] // text["num_attention_heads"] if big else text["head_dim"]
+    q_factor = (per_head / text.get("query_pre_attn_scalar", 256)) ** 0.5
+for key, want in wanted:
+    got = field(f"{arch}.{key}")
+    same = got == want if not isinstance(want, float) else got is not None and abs(got - want) < 1e-6 * abs(want)
+    if not same:
+        problems.append(f"{arch}.{key}: {got} != {want}")
 
 names = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
          "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
          "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
          "ffn_down": "mlp.down_proj"}
+if arch != "gemma":
+    names.update({"post_attention_norm": "post_attention_layernorm",
+                  "ffn_norm": "pre_feedforward_layernorm",
+                  "post_ffw_norm": "post_feedforward_layernorm"})
+if arch == "gemma3":
+    names.update({"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"})
+scaled = "attn_q_norm" if arch == "gemma3" else "attn_q"
 worst = 0.0
 for t in reader.tensors:
     if t.name == "token_embd.weight":
@@ -59,6 +104,8 @@ for t in reader.tensors:
         _, i, short, _ = t.name.split(".")
         hf, norm = f"layers.{i}.{names[short]}.weight", short.endswith("norm")
     want = weights[prefix + hf].astype(np.float32) + (1.0 if norm else 0.0)
+    if t.name.split(".")[2:3] == [scaled]:
+        want = want * q_factor
     got = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(want.shape)
     if norm and t.tensor_type != gguf.GGMLQuantizationType.F32:
         problems.append(f"{t.name}: a norm stored as {t.tensor_type.name}")
@@ -67,7 +114,7 @@ for t in reader.tensors:
     worst = max(worst, err)
     if err > tolerance:
         problems.append(f"{t.name}: off by {err:.3g} of its largest value")
-expected = 2 + 9 * text["num_hidden_layers"]
+expected = 2 + len(names) * layers
 if len(reader.tensors) != expected:
     problems.append(f"{len(reader.tensors)} tensors, expected {expected}")
 

@@ -1,6 +1,6 @@
 """Runs a language-model GGUF file written by `llava export-gguf` in llama.cpp (llama-cpp-python)
-and compares it with transformers' outputs stored in a parity fixture (fixtures/hf-parity/gemma:
-GemmaForCausalLM in f32, eager).
+and compares it with transformers' outputs stored in a parity fixture (fixtures/hf-parity/gemma,
+gemma2, gemma3-text: Gemma, Gemma 2 and Gemma 3 causal LMs in f32, eager attention).
 
 Usage: llama_cpp_check.py FILE FIXTURE_DIR [TEXT ...]
 

@@ -36,6 +36,8 @@ pub enum Value {
     F32s(Vec<f32>),
     /// An array of `GGUF_TYPE_STRING`.
     Strs(Vec<String>),
+    /// An array of `GGUF_TYPE_BOOL`.
+    Bools(Vec<bool>),
 }
 
 /// A tensor's element type in the file (ggml's type ids).
@@ -397,6 +399,10 @@ fn put_value(out: &mut Vec<u8>, value: &Value) {
         Value::Strs(vs) => {
             array_head(out, STRING, vs.len());
             vs.iter().for_each(|s| put_str(out, s));
+        }
+        Value::Bools(vs) => {
+            array_head(out, BOOL, vs.len());
+            out.extend(vs.iter().map(|&v| v as u8));
         }
     }
 }

@@ -1,5 +1,6 @@
-//! A Gemma language model as a GGUF file for llama.cpp (architecture `gemma`), written as its own
-//! converter (`convert_hf_to_gguf.py`'s `GemmaModel`) writes one: the same keys, tensor names and
+//! A Gemma language model as a GGUF file for llama.cpp (architectures `gemma`, `gemma2`,
+//! `gemma3`), written as its own converter (`convert_hf_to_gguf.py`'s `GemmaModel`,
+//! `Gemma2Model`, `Gemma3Model`) writes one: the same keys, tensor names and
 //! types, RMSNorm weights stored as `1 + w` (llama.cpp multiplies by the stored weight), the tied
 //! head left out, norms in f32 whatever the file's type. The tokenizer goes in as llama.cpp's
 //! SentencePiece-style vocabulary (`tokenizer.ggml.model = "llama"`): each token's score is minus
@@ -9,7 +10,7 @@
 use foundation::Checkpoint;
 use foundation::gguf::{GgufWriter, TensorType, Value};
 
-use crate::config::{GemmaConfig, Generation};
+use crate::config::{GemmaConfig, Generation, LayerType};
 use crate::{Error, Result};
 
 /// llama.cpp's token types.
@@ -21,7 +22,9 @@ const BYTE: i32 = 6;
 
 /// The language model of `checkpoint` (wherever in it the decoder sits) as a GGUF file with
 /// matrices stored as `kind`, and the tokenizer of `tokenizer_json` (a `tokenizer.json`'s text).
-/// Gemma 1 only: Gemma 2 and 3 are an error that says so.
+/// Gemma 1, 2 and 3 (architectures `gemma`, `gemma2`, `gemma3`); what llama.cpp cannot compute
+/// for a config (an untied head, a Gemma 2 without soft-caps, a Gemma 3 with a final soft-cap)
+/// is an error that says so.
 pub fn to_gguf<'a>(
     config: &GemmaConfig,
     checkpoint: &'a Checkpoint,
@@ -29,21 +32,19 @@ pub fn to_gguf<'a>(
     kind: TensorType,
     name: &str,
 ) -> Result<GgufWriter<'a>> {
-    if config.generation()? != Generation::Gemma1 {
-        return Err(Error::Input(format!(
-            "GGUF export writes Gemma 1 language models for now (this one is `{}`)",
-            config.model_type.as_deref().unwrap_or("gemma")
-        )));
-    }
+    let generation = config.generation()?;
+    let refuse = |why: &str| Error::Input(format!("GGUF export: {why}"));
     if !config.tie_word_embeddings {
-        return Err(Error::Input(
-            "GGUF export: llama.cpp's gemma reads the head from the embedding; this model's head \
-             is untied"
-                .into(),
+        return Err(refuse(
+            "llama.cpp's gemma reads the head from the embedding; this model's head is untied",
         ));
     }
+    let arch = match generation {
+        Generation::Gemma1 => "gemma",
+        Generation::Gemma2 => "gemma2",
+        Generation::Gemma3 => "gemma3",
+    };
     let mut w = GgufWriter::new();
-    let arch = "gemma";
     let key = |k: &str| format!("{arch}.{k}");
     w.set("general.architecture", Value::Str(arch.into()));
     w.set("general.name", Value::Str(name.into()));
@@ -78,37 +79,74 @@ pub fn to_gguf<'a>(
         &key("rope.freq_base"),
         Value::F32(config.rope_theta() as f32),
     );
+    if generation != Generation::Gemma1 {
+        sliding_keys(&mut w, config, generation, &key)?;
+    }
     add_tokenizer(&mut w, config, tokenizer_json)?;
 
+    // llama.cpp scales queries by its own rule (below); a config whose scale differs has the
+    // ratio folded into the queries: Gemma 2's q_proj, Gemma 3's query norm (its queries are
+    // normalised after q_proj, and the rotation is linear).
+    let query_factor = config.attention_scale() / llama_cpp_attention_scale(config, generation);
+    let fold = (query_factor - 1.0).abs() > 1e-6;
     let prefix = checkpoint.require_prefix("embed_tokens.weight", "model.embed_tokens.weight")?;
     // Each tensor is read, converted and encoded only when the file is written: the export
     // holds the checkpoint and one tensor, not every encoded tensor at once.
     let mut add = |gguf: &str, hf: &str, how: Stored| -> Result<()> {
         let name = format!("{prefix}{hf}");
         let kind = match how {
-            Stored::Norm => TensorType::F32,
-            Stored::Matrix => kind,
+            Stored::Norm | Stored::ScaledNorm(_) => TensorType::F32,
+            Stored::Matrix | Stored::ScaledMatrix(_) => kind,
         };
         w.add_from_checkpoint(gguf, checkpoint, &name, kind, move |t| match how {
             Stored::Norm => t + 1.0,
+            Stored::ScaledNorm(f) => (t + 1.0) * f,
             Stored::Matrix => t,
+            Stored::ScaledMatrix(f) => t * f,
         })
         .map_err(|e| Error::Input(format!("{name}: {e}")))
+    };
+    let (q_proj, q_norm) = match (fold, config.qk_norm()) {
+        (false, _) => (Stored::Matrix, Stored::Norm),
+        (true, false) => (Stored::ScaledMatrix(query_factor), Stored::Norm),
+        (true, true) => (Stored::Matrix, Stored::ScaledNorm(query_factor)),
     };
     add("token_embd.weight", "embed_tokens.weight", Stored::Matrix)?;
     for i in 0..config.num_hidden_layers {
         let blk = |n: &str| format!("blk.{i}.{n}.weight");
         let hf = |n: &str| format!("layers.{i}.{n}.weight");
         add(&blk("attn_norm"), &hf("input_layernorm"), Stored::Norm)?;
-        add(&blk("attn_q"), &hf("self_attn.q_proj"), Stored::Matrix)?;
+        add(&blk("attn_q"), &hf("self_attn.q_proj"), q_proj)?;
         add(&blk("attn_k"), &hf("self_attn.k_proj"), Stored::Matrix)?;
         add(&blk("attn_v"), &hf("self_attn.v_proj"), Stored::Matrix)?;
+        if config.qk_norm() {
+            add(&blk("attn_q_norm"), &hf("self_attn.q_norm"), q_norm)?;
+            add(&blk("attn_k_norm"), &hf("self_attn.k_norm"), Stored::Norm)?;
+        }
         add(&blk("attn_output"), &hf("self_attn.o_proj"), Stored::Matrix)?;
-        add(
-            &blk("ffn_norm"),
-            &hf("post_attention_layernorm"),
-            Stored::Norm,
-        )?;
+        if config.sandwich_norms() {
+            add(
+                &blk("post_attention_norm"),
+                &hf("post_attention_layernorm"),
+                Stored::Norm,
+            )?;
+            add(
+                &blk("ffn_norm"),
+                &hf("pre_feedforward_layernorm"),
+                Stored::Norm,
+            )?;
+            add(
+                &blk("post_ffw_norm"),
+                &hf("post_feedforward_layernorm"),
+                Stored::Norm,
+            )?;
+        } else {
+            add(
+                &blk("ffn_norm"),
+                &hf("post_attention_layernorm"),
+                Stored::Norm,
+            )?;
+        }
         add(&blk("ffn_gate"), &hf("mlp.gate_proj"), Stored::Matrix)?;
         add(&blk("ffn_up"), &hf("mlp.up_proj"), Stored::Matrix)?;
         add(&blk("ffn_down"), &hf("mlp.down_proj"), Stored::Matrix)?;
@@ -117,12 +155,97 @@ pub fn to_gguf<'a>(
     Ok(w)
 }
 
+/// The scale llama.cpp gives queries of a Gemma 2 or 3 model: `1/sqrt(head_dim)`, except for
+/// the layer counts it takes for the 27B models (46 for Gemma 2, 62 for Gemma 3), where it is
+/// `1/sqrt(hidden / heads)`, as `gemma_pytorch`'s configs say. Gemma 1 scales by
+/// `1/sqrt(head_dim)`.
+fn llama_cpp_attention_scale(config: &GemmaConfig, generation: Generation) -> f64 {
+    let big = match generation {
+        Generation::Gemma1 => false,
+        Generation::Gemma2 => config.num_hidden_layers == 46,
+        Generation::Gemma3 => config.num_hidden_layers == 62,
+    };
+    let per_head = if big {
+        config.hidden_size / config.num_attention_heads
+    } else {
+        config.head_dim
+    };
+    (per_head as f64).powf(-0.5)
+}
+
+/// Gemma 2's and 3's keys: the window, which layers slide (as a per-layer list, which llama.cpp
+/// prefers to its built-in pattern), the soft-caps (Gemma 2) and the rotary embeddings of each
+/// layer type (Gemma 3).
+fn sliding_keys(
+    w: &mut GgufWriter,
+    config: &GemmaConfig,
+    generation: Generation,
+    key: &dyn Fn(&str) -> String,
+) -> Result<()> {
+    let refuse = |why: String| Error::Input(format!("GGUF export: {why}"));
+    let types = config.layer_types()?;
+    let window = config.window().unwrap_or(4096);
+    w.set(&key("attention.sliding_window"), Value::U32(window as u32));
+    w.set(
+        &key("attention.sliding_window_pattern"),
+        Value::Bools(
+            types
+                .iter()
+                .map(|t| *t == LayerType::SlidingAttention)
+                .collect(),
+        ),
+    );
+    match generation {
+        Generation::Gemma2 => {
+            let (Some(attn), Some(last)) = (config.attn_softcap(), config.final_softcap()) else {
+                return Err(refuse(
+                    "llama.cpp's gemma2 soft-caps attention and final logits; this model \
+                     leaves one of them uncapped"
+                        .into(),
+                ));
+            };
+            w.set(&key("attn_logit_softcapping"), Value::F32(attn as f32));
+            w.set(&key("final_logit_softcapping"), Value::F32(last as f32));
+        }
+        Generation::Gemma3 => {
+            if let Some(cap) = config.final_softcap() {
+                return Err(refuse(format!(
+                    "llama.cpp's gemma3 applies no final soft-cap; this model caps at {cap}"
+                )));
+            }
+            let global = config.rope(LayerType::FullAttention)?;
+            let local = config.rope(LayerType::SlidingAttention)?;
+            if local.linear_factor != 1.0 {
+                return Err(refuse(format!(
+                    "llama.cpp's gemma3 scales no sliding layer's rotary embedding; this \
+                     model's are scaled by {}",
+                    local.linear_factor
+                )));
+            }
+            w.set(&key("rope.freq_base_swa"), Value::F32(local.theta as f32));
+            if global.linear_factor != 1.0 {
+                w.set(&key("rope.scaling.type"), Value::Str("linear".into()));
+                w.set(
+                    &key("rope.scaling.factor"),
+                    Value::F32(global.linear_factor as f32),
+                );
+            }
+        }
+        Generation::Gemma1 => {}
+    }
+    Ok(())
+}
+
 #[derive(Clone, Copy)]
 enum Stored {
     /// Gemma's RMSNorm weight, stored as `1 + w`, f32.
     Norm,
+    /// A norm stored as `(1 + w) * f`.
+    ScaledNorm(f64),
     /// A matrix, in the file's type.
     Matrix,
+    /// A matrix stored as `w * f`.
+    ScaledMatrix(f64),
 }
 
 /// Gemma's chat template as llama.cpp's chat tools render it: a message's content may also be a

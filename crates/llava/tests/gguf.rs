@@ -127,29 +127,63 @@ fn gguf_package_reads_our_files_and_quantizes_as_we_do() {
     eprintln!("{report}");
 }
 
-/// `llava export-gguf` of the LLaVA fixture's language model in each type: the file holds the
-/// checkpoint's tensors (norms as 1 + w) within each type's error, config.json's shapes and the
+/// A copy of parity fixture `name` (inputs, expected outputs, model) under `dir`, its model given
+/// the Gemma fixture's tokenizer.json when it has none (the Gemma 2 and 3 fixtures share its
+/// 640-token vocabulary): `llava export-gguf` needs a tokenizer, the checks read the copy.
+fn fixture_with_tokenizer(name: &str, dir: &Path) -> PathBuf {
+    let fixture = root().join("fixtures/hf-parity").join(name);
+    let copy = dir.join(name);
+    std::fs::create_dir_all(copy.join("model")).unwrap();
+    for file in ["inputs.safetensors", "expected.safetensors"] {
+        std::fs::copy(fixture.join(file), copy.join(file)).unwrap();
+    }
+    for entry in std::fs::read_dir(fixture.join("model")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.join("model").join(entry.file_name())).unwrap();
+    }
+    let tokenizer = copy.join("model/tokenizer.json");
+    if !tokenizer.exists() {
+        let gemma = root().join("fixtures/hf-parity/gemma/model/tokenizer.json");
+        std::fs::copy(gemma, tokenizer).unwrap();
+    }
+    copy
+}
+
+/// `llava export-gguf` of the language models of the LLaVA fixture (Gemma 1), the Gemma 2 and the
+/// Gemma 3 fixtures in each type: the file holds the checkpoint's tensors (norms as 1 + w) within
+/// each type's error, config.json's shapes, windows, soft-caps and rotary embeddings, and the
 /// tokenizer's vocabulary, id by id (scripts/gguf_lm_check.py).
 #[test]
 fn exported_language_model_is_its_checkpoint() {
     let Some(python) = python_having("import gguf", &["gguf==0.19.0"], "gguf") else {
         return;
     };
-    let model = root().join("fixtures/hf-parity/llava-clip/model");
     let dir = tempfile::tempdir().unwrap();
-    for kind in ["f32", "f16", "bf16", "q8_0", "q4_0"] {
-        let file = export(&model, kind, dir.path());
-        let report = run_ok(
-            Command::new(&python)
-                .arg(root().join("scripts/gguf_lm_check.py"))
-                .arg(&file)
-                .arg(&model),
-        );
-        assert!(report.contains("\"problems\": []"), "{kind}: {report}");
+    let models = [
+        root().join("fixtures/hf-parity/llava-clip/model"),
+        fixture_with_tokenizer("gemma2", dir.path()).join("model"),
+        fixture_with_tokenizer("gemma3-text", dir.path()).join("model"),
+    ];
+    for model in &models {
+        let out = dir.path().join("out").join(model.parent().unwrap().file_name().unwrap());
+        for kind in ["f32", "f16", "bf16", "q8_0", "q4_0"] {
+            let file = export(model, kind, &out);
+            let report = run_ok(
+                Command::new(&python)
+                    .arg(root().join("scripts/gguf_lm_check.py"))
+                    .arg(&file)
+                    .arg(model),
+            );
+            assert!(
+                report.contains("\"problems\": []"),
+                "{} {kind}: {report}",
+                model.display()
+            );
+        }
     }
     let out = llava()
         .args(["export-gguf", "--type", "q5_k", "--model"])
-        .arg(&model)
+        .arg(&models[0])
         .arg("--output")
         .arg(dir.path())
         .output()
@@ -158,11 +192,13 @@ fn exported_language_model_is_its_checkpoint() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("q4_0"));
 }
 
-/// llama.cpp (llama-cpp-python) runs `llava export-gguf`'s files of the Gemma fixture: in f32 and
-/// f16 its logits are transformers' within llama.cpp's arithmetic and its greedy continuation is
-/// transformers' token for token, and it tokenizes text, chat marks included, as the fixture's
-/// tokenizer.json does; the Q8_0 and Q4_0 files load and decode (on this random 64-wide model
-/// their tokens drift, as our own int4 weights' do).
+/// llama.cpp (llama-cpp-python) runs `llava export-gguf`'s files of the Gemma, Gemma 2 and Gemma 3
+/// fixtures (architectures gemma, gemma2, gemma3): in f32 and f16 its logits are transformers'
+/// (eager attention) within llama.cpp's arithmetic and its greedy continuation is transformers'
+/// token for token, past Gemma 2's and 3's sliding windows (4 tokens) with their soft-caps, query
+/// scales and per-type rotary embeddings; it tokenizes text, chat marks included, as the
+/// fixture's tokenizer.json does. The Q8_0 and Q4_0 files load and decode (on these random
+/// 64-wide models their tokens drift, as our own int4 weights' do).
 #[test]
 fn llama_cpp_answers_from_exported_files_as_transformers_does() {
     let Some(python) = python_having(
@@ -172,37 +208,40 @@ fn llama_cpp_answers_from_exported_files_as_transformers_does() {
     ) else {
         return;
     };
-    let fixture = root().join("fixtures/hf-parity/gemma");
     let dir = tempfile::tempdir().unwrap();
-    for kind in ["f32", "f16", "q8_0", "q4_0"] {
-        let file = export(&fixture.join("model"), kind, dir.path());
-        let report = run_ok(
-            Command::new(&python)
-                .arg(root().join("scripts/llama_cpp_check.py"))
-                .arg(&file)
-                .arg(&fixture)
-                .arg("Hello world, the cat sat on the mat.")
-                .arg("<start_of_turn>user\nWhat is in the image?<end_of_turn>\n<start_of_turn>model\n"),
-        );
-        let report: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
-        eprintln!("{kind}: {report}");
-        let diff = report["logits_max_diff"].as_f64().unwrap();
-        let generated = report["generated"].as_array().unwrap();
-        assert_eq!(
-            generated.len(),
-            report["reference"].as_array().unwrap().len()
-        );
-        for t in report["tokenized"].as_array().unwrap() {
-            assert_eq!(t["same"], true, "{kind}: {t}");
-        }
-        if kind == "f32" || kind == "f16" {
-            assert_eq!(report["same_tokens"], true, "{kind}: {report}");
-            assert!(diff < 0.05, "{kind}: logits differ by {diff}");
-        } else {
-            assert!(
-                diff.is_finite() && diff < 10.0,
-                "{kind}: logits differ by {diff}"
+    for name in ["gemma", "gemma2", "gemma3-text"] {
+        let fixture = fixture_with_tokenizer(name, dir.path());
+        let out = dir.path().join("out").join(name);
+        for kind in ["f32", "f16", "q8_0", "q4_0"] {
+            let file = export(&fixture.join("model"), kind, &out);
+            let report = run_ok(
+                Command::new(&python)
+                    .arg(root().join("scripts/llama_cpp_check.py"))
+                    .arg(&file)
+                    .arg(&fixture)
+                    .arg("Hello world, the cat sat on the mat.")
+                    .arg("<start_of_turn>user\nWhat is in the image?<end_of_turn>\n<start_of_turn>model\n"),
             );
+            let report: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
+            eprintln!("{name} {kind}: {report}");
+            let diff = report["logits_max_diff"].as_f64().unwrap();
+            let generated = report["generated"].as_array().unwrap();
+            assert_eq!(
+                generated.len(),
+                report["reference"].as_array().unwrap().len()
+            );
+            for t in report["tokenized"].as_array().unwrap() {
+                assert_eq!(t["same"], true, "{name} {kind}: {t}");
+            }
+            if kind == "f32" || kind == "f16" {
+                assert_eq!(report["same_tokens"], true, "{name} {kind}: {report}");
+                assert!(diff < 0.05, "{name} {kind}: logits differ by {diff}");
+            } else {
+                assert!(
+                    diff.is_finite() && diff < 10.0,
+                    "{name} {kind}: logits differ by {diff}"
+                );
+            }
         }
     }
 }
