@@ -12,11 +12,18 @@ embeddings times sqrt(hidden), which its Gemma graph multiplies them by), then e
 the prompt and decodes greedily as many tokens as the fixture's `generated` holds; then asks the
 same through llama-cpp-python's chat API (`create_chat_completion` with MTMDChatHandler, which
 renders the file's chat template). Prints one JSON line.
+
+A Gemma 3 pair (the mmproj's `clip.projector_type` is `gemma3`) is asked as Gemma 3's processor
+writes prompts (`\n\n` + the image between `<start_of_image>` and `<end_of_image>` + `\n\n`,
+which mtmd adds around the marker), its image embeddings compared unscaled (llama.cpp's gemma3
+scales token embeddings only, as transformers does), and, where the fixture holds them, the
+logits after the prompt compared with transformers' `prompt_logits`.
 """
 import ctypes
 import json
 import sys
 
+import gguf
 import numpy as np
 from PIL import Image
 from safetensors.numpy import load_file
@@ -28,6 +35,7 @@ expected = load_file(expected_path)
 reference = [int(t) for t in expected["generated"][0]]
 features = expected["image_features"]
 ids = [int(t) for t in expected["input_ids"][0]]
+gemma3 = gguf.GGUFReader(mmproj_path).get_field("clip.projector_type").contents() == "gemma3"
 
 llm = llama_cpp.Llama(model_path=lm_path, n_ctx=256, n_batch=256, n_threads=2, verbose=False)
 params = mtmd.mtmd_context_params_default()
@@ -42,7 +50,8 @@ image = Image.open(image_path).convert("RGB")
 rgb = image.tobytes()
 bitmap = mtmd.mtmd_bitmap_init(image.width, image.height, (ctypes.c_uint8 * len(rgb)).from_buffer_copy(rgb))
 marker = mtmd.mtmd_default_marker().decode()
-prompt = f"<bos><start_of_turn>user\n{marker}\n{question}<end_of_turn>\n<start_of_turn>model\n".encode()
+image_text = f"\n\n{marker}\n\n" if gemma3 else f"{marker}\n"
+prompt = f"<bos><start_of_turn>user\n{image_text}{question}<end_of_turn>\n<start_of_turn>model\n".encode()
 text = mtmd.mtmd_input_text()
 text.text = prompt
 text.text_len = len(prompt)
@@ -73,7 +82,8 @@ width = llama_cpp.llama_model_n_embd(llm.model)
 embd = np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(ctx), shape=(n_image * width,)).reshape(n_image, width).copy()
 # The exporter stores the projector's last layer divided by sqrt(width): llama.cpp's Gemma scales
 # every input embedding by sqrt(width), transformers 5 leaves image features unscaled.
-embd *= np.float32(np.sqrt(width))
+if not gemma3:
+    embd *= np.float32(np.sqrt(width))
 features_diff = float(np.abs(embd - features).max()) if embd.shape == features.shape else None
 scale = float(np.abs(features).max())
 
@@ -81,6 +91,10 @@ n_past = llama_cpp.llama_pos(0)
 assert mtmd.mtmd_helper_eval_chunks(ctx, llm.ctx, chunks, 0, 0, 256, True, ctypes.byref(n_past)) == 0
 vocab = llama_cpp.llama_model_get_vocab(llm.model)
 n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+logits_diff = None
+if "prompt_logits" in expected:
+    last = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
+    logits_diff = float(np.abs(last - expected["prompt_logits"][0]).max())
 generated = []
 for _ in range(len(reference)):
     logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
@@ -113,5 +127,6 @@ print(json.dumps({
     "generated": generated,
     "reference": reference,
     "same_tokens": generated == reference,
+    "prompt_logits_max_diff": logits_diff,
     "chat_answer": answer,
 }))

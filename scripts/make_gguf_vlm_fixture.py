@@ -16,6 +16,16 @@ Run with the torch environment's python (transformers 5.17):
   transformers run the way llama.cpp runs (position ids [n, 0, .., n-1] for [CLS, p0, .., p(n-1)],
   rows [p1, .., p(n-1), CLS] kept), with the greedy answer from those features.
 
+* `gemma3/model`: fixtures/hf-parity/gemma3 (a Gemma3ForConditionalGeneration: SigLIP tower,
+  pooling projector to 4 tokens, Gemma 3 language model with sliding layers) given a tokenizer:
+  the Gemma fixture's, with `<start_of_image>` (640) and `<end_of_image>` (641) added as special
+  tokens as Gemma 3's own are, the embedding grown to 642 rows (seeded) and `<image>` (639) as the
+  image token. Its prompt is the one Gemma 3's processor writes (`\n\n<start_of_image>` + image
+  tokens + `<end_of_image>\n\n`), its answer transformers' with eager attention and the image's
+  tokens attending to each other both ways (`token_type_ids`); `prompt_logits` holds the logits
+  after the prompt (this random model's greedy answer repeats one token, so the logits are what
+  shows the image's path through the language model).
+
 `image.png` is a 28x28 RGB image (the towers' own size, so no resize happens anywhere). Each
 `expected.safetensors` holds `input_ids` (the prompt as `llava generate` writes it, one `<image>`
 per image token), `image_features` (what the projector gives the language model; for CLIP the
@@ -30,8 +40,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
-from transformers import (CLIPImageProcessor, LlavaConfig,
-                          LlavaForConditionalGeneration, SiglipImageProcessor)
+from transformers import (CLIPImageProcessor, Gemma3ForConditionalGeneration,
+                          Gemma3ImageProcessor, LlavaConfig, LlavaForConditionalGeneration,
+                          SiglipImageProcessor)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "fixtures/gguf-vlm")
@@ -185,6 +196,66 @@ with torch.no_grad():
     }, os.path.join(OUT, "clip/expected.safetensors"))
     report["clip"] = {"generated_as_llama_cpp_runs": generated, "generated_hf": generated_hf,
                       "smallest_top2_gap": gap}
+
+# --- Gemma 3: the parity fixture's model with image delimiters in its tokenizer ----------------
+GEMMA3 = os.path.join(ROOT, "fixtures/hf-parity/gemma3/model")
+gemma3_dir = os.path.join(OUT, "gemma3/model")
+shutil.rmtree(os.path.join(OUT, "gemma3"), ignore_errors=True)
+os.makedirs(gemma3_dir)
+tokenizer = Tokenizer.from_file(os.path.join(CLIP, "tokenizer.json"))
+from tokenizers import AddedToken
+tokenizer.add_special_tokens([AddedToken("<start_of_image>", special=True, normalized=False),
+                              AddedToken("<end_of_image>", special=True, normalized=False)])
+boi, eoi = tokenizer.token_to_id("<start_of_image>"), tokenizer.token_to_id("<end_of_image>")
+assert (boi, eoi) == (640, 641), (boi, eoi)
+tokenizer.save(os.path.join(gemma3_dir, "tokenizer.json"))
+gemma3 = Gemma3ForConditionalGeneration.from_pretrained(GEMMA3, dtype=torch.float32,
+                                                        attn_implementation="eager").eval()
+torch.manual_seed(3)
+gemma3.resize_token_embeddings(642, mean_resizing=False)
+with torch.no_grad():
+    rows = gemma3.get_input_embeddings().weight
+    rows[640:] = torch.randn(2, rows.shape[1]) * rows[:640].std()
+gemma3.config.boi_token_id = gemma3.config.boi_token_index = boi
+gemma3.config.eoi_token_id = gemma3.config.eoi_token_index = eoi
+gemma3.config.image_token_id = gemma3.config.image_token_index = tokenizer.token_to_id("<image>")
+gemma3.save_pretrained(gemma3_dir)
+processor = Gemma3ImageProcessor(size={"height": 28, "width": 28}, resample=2,
+                                 image_mean=[0.5] * 3, image_std=[0.5] * 3)
+processor.save_pretrained(gemma3_dir)
+with torch.no_grad():
+    pv = processor(images=image, return_tensors="pt")["pixel_values"]
+    features = gemma3.get_image_features(pixel_values=pv)
+    features = features.pooler_output if hasattr(features, "pooler_output") else features
+    features = features.reshape(-1, features.shape[-1])
+    text = (f"<bos><start_of_turn>user\n\n\n<start_of_image>{'<image>' * features.shape[0]}"
+            f"<end_of_image>\n\n{QUESTION}<end_of_turn>\n<start_of_turn>model\n")
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    image_id = gemma3.config.image_token_id
+    assert ids.count(image_id) == features.shape[0]
+    generated, gaps = [], []
+    for _ in range(NEW_TOKENS):
+        input_ids = torch.tensor([ids + generated])
+        token_type_ids = (input_ids == image_id).long()
+        logits = gemma3(input_ids=input_ids, pixel_values=pv,
+                        token_type_ids=token_type_ids).logits[0, -1]
+        if not generated:
+            prompt_logits = logits.clone()
+        top = torch.topk(logits, 2).values
+        gaps.append(float(top[0] - top[1]))
+        generated.append(int(logits.argmax()))
+    hf = gemma3.generate(input_ids=torch.tensor([ids]), pixel_values=pv,
+                         token_type_ids=(torch.tensor([ids]) == image_id).long(),
+                         max_new_tokens=NEW_TOKENS, do_sample=False)[0, len(ids):].tolist()
+    assert hf == generated, (hf, generated)
+    save_file({
+        "input_ids": torch.tensor([ids], dtype=torch.int64),
+        "pixel_values": pv.contiguous(),
+        "image_features": features.contiguous(),
+        "generated": torch.tensor([generated], dtype=torch.int64),
+        "prompt_logits": prompt_logits[None].contiguous(),
+    }, os.path.join(OUT, "gemma3/expected.safetensors"))
+    report["gemma3"] = {"generated": generated, "smallest_top2_gap": min(gaps)}
 
 import transformers
 meta = {

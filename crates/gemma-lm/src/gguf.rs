@@ -260,6 +260,17 @@ const CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}\
 {{ '<end_of_turn>\\n' }}{% endfor %}\
 {% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}";
 
+/// Gemma 3's: parts follow each other as its own template writes them, and an image (the media
+/// marker, which llama.cpp's multimodal library replaces by `<start_of_image>`, the image and
+/// `<end_of_image>`) gets the blank lines Gemma 3's processor puts around it.
+const GEMMA3_CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}\
+{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}\
+{{ '<start_of_turn>' + role + '\\n' }}\
+{% if message['content'] is string %}{{ message['content'] | trim }}\
+{% else %}{% for part in message['content'] %}{% if part['type'] == 'image' or part['text'] == '<__media__>' %}{{ '\\n\\n<__media__>\\n\\n' }}{% else %}{{ part['text'] | trim }}{% endif %}{% endfor %}{% endif %}\
+{{ '<end_of_turn>\\n' }}{% endfor %}\
+{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}";
+
 /// The vocabulary, scores, types and special ids of a `tokenizer.json` (BPE with byte fallback,
 /// as Gemma's), padded with unused entries up to the model's `vocab_size`.
 fn add_tokenizer(w: &mut GgufWriter, config: &GemmaConfig, json: &str) -> Result<()> {
@@ -362,6 +373,95 @@ fn add_tokenizer(w: &mut GgufWriter, config: &GemmaConfig, json: &str) -> Result
     w.set("tokenizer.ggml.add_bos_token", Value::Bool(true));
     w.set("tokenizer.ggml.add_eos_token", Value::Bool(false));
     w.set("tokenizer.ggml.add_space_prefix", Value::Bool(false));
-    w.set("tokenizer.chat_template", Value::Str(CHAT_TEMPLATE.into()));
+    let template = match config.generation()? {
+        Generation::Gemma3 => GEMMA3_CHAT_TEMPLATE,
+        _ => CHAT_TEMPLATE,
+    };
+    w.set("tokenizer.chat_template", Value::Str(template.into()));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> (GemmaConfig, Checkpoint) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/hf-parity")
+            .join(name)
+            .join("model");
+        (
+            GemmaConfig::from_file(dir.join("config.json")).unwrap(),
+            Checkpoint::open(&dir).unwrap(),
+        )
+    }
+
+    fn tokenizer() -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/hf-parity/gemma/model/tokenizer.json");
+        std::fs::read_to_string(path).unwrap()
+    }
+
+    fn export(config: &GemmaConfig, checkpoint: &Checkpoint) -> Result<Vec<u8>> {
+        let w = to_gguf(config, checkpoint, &tokenizer(), TensorType::F16, "m")?;
+        Ok(w.to_bytes().unwrap())
+    }
+
+    fn refusal(config: &GemmaConfig, checkpoint: &Checkpoint) -> String {
+        match export(config, checkpoint) {
+            Ok(_) => panic!("exported"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn each_generation_writes_its_architecture_and_tensors() {
+        for (name, arch, extra) in [
+            ("gemma", "gemma", None),
+            ("gemma2", "gemma2", Some("blk.3.post_ffw_norm.weight")),
+            ("gemma3-text", "gemma3", Some("blk.3.attn_q_norm.weight")),
+        ] {
+            let (config, checkpoint) = fixture(name);
+            let bytes = export(&config, &checkpoint).unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(text.contains(&format!("{arch}.block_count")), "{name}");
+            if let Some(tensor) = extra {
+                assert!(text.contains(tensor), "{name}: {tensor}");
+                assert!(text.contains(&format!("{arch}.attention.sliding_window_pattern")));
+            } else {
+                assert!(!text.contains("sliding_window"), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn what_llama_cpp_cannot_compute_is_refused_with_the_reason() {
+        let (mut gemma2, checkpoint) = fixture("gemma2");
+        gemma2.tie_word_embeddings = false;
+        assert!(refusal(&gemma2, &checkpoint).contains("untied"));
+        gemma2.tie_word_embeddings = true;
+        gemma2.attn_logit_softcapping = Some(None);
+        assert!(refusal(&gemma2, &checkpoint).contains("uncapped"));
+        let (mut gemma3, checkpoint) = fixture("gemma3-text");
+        gemma3.final_logit_softcapping = Some(Some(30.0));
+        assert!(refusal(&gemma3, &checkpoint).contains("no final soft-cap"));
+    }
+
+    #[test]
+    fn a_query_scale_llama_cpp_does_not_compute_is_folded_into_the_queries() {
+        // The fixtures scale by 24^-0.5 where llama.cpp takes head_dim 32: the ratio goes in.
+        let (gemma2, _) = fixture("gemma2");
+        let ratio =
+            gemma2.attention_scale() / llama_cpp_attention_scale(&gemma2, Generation::Gemma2);
+        assert!((ratio - (32.0f64 / 24.0).sqrt()).abs() < 1e-9);
+        // Released models need nothing folded: Gemma 2 27B's 144 = 4608 / 32 heads.
+        let mut big = GemmaConfig::gemma2_9b();
+        big.num_hidden_layers = 46;
+        big.hidden_size = 4608;
+        big.num_attention_heads = 32;
+        big.head_dim = 128;
+        big.query_pre_attn_scalar = Some(144);
+        let ratio = big.attention_scale() / llama_cpp_attention_scale(&big, Generation::Gemma2);
+        assert!((ratio - 1.0).abs() < 1e-9);
+    }
 }

@@ -18,6 +18,16 @@
 //!   divided by that (not for models trained with scaled features, Intel's);
 //! * the projector's biases are always added: a model without them gets zeros.
 //!
+//! A Gemma 3 model (`Gemma3ForConditionalGeneration`) gets projector type `gemma3` instead, the
+//! layout of llama.cpp's converter (`Gemma3VisionModel`): every tower layer and `v.post_ln`
+//! (transformers hands the projector the tower's last hidden state, after its final norm),
+//! `clip.vision.projector.scale_factor` = the average pool's side (llama.cpp's default is 4),
+//! `mm.soft_emb_norm.weight` stored as `1 + w`, `mm.input_projection.weight` as transformers holds
+//! it (`[vision, text]`, f16 or f32: llama.cpp transposes it in the graph), the patch kernel in
+//! f32, and no `1/sqrt(hidden)` on the output (llama.cpp's `gemma3` scales only token
+//! embeddings, as transformers does). llama.cpp decodes the image's tokens non-causally, as
+//! Gemma 3's mask has them; it letterboxes a non-square image where transformers stretches it.
+//!
 //! llama.cpp 0c1e57098 (llama-cpp-python 0.3.36) appends CLIP's class token after the patches
 //! but positions and keeps rows as if it came first (ggml-org/llama.cpp#25814): a CLIP file is
 //! right, and llama.cpp's answers from it differ from ours until that is fixed. SigLIP towers
@@ -35,7 +45,8 @@ use crate::{Error, Result};
 /// by `processor`), 2-D weights stored as `kind` where their rows allow (else f16, as llama.cpp's
 /// converter falls back), everything else f32. `features_scaled`: the model multiplies image
 /// features by `sqrt(hidden_size)` itself (the original LLaVA-Gemma code), so llama.cpp's scaling
-/// is left alone.
+/// is left alone. LLaVA (projector `mlp`) and Gemma 3 (projector `gemma3`) models; PaliGemma's
+/// prefix attention has no llama.cpp graph and is refused.
 pub fn mmproj_to_gguf<'a>(
     config: &LlavaConfig,
     processor: &ProcessorConfig,
@@ -44,13 +55,29 @@ pub fn mmproj_to_gguf<'a>(
     features_scaled: bool,
     name: &str,
 ) -> Result<GgufWriter<'a>> {
-    let refuse = |why: String| Error::Input(format!("mmproj export: {why}"));
-    if config.family() != Family::Llava {
-        return Err(refuse(format!(
-            "`{}` models are not written yet (LLaVA's `mlp` projector only)",
-            config.family().model_type()
-        )));
+    match config.family() {
+        Family::Llava => llava_mmproj(config, processor, checkpoint, kind, features_scaled, name),
+        Family::Gemma3 => gemma3_mmproj(config, processor, checkpoint, kind, name),
+        other => Err(refuse(format!(
+            "`{}` models have no llama.cpp projector (LLaVA's `mlp` and Gemma 3's are written)",
+            other.model_type()
+        ))),
     }
+}
+
+fn refuse(why: String) -> Error {
+    Error::Input(format!("mmproj export: {why}"))
+}
+
+/// LLaVA's tower and two-layer MLP as projector type `mlp`.
+fn llava_mmproj<'a>(
+    config: &LlavaConfig,
+    processor: &ProcessorConfig,
+    checkpoint: &'a Checkpoint,
+    kind: TensorType,
+    features_scaled: bool,
+    name: &str,
+) -> Result<GgufWriter<'a>> {
     let tower = Tower::of(&config.vision()?)?;
     let layers = match &config.vision_feature_layer {
         FeatureLayers::One(l) if *l < 0 => tower.layers + 1 + l,
@@ -81,6 +108,143 @@ pub fn mmproj_to_gguf<'a>(
             config.projector_hidden_act
         )));
     }
+    let text_hidden = config.text_config.hidden_size;
+    let mut w = header(&tower, processor, kind, name, text_hidden)?;
+    w.set("clip.has_llava_projector", Value::Bool(true));
+    w.set("clip.projector_type", Value::Str("mlp".into()));
+    w.set("clip.vision.block_count", Value::U32(layers as u32));
+    w.set(
+        "clip.vision.feature_layer",
+        Value::I32s(vec![layers as i32]),
+    );
+    let mut out = Writer {
+        w,
+        checkpoint,
+        kind,
+        kernel: if kind == TensorType::F32 {
+            TensorType::F32
+        } else {
+            // ggml's convolution takes f16 or f32 kernels.
+            TensorType::F16
+        },
+    };
+    out.tower(&tower, layers, false)?;
+
+    let projector_prefix = checkpoint.require_prefix(
+        "linear_1.weight",
+        "the connector's multi_modal_projector.linear_1.weight",
+    )?;
+    let head_scale = if features_scaled {
+        1.0
+    } else {
+        1.0 / (text_hidden as f64).sqrt()
+    };
+    let p = |n: &str| format!("{projector_prefix}{n}");
+    let mut zero_biases = Vec::new();
+    for (gguf, hf, scale) in [("mm.0", "linear_1", 1.0), ("mm.2", "linear_2", head_scale)] {
+        let weight = p(&format!("{hf}.weight"));
+        let bias = p(&format!("{hf}.bias"));
+        if checkpoint.info(&bias).is_some() {
+            out.add(&format!("{gguf}.bias"), bias, Stored::Vector(scale))?;
+        } else {
+            let rows = checkpoint.info(&weight).map_or(text_hidden, |i| i.shape[0]);
+            zero_biases.push((format!("{gguf}.bias"), rows));
+        }
+        out.add(&format!("{gguf}.weight"), weight, Stored::Matrix(scale))?;
+    }
+    // llama.cpp adds the projector's biases unconditionally: zeros where the model has none.
+    let mut w = out.w;
+    for (name, rows) in zero_biases {
+        w.add(&name, &[rows], &vec![0.0; rows as usize], TensorType::F32)
+            .map_err(Error::Input)?;
+    }
+    Ok(w)
+}
+
+/// Gemma 3's SigLIP tower, average pool, soft-embedding norm and input projection as projector
+/// type `gemma3`.
+fn gemma3_mmproj<'a>(
+    config: &LlavaConfig,
+    processor: &ProcessorConfig,
+    checkpoint: &'a Checkpoint,
+    kind: TensorType,
+    name: &str,
+) -> Result<GgufWriter<'a>> {
+    let tower = Tower::of(&config.vision()?)?;
+    if tower.class_token {
+        return Err(refuse(format!(
+            "llama.cpp's gemma3 projector follows a SigLIP tower, not {}",
+            tower.name
+        )));
+    }
+    if processor.pan_and_scan.is_some() {
+        return Err(refuse(
+            "llama.cpp shows Gemma 3 each image whole: a processor with pan-and-scan crops \
+             prompts it cannot write"
+                .into(),
+        ));
+    }
+    // The pool's side: patches per side over tokens per side (config.rs has checked it divides).
+    let per_side = tower.image_size / tower.patch_size;
+    let tokens_side = (config.mm_tokens_per_image() as f64).sqrt().round() as i64;
+    if tokens_side <= 0 || per_side % tokens_side != 0 {
+        return Err(refuse(format!(
+            "{} tokens per image do not pool from {per_side}x{per_side} patches",
+            config.mm_tokens_per_image()
+        )));
+    }
+    let mut w = header(
+        &tower,
+        processor,
+        kind,
+        name,
+        config.text_config.hidden_size,
+    )?;
+    w.set("clip.projector_type", Value::Str("gemma3".into()));
+    w.set("clip.vision.block_count", Value::U32(tower.layers as u32));
+    w.set(
+        "clip.vision.projector.scale_factor",
+        Value::U32((per_side / tokens_side) as u32),
+    );
+    // llama.cpp's converter keeps Gemma 3's patch kernel in f32 (an f16 kernel rounds the
+    // pixels to f16 too), and its input projection in f16 or f32 (transposed in the graph).
+    let dense = if kind == TensorType::F32 {
+        TensorType::F32
+    } else {
+        TensorType::F16
+    };
+    let mut out = Writer {
+        w,
+        checkpoint,
+        kind,
+        kernel: TensorType::F32,
+    };
+    out.tower(&tower, tower.layers, true)?;
+    let projector = checkpoint.require_prefix(
+        "mm_soft_emb_norm.weight",
+        "the connector's multi_modal_projector.mm_soft_emb_norm.weight",
+    )?;
+    out.add(
+        "mm.soft_emb_norm.weight",
+        format!("{projector}mm_soft_emb_norm.weight"),
+        Stored::Norm,
+    )?;
+    out.add(
+        "mm.input_projection.weight",
+        format!("{projector}mm_input_projection_weight"),
+        Stored::Dense(dense),
+    )?;
+    Ok(out.w)
+}
+
+/// The keys every `mmproj` file has: the tower's shape and the processor's pixel statistics.
+fn header<'a>(
+    tower: &Tower,
+    processor: &ProcessorConfig,
+    kind: TensorType,
+    name: &str,
+    text_hidden: i64,
+) -> Result<GgufWriter<'a>> {
     if processor
         .rescale
         .is_none_or(|r| (r - 1.0 / 255.0).abs() > 1e-9)
@@ -90,8 +254,6 @@ pub fn mmproj_to_gguf<'a>(
         ));
     }
     let (mean, std) = processor.normalize.unwrap_or(([0.0; 3], [1.0; 3]));
-    let text_hidden = config.text_config.hidden_size;
-
     let mut w = GgufWriter::new();
     w.set("general.architecture", Value::Str("clip".into()));
     w.set("general.type", Value::Str("mmproj".into()));
@@ -99,8 +261,6 @@ pub fn mmproj_to_gguf<'a>(
     w.set("general.file_type", Value::U32(kind.file_type()));
     w.set("clip.has_text_encoder", Value::Bool(false));
     w.set("clip.has_vision_encoder", Value::Bool(true));
-    w.set("clip.has_llava_projector", Value::Bool(true));
-    w.set("clip.projector_type", Value::Str("mlp".into()));
     let u32_of = |v: i64| Value::U32(v as u32);
     w.set("clip.vision.image_size", u32_of(tower.image_size));
     w.set("clip.vision.patch_size", u32_of(tower.patch_size));
@@ -115,135 +275,135 @@ pub fn mmproj_to_gguf<'a>(
         "clip.vision.attention.layer_norm_epsilon",
         Value::F32(tower.eps as f32),
     );
-    w.set("clip.vision.block_count", u32_of(layers));
-    w.set(
-        "clip.vision.feature_layer",
-        Value::I32s(vec![layers as i32]),
-    );
     w.set("clip.vision.image_mean", Value::F32s(mean.to_vec()));
     w.set("clip.vision.image_std", Value::F32s(std.to_vec()));
     w.set("clip.use_gelu", Value::Bool(tower.gelu));
+    Ok(w)
+}
 
-    let tower_prefix = checkpoint.require_prefix(
-        "embeddings.patch_embedding.weight",
-        "the vision tower's embeddings.patch_embedding.weight",
-    )?;
-    let projector_prefix = checkpoint.require_prefix(
-        "linear_1.weight",
-        "the connector's multi_modal_projector.linear_1.weight",
-    )?;
-    let head_scale = if features_scaled {
-        1.0
-    } else {
-        1.0 / (text_hidden as f64).sqrt()
-    };
-    let mut add = |gguf: &str, hf: String, how: Stored| -> Result<()> {
-        let shape = checkpoint.shape(&hf)?;
+/// A file being filled from a checkpoint: matrices as `kind` where their rows allow, the patch
+/// kernel as `kernel`.
+struct Writer<'a> {
+    w: GgufWriter<'a>,
+    checkpoint: &'a Checkpoint,
+    kind: TensorType,
+    kernel: TensorType,
+}
+
+impl<'a> Writer<'a> {
+    /// Adds checkpoint tensor `hf` as `gguf`, stored as `how` says.
+    fn add(&mut self, gguf: &str, hf: String, how: Stored) -> Result<()> {
+        let shape = self.checkpoint.shape(&hf)?;
         let stored = match how {
-            Stored::Vector(_) => TensorType::F32,
-            // ggml's convolution takes f16 or f32 kernels.
-            Stored::Kernel if kind == TensorType::F32 => TensorType::F32,
-            Stored::Kernel => TensorType::F16,
+            Stored::Vector(_) | Stored::Norm => TensorType::F32,
+            Stored::Kernel => self.kernel,
+            Stored::Dense(kind) => kind,
             Stored::Matrix(_)
-                if kind.is_blocked() && shape.last().is_some_and(|&n| n % 32 != 0) =>
+                if self.kind.is_blocked() && shape.last().is_some_and(|&n| n % 32 != 0) =>
             {
                 TensorType::F16
             }
-            Stored::Matrix(_) => kind,
+            Stored::Matrix(_) => self.kind,
         };
-        w.add_from_checkpoint(gguf, checkpoint, &hf, stored, move |t| match how {
-            Stored::Matrix(scale) | Stored::Vector(scale) if scale != 1.0 => t * scale,
-            _ => t,
-        })
-        .map_err(|e| Error::Input(format!("{hf}: {e}")))
-    };
-    let t = |n: &str| format!("{tower_prefix}{n}");
-    add(
-        "v.patch_embd.weight",
-        t("embeddings.patch_embedding.weight"),
-        Stored::Kernel,
-    )?;
-    if checkpoint
-        .info(&t("embeddings.patch_embedding.bias"))
-        .is_some()
-    {
-        add(
-            "v.patch_embd.bias",
-            t("embeddings.patch_embedding.bias"),
-            Stored::Vector(1.0),
-        )?;
+        self.w
+            .add_from_checkpoint(gguf, self.checkpoint, &hf, stored, move |t| match how {
+                Stored::Matrix(scale) | Stored::Vector(scale) if scale != 1.0 => t * scale,
+                Stored::Norm => t + 1.0,
+                _ => t,
+            })
+            .map_err(|e| Error::Input(format!("{hf}: {e}")))
     }
-    if tower.class_token {
-        add(
-            "v.class_embd",
-            t("embeddings.class_embedding"),
-            Stored::Vector(1.0),
+
+    /// The tower's embeddings and its first `layers` layers, and its final norm when `post_norm`.
+    fn tower(&mut self, tower: &Tower, layers: i64, post_norm: bool) -> Result<()> {
+        let prefix = self.checkpoint.require_prefix(
+            "embeddings.patch_embedding.weight",
+            "the vision tower's embeddings.patch_embedding.weight",
         )?;
-    }
-    add(
-        "v.position_embd.weight",
-        t("embeddings.position_embedding.weight"),
-        Stored::Vector(1.0),
-    )?;
-    if tower.pre_norm {
-        add(
-            "v.pre_ln.weight",
-            t("pre_layrnorm.weight"),
-            Stored::Vector(1.0),
+        let t = |n: &str| format!("{prefix}{n}");
+        self.add(
+            "v.patch_embd.weight",
+            t("embeddings.patch_embedding.weight"),
+            Stored::Kernel,
         )?;
-        add("v.pre_ln.bias", t("pre_layrnorm.bias"), Stored::Vector(1.0))?;
-    }
-    for i in 0..layers {
-        let layer = |n: &str| t(&format!("encoder.layers.{i}.{n}"));
-        let pairs = [
-            ("attn_q", "self_attn.q_proj"),
-            ("attn_k", "self_attn.k_proj"),
-            ("attn_v", "self_attn.v_proj"),
-            ("attn_out", "self_attn.out_proj"),
-            ("ln1", "layer_norm1"),
-            ("ln2", "layer_norm2"),
-            // llama.cpp's converter's names, which its `mlp` loader swaps back.
-            ("ffn_down", "mlp.fc1"),
-            ("ffn_up", "mlp.fc2"),
-        ];
-        for (gguf, hf) in pairs {
-            let matrix = !gguf.starts_with("ln");
-            let how = if matrix {
-                Stored::Matrix(1.0)
-            } else {
-                Stored::Vector(1.0)
-            };
-            add(
-                &format!("v.blk.{i}.{gguf}.weight"),
-                layer(&format!("{hf}.weight")),
-                how,
-            )?;
-            add(
-                &format!("v.blk.{i}.{gguf}.bias"),
-                layer(&format!("{hf}.bias")),
+        if self
+            .checkpoint
+            .info(&t("embeddings.patch_embedding.bias"))
+            .is_some()
+        {
+            self.add(
+                "v.patch_embd.bias",
+                t("embeddings.patch_embedding.bias"),
                 Stored::Vector(1.0),
             )?;
         }
-    }
-    let p = |n: &str| format!("{projector_prefix}{n}");
-    let mut zero_biases = Vec::new();
-    for (gguf, hf, scale) in [("mm.0", "linear_1", 1.0), ("mm.2", "linear_2", head_scale)] {
-        let weight = p(&format!("{hf}.weight"));
-        let bias = p(&format!("{hf}.bias"));
-        if checkpoint.info(&bias).is_some() {
-            add(&format!("{gguf}.bias"), bias, Stored::Vector(scale))?;
-        } else {
-            let rows = checkpoint.info(&weight).map_or(text_hidden, |i| i.shape[0]);
-            zero_biases.push((format!("{gguf}.bias"), rows));
+        if tower.class_token {
+            self.add(
+                "v.class_embd",
+                t("embeddings.class_embedding"),
+                Stored::Vector(1.0),
+            )?;
         }
-        add(&format!("{gguf}.weight"), weight, Stored::Matrix(scale))?;
+        self.add(
+            "v.position_embd.weight",
+            t("embeddings.position_embedding.weight"),
+            Stored::Vector(1.0),
+        )?;
+        if tower.pre_norm {
+            self.add(
+                "v.pre_ln.weight",
+                t("pre_layrnorm.weight"),
+                Stored::Vector(1.0),
+            )?;
+            self.add("v.pre_ln.bias", t("pre_layrnorm.bias"), Stored::Vector(1.0))?;
+        }
+        for i in 0..layers {
+            let layer = |n: &str| t(&format!("encoder.layers.{i}.{n}"));
+            let pairs = [
+                ("attn_q", "self_attn.q_proj"),
+                ("attn_k", "self_attn.k_proj"),
+                ("attn_v", "self_attn.v_proj"),
+                ("attn_out", "self_attn.out_proj"),
+                ("ln1", "layer_norm1"),
+                ("ln2", "layer_norm2"),
+                // llama.cpp's converter's names, which its `mlp` and `gemma3` loaders swap
+                // back (the only naming that survives the swap when the MLP is as wide as
+                // the tower).
+                ("ffn_down", "mlp.fc1"),
+                ("ffn_up", "mlp.fc2"),
+            ];
+            for (gguf, hf) in pairs {
+                let how = if gguf.starts_with("ln") {
+                    Stored::Vector(1.0)
+                } else {
+                    Stored::Matrix(1.0)
+                };
+                self.add(
+                    &format!("v.blk.{i}.{gguf}.weight"),
+                    layer(&format!("{hf}.weight")),
+                    how,
+                )?;
+                self.add(
+                    &format!("v.blk.{i}.{gguf}.bias"),
+                    layer(&format!("{hf}.bias")),
+                    Stored::Vector(1.0),
+                )?;
+            }
+        }
+        if post_norm {
+            self.add(
+                "v.post_ln.weight",
+                t("post_layernorm.weight"),
+                Stored::Vector(1.0),
+            )?;
+            self.add(
+                "v.post_ln.bias",
+                t("post_layernorm.bias"),
+                Stored::Vector(1.0),
+            )?;
+        }
+        Ok(())
     }
-    // llama.cpp adds the projector's biases unconditionally: zeros where the model has none.
-    for (name, rows) in zero_biases {
-        w.add(&name, &[rows], &vec![0.0; rows as usize], TensorType::F32)
-            .map_err(Error::Input)?;
-    }
-    Ok(w)
 }
 
 /// How a checkpoint tensor is stored.
@@ -253,6 +413,10 @@ enum Stored {
     Matrix(f64),
     /// A vector (or a table llama.cpp looks rows up in) times a factor, f32.
     Vector(f64),
+    /// A Gemma RMSNorm weight, stored as `1 + w` in f32.
+    Norm,
+    /// A matrix llama.cpp transposes in its graph, so never block-quantized: in this type.
+    Dense(TensorType),
     /// The patch embedding's convolution kernel: f32 or f16.
     Kernel,
 }
@@ -355,6 +519,31 @@ mod tests {
         assert!(refusal(&clip, &checkpoint).contains("several layers"));
         clip.vision_feature_layer = FeatureLayers::One(-9);
         assert!(refusal(&clip, &checkpoint).contains("not one of the tower's 3 layers"));
+        let (paligemma, checkpoint) = fixture("paligemma");
+        assert!(refusal(&paligemma, &checkpoint).contains("`paligemma`"));
+    }
+
+    #[test]
+    fn gemma3_files_hold_every_layer_the_final_norm_and_the_pool() {
+        let (gemma3, checkpoint) = fixture("gemma3");
+        let processor = gemma3.image_processor(None).unwrap();
+        let w = mmproj_to_gguf(
+            &gemma3,
+            &processor,
+            &checkpoint,
+            TensorType::Q8_0,
+            false,
+            "m",
+        )
+        .unwrap();
+        let bytes = w.to_bytes().unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains("v.blk.2.ffn_down.weight"));
+        assert!(text.contains("v.post_ln.weight"));
+        assert!(text.contains("mm.soft_emb_norm.weight"));
+        assert!(text.contains("clip.vision.projector.scale_factor"));
+        assert!(!text.contains("mm.0.weight"));
+        assert!(!text.contains("feature_layer"));
     }
 
     #[test]
