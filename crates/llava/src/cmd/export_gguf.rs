@@ -1,5 +1,5 @@
 //! `llava export-gguf`: a model as llama.cpp's GGUF files: the language model, and for a LLaVA
-//! model the `mmproj` file of its vision tower and connector.
+//! or Gemma 3 model the `mmproj` file of its vision tower and connector.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,11 +13,12 @@ use super::model_path;
 /// Its arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A LLaVA directory or a Gemma one (config.json, safetensors weights, tokenizer.json), or a
-    /// Hugging Face id.
+    /// A LLaVA or Gemma 3 directory or a Gemma (1, 2, 3) one (config.json, safetensors weights,
+    /// tokenizer.json), or a Hugging Face id.
     #[arg(long)]
     model: PathBuf,
-    /// Where to write `<name>-<type>.gguf` (and, for a LLaVA model, `mmproj-<name>-<type>.gguf`).
+    /// Where to write `<name>-<type>.gguf` (and, for a LLaVA or Gemma 3 model,
+    /// `mmproj-<name>-<type>.gguf`).
     #[arg(long)]
     output: PathBuf,
     /// The matrices' type: f32, f16, bf16, q8_0 or q4_0 (norms stay f32; matrices whose rows are not
