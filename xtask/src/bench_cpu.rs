@@ -81,7 +81,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
     // Ours quantized once and saved, as llama.cpp's GGUF files are: both load codes.
     for (_, quantize, _) in PAIRS {
         if let Some(q) = quantize {
-            if !quantized(&out, q).join("model.safetensors").exists() {
+            // `llava quantize`'s weights file (foundation::quant::QUANTIZED_WEIGHTS).
+            if !quantized(&out, q)
+                .join("model-quantized.safetensors")
+                .exists()
+            {
                 run_ok(
                     Command::new(&llava)
                         .args(["quantize", "--dtype", "bf16", "--quantize", q, "--model"])

@@ -128,7 +128,7 @@ fn complete(dir: &Path) -> bool {
             .filter_map(|f| f.as_str())
             .all(|f| dir.join(f).is_file());
     }
-    dir.join("model.safetensors").is_file()
+    dir.join("model.safetensors").is_file() || dir.join(crate::quant::QUANTIZED_WEIGHTS).is_file()
 }
 
 /// Downloads what a model directory needs into `cache`; returns the snapshot directory.

@@ -63,9 +63,33 @@ impl std::fmt::Display for Quantization {
 
 /// `quantization_config.quant_method` in the `config.json` of a model directory whose weights we
 /// saved quantized ([`QuantizedWeight::tensors`]): our form alone. transformers 5 only warns
-/// about a method it does not know and leaves the weights it cannot find at random, so such a
-/// directory is for our loaders, never for transformers.
+/// about a method it does not know, so the weights go in [`QUANTIZED_WEIGHTS`] instead.
 pub const QUANT_METHOD: &str = "llava-gemma-rs";
+
+/// The file of a model directory whose weights we saved quantized. Not `model.safetensors`:
+/// transformers looks for that name (or an index of shards) alone, so it refuses such a
+/// directory ("no file named model.safetensors") rather than loading it with the quantized layers
+/// left at random, as it does when the codes sit in `model.safetensors`. Our loaders read any
+/// `*.safetensors` of a directory without `model.safetensors`.
+pub const QUANTIZED_WEIGHTS: &str = "model-quantized.safetensors";
+
+/// Saves a quantized model's `tensors` (codes, scales and its dense remainder) as `dir`'s
+/// [`QUANTIZED_WEIGHTS`], atomically, then removes a `model.safetensors` or shard index left
+/// in `dir` by an earlier save, which our loaders would read instead.
+pub fn save_quantized_weights(
+    dir: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> crate::Result<()> {
+    crate::save_safetensors(dir.join(QUANTIZED_WEIGHTS), tensors, metadata)?;
+    for stale in ["model.safetensors", "model.safetensors.index.json"] {
+        let path = dir.join(stale);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
 
 impl Quantization {
     /// `config.json`'s `quantization_config` for weights saved in this form:

@@ -337,7 +337,11 @@ impl LlavaModel {
         let metadata = [("format".to_string(), "pt".to_string())]
             .into_iter()
             .collect();
-        save_safetensors(dir.join("model.safetensors"), &tensors, Some(metadata))?;
+        if self.quantization().is_some() {
+            foundation::quant::save_quantized_weights(dir, &tensors, Some(metadata))?;
+        } else {
+            save_safetensors(dir.join("model.safetensors"), &tensors, Some(metadata))?;
+        }
 
         let mut config = self.config.clone();
         let dtype = match self.lm.kind() {

@@ -485,6 +485,27 @@ fn a_model_quantized_once_answers_as_quantizing_at_every_load() {
         );
     }
 
+    // transformers refuses the directory instead of loading it with random linear layers.
+    match common::python_with("import transformers", &["transformers==5.17.0"]) {
+        Err(why) => eprintln!("SKIPPED the transformers check: {why}"),
+        Ok(python) => {
+            let out = std::process::Command::new(python)
+                .arg("-c")
+                .arg(
+                    "import sys; from transformers import AutoModelForImageTextToText; \
+                     AutoModelForImageTextToText.from_pretrained(sys.argv[1])",
+                )
+                .arg(&saved)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && stderr.contains("no file named model.safetensors"),
+                "transformers: {stderr}"
+            );
+        }
+    }
+
     // A Gemma directory too: bench-text reads the saved int8 codes.
     let gemma = tmp.path().join("gemma-int8");
     run_ok(

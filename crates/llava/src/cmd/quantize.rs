@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use llava::foundation::quant::Quantization;
-use llava::foundation::{Checkpoint, save_safetensors, write_atomic};
+use llava::foundation::{Checkpoint, write_atomic};
 use llava::gemma_lm::{Gemma, GemmaConfig, GemmaTokenizer};
 use llava::llava_model::LlavaModel;
 
@@ -87,8 +87,8 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
         )?;
         drop(checkpoint);
         vs.set_kind(kind);
-        save_safetensors(
-            args.output.join("model.safetensors"),
+        llava::foundation::quant::save_quantized_weights(
+            &args.output,
             &model.tensors(&vs),
             Some([("format".to_string(), "pt".to_string())].into()),
         )?;
