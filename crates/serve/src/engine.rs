@@ -301,6 +301,8 @@ struct Running {
     sampler: Option<Sampler>,
     /// Bytes of the answer's text already sent.
     sent: usize,
+    /// Whether the running-requests gauge counts it (set once the batch it joined is stored).
+    counted: bool,
 }
 
 struct Batcher {
@@ -375,14 +377,23 @@ impl Batcher {
                 }
             }
             running.sort_by_key(|r| r.slot);
-            self.metrics.running.store(running.len(), Ordering::Relaxed);
+            self.metrics.running.store(running.len(), Ordering::SeqCst);
+            running.iter_mut().for_each(|r| r.counted = true);
             if !running.is_empty() {
                 self.step(&mut running);
                 if !self.step_delay.is_zero() {
                     std::thread::sleep(self.step_delay);
                 }
-                self.metrics.running.store(running.len(), Ordering::Relaxed);
+                self.metrics.running.store(running.len(), Ordering::SeqCst);
             }
+        }
+    }
+
+    /// Takes a request that is ending out of the running-requests gauge, before its last event
+    /// goes out: a client that reads /metrics after its answer sees it gone.
+    fn uncount(&self, r: &mut Running) {
+        if std::mem::take(&mut r.counted) {
+            self.metrics.running.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -457,6 +468,7 @@ impl Batcher {
             tokens: Vec::new(),
             sampler,
             sent: 0,
+            counted: false,
         };
         let token = match pick(&logits, 0, running.sampler.as_mut()) {
             Ok(t) => t,
@@ -493,9 +505,10 @@ impl Batcher {
 
     /// One decoding step for every running request.
     fn step(&mut self, running: &mut Vec<Running>) {
-        running.retain(|r| {
+        running.retain_mut(|r| {
             let gone = r.job.events.is_closed();
             if gone {
+                self.uncount(r);
                 self.cache.release(r.slot);
                 self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
             }
@@ -543,7 +556,8 @@ impl Batcher {
                 });
             }
             Err(message) => {
-                for r in running.drain(..) {
+                for mut r in running.drain(..) {
+                    self.uncount(&mut r);
                     self.cache.release(r.slot);
                     let _ = r.job.events.send(Event::Error {
                         status: 500,
@@ -640,6 +654,7 @@ impl Batcher {
         self.metrics
             .request_latency
             .observe(r.job.arrived.elapsed().as_secs_f64());
+        self.uncount(r);
         let _ = r.job.events.send(Event::Done {
             finish_reason,
             usage: Usage::new(r.prompt_len, r.tokens.len()),
