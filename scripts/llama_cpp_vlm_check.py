@@ -15,9 +15,10 @@ renders the file's chat template). Prints one JSON line.
 
 A Gemma 3 pair (the mmproj's `clip.projector_type` is `gemma3`) is asked as Gemma 3's processor
 writes prompts (`\n\n` + the image between `<start_of_image>` and `<end_of_image>` + `\n\n`,
-which mtmd adds around the marker), its image embeddings compared unscaled (llama.cpp's gemma3
-scales token embeddings only, as transformers does), and, where the fixture holds them, the
-logits after the prompt compared with transformers' `prompt_logits`.
+which mtmd adds around the marker). Image embeddings are compared unscaled where the language
+model's file is a `gemma3` one (llama.cpp's gemma3 scales token embeddings only, as transformers
+does). Where the fixture holds them, the logits after the prompt are compared with transformers'
+`prompt_logits`.
 """
 import ctypes
 import json
@@ -82,7 +83,9 @@ width = llama_cpp.llama_model_n_embd(llm.model)
 embd = np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(ctx), shape=(n_image * width,)).reshape(n_image, width).copy()
 # The exporter stores the projector's last layer divided by sqrt(width): llama.cpp's Gemma scales
 # every input embedding by sqrt(width), transformers 5 leaves image features unscaled.
-if not gemma3:
+# llama.cpp's gemma and gemma2 graphs scale every input embedding by sqrt(width); gemma3 only
+# token embeddings.
+if gguf.GGUFReader(lm_path).get_field("general.architecture").contents() != "gemma3":
     embd *= np.float32(np.sqrt(width))
 features_diff = float(np.abs(embd - features).max()) if embd.shape == features.shape else None
 scale = float(np.abs(features).max())

@@ -9,6 +9,10 @@ Run with the torch environment's python (transformers 5.17):
   SigLIP tower of fixtures/hf-parity/llava-siglip and the language model, projector and tokenizer
   of fixtures/hf-parity/llava-clip. llama.cpp's `llava` graph runs such a tower as transformers
   does, so its greedy answer should be transformers' token for token.
+* `siglip-gemma3/model`: the same tower and projector before the Gemma 3 language model of
+  fixtures/hf-parity/gemma3-text (LLaVA with a Gemma 3: image features inserted unscaled, as
+  Gemma 3 scales token embeddings only); its greedy answer repeats one token, so
+  `prompt_logits` (after the prompt) is kept too.
 * `clip`: fixtures/hf-parity/llava-clip itself (CLIP, class token, strategy `default`). llama.cpp
   0c1e57098 (llama-cpp-python 0.3.36) appends the class token after the patches while giving
   positions as if it came first, and then keeps encoder rows 1..n (ggml-org/llama.cpp#25814): the
@@ -125,6 +129,31 @@ for extra in ["generation_config.json"]:
     if os.path.exists(os.path.join(CLIP, extra)):
         shutil.copy(os.path.join(CLIP, extra), siglip_dir)
 
+# --- SigLIP tower + Gemma 3 language model: LLaVA's projector before a Gemma 3 ----------------
+GEMMA3_TEXT = os.path.join(ROOT, "fixtures/hf-parity/gemma3-text/model")
+from transformers import Gemma3ForCausalLM
+gemma3_text = Gemma3ForCausalLM.from_pretrained(GEMMA3_TEXT, dtype=torch.float32).eval()
+config3 = LlavaConfig(
+    vision_config=siglip_config["vision_config"],
+    text_config=json.load(open(os.path.join(GEMMA3_TEXT, "config.json"))),
+    image_token_index=clip_config["image_token_index"],
+    image_seq_length=16,
+    vision_feature_layer=-2,
+    vision_feature_select_strategy="full",
+    projector_hidden_act="gelu",
+    tie_word_embeddings=True,
+)
+composed3 = LlavaForConditionalGeneration(config3).eval()
+state3 = {name: value for name, value in state.items() if "language_model" not in name
+          and name != "lm_head.weight"}
+for name, value in gemma3_text.state_dict().items():
+    state3[name.replace("model.", "model.language_model.", 1) if name.startswith("model.") else name] = value
+composed3.load_state_dict(state3, strict=True)
+siglip_gemma3_dir = os.path.join(OUT, "siglip-gemma3/model")
+shutil.rmtree(os.path.join(OUT, "siglip-gemma3"), ignore_errors=True)
+composed3.save_pretrained(siglip_gemma3_dir)
+shutil.copy(os.path.join(CLIP, "tokenizer.json"), siglip_gemma3_dir)
+
 
 
 class Tok:
@@ -165,6 +194,26 @@ with torch.no_grad():
         "generated": torch.tensor([generated], dtype=torch.int64),
     }, os.path.join(OUT, "siglip/expected.safetensors"))
     report["siglip"] = {"generated": generated, "smallest_top2_gap": gap}
+
+    # The same image and question through the Gemma 3 variant (image features go in unscaled,
+    # the language model scaling token embeddings only).
+    features = composed3.get_image_features(pixel_values=pv)
+    features = features.pooler_output if hasattr(features, "pooler_output") else features
+    features = torch.cat(list(features), 0) if isinstance(features, (list, tuple)) else features.reshape(-1, features.shape[-1])
+    generated, gap = greedy(composed3, splice(composed3, ids, features), NEW_TOKENS)
+    hf = composed3.generate(input_ids=torch.tensor([ids]), pixel_values=pv, max_new_tokens=NEW_TOKENS,
+                            do_sample=False)[0, len(ids):].tolist()
+    assert hf == generated, (hf, generated)
+    lm = composed3.model.language_model
+    prompt_logits = composed3.lm_head(lm(inputs_embeds=splice(composed3, ids, features)).last_hidden_state[:, -1])
+    save_file({
+        "input_ids": torch.tensor([ids], dtype=torch.int64),
+        "pixel_values": pv.contiguous(),
+        "image_features": features.contiguous(),
+        "generated": torch.tensor([generated], dtype=torch.int64),
+        "prompt_logits": prompt_logits.contiguous(),
+    }, os.path.join(OUT, "siglip-gemma3/expected.safetensors"))
+    report["siglip-gemma3"] = {"generated": generated, "smallest_top2_gap": gap}
 
     # --- CLIP: transformers, and transformers run as llama.cpp 0c1e57098 runs it -----------------
     processor = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},

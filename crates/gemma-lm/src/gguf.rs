@@ -248,11 +248,11 @@ enum Stored {
     ScaledMatrix(f64),
 }
 
-/// Gemma's chat template as llama.cpp's chat tools render it: a message's content may also be a
+/// Gemma's chat template as llama.cpp's chat tools render it (a LLaVA model's, whatever its Gemma): a message's content may also be a
 /// list of parts (llama-cpp-python's multimodal handler hands images over as text parts holding
 /// the media marker), joined by newlines, so an image then a question reads as LLaVA's
 /// `<image>\n{question}` does.
-const CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}\
+pub const CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}\
 {% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}\
 {{ '<start_of_turn>' + role + '\\n' }}\
 {% if message['content'] is string %}{{ message['content'] | trim }}\
@@ -263,7 +263,7 @@ const CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}\
 /// Gemma 3's: parts follow each other as its own template writes them, and an image (the media
 /// marker, which llama.cpp's multimodal library replaces by `<start_of_image>`, the image and
 /// `<end_of_image>`) gets the blank lines Gemma 3's processor puts around it.
-const GEMMA3_CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}\
+pub const GEMMA3_CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}\
 {% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}\
 {{ '<start_of_turn>' + role + '\\n' }}\
 {% if message['content'] is string %}{{ message['content'] | trim }}\

@@ -134,10 +134,14 @@ fn llava_mmproj<'a>(
         "linear_1.weight",
         "the connector's multi_modal_projector.linear_1.weight",
     )?;
-    let head_scale = if features_scaled {
-        1.0
-    } else {
-        1.0 / (text_hidden as f64).sqrt()
+    // llama.cpp's gemma and gemma2 graphs multiply every input embedding by sqrt(hidden), image
+    // features too; its gemma3 graph only token embeddings, as transformers does. The
+    // projector's last layer makes up the difference.
+    let root = (text_hidden as f64).sqrt();
+    let head_scale = match (scales_every_input(&config.text_config)?, features_scaled) {
+        (true, false) => 1.0 / root,
+        (true, true) | (false, false) => 1.0,
+        (false, true) => root,
     };
     let p = |n: &str| format!("{projector_prefix}{n}");
     let mut zero_biases = Vec::new();
@@ -159,6 +163,12 @@ fn llava_mmproj<'a>(
             .map_err(Error::Input)?;
     }
     Ok(w)
+}
+
+/// Whether llama.cpp's graph for this language model multiplies image embeddings by
+/// `sqrt(hidden)` as it does token embeddings (`gemma`, `gemma2`; `gemma3` scales tokens only).
+fn scales_every_input(text: &gemma_lm::config::GemmaConfig) -> Result<bool> {
+    Ok(text.generation()? != gemma_lm::config::Generation::Gemma3)
 }
 
 /// Gemma 3's SigLIP tower, average pool, soft-embedding norm and input projection as projector

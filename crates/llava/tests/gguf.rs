@@ -257,6 +257,9 @@ fn llama_cpp_answers_from_exported_files_as_transformers_does() {
 ///   (its convolution is f16, its GELU the tanh form) and its greedy answer is transformers' and
 ///   `llava generate`'s token for token, also through llama-cpp-python's chat API (the file's
 ///   chat template);
+/// * SigLIP tower and LLaVA's projector before a Gemma 3 language model: the same, and its logits
+///   after the prompt are transformers' (llama.cpp's gemma3 leaves image embeddings unscaled, as
+///   transformers does, where its gemma and gemma2 scale them: the mmproj's last layer follows);
 /// * CLIP tower: its image embeddings and greedy answer are transformers' run as llama.cpp
 ///   0c1e57098 runs a class token (ggml-org/llama.cpp#25814: appended last, positioned and kept
 ///   as if first), so the file is right and the difference from our answer is that bug's;
@@ -290,6 +293,7 @@ fn llama_cpp_answers_about_an_image_from_exported_files() {
     let image = fixture.join("image.png");
     let models = [
         ("siglip", fixture.join("siglip/model"), 16),
+        ("siglip-gemma3", fixture.join("siglip-gemma3/model"), 16),
         (
             "clip",
             root().join("fixtures/hf-parity/llava-clip/model"),

@@ -68,7 +68,18 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
         .and_then(|n| n.to_str())
         .unwrap_or("model")
         .to_string();
-    let lm = llava::gemma_lm::gguf::to_gguf(&config, &checkpoint, &tokenizer, kind, &name)?;
+    let mut lm = llava::gemma_lm::gguf::to_gguf(&config, &checkpoint, &tokenizer, kind, &name)?;
+    // A LLaVA model asks `<image>\n{question}` whatever its Gemma (the Gemma 3 template is for
+    // Gemma 3's own images).
+    if llava_config
+        .as_ref()
+        .is_some_and(|c| c.family() == llava::llava_model::config::Family::Llava)
+    {
+        lm.set(
+            "tokenizer.chat_template",
+            llava::foundation::gguf::Value::Str(llava::gemma_lm::gguf::CHAT_TEMPLATE.into()),
+        );
+    }
     // Both files are assembled (and refused) before either is written.
     let mmproj = match &llava_config {
         Some(llava) => {
