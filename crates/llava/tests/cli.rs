@@ -485,6 +485,26 @@ fn a_model_quantized_once_answers_as_quantizing_at_every_load() {
         );
     }
 
+    // Quantizing into a directory that holds a dense model would lose it: refused.
+    let dense = tmp.path().join("dense");
+    std::fs::create_dir(&dense).unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(model.join(file), dense.join(file)).unwrap();
+    }
+    let result = llava()
+        .args(["quantize", "--quantize", "int8", "--model"])
+        .arg(fixtures().join("gemma/model"))
+        .arg("--output")
+        .arg(&dense)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        !result.status.success() && stderr.contains("holds a dense model"),
+        "{stderr}"
+    );
+    assert!(dense.join("model.safetensors").exists());
+
     // transformers refuses the directory instead of loading it with random linear layers.
     match common::python_with("import transformers", &["transformers==5.17.0"]) {
         Err(why) => eprintln!("SKIPPED the transformers check: {why}"),

@@ -44,6 +44,17 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
             args.output.display()
         )));
     }
+    // The save replaces a `model.safetensors` left by an earlier quantized save (our loaders
+    // would read it first); a dense model's is never overwritten or removed.
+    let dense_there = ["model.safetensors", "model.safetensors.index.json"]
+        .iter()
+        .any(|f| args.output.join(f).exists());
+    if dense_there && Quantization::of_directory(&args.output)?.is_none() {
+        return Err(llava::Error::Unsupported(format!(
+            "--output {} holds a dense model: write the quantized model to a new directory",
+            args.output.display()
+        )));
+    }
     if let Some(stored) = Quantization::of_directory(&source)? {
         return Err(llava::Error::Unsupported(format!(
             "{} already holds {stored} weights: quantize the dense model",
