@@ -63,6 +63,7 @@ if arch != "gemma":
             ("attn_logit_softcapping", text["attn_logit_softcapping"]),
             ("final_logit_softcapping", text["final_logit_softcapping"]),
         ]
+        wanted += [("rope.freq_base_swa", text["rope_parameters"]["rope_theta"])]
     else:
         rope = text["rope_parameters"]
         wanted += [

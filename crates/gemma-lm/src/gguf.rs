@@ -39,11 +39,7 @@ pub fn to_gguf<'a>(
             "llama.cpp's gemma reads the head from the embedding; this model's head is untied",
         ));
     }
-    let arch = match generation {
-        Generation::Gemma1 => "gemma",
-        Generation::Gemma2 => "gemma2",
-        Generation::Gemma3 => "gemma3",
-    };
+    let arch = arch_name(generation);
     let mut w = GgufWriter::new();
     let key = |k: &str| format!("{arch}.{k}");
     w.set("general.architecture", Value::Str(arch.into()));
@@ -155,6 +151,15 @@ pub fn to_gguf<'a>(
     Ok(w)
 }
 
+/// llama.cpp's architecture for a generation.
+fn arch_name(generation: Generation) -> &'static str {
+    match generation {
+        Generation::Gemma1 => "gemma",
+        Generation::Gemma2 => "gemma2",
+        Generation::Gemma3 => "gemma3",
+    }
+}
+
 /// The scale llama.cpp gives queries of a Gemma 2 or 3 model: `1/sqrt(head_dim)`, except for
 /// the layer counts it takes for the 27B models (46 for Gemma 2, 62 for Gemma 3), where it is
 /// `1/sqrt(hidden / heads)`, as `gemma_pytorch`'s configs say. Gemma 1 scales by
@@ -213,25 +218,33 @@ fn sliding_keys(
                     "llama.cpp's gemma3 applies no final soft-cap; this model caps at {cap}"
                 )));
             }
-            let global = config.rope(LayerType::FullAttention)?;
-            let local = config.rope(LayerType::SlidingAttention)?;
-            if local.linear_factor != 1.0 {
-                return Err(refuse(format!(
-                    "llama.cpp's gemma3 scales no sliding layer's rotary embedding; this \
-                     model's are scaled by {}",
-                    local.linear_factor
-                )));
-            }
-            w.set(&key("rope.freq_base_swa"), Value::F32(local.theta as f32));
-            if global.linear_factor != 1.0 {
-                w.set(&key("rope.scaling.type"), Value::Str("linear".into()));
-                w.set(
-                    &key("rope.scaling.factor"),
-                    Value::F32(global.linear_factor as f32),
-                );
-            }
         }
         Generation::Gemma1 => {}
+    }
+    // Rotary embeddings: the global layers' base and linear scaling, the sliding layers' base.
+    // llama.cpp scales the sliding layers' positions as the global ones' in gemma2, not at all
+    // in gemma3.
+    let global = config.rope(LayerType::FullAttention)?;
+    let local = config.rope(LayerType::SlidingAttention)?;
+    let local_scale = match generation {
+        Generation::Gemma3 => 1.0,
+        _ => global.linear_factor,
+    };
+    if local.linear_factor != local_scale {
+        return Err(refuse(format!(
+            "llama.cpp's {} scales the sliding layers' rotary embedding by {local_scale}; this \
+             model's by {}",
+            arch_name(generation),
+            local.linear_factor
+        )));
+    }
+    w.set(&key("rope.freq_base_swa"), Value::F32(local.theta as f32));
+    if global.linear_factor != 1.0 {
+        w.set(&key("rope.scaling.type"), Value::Str("linear".into()));
+        w.set(
+            &key("rope.scaling.factor"),
+            Value::F32(global.linear_factor as f32),
+        );
     }
     Ok(())
 }
@@ -445,6 +458,14 @@ mod tests {
         let (mut gemma3, checkpoint) = fixture("gemma3-text");
         gemma3.final_logit_softcapping = Some(Some(30.0));
         assert!(refusal(&gemma3, &checkpoint).contains("no final soft-cap"));
+        gemma3.final_logit_softcapping = None;
+        let Some(crate::config::RopeSpec::ByLayerType(ropes)) = &mut gemma3.rope_parameters else {
+            panic!("the Gemma 3 fixture has a rotary embedding per layer type");
+        };
+        let sliding = ropes.get_mut("sliding_attention").unwrap();
+        sliding.rope_type = "linear".into();
+        sliding.factor = Some(2.0);
+        assert!(refusal(&gemma3, &checkpoint).contains("sliding layers' rotary embedding by 1"));
     }
 
     #[test]
