@@ -90,6 +90,15 @@ def greedy(model, embeds, steps):
     return out, min(gaps)
 
 
+def rows(features):
+    """`get_image_features`' output (an output object, a list per image or a tensor) as one
+    [tokens, hidden] tensor."""
+    features = features.pooler_output if hasattr(features, "pooler_output") else features
+    if isinstance(features, (list, tuple)):
+        return torch.cat(list(features), 0)
+    return features.reshape(-1, features.shape[-1])
+
+
 def splice(model, ids, features):
     embeds = model.model.language_model.get_input_embeddings()(torch.tensor([ids]))
     mask = torch.tensor(ids) == model.config.image_token_id
@@ -100,16 +109,24 @@ def splice(model, ids, features):
 # --- SigLIP tower + Gemma 1: composed by transformers -------------------------------------------
 clip_config = json.load(open(os.path.join(CLIP, "config.json")))
 siglip_config = json.load(open(os.path.join(SIGLIP, "config.json")))
-config = LlavaConfig(
-    vision_config=siglip_config["vision_config"],
-    text_config=clip_config["text_config"],
-    image_token_index=clip_config["image_token_index"],
-    image_seq_length=16,
-    vision_feature_layer=-2,
-    vision_feature_select_strategy="full",
-    projector_hidden_act="gelu",
-    tie_word_embeddings=True,
-)
+
+
+def siglip_llava_config(text_config):
+    """LLaVA with the SigLIP fixture's tower (feature layer -2, every patch kept) before
+    `text_config`'s language model."""
+    return LlavaConfig(
+        vision_config=siglip_config["vision_config"],
+        text_config=text_config,
+        image_token_index=clip_config["image_token_index"],
+        image_seq_length=16,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="full",
+        projector_hidden_act="gelu",
+        tie_word_embeddings=True,
+    )
+
+
+config = siglip_llava_config(clip_config["text_config"])
 composed = LlavaForConditionalGeneration(config).eval()
 clip_model = LlavaForConditionalGeneration.from_pretrained(CLIP, dtype=torch.float32).eval()
 siglip_model = LlavaForConditionalGeneration.from_pretrained(SIGLIP, dtype=torch.float32).eval()
@@ -133,16 +150,7 @@ for extra in ["generation_config.json"]:
 GEMMA3_TEXT = os.path.join(ROOT, "fixtures/hf-parity/gemma3-text/model")
 from transformers import Gemma3ForCausalLM
 gemma3_text = Gemma3ForCausalLM.from_pretrained(GEMMA3_TEXT, dtype=torch.float32).eval()
-config3 = LlavaConfig(
-    vision_config=siglip_config["vision_config"],
-    text_config=json.load(open(os.path.join(GEMMA3_TEXT, "config.json"))),
-    image_token_index=clip_config["image_token_index"],
-    image_seq_length=16,
-    vision_feature_layer=-2,
-    vision_feature_select_strategy="full",
-    projector_hidden_act="gelu",
-    tie_word_embeddings=True,
-)
+config3 = siglip_llava_config(json.load(open(os.path.join(GEMMA3_TEXT, "config.json"))))
 composed3 = LlavaForConditionalGeneration(config3).eval()
 state3 = {name: value for name, value in state.items() if "language_model" not in name
           and name != "lm_head.weight"}
@@ -178,9 +186,7 @@ with torch.no_grad():
     processor = SiglipImageProcessor(size={"height": 28, "width": 28}, resample=3,
                                      image_mean=[0.5] * 3, image_std=[0.5] * 3)
     pv = processor(images=image, return_tensors="pt")["pixel_values"]
-    features = composed.get_image_features(pixel_values=pv)
-    features = features.pooler_output if hasattr(features, "pooler_output") else features
-    features = torch.cat(list(features), 0) if isinstance(features, (list, tuple)) else features.reshape(-1, features.shape[-1])
+    features = rows(composed.get_image_features(pixel_values=pv))
     ids = prompt_ids(tok, image_token, features.shape[0])
     generated, gap = greedy(composed, splice(composed, ids, features), NEW_TOKENS)
     # transformers' own generate agrees with the loop above.
@@ -197,9 +203,7 @@ with torch.no_grad():
 
     # The same image and question through the Gemma 3 variant (image features go in unscaled,
     # the language model scaling token embeddings only).
-    features = composed3.get_image_features(pixel_values=pv)
-    features = features.pooler_output if hasattr(features, "pooler_output") else features
-    features = torch.cat(list(features), 0) if isinstance(features, (list, tuple)) else features.reshape(-1, features.shape[-1])
+    features = rows(composed3.get_image_features(pixel_values=pv))
     generated, gap = greedy(composed3, splice(composed3, ids, features), NEW_TOKENS)
     hf = composed3.generate(input_ids=torch.tensor([ids]), pixel_values=pv, max_new_tokens=NEW_TOKENS,
                             do_sample=False)[0, len(ids):].tolist()
@@ -219,10 +223,8 @@ with torch.no_grad():
     processor = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
                                    resample=3)
     pv = processor(images=image, return_tensors="pt")["pixel_values"]
-    features = clip_model.get_image_features(pixel_values=pv, vision_feature_layer=-2,
-                                             vision_feature_select_strategy="default")
-    features = features.pooler_output if hasattr(features, "pooler_output") else features
-    features = torch.cat(list(features), 0) if isinstance(features, (list, tuple)) else features.reshape(-1, features.shape[-1])
+    features = rows(clip_model.get_image_features(pixel_values=pv, vision_feature_layer=-2,
+                                                  vision_feature_select_strategy="default"))
     ids = prompt_ids(tok, image_token, features.shape[0])
     generated_hf = clip_model.generate(input_ids=torch.tensor([ids]), pixel_values=pv,
                                        max_new_tokens=NEW_TOKENS, do_sample=False)[0, len(ids):].tolist()
@@ -263,8 +265,8 @@ gemma3 = Gemma3ForConditionalGeneration.from_pretrained(GEMMA3, dtype=torch.floa
 torch.manual_seed(3)
 gemma3.resize_token_embeddings(642, mean_resizing=False)
 with torch.no_grad():
-    rows = gemma3.get_input_embeddings().weight
-    rows[640:] = torch.randn(2, rows.shape[1]) * rows[:640].std()
+    table = gemma3.get_input_embeddings().weight
+    table[640:] = torch.randn(2, table.shape[1]) * table[:640].std()
 gemma3.config.boi_token_id = gemma3.config.boi_token_index = boi
 gemma3.config.eoi_token_id = gemma3.config.eoi_token_index = eoi
 gemma3.config.image_token_id = gemma3.config.image_token_index = tokenizer.token_to_id("<image>")
@@ -274,9 +276,7 @@ processor = Gemma3ImageProcessor(size={"height": 28, "width": 28}, resample=2,
 processor.save_pretrained(gemma3_dir)
 with torch.no_grad():
     pv = processor(images=image, return_tensors="pt")["pixel_values"]
-    features = gemma3.get_image_features(pixel_values=pv)
-    features = features.pooler_output if hasattr(features, "pooler_output") else features
-    features = features.reshape(-1, features.shape[-1])
+    features = rows(gemma3.get_image_features(pixel_values=pv))
     text = (f"<bos><start_of_turn>user\n\n\n<start_of_image>{'<image>' * features.shape[0]}"
             f"<end_of_image>\n\n{QUESTION}<end_of_turn>\n<start_of_turn>model\n")
     ids = tokenizer.encode(text, add_special_tokens=False).ids

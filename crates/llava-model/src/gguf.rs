@@ -324,6 +324,11 @@ impl<'a> Writer<'a> {
             .map_err(|e| Error::Input(format!("{hf}: {e}")))
     }
 
+    /// Adds checkpoint vector (or lookup table) `hf` as `gguf`, in f32 as it is.
+    fn vector(&mut self, gguf: &str, hf: String) -> Result<()> {
+        self.add(gguf, hf, Stored::Vector(1.0))
+    }
+
     /// The tower's embeddings and its first `layers` layers, and its final norm when `post_norm`.
     fn tower(&mut self, tower: &Tower, layers: i64, post_norm: bool) -> Result<()> {
         let prefix = self.checkpoint.require_prefix(
@@ -341,31 +346,18 @@ impl<'a> Writer<'a> {
             .info(&t("embeddings.patch_embedding.bias"))
             .is_some()
         {
-            self.add(
-                "v.patch_embd.bias",
-                t("embeddings.patch_embedding.bias"),
-                Stored::Vector(1.0),
-            )?;
+            self.vector("v.patch_embd.bias", t("embeddings.patch_embedding.bias"))?;
         }
         if tower.class_token {
-            self.add(
-                "v.class_embd",
-                t("embeddings.class_embedding"),
-                Stored::Vector(1.0),
-            )?;
+            self.vector("v.class_embd", t("embeddings.class_embedding"))?;
         }
-        self.add(
+        self.vector(
             "v.position_embd.weight",
             t("embeddings.position_embedding.weight"),
-            Stored::Vector(1.0),
         )?;
         if tower.pre_norm {
-            self.add(
-                "v.pre_ln.weight",
-                t("pre_layrnorm.weight"),
-                Stored::Vector(1.0),
-            )?;
-            self.add("v.pre_ln.bias", t("pre_layrnorm.bias"), Stored::Vector(1.0))?;
+            self.vector("v.pre_ln.weight", t("pre_layrnorm.weight"))?;
+            self.vector("v.pre_ln.bias", t("pre_layrnorm.bias"))?;
         }
         for i in 0..layers {
             let layer = |n: &str| t(&format!("encoder.layers.{i}.{n}"));
@@ -393,24 +385,15 @@ impl<'a> Writer<'a> {
                     layer(&format!("{hf}.weight")),
                     how,
                 )?;
-                self.add(
+                self.vector(
                     &format!("v.blk.{i}.{gguf}.bias"),
                     layer(&format!("{hf}.bias")),
-                    Stored::Vector(1.0),
                 )?;
             }
         }
         if post_norm {
-            self.add(
-                "v.post_ln.weight",
-                t("post_layernorm.weight"),
-                Stored::Vector(1.0),
-            )?;
-            self.add(
-                "v.post_ln.bias",
-                t("post_layernorm.bias"),
-                Stored::Vector(1.0),
-            )?;
+            self.vector("v.post_ln.weight", t("post_layernorm.weight"))?;
+            self.vector("v.post_ln.bias", t("post_layernorm.bias"))?;
         }
         Ok(())
     }

@@ -472,17 +472,7 @@ fn a_model_quantized_once_answers_as_quantizing_at_every_load() {
             "export the dense model",
         ),
     ] {
-        let result = llava()
-            .args(&args)
-            .arg("--model")
-            .arg(&saved)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&result.stderr);
-        assert!(
-            !result.status.success() && stderr.contains(expected),
-            "{args:?}: {stderr}"
-        );
+        fails_saying(llava().args(&args).arg("--model").arg(&saved), expected);
     }
 
     // Quantizing into a directory that holds a dense model would lose it: refused.
@@ -491,39 +481,29 @@ fn a_model_quantized_once_answers_as_quantizing_at_every_load() {
     for file in ["config.json", "model.safetensors"] {
         std::fs::copy(model.join(file), dense.join(file)).unwrap();
     }
-    let result = llava()
-        .args(["quantize", "--quantize", "int8", "--model"])
-        .arg(fixtures().join("gemma/model"))
-        .arg("--output")
-        .arg(&dense)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(
-        !result.status.success() && stderr.contains("holds a dense model"),
-        "{stderr}"
+    fails_saying(
+        llava()
+            .args(["quantize", "--quantize", "int8", "--model"])
+            .arg(fixtures().join("gemma/model"))
+            .arg("--output")
+            .arg(&dense),
+        "holds a dense model",
     );
     assert!(dense.join("model.safetensors").exists());
 
     // transformers refuses the directory instead of loading it with random linear layers.
     match common::python_with("import transformers", &["transformers==5.17.0"]) {
         Err(why) => eprintln!("SKIPPED the transformers check: {why}"),
-        Ok(python) => {
-            let out = std::process::Command::new(python)
+        Ok(python) => fails_saying(
+            std::process::Command::new(python)
                 .arg("-c")
                 .arg(
                     "import sys; from transformers import AutoModelForImageTextToText; \
                      AutoModelForImageTextToText.from_pretrained(sys.argv[1])",
                 )
-                .arg(&saved)
-                .output()
-                .unwrap();
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                !out.status.success() && stderr.contains("no file named model.safetensors"),
-                "transformers: {stderr}"
-            );
-        }
+                .arg(&saved),
+            "no file named model.safetensors",
+        ),
     }
 
     // A Gemma directory too: bench-text reads the saved int8 codes.
@@ -552,4 +532,14 @@ fn a_model_quantized_once_answers_as_quantizing_at_every_load() {
             .arg(&gemma),
     );
     assert!(report.contains("int8 (saved)"), "{report}");
+}
+
+/// Runs `command`, which must fail with `expected` in its standard error.
+fn fails_saying(command: &mut std::process::Command, expected: &str) {
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains(expected),
+        "{command:?}: {stderr}"
+    );
 }
