@@ -165,14 +165,28 @@ fn prompt(c: &mut Criterion) {
     group.bench_function("int8/libtorch_dequantized", |b| {
         b.iter(|| x.matmul(&(q.to_kind(Kind::BFloat16) * scales.unsqueeze(1)).tr()))
     });
-    group.bench_function("int8/ours_widened", |b| {
+    group.bench_function("int8/ours", |b| {
         b.iter(|| cpu_gemv::int8(&x, &q, &scales).expect("int8"))
     });
-    let w4 = Int4Pair::new(n, k);
-    group.bench_function("int4/libtorch_int4pack_mm", |b| b.iter(|| w4.aten(&x)));
-    group.bench_function("int4/ours_widened", |b| {
-        b.iter(|| cpu_gemv::int4(&x, w4.ours()).expect("int4"))
+    group.bench_function("int8/ours_widened", |b| {
+        b.iter(|| cpu_gemv::int8_with(&x, &q, &scales, Isa::Avx512).expect("int8"))
     });
+    // Gemma-2B's up_proj and down_proj: int4 through ours (with VNNI the integer GEMM), through
+    // libtorch's f32 GEMM on our dequantized blocks (capped below VNNI), and ATen's int4 kernel.
+    for (n, k) in [(n, k), (k, n)] {
+        let x = Tensor::randn([rows, k], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+        let w4 = Int4Pair::new(n, k);
+        let shape = format!("{n}x{k}");
+        group.bench_function(BenchmarkId::new("int4/libtorch_int4pack_mm", &shape), |b| {
+            b.iter(|| w4.aten(&x))
+        });
+        group.bench_function(BenchmarkId::new("int4/ours", &shape), |b| {
+            b.iter(|| cpu_gemv::int4(&x, w4.ours()).expect("int4"))
+        });
+        group.bench_function(BenchmarkId::new("int4/ours_widened", &shape), |b| {
+            b.iter(|| cpu_gemv::int4_with(&x, w4.ours(), Isa::Avx512).expect("int4"))
+        });
+    }
     group.finish();
 }
 

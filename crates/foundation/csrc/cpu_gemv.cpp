@@ -683,6 +683,213 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void int4_vnni(
     else if (w.group == 64) rows(std::integral_constant<int, 2>());
     else rows(std::integral_constant<int, 1>());
 }
+
+// ---- int8 and int4 weights against a prompt's many rows: an integer GEMM ----
+//
+// The weight goes 16 rows at a time (a panel) into the lanes of a vector: each 4 consecutive
+// inputs of row r + l sit in lane l as bytes, so one `vpdpbusd` multiplies 4 inputs of 16 rows by
+// the same 4 activations (broadcast) and sums them per row. A block of 32 inputs is 8 such
+// instructions per row of x; its int32 sums are converted once and scaled by the activations'
+// block scale (times the 16 rows' group scales for int4). Per 512 multiply-adds a row of x takes
+// about 11 vector instructions, against 32 FMAs for libtorch's f32 GEMM on the dequantized
+// weight, and the panel is unpacked once for all the rows of x.
+//
+// `vpdpbusd` multiplies unsigned bytes by signed ones. Int4 codes (0..15) are the unsigned
+// operand and the activations' Q8_0 codes the signed one; the minimums meet each group's sum of
+// activations at the end. Int8 codes are signed, so there the activations go unsigned, offset by
+// 128, and each block's sums start from -128 times the block's sum of weight codes.
+
+// A prompt's rows of x as Q8_0 in input order: codes [m, k] (offset by 128 as unsigned bytes when
+// `offset`), one scale per block of 32 [m, k / 32], and each group's sum of scale times codes
+// [m, k / group].
+struct Q8Prompt {
+    std::vector<int8_t> codes;
+    std::vector<float> scales;
+    std::vector<float> group_sums;
+};
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) Q8Prompt quantize_prompt(
+    const float *x, int64_t m, int64_t k, int64_t group, bool offset) {
+    Q8Prompt q;
+    const int64_t blocks = k / 32, groups = k / group;
+    q.codes.resize(m * k);
+    q.scales.resize(m * blocks);
+    q.group_sums.assign(m * groups, 0.f);
+    at::parallel_for(0, m, 1, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i)
+            for (int64_t b = 0; b < blocks; ++b) {
+                int8_t *codes = q.codes.data() + i * k + 32 * b;
+                float d = quantize_block(x + i * k + 32 * b, codes);
+                int32_t sum = 0;
+                for (int j = 0; j < 32; ++j) sum += codes[j];
+                if (offset)
+                    for (int j = 0; j < 32; ++j) codes[j] = int8_t(uint8_t(codes[j]) ^ 0x80);
+                q.scales[i * blocks + b] = d;
+                q.group_sums[i * groups + 32 * b / group] += d * float(sum);
+            }
+    });
+    return q;
+}
+
+// 16 weight rows from r (fewer at the end: the missing lanes hold zeros) as the GEMM reads them:
+// `codes` [k / 4][16] 4-byte lanes; int4: `scales` and `mins` [groups][16] f32; int8: `scales`
+// [16] f32 and `start` [k / 32][16], each block's -128 times its sum of codes.
+struct Panel {
+    std::vector<uint8_t> rows;  // int4: [16, k], one code a byte, before the transpose
+    std::vector<int32_t> codes, start;
+    std::vector<float> scales, mins;
+};
+
+// Lane l of step s = bytes 4s..4s+3 of row l, for the first `lanes` rows of `rows` (one every
+// `stride` bytes); the other lanes zero.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void transpose_panel(const uint8_t *rows,
+                                                                         int64_t stride, int64_t k,
+                                                                         int lanes, int32_t *out) {
+    const __m512i offsets = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(int32_t(stride)));
+    const __mmask16 valid = __mmask16((1u << lanes) - 1);
+    for (int64_t s = 0; s < k / 4; ++s)
+        _mm512_storeu_si512(out + 16 * s, _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), valid,
+                                                                      offsets, rows + 4 * s, 1));
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void int4_panel(const Int4 &w, int64_t r,
+                                                                     int lanes, Panel &p) {
+    const int64_t k = w.k, groups = k / w.group;
+    const __m128i nibble = _mm_set1_epi8(15);
+    p.rows.resize(16 * k);
+    p.codes.resize(k / 4 * 16);
+    p.scales.assign(groups * 16, 0.f);
+    p.mins.assign(groups * 16, 0.f);
+    for (int l = 0; l < lanes; ++l) {
+        const uint8_t *src = w.codes + (r + l) * (k / 2);
+        uint8_t *dst = p.rows.data() + l * k;
+        for (int64_t b = 0; b < k / 32; ++b) {
+            __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i *>(src + 16 * b));
+            _mm_storeu_si128(reinterpret_cast<__m128i *>(dst + 32 * b), _mm_and_si128(bytes, nibble));
+            _mm_storeu_si128(reinterpret_cast<__m128i *>(dst + 32 * b + 16),
+                             _mm_and_si128(_mm_srli_epi16(bytes, 4), nibble));
+        }
+        for (int64_t g = 0; g < groups; ++g) {
+            p.scales[g * 16 + l] = bf16_to_float(w.scales[(r + l) * groups + g]);
+            p.mins[g * 16 + l] = bf16_to_float(w.mins[(r + l) * groups + g]);
+        }
+    }
+    transpose_panel(p.rows.data(), k, k, lanes, p.codes.data());
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void int8_panel(const int8_t *q,
+                                                                     const float *scales,
+                                                                     int64_t k, int64_t r,
+                                                                     int lanes, Panel &p) {
+    p.codes.resize(k / 4 * 16);
+    p.start.assign(k / 32 * 16, 0);
+    p.scales.assign(16, 0.f);
+    const int8_t *first = q + r * k;
+    transpose_panel(reinterpret_cast<const uint8_t *>(first), k, k, lanes, p.codes.data());
+    for (int l = 0; l < lanes; ++l) {
+        p.scales[l] = scales[r + l];
+        for (int64_t b = 0; b < k / 32; ++b) {
+            int32_t sum = 0;
+            for (int j = 0; j < 32; ++j) sum += first[l * k + 32 * b + j];
+            p.start[b * 16 + l] = -128 * sum;
+        }
+    }
+}
+
+// X rows of x from i0 against a panel (weight rows r.., `lanes` of them): y[i, r + l].
+template <int X, bool kInt8>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void gemm_tile(
+    const Panel &p, const Q8Prompt &xq, int64_t k, int64_t group, int64_t i0, float *y, int64_t n,
+    int64_t r, int lanes) {
+    const int64_t blocks = k / 32, groups = k / group;
+    __m512 acc[X];
+    for (int j = 0; j < X; ++j) acc[j] = _mm512_setzero_ps();
+    const int8_t *xc = xq.codes.data() + i0 * k;
+    const float *xd = xq.scales.data() + i0 * blocks;
+    for (int64_t b = 0; b < blocks; ++b) {
+        const int32_t *wb = p.codes.data() + b * 128;
+        __m512i wv[8];
+        for (int t = 0; t < 8; ++t) wv[t] = _mm512_loadu_si512(wb + 16 * t);
+        __m512i start = kInt8 ? _mm512_loadu_si512(p.start.data() + 16 * b) : _mm512_setzero_si512();
+        __m512 sw = kInt8 ? _mm512_setzero_ps() : _mm512_loadu_ps(p.scales.data() + 32 * b / group * 16);
+        for (int j = 0; j < X; ++j) {
+            const int8_t *xb = xc + j * k + 32 * b;
+            __m512i dot = start;
+            for (int t = 0; t < 8; ++t) {
+                int32_t four;
+                std::memcpy(&four, xb + 4 * t, 4);
+                __m512i xv = _mm512_set1_epi32(four);
+                dot = kInt8 ? _mm512_dpbusd_epi32(dot, xv, wv[t]) : _mm512_dpbusd_epi32(dot, wv[t], xv);
+            }
+            __m512 d = _mm512_set1_ps(xd[j * blocks + b]);
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), kInt8 ? d : _mm512_mul_ps(sw, d), acc[j]);
+        }
+    }
+    if (kInt8) {
+        __m512 sw = _mm512_loadu_ps(p.scales.data());
+        for (int j = 0; j < X; ++j) acc[j] = _mm512_mul_ps(acc[j], sw);
+    } else {
+        const float *sums = xq.group_sums.data() + i0 * groups;
+        for (int64_t g = 0; g < groups; ++g) {
+            __m512 mv = _mm512_loadu_ps(p.mins.data() + 16 * g);
+            for (int j = 0; j < X; ++j)
+                acc[j] = _mm512_fmadd_ps(mv, _mm512_set1_ps(sums[j * groups + g]), acc[j]);
+        }
+    }
+    const __mmask16 mask = __mmask16((1u << lanes) - 1);
+    for (int j = 0; j < X; ++j) _mm512_mask_storeu_ps(y + (i0 + j) * n + r, mask, acc[j]);
+}
+
+// y = x W^T [m, n] for x [m, k] f32 quantized as `xq`: panels of 16 weight rows over libtorch's
+// threads (`make_panel(r, lanes, panel)` fills one), each against all of x in tiles of 8 rows.
+template <bool kInt8, class MakePanel>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void quantized_gemm(
+    const Q8Prompt &xq, int64_t k, int64_t group, float *y, int64_t m, int64_t n,
+    MakePanel make_panel) {
+    constexpr int kX = 8;
+    at::parallel_for(0, (n + 15) / 16, 1, [&](int64_t p0, int64_t p1) {
+        Panel panel;
+        for (int64_t p = p0; p < p1; ++p) {
+            int64_t r = 16 * p;
+            int lanes = int(std::min<int64_t>(16, n - r));
+            make_panel(r, lanes, panel);
+            auto tile = [&](auto x, int64_t i) {
+                gemm_tile<decltype(x)::value, kInt8>(panel, xq, k, group, i, y, n, r, lanes);
+            };
+            int64_t i = 0;
+            for (; i + kX <= m; i += kX) tile(std::integral_constant<int, kX>(), i);
+            switch (m - i) {
+            case 7: tile(std::integral_constant<int, 7>(), i); break;
+            case 6: tile(std::integral_constant<int, 6>(), i); break;
+            case 5: tile(std::integral_constant<int, 5>(), i); break;
+            case 4: tile(std::integral_constant<int, 4>(), i); break;
+            case 3: tile(std::integral_constant<int, 3>(), i); break;
+            case 2: tile(std::integral_constant<int, 2>(), i); break;
+            case 1: tile(std::integral_constant<int, 1>(), i); break;
+            default: break;
+            }
+        }
+    });
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void int4_gemm(
+    const Int4 &w, const float *x, float *y, int64_t m, int64_t n) {
+    const Q8Prompt xq = quantize_prompt(x, m, w.k, w.group, false);
+    quantized_gemm<false>(xq, w.k, w.group, y, m, n,
+                          [&](int64_t r, int lanes, Panel &p) { int4_panel(w, r, lanes, p); });
+}
+
+// k a multiple of 32.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void int8_gemm(
+    const int8_t *q, const float *scales, const float *x, float *y, int64_t m, int64_t n,
+    int64_t k) {
+    const Q8Prompt xq = quantize_prompt(x, m, k, k, true);
+    quantized_gemm<true>(xq, k, k, y, m, n, [&](int64_t r, int lanes, Panel &p) {
+        int8_panel(q, scales, k, r, lanes, p);
+    });
+}
 #endif
 
 // Whether autograd would need to record the product (these kernels have no backward).
@@ -863,11 +1070,13 @@ char *llava_gemm_widened(const at::Tensor *x_, const at::Tensor *w_, int level_,
     });
 }
 
-// As llava_gemm_widened for int8 codes Q [n, k] with a scale per row (scales [n], any float
-// dtype): libtorch's int8 kernel works row by row, and a weight dequantized to bf16 for the call
-// meets the slow bf16 GEMM.
-char *llava_gemm_int8_widened(const at::Tensor *x_, const at::Tensor *q_,
-                              const at::Tensor *scales_, int level_, at::Tensor **out) {
+// y = (x Q^T) * scales for a prompt's many rows x [m, k] against int8 codes Q [n, k] with a
+// scale per row (scales [n], any float dtype); y [m, n] in x's dtype. With VNNI (and k a multiple
+// of 32), x quantized as Q8_0 meets the codes in an integer GEMM of ours (int8_gemm); otherwise
+// as llava_gemm_widened, on blocks of the weight dequantized to f32 (libtorch's int8 kernel works
+// row by row, and a weight dequantized to bf16 for the call meets the slow bf16 GEMM).
+char *llava_gemm_int8(const at::Tensor *x_, const at::Tensor *q_, const at::Tensor *scales_,
+                      int level_, at::Tensor **out) {
     return llava_ffi::guarded([&] {
         Isa level = std::min(isa(), Isa(level_));
         const at::Tensor &q = *q_;
@@ -879,6 +1088,15 @@ char *llava_gemm_int8_widened(const at::Tensor *x_, const at::Tensor *q_,
         const int8_t *qp = q.data_ptr<int8_t>();
         const float *sp = scales.data_ptr<float>();
         int64_t k = q.size(1);
+#if defined(__x86_64__)
+        if (level >= kAvx512Vnni && k % 32 == 0) {
+            int64_t m = x.size(0), n = q.size(0);
+            at::Tensor y = at::empty({m, n}, x.options());
+            int8_gemm(qp, sp, x.data_ptr<float>(), y.data_ptr<float>(), m, n, k);
+            *out = new at::Tensor(y.to(x_->scalar_type()));
+            return;
+        }
+#endif
         at::Tensor y = gemm_by_blocks(x, q.size(0), k, [&](int64_t r0, int64_t rows, float *dst) {
             widen_int8(qp, sp, k, r0, rows, dst, level);
         });
@@ -886,15 +1104,25 @@ char *llava_gemm_int8_widened(const at::Tensor *x_, const at::Tensor *q_,
     });
 }
 
-// As llava_gemm_int8_widened for an int4 weight (see int4_weight).
-char *llava_gemm_int4_widened(const at::Tensor *x_, const at::Tensor *codes,
-                              const at::Tensor *scales, const at::Tensor *mins, int64_t group,
-                              int level_, at::Tensor **out) {
+// y = x W^T for a prompt's many rows x [m, k] against an int4 weight (see int4_weight); y [m, n]
+// in x's dtype. With VNNI, x quantized as signed Q8_0 meets the codes in an integer GEMM of ours
+// (int4_gemm); otherwise as llava_gemm_int8, on blocks of the weight dequantized to f32.
+char *llava_gemm_int4(const at::Tensor *x_, const at::Tensor *codes, const at::Tensor *scales,
+                      const at::Tensor *mins, int64_t group, int level_, at::Tensor **out) {
     return llava_ffi::guarded([&] {
         Isa level = std::min(isa(), Isa(level_));
         TORCH_CHECK(x_->dim() == 2, "x must be a matrix");
         at::Tensor x = x_->to(at::kFloat).contiguous();
         Int4 w = int4_weight(x, *codes, *scales, *mins, group);
+#if defined(__x86_64__)
+        if (level >= kAvx512Vnni) {
+            int64_t m = x.size(0), n = codes->size(0);
+            at::Tensor y = at::empty({m, n}, x.options());
+            int4_gemm(w, x.data_ptr<float>(), y.data_ptr<float>(), m, n);
+            *out = new at::Tensor(y.to(x_->scalar_type()));
+            return;
+        }
+#endif
         at::Tensor y = gemm_by_blocks(x, codes->size(0), w.k, [&](int64_t r0, int64_t rows, float *dst) {
             widen_int4(w, r0, rows, dst, level);
         });

@@ -7,8 +7,9 @@
 //! * a prompt's rows against 16-bit weights on CPUs without bf16 arithmetic ([`widened`]):
 //!   libtorch's f32 GEMM on blocks of the weight widened to f32, about 3x its bf16 GEMM there;
 //! * quantized weights ([`int8`], [`int4`]): with VNNI, a few rows of activations quantized as
-//!   llama.cpp's Q8_0 meet the codes in integer dot products; a prompt's rows go through libtorch's
-//!   f32 GEMM on blocks of the weight dequantized to f32.
+//!   llama.cpp's Q8_0 meet the codes in integer dot products, and so do a prompt's rows (an
+//!   integer GEMM); without VNNI prompts go through libtorch's f32 GEMM on blocks of the weight
+//!   dequantized to f32.
 //!
 //! [`Linear`](crate::layers::Linear), Gemma's tied head and the quantized weights call these
 //! ([`linear`] picks for dense weights); `LLAVA_CPU_GEMV=0` turns them off (libtorch's ops then run), and
@@ -42,7 +43,7 @@ unsafe extern "C" {
         level: i32,
         out: *mut *mut c_void,
     ) -> *mut c_char;
-    fn llava_gemm_int8_widened(
+    fn llava_gemm_int8(
         x: *const c_void,
         q: *const c_void,
         scales: *const c_void,
@@ -65,7 +66,7 @@ unsafe extern "C" {
         scales: *mut c_void,
         mins: *mut c_void,
     ) -> *mut c_char;
-    fn llava_gemm_int4_widened(
+    fn llava_gemm_int4(
         x: *const c_void,
         codes: *const c_void,
         scales: *const c_void,
@@ -205,8 +206,10 @@ pub fn dense_with(x: &Tensor, w: &Tensor, level: Isa) -> Option<Tensor> {
 /// `(x Q^T) * scales` for `x` `[..., k]`, int8 codes `q` `[n, k]` and `scales` `[n]`, in `x`'s
 /// dtype, or `None` where libtorch's op should run: the kernels off, another device, or an input
 /// that requires grad. A few rows (at most [`MAX_ROWS`]) go through the matrix-vector kernel (with
-/// VNNI, the rows of `x` quantized as llama.cpp's Q8_0 first); more through libtorch's f32 GEMM on
-/// blocks of the weight dequantized to f32.
+/// VNNI, the rows of `x` quantized as llama.cpp's Q8_0 first). More (a prompt) go, with VNNI and
+/// `k` a multiple of 32, through an integer GEMM of ours against the rows of `x` as Q8_0 (as
+/// [`int4`]'s), and otherwise through libtorch's f32 GEMM on blocks of the weight dequantized to
+/// f32.
 pub fn int8(x: &Tensor, q: &Tensor, scales: &Tensor) -> Option<Tensor> {
     int8_with(x, q, scales, isa())
 }
@@ -217,7 +220,7 @@ pub fn int8_with(x: &Tensor, q: &Tensor, scales: &Tensor, level: Isa) -> Option<
     let shim = if few {
         llava_gemv_int8
     } else {
-        llava_gemm_int8_widened
+        llava_gemm_int8
     };
     by_rows(x, rows, q.size()[0], |x2, out| {
         // SAFETY: as in `dense_with`.
@@ -251,8 +254,9 @@ pub struct Int4<'a> {
 /// `x W^T` for `x` `[..., k]` and an int4 weight, in `x`'s dtype, or `None` where the kernels do
 /// not run (as in [`int8`]). A few rows go through the matrix-vector kernel (with VNNI against
 /// the rows of `x` quantized as Q8_0, in tiles of 4 weight rows by up to 4 rows of `x` that
-/// unpack each step's codes once), more through libtorch's f32 GEMM on blocks of the weight
-/// dequantized to f32.
+/// unpack each step's codes once). More (a prompt) go, with VNNI, through an integer GEMM of ours
+/// against the rows of `x` as Q8_0 (16 weight rows in a vector's lanes, 8 rows of `x` a tile),
+/// and otherwise through libtorch's f32 GEMM on blocks of the weight dequantized to f32.
 pub fn int4(x: &Tensor, w: Int4) -> Option<Tensor> {
     int4_with(x, w, isa())
 }
@@ -260,14 +264,10 @@ pub fn int4(x: &Tensor, w: Int4) -> Option<Tensor> {
 /// [`int4`] with at most the instructions of `level`.
 pub fn int4_with(x: &Tensor, w: Int4, level: Isa) -> Option<Tensor> {
     let (rows, few) = quantized_rows(x, w.codes)?;
-    // A prompt's rows against VNNI's integer tiles measured no faster than libtorch's f32 GEMM
-    // on dequantized blocks (62 against 59 ms for 128 rows by Gemma-2B's up_proj on the 2-vCPU
-    // Xeon: per two dot products a tile step also converts, scales and accumulates in f32), and
-    // the GEMM keeps the activations exact.
     let shim = if few {
         llava_gemv_int4
     } else {
-        llava_gemm_int4_widened
+        llava_gemm_int4
     };
     by_rows(x, rows, w.codes.size()[0], |x2, out| {
         // SAFETY: as in `dense_with`; the shim checks the shapes and dtypes.
@@ -516,9 +516,17 @@ mod tests {
     #[test]
     fn int8_matches_the_dequantized_product_at_every_level() {
         tch::manual_seed(1);
-        // 64 | k reaches VNNI's Q8_0 path; the others the float paths. 9 and 40 rows are prompts
-        // (the weight dequantized to f32 block by block; n = 4500 spans two blocks at k = 1000).
-        for (n, k) in [(37, 64), (130, 2048), (9, 100), (8, 40), (4500, 1000)] {
+        // With VNNI, a few rows reach the Q8_0 kernel where 64 | k, and prompts (9 and 40 rows)
+        // the integer GEMM where 32 | k; the others the float paths (prompts: the weight
+        // dequantized to f32 block by block; n = 4500 spans two blocks at k = 1000).
+        for (n, k) in [
+            (37, 64),
+            (130, 2048),
+            (70, 96),
+            (9, 100),
+            (8, 40),
+            (4500, 1000),
+        ] {
             let q = Tensor::randint_low(-127, 128, [n, k], (Kind::Int8, Device::Cpu));
             let scales = Tensor::rand([n], (Kind::Float, Device::Cpu)) * 0.01 + 0.001;
             let w = q.to_kind(Kind::Float) * scales.unsqueeze(1);
@@ -541,7 +549,12 @@ mod tests {
                             .to_kind(Kind::Float)
                             .unsqueeze(1);
                     let want_bf16 = x.linear::<&Tensor>(&bf16_scales, None);
-                    let e = if level == Isa::Avx512Vnni && k % 64 == 0 && rows <= MAX_ROWS {
+                    let q8 = if rows <= MAX_ROWS {
+                        k % 64 == 0
+                    } else {
+                        k % 32 == 0
+                    };
+                    let e = if level == Isa::Avx512Vnni && q8 {
                         q8_excess(&got, &want_bf16, &x, &bf16_scales)
                     } else {
                         relative_error(&got, &want_bf16) - 1e-5
@@ -636,8 +649,9 @@ mod tests {
                 for level in levels() {
                     let got = int4_with(&x, w.weight(), level).unwrap();
                     assert_eq!(got.size(), [1, rows, n]);
-                    // VNNI rounds the activations to 8 bits per block of 32 (Q8_0).
-                    let e = if level == Isa::Avx512Vnni && rows <= MAX_ROWS {
+                    // VNNI rounds the activations to 8 bits per block of 32 (Q8_0), for
+                    // prompts too.
+                    let e = if level == Isa::Avx512Vnni {
                         q8_excess(&got, &want, &x, &w.dense)
                     } else {
                         relative_error(&got, &want) - 1e-5

@@ -509,8 +509,11 @@ fn quantized_weights_give_logits_close_to_the_dense_model() {
     let long = Tensor::arange_start(2, 22, (Kind::Int64, Device::Cpu)).view([1, 20]);
     // A random 64-wide model: int4's 16 levels per 32 weights move its logits far more than
     // they move a trained model's (the demo model's greedy agreement is in docs/benchmarks.md).
+    // With VNNI the activations are rounded to 8 bits per block of 32 too, a prompt's as well
+    // as a decoding step's (int8: 0.087 of the largest logit over the 20-token prompt, 0.069
+    // with exact activations).
     for (how, tolerance) in [
-        (Quantization::Int8, 0.08),
+        (Quantization::Int8, 0.1),
         (Quantization::Int4 { group: 32 }, 0.45),
     ] {
         let mut quantized = load(&fixture_model());
