@@ -323,11 +323,7 @@ const SLICE_BYTES: usize = 64 << 20;
 fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
-            path: index.clone(),
-            message: e.to_string(),
-        })?;
+        let json: serde_json::Value = crate::read_json(&index)?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())

@@ -11,6 +11,16 @@ use tch::Tensor;
 use crate::checkpoint::dtype_of;
 use crate::{Error, Result};
 
+/// Reads the JSON file at `path` as a `T`; both errors (reading, parsing) name the file.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: impl AsRef<Path>) -> Result<T> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
 /// Writes `bytes` to `path` atomically: into a temporary file in the same directory, flushed to disk,
 /// then renamed over `path`. A crash leaves either the old file or the new one, never a torn one.
 pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {

@@ -109,4 +109,4 @@ pub fn build_with<M, E>(
     Ok((vs, model))
 }
 pub use error::{Error, Result};
-pub use io::{save_safetensors, write_atomic};
+pub use io::{read_json, save_safetensors, write_atomic};

@@ -91,12 +91,7 @@ impl Meta {
 
 /// Reads `meta.json` of the fixture in `dir`.
 pub fn read_meta(dir: &Path) -> Result<Meta> {
-    let path = dir.join("meta.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Json {
-        path,
-        message: e.to_string(),
-    })
+    crate::read_json(dir.join("meta.json"))
 }
 
 /// The result of comparing one output.

@@ -140,18 +140,51 @@ impl Quantization {
     /// `quantization_config`.
     pub fn of_directory(dir: &Path) -> crate::Result<Option<Self>> {
         let path = dir.join("config.json");
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(Error::Io { path, source }),
-        };
-        let json = |message: String| Error::Json {
-            path: path.clone(),
-            message,
-        };
-        let config: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| json(e.to_string()))?;
-        Self::from_config(&config).map_err(json)
+        if !path.exists() {
+            return Ok(None);
+        }
+        let config: serde_json::Value = crate::read_json(&path)?;
+        Self::from_config(&config).map_err(|message| Error::Json { path, message })
+    }
+}
+
+/// How a model's quantizable weights (the language model's linear layers and head) come out of
+/// its checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loading {
+    /// Dense, as stored.
+    Dense,
+    /// Stored dense, quantized as they load.
+    Quantize(Quantization),
+    /// Stored quantized (`llava quantize`, [`QUANTIZED_WEIGHTS`]): the codes read as they are.
+    Saved(Quantization),
+}
+
+impl Loading {
+    /// The loading of a checkpoint that holds weights saved in form `stored` (`None`: dense),
+    /// when form `asked` is requested: the saved codes (then `asked` must be their form or
+    /// none), else quantizing as asked, else dense. The error says why they cannot meet.
+    pub fn resolve(
+        stored: Option<Quantization>,
+        asked: Option<Quantization>,
+    ) -> Result<Self, String> {
+        match (stored, asked) {
+            (Some(stored), Some(asked)) if stored != asked => Err(format!(
+                "holds {stored} weights (written by `llava quantize`); they cannot be quantized \
+                 again as {asked}: quantize the dense model, or leave out --quantize"
+            )),
+            (Some(stored), _) => Ok(Loading::Saved(stored)),
+            (None, Some(asked)) => Ok(Loading::Quantize(asked)),
+            (None, None) => Ok(Loading::Dense),
+        }
+    }
+
+    /// The form the weights end in (`None`: dense).
+    pub fn quantization(self) -> Option<Quantization> {
+        match self {
+            Loading::Dense => None,
+            Loading::Quantize(how) | Loading::Saved(how) => Some(how),
+        }
     }
 }
 
@@ -598,6 +631,28 @@ mod tests {
             assert!(err.contains(bad) && err.contains("int4:G"), "{err}");
         }
         assert_eq!(Quantization::Int4 { group: 64 }.to_string(), "int4:64");
+    }
+
+    #[test]
+    fn loading_reads_saved_codes_quantizes_dense_ones_and_refuses_a_second_form() {
+        let (int8, int4) = (Quantization::Int8, Quantization::Int4 { group: 32 });
+        assert_eq!(Loading::resolve(None, None), Ok(Loading::Dense));
+        assert_eq!(
+            Loading::resolve(None, Some(int4)),
+            Ok(Loading::Quantize(int4))
+        );
+        assert_eq!(Loading::resolve(Some(int8), None), Ok(Loading::Saved(int8)));
+        assert_eq!(
+            Loading::resolve(Some(int8), Some(int8)),
+            Ok(Loading::Saved(int8))
+        );
+        let err = Loading::resolve(Some(int8), Some(int4)).unwrap_err();
+        assert!(
+            err.contains("int8 weights") && err.contains("as int4:32"),
+            "{err}"
+        );
+        assert_eq!(Loading::Saved(int4).quantization(), Some(int4));
+        assert_eq!(Loading::Dense.quantization(), None);
     }
 
     /// The dequantized weight each form stands for, computed from its definition.

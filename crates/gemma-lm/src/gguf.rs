@@ -399,10 +399,7 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> (GemmaConfig, Checkpoint) {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fixtures/hf-parity")
-            .join(name)
-            .join("model");
+        let dir = foundation::parity_fixtures().join(name).join("model");
         (
             GemmaConfig::from_file(dir.join("config.json")).unwrap(),
             Checkpoint::open(&dir).unwrap(),
@@ -410,8 +407,7 @@ mod tests {
     }
 
     fn tokenizer() -> String {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fixtures/hf-parity/gemma/model/tokenizer.json");
+        let path = foundation::parity_fixtures().join("gemma/model/tokenizer.json");
         std::fs::read_to_string(path).unwrap()
     }
 

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use foundation::Checkpoint;
 use foundation::layers::{Embedding, Linear};
-use foundation::quant::{Quantization, QuantizedWeight};
+use foundation::quant::{Loading, Quantization, QuantizedWeight};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -140,43 +140,22 @@ impl Gemma {
         let dir = dir.as_ref();
         let config = GemmaConfig::from_file(dir)?;
         let checkpoint = Checkpoint::open(dir)?;
-        match Quantization::of_directory(dir)? {
-            Some(how) => {
-                Self::from_checkpoint_prequantized(&config, &checkpoint, device, kind, how)
-            }
-            None => Self::from_checkpoint(&config, &checkpoint, device, kind),
-        }
+        let loading = Quantization::of_directory(dir)?.map_or(Loading::Dense, Loading::Saved);
+        Self::from_checkpoint_as(&config, &checkpoint, device, kind, loading)
     }
 
-    /// [`from_checkpoint`](Self::from_checkpoint) for a checkpoint whose linear layers were
-    /// saved quantized in form `how` ([`tensors`](Self::tensors), `llava quantize`): their codes
-    /// are read as they are ([`load_prequantized`](Self::load_prequantized)).
-    pub fn from_checkpoint_prequantized(
+    /// [`from_checkpoint`](Self::from_checkpoint) with the linear layers and head loaded as
+    /// `loading` says ([`load_as`](Self::load_as)).
+    pub fn from_checkpoint_as(
         config: &GemmaConfig,
         checkpoint: &Checkpoint,
         device: Device,
         kind: Kind,
-        how: Quantization,
+        loading: Loading,
     ) -> Result<(VarStore, Self)> {
         let (vs, mut model) =
             foundation::build_to_load(device, kind, |root| Self::new(root, config))?;
-        model.load_prequantized(&vs, checkpoint, how)?;
-        Ok((vs, model))
-    }
-
-    /// [`from_checkpoint`](Self::from_checkpoint) with the linear layers quantized as they load
-    /// ([`load_quantized`](Self::load_quantized)): the process holds the quantized model and one
-    /// decoder layer's dense weights, not the dense model.
-    pub fn from_checkpoint_quantized(
-        config: &GemmaConfig,
-        checkpoint: &Checkpoint,
-        device: Device,
-        kind: Kind,
-        how: Quantization,
-    ) -> Result<(VarStore, Self)> {
-        let (vs, mut model) =
-            foundation::build_to_load(device, kind, |root| Self::new(root, config))?;
-        model.load_quantized(&vs, checkpoint, how)?;
+        model.load_as(&vs, checkpoint, loading)?;
         Ok((vs, model))
     }
 
@@ -187,9 +166,23 @@ impl Gemma {
         device: Device,
         kind: Kind,
     ) -> Result<(VarStore, Self)> {
-        let (vs, model) = foundation::build_to_load(device, kind, |root| Self::new(root, config))?;
-        model.load(&vs, checkpoint)?;
-        Ok((vs, model))
+        Self::from_checkpoint_as(config, checkpoint, device, kind, Loading::Dense)
+    }
+
+    /// Fills this model's variables in `vs` from `checkpoint` as `loading` says: [`load`]
+    /// (Self::load), [`load_quantized`](Self::load_quantized) or
+    /// [`load_prequantized`](Self::load_prequantized).
+    pub fn load_as(
+        &mut self,
+        vs: &VarStore,
+        checkpoint: &Checkpoint,
+        loading: Loading,
+    ) -> Result<()> {
+        match loading {
+            Loading::Dense => self.load(vs, checkpoint),
+            Loading::Quantize(how) => self.load_quantized(vs, checkpoint, how),
+            Loading::Saved(how) => self.load_prequantized(vs, checkpoint, how),
+        }
     }
 
     /// Fills this model's variables in `vs` from `checkpoint`. The language model may sit under any

@@ -541,7 +541,7 @@ fn quantized_weights_give_logits_close_to_the_dense_model() {
 
 #[test]
 fn quantizing_while_loading_equals_quantizing_after() {
-    use foundation::quant::Quantization;
+    use foundation::quant::{Loading, Quantization};
     let dir = fixture_model();
     let config = GemmaConfig::from_file(&dir).unwrap();
     let checkpoint = Checkpoint::open(&dir).unwrap();
@@ -550,9 +550,14 @@ fn quantizing_while_loading_equals_quantizing_after() {
     for how in [Quantization::Int8, Quantization::Int4 { group: 32 }] {
         let mut after = load(&dir);
         after.quantize(how).unwrap();
-        let (_vs, during) =
-            Gemma::from_checkpoint_quantized(&config, &checkpoint, Device::Cpu, Kind::Float, how)
-                .unwrap();
+        let (_vs, during) = Gemma::from_checkpoint_as(
+            &config,
+            &checkpoint,
+            Device::Cpu,
+            Kind::Float,
+            Loading::Quantize(how),
+        )
+        .unwrap();
         for (name, linear) in during.linears() {
             assert_eq!(
                 linear.weight.numel(),
@@ -574,12 +579,12 @@ fn quantizing_while_loading_equals_quantizing_after() {
         1,
     );
     let checkpoint = Checkpoint::open(broken.path()).unwrap();
-    let Err(err) = Gemma::from_checkpoint_quantized(
+    let Err(err) = Gemma::from_checkpoint_as(
         &config,
         &checkpoint,
         Device::Cpu,
         Kind::Float,
-        Quantization::Int8,
+        Loading::Quantize(Quantization::Int8),
     ) else {
         panic!("a missing weight is an error");
     };
@@ -588,7 +593,7 @@ fn quantizing_while_loading_equals_quantizing_after() {
 
 #[test]
 fn a_model_saved_quantized_loads_its_codes_as_they_were() {
-    use foundation::quant::Quantization;
+    use foundation::quant::{Loading, Quantization};
     let dir = fixture_model();
     let config = GemmaConfig::from_file(&dir).unwrap();
     let checkpoint = Checkpoint::open(&dir).unwrap();
@@ -596,9 +601,14 @@ fn a_model_saved_quantized_loads_its_codes_as_they_were() {
     let ids = Tensor::arange_start(2, 22, (Kind::Int64, Device::Cpu)).view([1, 20]);
     let one = Tensor::from_slice(&[2i64]).view([1, 1]);
     for how in [Quantization::Int8, Quantization::Int4 { group: 32 }] {
-        let (vs, quantized) =
-            Gemma::from_checkpoint_quantized(&config, &checkpoint, Device::Cpu, Kind::Float, how)
-                .unwrap();
+        let (vs, quantized) = Gemma::from_checkpoint_as(
+            &config,
+            &checkpoint,
+            Device::Cpu,
+            Kind::Float,
+            Loading::Quantize(how),
+        )
+        .unwrap();
         let saved = tempfile::tempdir().unwrap();
         let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
         json["quantization_config"] = how.to_config();

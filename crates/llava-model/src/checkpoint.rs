@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
+use foundation::quant::Loading;
 use foundation::{Checkpoint, save_safetensors, write_atomic};
 use gemma_lm::{GemmaConfig, GemmaTokenizer};
 use tch::nn::VarStore;
@@ -175,16 +176,9 @@ impl LlavaModel {
             ));
         }
         let stored = foundation::quant::Quantization::of_directory(dir)?;
-        if let (Some(stored), Some(how)) = (stored, how) {
-            if stored != how {
-                return Err(Error::Input(format!(
-                    "{} holds {stored} weights (written by `llava quantize`); they cannot be \
-                     quantized again as {how}: quantize the dense model, or leave out --quantize",
-                    dir.display()
-                )));
-            }
-        }
-        if let Some(how) = stored.or(how) {
+        let loading = Loading::resolve(stored, how)
+            .map_err(|e| Error::Input(format!("{} {e}", dir.display())))?;
+        if let Some(how) = loading.quantization() {
             if device != Device::Cpu {
                 return Err(Error::Input(format!(
                     "{how} weights run on the CPU (our kernels for them are CPU kernels)"
@@ -196,13 +190,7 @@ impl LlavaModel {
         let mut model = LlavaModel::new_to_load(&config, device, kind)?;
         model.tower.load(&model.vision_vs, &checkpoint)?;
         model.connector.load(&model.connector_vs, &checkpoint)?;
-        match (stored, how) {
-            (Some(stored), _) => model
-                .lm
-                .load_prequantized(&model.lm_vs, &checkpoint, stored)?,
-            (None, Some(how)) => model.lm.load_quantized(&model.lm_vs, &checkpoint, how)?,
-            (None, None) => model.lm.load(&model.lm_vs, &checkpoint)?,
-        }
+        model.lm.load_as(&model.lm_vs, &checkpoint, loading)?;
         Ok(model)
     }
 

@@ -482,10 +482,7 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> (LlavaConfig, Checkpoint) {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fixtures/hf-parity")
-            .join(name)
-            .join("model");
+        let dir = foundation::parity_fixtures().join(name).join("model");
         (
             LlavaConfig::from_file(&dir).unwrap(),
             Checkpoint::open(&dir).unwrap(),

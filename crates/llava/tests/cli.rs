@@ -9,7 +9,7 @@ use std::process::Stdio;
 use common::{llava, run_ok};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hf-parity")
+    llava::foundation::parity_fixtures()
 }
 
 fn image() -> PathBuf {

@@ -1,13 +1,13 @@
 //! The HF parity fixtures copied into the project, through the library and the `llava` command.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use llava::foundation::{checkpoint::read_all, save_safetensors};
 use llava::parity;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hf-parity")
+    llava::foundation::parity_fixtures()
 }
 
 fn llava() -> Command {

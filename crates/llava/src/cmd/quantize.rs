@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use llava::foundation::quant::Quantization;
+use llava::foundation::quant::{Loading, Quantization};
 use llava::foundation::{Checkpoint, write_atomic};
 use llava::gemma_lm::{Gemma, GemmaConfig, GemmaTokenizer};
 use llava::llava_model::LlavaModel;
@@ -89,12 +89,12 @@ pub fn run(args: &Args) -> llava::Result<ExitCode> {
     } else {
         let config = GemmaConfig::from_file(&source)?;
         let checkpoint = Checkpoint::open(&source)?;
-        let (mut vs, model) = Gemma::from_checkpoint_quantized(
+        let (mut vs, model) = Gemma::from_checkpoint_as(
             &config,
             &checkpoint,
             tch::Device::Cpu,
             tch::Kind::Float,
-            how,
+            Loading::Quantize(how),
         )?;
         drop(checkpoint);
         vs.set_kind(kind);
@@ -125,10 +125,7 @@ fn is_vision_language(dir: &Path) -> llava::Result<bool> {
 }
 
 fn read_config(dir: &Path) -> llava::Result<serde_json::Value> {
-    let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| llava::Error::io(&path, e))?;
-    serde_json::from_str(&text)
-        .map_err(|e| llava::Error::Unsupported(format!("{}: {e}", path.display())))
+    Ok(llava::foundation::read_json(dir.join("config.json"))?)
 }
 
 /// `source`'s config.json with the `quantization_config` of `how`, into `output`.

@@ -8,7 +8,7 @@ use std::time::Instant;
 use llava::foundation::Checkpoint;
 use llava::foundation::device::{host_memory, peak_host_memory, return_freed_host_memory};
 use llava::foundation::profiler::Profile;
-use llava::foundation::quant::Quantization;
+use llava::foundation::quant::{Loading, Quantization};
 use llava::gemma_lm::config::GemmaConfig;
 use llava::gemma_lm::{Gemma, GenerationConfig, generate};
 use serde::Serialize;
@@ -76,29 +76,19 @@ pub fn run(a: &Args) -> llava::Result<ExitCode> {
     let start = Instant::now();
     let config = GemmaConfig::from_file(&dir)?;
     let checkpoint = Checkpoint::open(&dir)?;
-    let stored = Quantization::of_directory(&dir)?;
-    let (_vs, model, weights) = match (stored, a.quantize.as_deref()) {
-        (Some(how), asked) => {
-            if asked.is_some_and(|q| q.parse() != Ok(how)) {
-                return Err(llava::Error::Unsupported(format!(
-                    "{} holds {how} weights; --quantize must be that or left out",
-                    dir.display()
-                )));
-            }
-            let (vs, model) =
-                Gemma::from_checkpoint_prequantized(&config, &checkpoint, device, kind, how)?;
-            (vs, model, format!("{how} (saved)"))
-        }
-        (None, Some(how)) => {
-            let how: Quantization = how.parse().map_err(llava::Error::Unsupported)?;
-            let (vs, model) =
-                Gemma::from_checkpoint_quantized(&config, &checkpoint, device, kind, how)?;
-            (vs, model, how.to_string())
-        }
-        (None, None) => {
-            let (vs, model) = Gemma::from_checkpoint(&config, &checkpoint, device, kind)?;
-            (vs, model, dtype_name(kind).to_string())
-        }
+    let asked: Option<Quantization> = a
+        .quantize
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(llava::Error::Unsupported)?;
+    let loading = Loading::resolve(Quantization::of_directory(&dir)?, asked)
+        .map_err(|e| llava::Error::Unsupported(format!("{} {e}", dir.display())))?;
+    let (_vs, model) = Gemma::from_checkpoint_as(&config, &checkpoint, device, kind, loading)?;
+    let weights = match loading {
+        Loading::Dense => dtype_name(kind).to_string(),
+        Loading::Quantize(how) => how.to_string(),
+        Loading::Saved(how) => format!("{how} (saved)"),
     };
     drop(checkpoint);
     return_freed_host_memory();
