@@ -136,7 +136,7 @@ fn int4(c: &mut Criterion) {
         });
         for level in Isa::ALL.into_iter().filter(|l| *l <= cpu_gemv::isa()) {
             if level == Isa::Avx2 || level == Isa::Scalar {
-                continue; // widening to f32: the Avx512 line shows that path
+                continue; // the Avx512 line shows the path without VNNI
             }
             group.bench_function(BenchmarkId::new(name, format!("ours_{level:?}")), |b| {
                 b.iter(|| cpu_gemv::int4_with(&x, w.ours(), level).expect("one row"))

@@ -367,6 +367,26 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void widen_int4_row_avx512(
         _mm512_storeu_ps(dst + 32 * b + 16, _mm512_fmadd_ps(hi, sv, mv));
     }
 }
+
+__attribute__((target("avx2,fma,f16c"))) void widen_int4_row_avx2(const uint8_t *codes,
+                                                                  const uint16_t *s,
+                                                                  const uint16_t *m, int64_t k,
+                                                                  int64_t group, float *dst) {
+    const __m128i low = _mm_set1_epi8(15);
+    for (int64_t b = 0; b < k / 32; ++b) {
+        __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i *>(codes + 16 * b));
+        int64_t g = 32 * b / group;
+        __m256 sv = _mm256_set1_ps(bf16_to_float(s[g])), mv = _mm256_set1_ps(bf16_to_float(m[g]));
+        // Inputs 0..15 in the low nibbles, 16..31 in the high ones, 8 at a time.
+        __m128i nibbles[2] = {_mm_and_si128(bytes, low), _mm_and_si128(_mm_srli_epi16(bytes, 4), low)};
+        for (int h = 0; h < 2; ++h)
+            for (int e = 0; e < 2; ++e) {
+                __m128i eight = e ? _mm_srli_si128(nibbles[h], 8) : nibbles[h];
+                __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(eight));
+                _mm256_storeu_ps(dst + 32 * b + 16 * h + 8 * e, _mm256_fmadd_ps(q, sv, mv));
+            }
+    }
+}
 #endif
 
 // Int4 rows [r0, r0 + rows) as f32 (q s + m) into `out` [rows, k]; k a multiple of 32.
@@ -379,6 +399,10 @@ void widen_int4(const Int4 &w, int64_t r0, int64_t rows, float *out, Isa level) 
 #if defined(__x86_64__)
         if (level >= kAvx512) {
             widen_int4_row_avx512(codes, s, m, k, w.group, dst);
+            continue;
+        }
+        if (level >= kAvx2) {
+            widen_int4_row_avx2(codes, s, m, k, w.group, dst);
             continue;
         }
 #endif
@@ -708,8 +732,7 @@ struct Q8Prompt {
     std::vector<float> group_sums;
 };
 
-__attribute__((target("avx512f,avx512bw,avx512vl"))) Q8Prompt quantize_prompt(
-    const float *x, int64_t m, int64_t k, int64_t group, bool offset) {
+Q8Prompt quantize_prompt(const float *x, int64_t m, int64_t k, int64_t group, bool offset) {
     Q8Prompt q;
     const int64_t blocks = k / 32, groups = k / group;
     q.codes.resize(m * k);
@@ -889,6 +912,61 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void int8_gemm(
     quantized_gemm<true>(xq, k, k, y, m, n, [&](int64_t r, int lanes, Panel &p) {
         int8_panel(q, scales, k, r, lanes, p);
     });
+}
+
+// R rows of an int4 weight from r against row i of x as Q8_0 in input order (see Q8Prompt),
+// without VNNI: each block's 32 codes unpacked into one 256-bit vector in input order, multiplied
+// by the block's activations with `vpmaddubsw` (codes unsigned, at most 15, so the 16-bit pair
+// sums cannot saturate) and summed to 32 bits with `vpmaddwd`; the block's sums scaled by the
+// activations' and the group's scales. The minimums meet the group sums of activations at the end.
+template <int R>
+__attribute__((target("avx2,fma,f16c"))) void int4_avx2_rows(const Int4 &w, const Q8Prompt &xq,
+                                                            float *y, int64_t n, int64_t r,
+                                                            int64_t i) {
+    const int64_t k = w.k, blocks = k / 32, groups = k / w.group, per_group = w.group / 32;
+    const __m128i nibble = _mm_set1_epi8(15);
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int8_t *xc = xq.codes.data() + i * k;
+    const float *xd = xq.scales.data() + i * blocks;
+    __m256 acc[R];
+    for (int q = 0; q < R; ++q) acc[q] = _mm256_setzero_ps();
+    for (int64_t g = 0, b = 0; g < groups; ++g) {
+        float sw[R];
+        for (int q = 0; q < R; ++q) sw[q] = bf16_to_float(w.scales[(r + q) * groups + g]);
+        for (int64_t end = b + per_group; b < end; ++b) {
+            __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(xc + 32 * b));
+            for (int q = 0; q < R; ++q) {
+                const uint8_t *codes = w.codes + (r + q) * (k / 2) + 16 * b;
+                if (b % 4 == 0)
+                    _mm_prefetch(reinterpret_cast<const char *>(codes + kPrefetchRows * (k / 2)),
+                                 _MM_HINT_T0);
+                __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i *>(codes));
+                __m256i c = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), nibble),
+                                             _mm_and_si128(bytes, nibble));
+                __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(c, xv), ones);
+                acc[q] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(xd[b] * sw[q]),
+                                         acc[q]);
+            }
+        }
+    }
+    const float *sums = xq.group_sums.data() + i * groups;
+    for (int q = 0; q < R; ++q) {
+        float total = hsum8(acc[q]);
+        const uint16_t *mins = w.mins + (r + q) * groups;
+        for (int64_t g = 0; g < groups; ++g) total += bf16_to_float(mins[g]) * sums[g];
+        y[i * n + r + q] = total;
+    }
+}
+
+// Rows r0..r1 of an int4 weight against the m rows of x (see int4_avx2_rows), 4 rows at a time.
+__attribute__((target("avx2,fma,f16c"))) void int4_avx2(const Int4 &w, const Q8Prompt &xq,
+                                                       float *y, int64_t m, int64_t n, int64_t r0,
+                                                       int64_t r1) {
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4)
+        for (int64_t i = 0; i < m; ++i) int4_avx2_rows<4>(w, xq, y, n, r, i);
+    for (; r < r1; ++r)
+        for (int64_t i = 0; i < m; ++i) int4_avx2_rows<1>(w, xq, y, n, r, i);
 }
 #endif
 
@@ -1131,8 +1209,10 @@ char *llava_gemm_int4(const at::Tensor *x_, const at::Tensor *codes, const at::T
 }
 
 // y = x W^T for an int4 weight (see int4_weight) and a few rows of x [m, k]; y [m, n] in x's
-// dtype. With VNNI x is quantized as signed Q8_0 and meets the codes directly; otherwise rows of
-// W are widened to f32 16 at a time and multiplied by the dense kernel.
+// dtype. With VNNI x is quantized as signed Q8_0 and meets the codes directly (int4_vnni); with
+// AVX2 (or AVX-512 without VNNI) as Q8_0 in input order, meeting them by `vpmaddubsw`
+// (int4_avx2); in plain C++ rows of W are widened to f32 16 at a time and multiplied by the
+// dense kernel.
 char *llava_gemv_int4(const at::Tensor *x_, const at::Tensor *codes, const at::Tensor *scales,
                       const at::Tensor *mins, int64_t group, int level_, at::Tensor **out) {
     return llava_ffi::guarded([&] {
@@ -1153,6 +1233,14 @@ char *llava_gemv_int4(const at::Tensor *x_, const at::Tensor *codes, const at::T
             });
             at::parallel_for(0, (n + grain - 1) / grain, 1, [&](int64_t b0, int64_t b1) {
                 int4_vnni(w, xs, yp, m, n, b0 * grain, std::min(n, b1 * grain));
+            });
+            *out = new at::Tensor(y.to(x_->scalar_type()));
+            return;
+        }
+        if (level >= kAvx2) {
+            const Q8Prompt xq = quantize_prompt(xp, m, k, group, false);
+            at::parallel_for(0, (n + grain - 1) / grain, 1, [&](int64_t b0, int64_t b1) {
+                int4_avx2(w, xq, yp, m, n, b0 * grain, std::min(n, b1 * grain));
             });
             *out = new at::Tensor(y.to(x_->scalar_type()));
             return;

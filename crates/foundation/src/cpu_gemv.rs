@@ -8,8 +8,8 @@
 //!   libtorch's f32 GEMM on blocks of the weight widened to f32, about 3x its bf16 GEMM there;
 //! * quantized weights ([`int8`], [`int4`]): with VNNI, a few rows of activations quantized as
 //!   llama.cpp's Q8_0 meet the codes in integer dot products, and so do a prompt's rows (an
-//!   integer GEMM); without VNNI prompts go through libtorch's f32 GEMM on blocks of the weight
-//!   dequantized to f32.
+//!   integer GEMM); with AVX2 alone, a few rows meet int4 codes the same way (`vpmaddubsw`).
+//!   Other prompts go through libtorch's f32 GEMM on blocks of the weight dequantized to f32.
 //!
 //! [`Linear`](crate::layers::Linear), Gemma's tied head and the quantized weights call these
 //! ([`linear`] picks for dense weights); `LLAVA_CPU_GEMV=0` turns them off (libtorch's ops then run), and
@@ -252,9 +252,10 @@ pub struct Int4<'a> {
 }
 
 /// `x W^T` for `x` `[..., k]` and an int4 weight, in `x`'s dtype, or `None` where the kernels do
-/// not run (as in [`int8`]). A few rows go through the matrix-vector kernel (with VNNI against
-/// the rows of `x` quantized as Q8_0, in tiles of 4 weight rows by up to 4 rows of `x` that
-/// unpack each step's codes once). More (a prompt) go, with VNNI, through an integer GEMM of ours
+/// not run (as in [`int8`]). A few rows go through the matrix-vector kernel against the rows of
+/// `x` quantized as Q8_0 (with VNNI in tiles of 4 weight rows by up to 4 rows of `x` that unpack
+/// each step's codes once; with AVX2, or AVX-512 without VNNI, by `vpmaddubsw` on each block's
+/// codes). More (a prompt) go, with VNNI, through an integer GEMM of ours
 /// against the rows of `x` as Q8_0 (16 weight rows in a vector's lanes, 8 rows of `x` a tile),
 /// and otherwise through libtorch's f32 GEMM on blocks of the weight dequantized to f32.
 pub fn int4(x: &Tensor, w: Int4) -> Option<Tensor> {
@@ -650,8 +651,9 @@ mod tests {
                     let got = int4_with(&x, w.weight(), level).unwrap();
                     assert_eq!(got.size(), [1, rows, n]);
                     // VNNI rounds the activations to 8 bits per block of 32 (Q8_0), for
-                    // prompts too.
-                    let e = if level == Isa::Avx512Vnni {
+                    // prompts too; AVX2 (and AVX-512 without VNNI) for a few rows.
+                    let q8 = level == Isa::Avx512Vnni || (level >= Isa::Avx2 && rows <= MAX_ROWS);
+                    let e = if q8 {
                         q8_excess(&got, &want, &x, &w.dense)
                     } else {
                         relative_error(&got, &want) - 1e-5
