@@ -8,13 +8,14 @@
 // the machines we measured (docs/benchmarks.md); these walk four weight rows at a time with wide
 // loads, widen 16-bit weights to f32 in registers and accumulate in f32, split the rows over
 // libtorch's threads, and pick their instructions by what the CPU has (checked once, at run time):
-// AVX-512 (with VNNI for int8), AVX2 with FMA and F16C, or plain C++ anywhere else.
+// AVX-512 (with VNNI for int8 and int4), AVX2 with FMA and F16C, or plain C++ anywhere else.
 //
 // Int8 weights meet activations quantized as llama.cpp's Q8_0 does (blocks of 32, one f32 scale
 // each, symmetric), so one VNNI instruction multiplies and sums 64 weight codes; the result is
 // the block sums scaled by the activations' and the row's scales. Int4 weights (`w = q s + m`,
 // q in 0..15, as llama.cpp's Q4_1) meet signed Q8_0 activations the same way: the codes are the
-// unsigned operand, and the minimums multiply each group's sum of activations.
+// unsigned operand, and the minimums multiply each group's sum of activations. Without VNNI, AVX2's
+// `vpmaddubsw` does the same 32 codes at a time.
 //
 // Int4 layout: codes `[n, k / 2]` bytes, each 32 inputs of a row in 16 bytes, byte b holding
 // input b in its low nibble and input 16 + b in its high one (llama.cpp's Q4_0 and Q4_1 blocks);
@@ -914,6 +915,21 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void int8_gemm(
     });
 }
 
+// sum_j bf16(a[j]) * b[j], eight at a time (the minimums against a row's group sums of activations).
+__attribute__((target("avx2,fma,f16c"))) float dot_bf16_f32_avx2(const uint16_t *a,
+                                                                 const float *b, int64_t len) {
+    __m256 acc = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= len; j += 8) {
+        __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(a + j)));
+        acc = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(wide, 16)),
+                              _mm256_loadu_ps(b + j), acc);
+    }
+    float total = hsum8(acc);
+    for (; j < len; ++j) total += bf16_to_float(a[j]) * b[j];
+    return total;
+}
+
 // R rows of an int4 weight from r against row i of x as Q8_0 in input order (see Q8Prompt),
 // without VNNI: each block's 32 codes unpacked into one 256-bit vector in input order, multiplied
 // by the block's activations with `vpmaddubsw` (codes unsigned, at most 15, so the 16-bit pair
@@ -950,12 +966,118 @@ __attribute__((target("avx2,fma,f16c"))) void int4_avx2_rows(const Int4 &w, cons
         }
     }
     const float *sums = xq.group_sums.data() + i * groups;
-    for (int q = 0; q < R; ++q) {
-        float total = hsum8(acc[q]);
-        const uint16_t *mins = w.mins + (r + q) * groups;
-        for (int64_t g = 0; g < groups; ++g) total += bf16_to_float(mins[g]) * sums[g];
-        y[i * n + r + q] = total;
+    for (int q = 0; q < R; ++q)
+        y[i * n + r + q] = hsum8(acc[q]) + dot_bf16_f32_avx2(w.mins + (r + q) * groups, sums, groups);
+}
+
+// int4_avx2_rows for groups of 32 (the default form), two blocks per step: one 256-bit load holds
+// the codes of blocks b and b + 1, its low nibbles meet both blocks' first 16 activations and its
+// high nibbles their last 16 (the two blocks' activations regrouped by 128-bit halves once per
+// step for all R rows), the two `vpmaddubsw` products add in 16 bits (at most 4 * 15 * 127) before
+// one `vpmaddwd`, and the two blocks' scales (adjacent bf16 pairs) scale the halves. An odd last
+// block goes alone. Half the instructions per code of the one-block loop, which is bound by them.
+template <int R>
+__attribute__((target("avx2,fma,f16c"))) void int4_avx2_rows_g32(const Int4 &w,
+                                                                const Q8Prompt &xq, float *y,
+                                                                int64_t n, int64_t r,
+                                                                int64_t i) {
+    const int64_t k = w.k, blocks = k / 32;
+    const __m256i nibble = _mm256_set1_epi8(15);
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i halves = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    const int8_t *xc = xq.codes.data() + i * k;
+    const float *xd = xq.scales.data() + i * blocks;
+    __m256 acc[R];
+    for (int q = 0; q < R; ++q) acc[q] = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= blocks; b += 2) {
+        __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(xc + 32 * b));
+        __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(xc + 32 * b + 32));
+        __m256i xlo = _mm256_permute2x128_si256(xa, xb, 0x20);
+        __m256i xhi = _mm256_permute2x128_si256(xa, xb, 0x31);
+        __m256 dx = _mm256_set_m128(_mm_set1_ps(xd[b + 1]), _mm_set1_ps(xd[b]));
+        for (int q = 0; q < R; ++q) {
+            const uint8_t *codes = w.codes + (r + q) * (k / 2) + 16 * b;
+            if (b % 4 == 0)
+                _mm_prefetch(reinterpret_cast<const char *>(codes + kPrefetchRows * (k / 2)),
+                             _MM_HINT_T0);
+            __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(codes));
+            __m256i lo = _mm256_and_si256(bytes, nibble);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), nibble);
+            __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo),
+                                             _mm256_maddubs_epi16(hi, xhi));
+            __m256i dot = _mm256_madd_epi16(pairs, ones);
+            uint32_t two;
+            std::memcpy(&two, w.scales + (r + q) * blocks + b, 4);
+            // bf16 -> f32: each 16-bit scale into the high half of a 32-bit lane.
+            __m128i sw = _mm_unpacklo_epi16(_mm_setzero_si128(), _mm_cvtsi32_si128(int(two)));
+            __m256 scale = _mm256_permutevar8x32_ps(
+                _mm256_castps128_ps256(_mm_castsi128_ps(sw)), halves);
+            acc[q] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(scale, dx), acc[q]);
+        }
     }
+    if (b < blocks) {
+        const __m128i low = _mm_set1_epi8(15);
+        __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(xc + 32 * b));
+        for (int q = 0; q < R; ++q) {
+            __m128i bytes = _mm_loadu_si128(
+                reinterpret_cast<const __m128i *>(w.codes + (r + q) * (k / 2) + 16 * b));
+            __m256i c = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), low),
+                                         _mm_and_si128(bytes, low));
+            __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(c, xv), ones);
+            float sw = bf16_to_float(w.scales[(r + q) * blocks + b]);
+            acc[q] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(xd[b] * sw), acc[q]);
+        }
+    }
+    const float *sums = xq.group_sums.data() + i * blocks;
+    for (int q = 0; q < R; ++q)
+        y[i * n + r + q] = hsum8(acc[q]) + dot_bf16_f32_avx2(w.mins + (r + q) * blocks, sums, blocks);
+}
+
+// R rows of int8 codes from r against row i of x as Q8_0 in input order (see Q8Prompt), without
+// VNNI. `vpmaddubsw` takes one unsigned operand, so the codes' magnitudes (`vpsignb` of a code by
+// itself; -128 reads as 128 unsigned) meet x carrying the codes' signs (`vpsignb` of x by the
+// codes, zero where a code is), as llama.cpp's AVX2 Q8_0 dot does: x stays within -127..127, so
+// pair sums of at most 2 * 128 * 127 cannot saturate 16 bits. `vpmaddwd` sums them to 32 bits,
+// each block's sums scaled by its activation scale; the row's scale at the end.
+template <int R>
+__attribute__((target("avx2,fma,f16c"))) void int8_q8_avx2_rows(const int8_t *w,
+                                                                const float *scales,
+                                                                const Q8Prompt &xq, float *y,
+                                                                int64_t n, int64_t k, int64_t r,
+                                                                int64_t i) {
+    const int64_t blocks = k / 32;
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int8_t *xc = xq.codes.data() + i * k;
+    const float *xd = xq.scales.data() + i * blocks;
+    __m256 acc[R];
+    for (int q = 0; q < R; ++q) acc[q] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < blocks; ++b) {
+        __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(xc + 32 * b));
+        __m256 d = _mm256_set1_ps(xd[b]);
+        for (int q = 0; q < R; ++q) {
+            const int8_t *row = w + (r + q) * k + 32 * b;
+            if (b % 2 == 0)
+                _mm_prefetch(reinterpret_cast<const char *>(row + kPrefetchRows * k), _MM_HINT_T0);
+            __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(row));
+            __m256i dot = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(_mm256_sign_epi8(c, c), _mm256_sign_epi8(xv, c)), ones);
+            acc[q] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), d, acc[q]);
+        }
+    }
+    for (int q = 0; q < R; ++q) y[i * n + r + q] = hsum8(acc[q]) * scales[r + q];
+}
+
+// Rows r0..r1 of int8 codes against the m rows of x (see int8_q8_avx2_rows), 4 rows at a time.
+__attribute__((target("avx2,fma,f16c"))) void int8_q8_avx2(const int8_t *w, const float *scales,
+                                                          const Q8Prompt &xq, float *y,
+                                                          int64_t m, int64_t n, int64_t k,
+                                                          int64_t r0, int64_t r1) {
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4)
+        for (int64_t i = 0; i < m; ++i) int8_q8_avx2_rows<4>(w, scales, xq, y, n, k, r, i);
+    for (; r < r1; ++r)
+        for (int64_t i = 0; i < m; ++i) int8_q8_avx2_rows<1>(w, scales, xq, y, n, k, r, i);
 }
 
 // Rows r0..r1 of an int4 weight against the m rows of x (see int4_avx2_rows), 4 rows at a time.
@@ -963,10 +1085,13 @@ __attribute__((target("avx2,fma,f16c"))) void int4_avx2(const Int4 &w, const Q8P
                                                        float *y, int64_t m, int64_t n, int64_t r0,
                                                        int64_t r1) {
     int64_t r = r0;
+    const bool g32 = w.group == 32;
     for (; r + 4 <= r1; r += 4)
-        for (int64_t i = 0; i < m; ++i) int4_avx2_rows<4>(w, xq, y, n, r, i);
+        for (int64_t i = 0; i < m; ++i)
+            g32 ? int4_avx2_rows_g32<4>(w, xq, y, n, r, i) : int4_avx2_rows<4>(w, xq, y, n, r, i);
     for (; r < r1; ++r)
-        for (int64_t i = 0; i < m; ++i) int4_avx2_rows<1>(w, xq, y, n, r, i);
+        for (int64_t i = 0; i < m; ++i)
+            g32 ? int4_avx2_rows_g32<1>(w, xq, y, n, r, i) : int4_avx2_rows<1>(w, xq, y, n, r, i);
 }
 #endif
 
@@ -1261,7 +1386,8 @@ char *llava_gemv_int4(const at::Tensor *x_, const at::Tensor *codes, const at::T
 
 // y = (x Q^T) * scales: Q [n, k] int8 codes, scales [n] (any float dtype); x [m, k]; y [m, n] in
 // x's dtype, using at most the instructions of `level`. With VNNI (and k a multiple of 64) x is
-// quantized as Q8_0 first.
+// quantized as Q8_0 first (int8_vnni); with AVX2 (or AVX-512 without VNNI) and k a multiple of
+// 32 too, meeting the codes by `vpmaddubsw` (int8_q8_avx2); otherwise the codes are widened.
 char *llava_gemv_int8(const at::Tensor *x_, const at::Tensor *q_, const at::Tensor *scales_,
                       int level_, at::Tensor **out) {
     return llava_ffi::guarded([&] {
@@ -1285,6 +1411,14 @@ char *llava_gemv_int8(const at::Tensor *x_, const at::Tensor *q_, const at::Tens
             for (int64_t i = 0; i < m; ++i) xs.push_back(quantize_row(xp + i * k, k));
             at::parallel_for(0, (n + grain - 1) / grain, 1, [&](int64_t b0, int64_t b1) {
                 int8_vnni(wp, sp, xs, yp, m, n, k, b0 * grain, std::min(n, b1 * grain));
+            });
+            *out = new at::Tensor(y.to(x_->scalar_type()));
+            return;
+        }
+        if (level >= kAvx2 && k % 32 == 0) {
+            const Q8Prompt xq = quantize_prompt(xp, m, k, k, false);
+            at::parallel_for(0, (n + grain - 1) / grain, 1, [&](int64_t b0, int64_t b1) {
+                int8_q8_avx2(wp, sp, xq, yp, m, n, k, b0 * grain, std::min(n, b1 * grain));
             });
             *out = new at::Tensor(y.to(x_->scalar_type()));
             return;

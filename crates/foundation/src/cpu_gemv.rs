@@ -8,7 +8,7 @@
 //!   libtorch's f32 GEMM on blocks of the weight widened to f32, about 3x its bf16 GEMM there;
 //! * quantized weights ([`int8`], [`int4`]): with VNNI, a few rows of activations quantized as
 //!   llama.cpp's Q8_0 meet the codes in integer dot products, and so do a prompt's rows (an
-//!   integer GEMM); with AVX2 alone, a few rows meet int4 codes the same way (`vpmaddubsw`).
+//!   integer GEMM); with AVX2 alone, a few rows meet the codes the same way (`vpmaddubsw`).
 //!   Other prompts go through libtorch's f32 GEMM on blocks of the weight dequantized to f32.
 //!
 //! [`Linear`](crate::layers::Linear), Gemma's tied head and the quantized weights call these
@@ -206,10 +206,10 @@ pub fn dense_with(x: &Tensor, w: &Tensor, level: Isa) -> Option<Tensor> {
 /// `(x Q^T) * scales` for `x` `[..., k]`, int8 codes `q` `[n, k]` and `scales` `[n]`, in `x`'s
 /// dtype, or `None` where libtorch's op should run: the kernels off, another device, or an input
 /// that requires grad. A few rows (at most [`MAX_ROWS`]) go through the matrix-vector kernel (with
-/// VNNI, the rows of `x` quantized as llama.cpp's Q8_0 first). More (a prompt) go, with VNNI and
-/// `k` a multiple of 32, through an integer GEMM of ours against the rows of `x` as Q8_0 (as
-/// [`int4`]'s), and otherwise through libtorch's f32 GEMM on blocks of the weight dequantized to
-/// f32.
+/// AVX2 or VNNI and `k` a multiple of 32, the rows of `x` quantized as llama.cpp's Q8_0 first).
+/// More (a prompt) go, with VNNI and `k` a multiple of 32, through an integer GEMM of ours against
+/// the rows of `x` as Q8_0 (as [`int4`]'s), and otherwise through libtorch's f32 GEMM on blocks of
+/// the weight dequantized to f32.
 pub fn int8(x: &Tensor, q: &Tensor, scales: &Tensor) -> Option<Tensor> {
     int8_with(x, q, scales, isa())
 }
@@ -517,9 +517,10 @@ mod tests {
     #[test]
     fn int8_matches_the_dequantized_product_at_every_level() {
         tch::manual_seed(1);
-        // With VNNI, a few rows reach the Q8_0 kernel where 64 | k, and prompts (9 and 40 rows)
-        // the integer GEMM where 32 | k; the others the float paths (prompts: the weight
-        // dequantized to f32 block by block; n = 4500 spans two blocks at k = 1000).
+        // A few rows reach a Q8_0 kernel where 32 | k (VNNI's where 64 | k, AVX2's otherwise),
+        // and prompts (9 and 40 rows), with VNNI, the integer GEMM where 32 | k; the others the
+        // float paths (prompts: the weight dequantized to f32 block by block; n = 4500 spans two
+        // blocks at k = 1000).
         for (n, k) in [
             (37, 64),
             (130, 2048),
@@ -528,7 +529,7 @@ mod tests {
             (8, 40),
             (4500, 1000),
         ] {
-            let q = Tensor::randint_low(-127, 128, [n, k], (Kind::Int8, Device::Cpu));
+            let q = Tensor::randint_low(-128, 128, [n, k], (Kind::Int8, Device::Cpu));
             let scales = Tensor::rand([n], (Kind::Float, Device::Cpu)) * 0.01 + 0.001;
             let w = q.to_kind(Kind::Float) * scales.unsqueeze(1);
             let row_counts: Vec<i64> = if n > 1000 {
@@ -542,20 +543,18 @@ mod tests {
                 for level in levels() {
                     let got = int8_with(&x, &q, &scales.to_kind(Kind::BFloat16), level).unwrap();
                     assert_eq!(got.size(), [rows, n]);
-                    // Scales in bf16 (as quantized weights keep them) and, with VNNI, activations
-                    // rounded to 8 bits per block of 32.
+                    // Scales in bf16 (as quantized weights keep them) and, in the Q8_0 kernels,
+                    // activations rounded to 8 bits per block of 32.
                     let bf16_scales = q.to_kind(Kind::Float)
                         * scales
                             .to_kind(Kind::BFloat16)
                             .to_kind(Kind::Float)
                             .unsqueeze(1);
                     let want_bf16 = x.linear::<&Tensor>(&bf16_scales, None);
-                    let q8 = if rows <= MAX_ROWS {
-                        k % 64 == 0
-                    } else {
-                        k % 32 == 0
-                    };
-                    let e = if level == Isa::Avx512Vnni && q8 {
+                    let q8 = level != Isa::Scalar
+                        && k % 32 == 0
+                        && (rows <= MAX_ROWS || level == Isa::Avx512Vnni);
+                    let e = if q8 {
                         q8_excess(&got, &want_bf16, &x, &bf16_scales)
                     } else {
                         relative_error(&got, &want_bf16) - 1e-5
