@@ -920,28 +920,32 @@ __attribute__((target("avx2,fma,f16c"))) float dot_bf16_f32_avx2(const uint16_t 
                                                                  const float *b, int64_t len) {
     __m256 acc = _mm256_setzero_ps();
     int64_t j = 0;
-    for (; j + 8 <= len; j += 8) {
-        __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(a + j)));
-        acc = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(wide, 16)),
-                              _mm256_loadu_ps(b + j), acc);
-    }
+    for (; j + 8 <= len; j += 8) acc = _mm256_fmadd_ps(load8(a, j, kBf16), _mm256_loadu_ps(b + j), acc);
     float total = hsum8(acc);
     for (; j < len; ++j) total += bf16_to_float(a[j]) * b[j];
     return total;
 }
 
+// One block's 32 int4 codes (16 bytes at `codes`, see Int4) against its 32 Q8_0 activations in
+// input order: unpacked into one vector (low nibbles first), `vpmaddubsw` (codes unsigned, at
+// most 15, so the 16-bit pair sums cannot saturate) and `vpmaddwd` to eight 32-bit sums.
+__attribute__((target("avx2,fma,f16c"))) inline __m256i int4_block_avx2(const uint8_t *codes,
+                                                                       __m256i xv) {
+    const __m128i nibble = _mm_set1_epi8(15);
+    __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i *>(codes));
+    __m256i c = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), nibble),
+                                 _mm_and_si128(bytes, nibble));
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(c, xv), _mm256_set1_epi16(1));
+}
+
 // R rows of an int4 weight from r against row i of x as Q8_0 in input order (see Q8Prompt),
-// without VNNI: each block's 32 codes unpacked into one 256-bit vector in input order, multiplied
-// by the block's activations with `vpmaddubsw` (codes unsigned, at most 15, so the 16-bit pair
-// sums cannot saturate) and summed to 32 bits with `vpmaddwd`; the block's sums scaled by the
-// activations' and the group's scales. The minimums meet the group sums of activations at the end.
+// without VNNI: each block through int4_block_avx2, its sums scaled by the activations' and the
+// group's scales. The minimums meet the group sums of activations at the end.
 template <int R>
 __attribute__((target("avx2,fma,f16c"))) void int4_avx2_rows(const Int4 &w, const Q8Prompt &xq,
                                                             float *y, int64_t n, int64_t r,
                                                             int64_t i) {
     const int64_t k = w.k, blocks = k / 32, groups = k / w.group, per_group = w.group / 32;
-    const __m128i nibble = _mm_set1_epi8(15);
-    const __m256i ones = _mm256_set1_epi16(1);
     const int8_t *xc = xq.codes.data() + i * k;
     const float *xd = xq.scales.data() + i * blocks;
     __m256 acc[R];
@@ -956,12 +960,8 @@ __attribute__((target("avx2,fma,f16c"))) void int4_avx2_rows(const Int4 &w, cons
                 if (b % 4 == 0)
                     _mm_prefetch(reinterpret_cast<const char *>(codes + kPrefetchRows * (k / 2)),
                                  _MM_HINT_T0);
-                __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i *>(codes));
-                __m256i c = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), nibble),
-                                             _mm_and_si128(bytes, nibble));
-                __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(c, xv), ones);
-                acc[q] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(xd[b] * sw[q]),
-                                         acc[q]);
+                acc[q] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(int4_block_avx2(codes, xv)),
+                                         _mm256_set1_ps(xd[b] * sw[q]), acc[q]);
             }
         }
     }
@@ -1017,14 +1017,9 @@ __attribute__((target("avx2,fma,f16c"))) void int4_avx2_rows_g32(const Int4 &w,
         }
     }
     if (b < blocks) {
-        const __m128i low = _mm_set1_epi8(15);
         __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(xc + 32 * b));
         for (int q = 0; q < R; ++q) {
-            __m128i bytes = _mm_loadu_si128(
-                reinterpret_cast<const __m128i *>(w.codes + (r + q) * (k / 2) + 16 * b));
-            __m256i c = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), low),
-                                         _mm_and_si128(bytes, low));
-            __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(c, xv), ones);
+            __m256i dot = int4_block_avx2(w.codes + (r + q) * (k / 2) + 16 * b, xv);
             float sw = bf16_to_float(w.scales[(r + q) * blocks + b]);
             acc[q] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(xd[b] * sw), acc[q]);
         }
